@@ -1,0 +1,87 @@
+//! `/api/v1/events`: query the stored event log, and publish custom events into it.
+
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::jobs::{Tag, limit};
+use super::ws::RESERVED_TYPES;
+use crate::model::Event;
+use crate::store::EventFilter;
+
+#[derive(Debug, Object)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `after` to continue; the last seq looked at, even if it did not match.
+    pub next_after: u64,
+}
+
+#[derive(Debug, Object)]
+pub struct PublishBody {
+    /// A type of your own (not one the engine emits), e.g. `invoice_sent`.
+    #[oai(rename = "type", validator(min_length = 1, max_length = 64))]
+    pub kind: String,
+    pub job_id: Option<String>,
+    #[oai(default)]
+    pub data: serde_json::Value,
+}
+
+#[derive(ApiResponse)]
+pub enum Published {
+    #[oai(status = 201)]
+    Created(Json<Event>),
+}
+
+pub struct EventsApi {
+    pub state: AppState,
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "Tag::Events")]
+impl EventsApi {
+    /// Stored events after a seq, oldest first.
+    #[oai(path = "/events", method = "get", operation_id = "list_events")]
+    async fn list(
+        &self,
+        /// Only events with a larger seq (default 0: from the start).
+        after: Query<Option<u64>>,
+        /// Only events of this job.
+        job: Query<Option<String>>,
+        /// Only events of this type.
+        #[oai(name = "type")]
+        kind: Query<Option<String>>,
+        /// Page size, 1-10000 (default 100).
+        limit: Query<Option<u32>>,
+    ) -> ApiResult<Json<EventPage>> {
+        let filter = EventFilter {
+            tenant: Some(self.state.tenant().to_owned()),
+            jobs: job.0.into_iter().collect(),
+            types: kind.0.into_iter().collect(),
+        };
+        let (events, next_after) = self.state.store.events(
+            after.0.unwrap_or(0),
+            &filter,
+            self::limit(limit.0, 10_000)?,
+        )?;
+        Ok(Json(EventPage { events, next_after }))
+    }
+
+    /// Append a custom event to the log; it is fanned out like any other.
+    #[oai(path = "/events", method = "post", operation_id = "publish_event")]
+    async fn publish(&self, body: Json<PublishBody>) -> ApiResult<Published> {
+        if RESERVED_TYPES.contains(&body.0.kind.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "type: `{}` is a message type of the feed itself",
+                body.0.kind
+            )));
+        }
+        let PublishBody { kind, job_id, data } = body.0;
+        let event = self
+            .state
+            .store
+            .publish(self.state.tenant(), &kind, job_id, data)
+            .await?;
+        Ok(Published::Created(Json(event)))
+    }
+}

@@ -1,0 +1,106 @@
+//! `/api/v1/items`: one item in full, retry, manual transitions, and the cross-job
+//! listing by status that the review queue uses.
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::jobs::{ItemPage, Tag, limit};
+use crate::model::{Item, ItemStatus};
+
+/// An item with everything an operator looks at.
+#[derive(Debug, Object)]
+pub struct ItemDetail {
+    #[oai(flatten)]
+    pub item: Item,
+    /// Log lines the plugin wrote, oldest first.
+    pub logs: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Object)]
+pub struct TransitionRequest {
+    /// The status to move to. Allowed: any unfinished item to `cancelled`;
+    /// `failed` or `needs_review` to `queued`; `needs_review` to `failed`.
+    pub to: ItemStatus,
+    /// Why, for the audit log.
+    pub reason: Option<String>,
+    /// Corrected input, only when moving to `queued`.
+    pub input: Option<serde_json::Value>,
+}
+
+pub struct ItemsApi {
+    pub state: AppState,
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "Tag::Items")]
+impl ItemsApi {
+    /// Items of one status across all jobs, oldest job first (e.g. the review queue).
+    #[oai(path = "/items", method = "get", operation_id = "list_items")]
+    async fn list(
+        &self,
+        status: Query<ItemStatus>,
+        cursor: Query<Option<String>>,
+        limit: Query<Option<u32>>,
+    ) -> ApiResult<Json<ItemPage>> {
+        let page = self.state.store.items_by_status(
+            Some(self.state.tenant()),
+            status.0,
+            cursor.0.as_deref(),
+            self::limit(limit.0, 1000)?,
+        )?;
+        Ok(Json(ItemPage {
+            items: page.items,
+            next_cursor: page.next,
+        }))
+    }
+
+    /// An item: input, status, attempts, step timeline, logs, error and result.
+    #[oai(path = "/items/:id", method = "get", operation_id = "get_item")]
+    async fn get(&self, id: Path<String>) -> ApiResult<Json<ItemDetail>> {
+        let item = self.state.item(&id.0)?;
+        let logs = self.state.store.item_logs(&id.0)?;
+        Ok(Json(ItemDetail { item, logs }))
+    }
+
+    /// Send a `failed` or `needs_review` item back to the queue.
+    #[oai(
+        path = "/items/:id/retry",
+        method = "post",
+        operation_id = "retry_item"
+    )]
+    async fn retry(&self, id: Path<String>) -> ApiResult<Json<Item>> {
+        self.state.item(&id.0)?;
+        let item = self
+            .state
+            .store
+            .transition(&id.0, ItemStatus::Queued, Some("retry".into()), None)
+            .await?;
+        Ok(Json(item))
+    }
+
+    /// Move an item by hand. An illegal move is refused with 409 and changes nothing.
+    #[oai(
+        path = "/items/:id/transition",
+        method = "post",
+        operation_id = "transition_item"
+    )]
+    async fn transition(
+        &self,
+        id: Path<String>,
+        body: Json<TransitionRequest>,
+    ) -> ApiResult<Json<Item>> {
+        self.state.item(&id.0)?;
+        if body.0.reason.as_ref().is_some_and(|r| r.len() > 2048) {
+            return Err(ApiError::invalid("reason: longer than 2048 characters"));
+        }
+        let TransitionRequest { to, reason, input } = body.0;
+        Ok(Json(
+            self.state
+                .store
+                .transition(&id.0, to, reason, input)
+                .await?,
+        ))
+    }
+}

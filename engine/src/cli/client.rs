@@ -1,0 +1,213 @@
+//! A small typed client of the REST API, for the CLI.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::JobOptionArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach faena at {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    /// The engine answered with an error body.
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("feed: {0}")]
+    Feed(String),
+}
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let resp = req.send().await.map_err(|source| CliError::Connect {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(CliError::Api {
+                status: status.as_u16(),
+                message: body["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_owned(),
+            })
+        }
+    }
+
+    pub async fn submit(
+        &self,
+        plugin: &str,
+        items: Vec<Value>,
+        o: &JobOptionArgs,
+    ) -> Result<Value, CliError> {
+        let body = json!({
+            "plugin": plugin,
+            "operation": o.operation,
+            "name": o.name,
+            "start": !o.no_start,
+            "options": options_json(o),
+            "items": items,
+        });
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/jobs", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn import(
+        &self,
+        file: &Path,
+        plugin: &str,
+        group_by: Option<&str>,
+        o: &JobOptionArgs,
+    ) -> Result<Value, CliError> {
+        let bytes =
+            std::fs::read(file).map_err(|e| CliError::Input(format!("{}: {e}", file.display())))?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload.csv".into());
+        let mut form = reqwest::multipart::Form::new()
+            .text("plugin", plugin.to_owned())
+            .text("operation", o.operation.clone())
+            .text("options", options_json(o).to_string())
+            .text("start", (!o.no_start).to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        if let Some(g) = group_by {
+            form = form.text("group_by", g.to_owned());
+        }
+        if let Some(n) = &o.name {
+            form = form.text("name", n.clone());
+        }
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/jobs/import", self.base))
+                .multipart(form),
+        )
+        .await
+    }
+
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        plugin: Option<&str>,
+        limit: u32,
+    ) -> Result<Value, CliError> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(s) = status {
+            q.push(("status", s.to_owned()));
+        }
+        if let Some(p) = plugin {
+            q.push(("plugin", p.to_owned()));
+        }
+        self.send(
+            self.http
+                .get(format!("{}/api/v1/jobs", self.base))
+                .query(&q),
+        )
+        .await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Value, CliError> {
+        self.send(self.http.get(format!("{}/api/v1/jobs/{id}", self.base)))
+            .await
+    }
+
+    pub async fn action(&self, id: &str, action: &str) -> Result<Value, CliError> {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/jobs/{id}/{action}", self.base)),
+        )
+        .await
+    }
+}
+
+fn options_json(o: &JobOptionArgs) -> Value {
+    let mut opts = serde_json::Map::new();
+    if let Some(n) = o.max_attempts {
+        opts.insert("max_attempts".into(), n.into());
+    }
+    if o.review {
+        opts.insert("on_failure".into(), "review".into());
+    }
+    if let Some(p) = o.priority {
+        opts.insert("priority".into(), p.into());
+    }
+    if let Some(c) = o.concurrency {
+        opts.insert("concurrency".into(), c.into());
+    }
+    Value::Object(opts)
+}
+
+/// Items from a JSON file (an array of `{"input":…}` items or of bare inputs) or from
+/// repeated `--input` values.
+pub fn read_items(file: Option<&Path>, inputs: &[String]) -> Result<Vec<Value>, CliError> {
+    let values: Vec<Value> = match file {
+        Some(path) => {
+            let text = if path == Path::new("-") {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| CliError::Input(format!("stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?
+            };
+            match serde_json::from_str(&text) {
+                Ok(Value::Array(a)) => a,
+                Ok(_) => {
+                    return Err(CliError::Input(format!(
+                        "{}: expected a JSON array of items",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(CliError::Input(format!("{}: {e}", path.display()))),
+            }
+        }
+        None => inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                serde_json::from_str(s)
+                    .map_err(|e| CliError::Input(format!("--input #{}: {e}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if values.is_empty() {
+        return Err(CliError::Input(
+            "no items: give --items FILE or at least one --input".into(),
+        ));
+    }
+    Ok(values
+        .into_iter()
+        .map(|v| match v {
+            Value::Object(ref m) if m.contains_key("input") => v,
+            other => json!({ "input": other }),
+        })
+        .collect())
+}

@@ -1,0 +1,272 @@
+//! The `faena` command line: `serve`, and `jobs …` which talks to a running engine
+//! over its REST API and WebSocket feed.
+
+mod client;
+mod watch;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::{CliError, Client};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "faena",
+    version,
+    about = "Durable jobs for business web portals"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FAENA_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine: API, feed, dispatcher and plugins.
+    Serve(ServeArgs),
+    /// Work with jobs on a running engine.
+    Jobs {
+        /// The engine's address.
+        #[arg(
+            long,
+            global = true,
+            env = "FAENA_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where jobs, items and events are stored.
+    #[arg(long, env = "FAENA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1).
+    #[arg(long, env = "FAENA_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Port to listen on (default 8080).
+    #[arg(long, env = "FAENA_PORT")]
+    pub port: Option<u16>,
+    /// Items run at once (default 4).
+    #[arg(long, env = "FAENA_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// A TOML file with the same settings and per-plugin grants.
+    #[arg(long, env = "FAENA_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobOptionArgs {
+    /// Operation of the plugin to run.
+    #[arg(long, default_value = "run")]
+    pub operation: String,
+    /// A name for the job.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Attempts per item.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Send failed items to review instead of failing them.
+    #[arg(long)]
+    pub review: bool,
+    /// Higher runs first.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Items of this job running at once.
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Create the job paused in `pending`; start it with `faena jobs start`.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Create a job from a JSON file of items (`[{"input": {...}, "reference": "..."}]`
+    /// or plain inputs), or from `--input` values.
+    Submit {
+        #[arg(long)]
+        plugin: String,
+        /// A JSON file: an array of items or of inputs. `-` reads standard input.
+        #[arg(long, conflicts_with = "input")]
+        items: Option<PathBuf>,
+        /// One item's input as JSON; repeat for more items.
+        #[arg(long)]
+        input: Vec<String>,
+        #[command(flatten)]
+        options: JobOptionArgs,
+        /// Follow the job's progress until it finishes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Create a job from a CSV spreadsheet, one item per row (or per group of rows).
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        plugin: String,
+        /// Rows with the same value in this column become one item.
+        #[arg(long)]
+        group_by: Option<String>,
+        #[command(flatten)]
+        options: JobOptionArgs,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        plugin: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show a job; with --watch, a live progress bar until it finishes.
+    Status {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Queue the items of a job created with --no-start.
+    Start {
+        id: String,
+    },
+    /// Send the failed items of a job back to the queue.
+    Retry {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+/// Run a `faena jobs …` command, printing to stdout.
+pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
+    let client = Client::new(server);
+    match cmd {
+        JobsCommand::Submit {
+            plugin,
+            items,
+            input,
+            options,
+            watch,
+        } => {
+            let items = client::read_items(items.as_deref(), &input)?;
+            let job = client.submit(&plugin, items, &options).await?;
+            print_job(&job);
+            if watch {
+                watch::watch(&client, &job["id"].as_str().unwrap_or_default().to_owned()).await?;
+            }
+        }
+        JobsCommand::Import {
+            file,
+            plugin,
+            group_by,
+            options,
+            watch,
+        } => {
+            let job = client
+                .import(&file, &plugin, group_by.as_deref(), &options)
+                .await?;
+            print_job(&job);
+            if watch {
+                watch::watch(&client, &job["id"].as_str().unwrap_or_default().to_owned()).await?;
+            }
+        }
+        JobsCommand::List {
+            status,
+            plugin,
+            limit,
+        } => {
+            let page = client
+                .list(status.as_deref(), plugin.as_deref(), limit)
+                .await?;
+            println!(
+                "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  NAME",
+                "ID", "STATUS", "PLUGIN", "DONE", "FAILED", "TOTAL"
+            );
+            for job in page["jobs"].as_array().into_iter().flatten() {
+                let c = &job["counts"];
+                let n = |k: &str| c[k].as_u64().unwrap_or(0);
+                let total: u64 = [
+                    "pending",
+                    "queued",
+                    "running",
+                    "succeeded",
+                    "failed",
+                    "needs_review",
+                    "cancelled",
+                ]
+                .iter()
+                .map(|k| n(k))
+                .sum();
+                println!(
+                    "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  {}",
+                    job["id"].as_str().unwrap_or(""),
+                    job["status"].as_str().unwrap_or(""),
+                    job["plugin"].as_str().unwrap_or(""),
+                    n("succeeded"),
+                    n("failed") + n("needs_review"),
+                    total,
+                    job["name"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        JobsCommand::Status { id, watch } => {
+            if watch {
+                watch::watch(&client, &id).await?;
+            } else {
+                print_job(&client.job(&id).await?);
+            }
+        }
+        JobsCommand::Start { id } => print_job(&client.action(&id, "start").await?),
+        JobsCommand::Retry { id } => print_job(&client.action(&id, "retry").await?),
+        JobsCommand::Pause { id } => print_job(&client.action(&id, "pause").await?),
+        JobsCommand::Resume { id } => print_job(&client.action(&id, "resume").await?),
+        JobsCommand::Cancel { id } => print_job(&client.action(&id, "cancel").await?),
+    }
+    Ok(())
+}
+
+fn print_job(job: &serde_json::Value) {
+    println!(
+        "job {} ({}) is {}",
+        job["id"].as_str().unwrap_or("?"),
+        job["plugin"].as_str().unwrap_or("?"),
+        job["status"].as_str().unwrap_or("?")
+    );
+    if let Some(c) = job["counts"].as_object() {
+        let parts: Vec<String> = c
+            .iter()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("  {}", parts.join(", "));
+    }
+}

@@ -1,0 +1,144 @@
+//! Configuration of `faena serve`: flags, then `FAENA_*` environment variables, then an
+//! optional TOML file, then defaults (data in `./data`, port 8080).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The optional TOML file. Every key may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<IpAddr>,
+    pub port: Option<u16>,
+    /// Items this engine runs at once.
+    pub concurrency: Option<usize>,
+    /// Per-plugin settings and grants, by plugin name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// What a plugin may do. Everything not granted is denied.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// May it drive the browser?
+    pub browser: Option<bool>,
+    /// Hosts (`host` or `host:port`) its HTTP requests may reach, matched exactly.
+    pub http_hosts: Option<Vec<String>>,
+    /// Secret names it may read.
+    pub secrets: Option<Vec<String>>,
+    /// Linear memory limit in MiB.
+    pub memory_mib: Option<u64>,
+    /// Wall-clock limit for one item, in seconds.
+    pub deadline_secs: Option<u64>,
+    /// Items of this plugin running at once, across all workers.
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub concurrency: usize,
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+/// Values given on the command line or in the environment (clap reads both).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub concurrency: Option<usize>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, over: Overrides) -> Result<Config, ConfigError> {
+        let file_cfg = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+        };
+        Ok(Config {
+            data_dir: over
+                .data_dir
+                .or(file_cfg.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            addr: SocketAddr::new(
+                over.bind
+                    .or(file_cfg.bind)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                over.port.or(file_cfg.port).unwrap_or(8080),
+            ),
+            concurrency: over.concurrency.or(file_cfg.concurrency).unwrap_or(4),
+            plugins: file_cfg.plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        std::fs::write(
+            &path,
+            "port = 9000\ndata_dir = \"/srv/faena\"\n[plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_password\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            Overrides {
+                port: Some(9100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.addr.port(), 9100);
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/faena"));
+        assert_eq!(cfg.plugins["gsp"].browser, Some(true));
+        let defaults = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(defaults.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(defaults.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        std::fs::write(&path, "prot = 9000\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+}

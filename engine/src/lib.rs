@@ -1,0 +1,27 @@
+//! faena: durable jobs for business web portals, each portal flow a sandboxed
+//! WebAssembly component.
+//!
+//! # Layout
+//! Follow one job from the HTTP request to the plugin call and back:
+//!
+//! - [`api`]: REST (poem-openapi) and the WebSocket feed. A `POST /api/v1/jobs` becomes
+//!   a [`store::Store::create_job`] call; `/ws` replays and streams [`model::Event`]s.
+//! - [`store`]: sled. One writer task owns every change and commits concurrent changes
+//!   as one batch and one flush (group commit); it also keeps the in-memory ready
+//!   queues and leases. Each change appends its events in the same batch.
+//! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
+//!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
+//!   which decides retries with backoff, review or failure.
+//! - [`model`]: jobs, items, events and the legal status transitions.
+//! - [`metrics`], [`clock`]: Prometheus counters; wall time that follows tokio's clock.
+//! - [`cli`], [`config`]: the `faena` command line and its configuration.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod runtime;
+pub mod scheduler;
+pub mod store;

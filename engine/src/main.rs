@@ -1,0 +1,123 @@
+//! The `faena` binary: configuration, wiring and signals. Everything else is the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use faena::api::{self, AppState};
+use faena::cli::{Cli, Command, LogFormat, ServeArgs};
+use faena::clock::Clock;
+use faena::config::{Config, Overrides};
+use faena::scheduler::{self, SchedulerConfig};
+use faena::store::Store;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAENA_LOG")
+        .unwrap_or_else(|_| "info,chromiumoxide=off,cranelift=warn,wasmtime=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Jobs { server, command } => faena::cli::run_jobs(&server, command)
+            .await
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(
+        args.config.as_deref(),
+        Overrides {
+            data_dir: args.data_dir,
+            bind: args.bind,
+            port: args.port,
+            concurrency: args.concurrency,
+        },
+    )?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&config.data_dir.join("store"), Clock::new())
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    for (name, plugin) in &config.plugins {
+        store.set_plugin_limit(name, plugin.concurrency).await;
+    }
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(store.clone());
+    let runtime = faena::runtime::start(&config, &store).await?;
+    let dispatcher = runtime.executor.clone().map(|executor| {
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            executor,
+            SchedulerConfig {
+                concurrency: config.concurrency,
+            },
+            shutdown.clone(),
+        ))
+    });
+    let state = AppState {
+        catalog: Some(runtime.catalog.clone()),
+        ..state
+    };
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
+    let server = tokio::spawn(api::serve(listener, state, {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    }));
+    tokio::select! {
+        _ = signal() => info!("shutting down"),
+        why = store.failed() => error!(%why, "storage failed; shutting down"),
+    }
+    shutdown.cancel();
+    if let Some(d) = dispatcher {
+        let _ = d.await;
+    }
+    server.await?.context("the HTTP server failed")?;
+    drop(Arc::new(runtime));
+    Ok(())
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,57 @@
+//! Events: the audit log and the live feed are the same records, numbered by a global
+//! gap-free sequence.
+
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+
+pub mod kind {
+    pub const JOB_CREATED: &str = "job_created";
+    pub const JOB_STARTED: &str = "job_started";
+    pub const JOB_PAUSED: &str = "job_paused";
+    pub const JOB_RESUMED: &str = "job_resumed";
+    pub const JOB_COMPLETED: &str = "job_completed";
+    pub const JOB_CANCELLED: &str = "job_cancelled";
+    pub const ITEM_STATUS_CHANGED: &str = "item_status_changed";
+    pub const ITEM_STEP: &str = "item_step";
+    pub const ITEM_PROGRESS: &str = "item_progress";
+    pub const ITEM_FAILED: &str = "item_failed";
+    pub const ITEM_LOG: &str = "item_log";
+    pub const SESSION_OPENED: &str = "session_opened";
+    pub const SESSION_CLOSED: &str = "session_closed";
+
+    /// Types the engine emits itself; a published custom event may not use them.
+    pub const BUILTIN: [&str; 13] = [
+        JOB_CREATED,
+        JOB_STARTED,
+        JOB_PAUSED,
+        JOB_RESUMED,
+        JOB_COMPLETED,
+        JOB_CANCELLED,
+        ITEM_STATUS_CHANGED,
+        ITEM_STEP,
+        ITEM_PROGRESS,
+        ITEM_FAILED,
+        ITEM_LOG,
+        SESSION_OPENED,
+        SESSION_CLOSED,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct Event {
+    /// Global, gap-free, increasing from 1.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub tenant: String,
+    #[serde(rename = "type")]
+    #[oai(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub session_id: Option<String>,
+    pub data: serde_json::Value,
+}

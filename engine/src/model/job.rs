@@ -1,0 +1,166 @@
+//! Jobs: one submission of a plugin operation over N items, and the options that
+//! govern how its items are scheduled.
+
+use poem_openapi::{Enum, Object};
+use serde::{Deserialize, Serialize};
+
+use super::status::{ItemStatus, JobStatus};
+
+/// What happens to an item that fails with a business error, or runs out of attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The item ends as `failed`.
+    #[default]
+    Fail,
+    /// The item goes to `needs_review`, keeping its error, until an operator decides.
+    Review,
+}
+
+/// Scheduling options of a job. Every field has a default, so `{}` is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(default)]
+pub struct JobOptions {
+    /// Higher runs first across jobs of the same plugin.
+    pub priority: i32,
+    /// At most this many items of this job run at once (0: no per-job limit).
+    pub concurrency: u32,
+    /// Attempts per item, the first included; application errors are retried until then.
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; each next one doubles, with jitter.
+    pub backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub max_backoff_ms: u64,
+    pub on_failure: FailurePolicy,
+    /// How long a worker's lease on an item lasts without a heartbeat, in milliseconds.
+    #[oai(validator(minimum(value = "100")))]
+    pub lease_ms: u64,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            priority: 0,
+            concurrency: 0,
+            max_attempts: 3,
+            backoff_ms: 1_000,
+            max_backoff_ms: 300_000,
+            on_failure: FailurePolicy::Fail,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+/// Items of a job by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct Counts {
+    pub pending: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub needs_review: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn get_mut(&mut self, status: ItemStatus) -> &mut u64 {
+        match status {
+            ItemStatus::Pending => &mut self.pending,
+            ItemStatus::Queued => &mut self.queued,
+            ItemStatus::Running => &mut self.running,
+            ItemStatus::Succeeded => &mut self.succeeded,
+            ItemStatus::Failed => &mut self.failed,
+            ItemStatus::NeedsReview => &mut self.needs_review,
+            ItemStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub fn get(&self, status: ItemStatus) -> u64 {
+        let mut copy = self.clone();
+        *copy.get_mut(status)
+    }
+
+    pub fn moved(&mut self, from: ItemStatus, to: ItemStatus) {
+        let f = self.get_mut(from);
+        *f = f.saturating_sub(1);
+        *self.get_mut(to) += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.queued
+            + self.running
+            + self.succeeded
+            + self.failed
+            + self.needs_review
+            + self.cancelled
+    }
+
+    /// Items that still owe work.
+    pub fn open(&self) -> u64 {
+        self.pending + self.queued + self.running
+    }
+
+    /// Items that reached an outcome (done, for progress bars).
+    pub fn done(&self) -> u64 {
+        self.total() - self.open()
+    }
+}
+
+/// A job as stored and as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    pub plugin: String,
+    pub operation: String,
+    /// Plugin version the job runs with, fixed when it is created.
+    pub plugin_version: Option<String>,
+    pub name: Option<String>,
+    pub status: JobStatus,
+    pub options: JobOptions,
+    pub counts: Counts,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// One item of a new job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct NewItem {
+    /// The operation's input for this item.
+    pub input: serde_json::Value,
+    /// A business reference operators search by (an order number, a phone).
+    pub reference: Option<String>,
+}
+
+/// A job to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct NewJob {
+    pub plugin: String,
+    #[oai(default = "default_operation")]
+    #[serde(default = "default_operation")]
+    pub operation: String,
+    pub name: Option<String>,
+    #[oai(default)]
+    #[serde(default)]
+    pub options: JobOptions,
+    /// Queue the items at once (default), or leave the job `pending` until started.
+    #[oai(default = "default_true")]
+    #[serde(default = "default_true")]
+    pub start: bool,
+    pub items: Vec<NewItem>,
+}
+
+fn default_operation() -> String {
+    "run".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,15 @@
+//! The data model: jobs, items, events and their statuses. Stored as JSON in sled and
+//! returned as-is by the API, so one definition serves both.
+
+mod event;
+mod item;
+mod job;
+mod status;
+
+pub use event::{Event, kind};
+pub use item::{Attempt, ErrorKind, Item, ItemError, Lease, Step};
+pub use job::{Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob};
+pub use status::{Actor, ItemStatus, JobStatus, UnknownStatus};
+
+/// The tenant everything belongs to until API keys name another.
+pub const DEFAULT_TENANT: &str = "default";

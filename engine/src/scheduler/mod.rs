@@ -1,0 +1,212 @@
+//! The built-in dispatcher: claims items for the plugins an [`Executor`] runs, runs
+//! each under a lease it renews by heartbeat, and reports the outcome. An item whose
+//! lease is lost (cancelled, expired, claimed again) is stopped, and whatever it
+//! returns afterwards is discarded by the store's fencing.
+
+mod context;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use context::RunContext;
+
+use crate::model::{ItemError, ItemStatus, kind};
+use crate::store::{ClaimRequest, ClaimedItem, Outcome, Store, StoreError};
+
+/// Runs items. The WebAssembly runtime implements it; so can a test.
+pub trait Executor: Send + Sync + 'static {
+    /// The plugins whose items this executor runs.
+    fn plugins(&self) -> Vec<String>;
+
+    /// Run one item to its outcome. The future is dropped if the item is stopped.
+    fn run(&self, task: ClaimedItem, ctx: RunContext) -> BoxFuture<'static, Outcome>;
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Items run at once by this engine, across all plugins.
+    pub concurrency: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { concurrency: 8 }
+    }
+}
+
+type Running = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
+
+/// Start dispatching until `shutdown` is cancelled. Resolves when every item it started
+/// has finished or been stopped.
+pub async fn run(
+    store: Store,
+    executor: Arc<dyn Executor>,
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) {
+    let running: Running = Arc::default();
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let freed = Arc::new(Notify::new());
+    let watcher = tokio::spawn(watch_cancellations(
+        store.clone(),
+        running.clone(),
+        shutdown.clone(),
+    ));
+    let plugins = executor.plugins();
+    let mut tasks = tokio::task::JoinSet::new();
+    info!(concurrency = config.concurrency, plugins = ?plugins, "dispatcher started");
+    loop {
+        let woken = store.shared().dispatch.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let free = slots.available_permits();
+        let mut next_due = None;
+        let mut saturated = false;
+        if free > 0 && !plugins.is_empty() {
+            let req = ClaimRequest {
+                owner: store.instance().to_owned(),
+                tenant: None,
+                plugins: plugins.clone(),
+                max: free,
+                lease_ms: None,
+                item: None,
+            };
+            match store.claim(req).await {
+                Ok(claimed) => {
+                    next_due = claimed.next_due;
+                    saturated = claimed.items.len() == free;
+                    for task in claimed.items {
+                        let permit = slots
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("a free slot was counted");
+                        let cancel = shutdown.child_token();
+                        running
+                            .lock()
+                            .expect("running lock")
+                            .insert(task.item.id.clone(), (task.lease_token, cancel.clone()));
+                        let (store, executor, running, freed) = (
+                            store.clone(),
+                            executor.clone(),
+                            running.clone(),
+                            freed.clone(),
+                        );
+                        tasks.spawn(async move {
+                            run_one(&store, &*executor, task, cancel, &running).await;
+                            drop(permit);
+                            freed.notify_one();
+                        });
+                    }
+                }
+                Err(StoreError::Closed) => break,
+                Err(e) => warn!(error = %e, "claim failed"),
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        if saturated && slots.available_permits() > 0 {
+            continue;
+        }
+        let due = next_due.map(|t| store.clock().instant_at(t));
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = freed.notified() => {}
+            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Items still running were cancelled with `shutdown`: wait for them to wind down.
+    while tasks.join_next().await.is_some() {}
+    watcher.abort();
+    info!("dispatcher stopped");
+}
+
+async fn run_one(
+    store: &Store,
+    executor: &dyn Executor,
+    task: ClaimedItem,
+    cancel: CancellationToken,
+    running: &Running,
+) {
+    let id = task.item.id.clone();
+    let token = task.lease_token;
+    let plugin = task.item.plugin.clone();
+    let ctx = RunContext::new(store.clone(), &task, cancel.clone());
+    let lease_left = (task.lease_expires_at - store.clock().now_ms()).max(300) as u64;
+    let heartbeat = {
+        let (store, id, cancel) = (store.clone(), id.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let every = Duration::from_millis(lease_left / 3);
+            loop {
+                tokio::time::sleep(every).await;
+                match store.heartbeat(&id, token, None).await {
+                    Ok(_) => {}
+                    Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
+                        debug!(item = %id, "lease lost; stopping the run");
+                        cancel.cancel();
+                        break;
+                    }
+                    Err(e) => warn!(item = %id, error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
+    let outcome = tokio::select! {
+        out = run => Some(out.unwrap_or_else(|_| Outcome::Failed(ItemError::application("the executor panicked")))),
+        _ = cancel.cancelled() => None,
+    };
+    heartbeat.abort();
+    store.metrics().record_run(&plugin, started.elapsed());
+    running.lock().expect("running lock").remove(&id);
+    let Some(outcome) = outcome else {
+        debug!(item = %id, "run stopped");
+        return;
+    };
+    match store.complete(&id, token, outcome).await {
+        Ok(item) => debug!(item = %id, status = %item.status, "item finished"),
+        Err(StoreError::StaleLease { reason, .. }) => {
+            info!(item = %id, %reason, "result discarded: the lease was lost")
+        }
+        Err(e) => warn!(item = %id, error = %e, "could not record the outcome"),
+    }
+}
+
+/// Stop runs whose item left `running` behind their back (job or item cancelled).
+async fn watch_cancellations(store: Store, running: Running, shutdown: CancellationToken) {
+    let mut rx = store.subscribe();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = shutdown.cancelled() => return,
+        };
+        let event = match event {
+            Ok(e) => e,
+            // Missed some: heartbeats will find any lost lease.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        if event.kind != kind::ITEM_STATUS_CHANGED {
+            continue;
+        }
+        let (Some(item), Some(from)) = (&event.item_id, event.data.get("from")) else {
+            continue;
+        };
+        if from != &serde_json::json!(ItemStatus::Running) {
+            continue;
+        }
+        let guard = running.lock().expect("running lock");
+        if let Some((token, cancel)) = guard.get(item)
+            && event.seq > *token
+        {
+            cancel.cancel();
+        }
+    }
+}

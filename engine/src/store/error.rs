@@ -1,0 +1,47 @@
+//! Store errors. `Storage` means the disk failed and the engine must stop; every other
+//! variant is an expected outcome the caller answers (404, 409, 422).
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request is well-formed but the record is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The lease token does not match the item's current lease.
+    #[error("item `{item}`: lease token {token} is stale ({reason})")]
+    StaleLease {
+        item: String,
+        token: u64,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("the engine is shutting down")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Storage(format!("corrupt record: {e}"))
+    }
+}
+
+impl StoreError {
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        StoreError::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,172 @@
+//! Key layout of the one sled tree. Everything lives in a single tree so that a group
+//! of transitions is one `apply_batch`: atomic across records, indexes and events.
+//!
+//! | prefix | key                                | value                        |
+//! |--------|------------------------------------|------------------------------|
+//! | `j`    | job id (26-byte ULID)              | job JSON                     |
+//! | `i`    | job id, item index (u64 BE)        | item JSON                    |
+//! | `s`    | status byte, job id, item index    | `not_before` (i64 BE) or ""  |
+//! | `e`    | seq (u64 BE)                       | event JSON                   |
+//! | `l`    | job id, item index, seq (u64 BE)   | log line JSON                |
+
+use crate::model::ItemStatus;
+
+pub const JOB: u8 = b'j';
+pub const ITEM: u8 = b'i';
+pub const STATUS: u8 = b's';
+pub const EVENT: u8 = b'e';
+pub const LOG: u8 = b'l';
+
+pub const JOB_ID_LEN: usize = 26;
+
+pub fn new_job_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// A parsed item id: `{job_id}-{index}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey {
+    pub job: String,
+    pub index: u64,
+}
+
+impl ItemKey {
+    pub fn parse(id: &str) -> Option<ItemKey> {
+        let (job, index) = id.split_once('-')?;
+        if !valid_job_id(job) {
+            return None;
+        }
+        Some(ItemKey {
+            job: job.to_owned(),
+            index: index.parse().ok()?,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.job, self.index)
+    }
+
+    pub fn item_key(&self) -> Vec<u8> {
+        item_key(&self.job, self.index)
+    }
+
+    pub fn status_key(&self, status: ItemStatus) -> Vec<u8> {
+        status_key(status, &self.job, self.index)
+    }
+}
+
+pub fn valid_job_id(id: &str) -> bool {
+    id.len() == JOB_ID_LEN && ulid::Ulid::from_string(id).is_ok()
+}
+
+pub fn job_key(job: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN);
+    k.push(JOB);
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
+pub fn item_prefix(job: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN + 8);
+    k.push(ITEM);
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
+pub fn item_key(job: &str, index: u64) -> Vec<u8> {
+    let mut k = item_prefix(job);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn status_prefix(status: ItemStatus, job: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + JOB_ID_LEN + 8);
+    k.push(STATUS);
+    k.push(status.code());
+    if let Some(job) = job {
+        k.extend_from_slice(job.as_bytes());
+    }
+    k
+}
+
+pub fn status_key(status: ItemStatus, job: &str, index: u64) -> Vec<u8> {
+    let mut k = status_prefix(status, Some(job));
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The job and index at the end of an `i` or `s` key.
+pub fn split_item_suffix(key: &[u8]) -> Option<ItemKey> {
+    if key.len() < JOB_ID_LEN + 8 {
+        return None;
+    }
+    let tail = &key[key.len() - JOB_ID_LEN - 8..];
+    let job = std::str::from_utf8(&tail[..JOB_ID_LEN]).ok()?.to_owned();
+    let index = u64::from_be_bytes(tail[JOB_ID_LEN..].try_into().ok()?);
+    Some(ItemKey { job, index })
+}
+
+pub fn event_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = EVENT;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn event_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn log_key(job: &str, index: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN + 16);
+    k.push(LOG);
+    k.extend_from_slice(job.as_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn log_prefix(job: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN + 8);
+    k.push(LOG);
+    k.extend_from_slice(job.as_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_round_trip_and_reject_garbage() {
+        let job = new_job_id();
+        let key = ItemKey {
+            job: job.clone(),
+            index: 42,
+        };
+        assert_eq!(ItemKey::parse(&key.id()), Some(key.clone()));
+        assert_eq!(split_item_suffix(&key.item_key()), Some(key.clone()));
+        assert_eq!(
+            split_item_suffix(&key.status_key(ItemStatus::Queued)),
+            Some(key)
+        );
+        for bad in [
+            "",
+            "x-1",
+            &format!("{job}"),
+            &format!("{job}-"),
+            &format!("{job}-x"),
+            "../../etc-1",
+        ] {
+            assert_eq!(ItemKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn item_keys_sort_by_index() {
+        let job = new_job_id();
+        assert!(item_key(&job, 2) < item_key(&job, 10));
+        assert!(event_key(9) < event_key(10));
+    }
+}

@@ -1,0 +1,611 @@
+//! Durable state on sled: jobs, items, the status indexes and the event log, all in one
+//! tree. Reads go straight to sled; every write is a command to the single [`writer`],
+//! which commits concurrent commands together (group commit) and answers each caller
+//! only after the flush.
+
+mod error;
+pub mod keys;
+mod ops;
+mod ready;
+mod tx;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tracing::info;
+
+pub use error::{Result, StoreError};
+pub use keys::ItemKey;
+pub use ops::{
+    ClaimRequest, Claimed, ClaimedItem, JobAction, MAX_ITEMS_PER_JOB, Outcome, backoff_ms,
+};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::model::{Event, Item, ItemStatus, Job, JobStatus, Lease, NewJob};
+use ready::Ready;
+use writer::{Command, Writer};
+
+/// How many live events a subscriber may fall behind before it is told it lagged.
+const FEED_CAPACITY: usize = 16_384;
+
+/// State shared between the writer, its handle and the dispatchers.
+pub struct Shared {
+    /// Notified after a commit that made items claimable or freed a slot.
+    pub dispatch: Notify,
+    pub metrics: Metrics,
+    fatal: Mutex<Option<String>>,
+    fatal_notify: Notify,
+}
+
+impl Shared {
+    pub(crate) fn set_fatal(&self, why: String) {
+        *self.fatal.lock().expect("fatal lock") = Some(why);
+        self.fatal_notify.notify_waiters();
+    }
+}
+
+/// A cheap, cloneable handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    tx: mpsc::Sender<Command>,
+    hub: broadcast::Sender<Arc<Event>>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    /// Owner name of this process's built-in workers; leases held under an older
+    /// instance's name died with that process.
+    instance: Arc<str>,
+}
+
+/// A page of a listing and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub tenant: Option<String>,
+    pub status: Option<JobStatus>,
+    pub plugin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub tenant: Option<String>,
+    pub jobs: Vec<String>,
+    pub types: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &Event) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == e.tenant)
+            && (self.jobs.is_empty() || e.job_id.as_ref().is_some_and(|j| self.jobs.contains(j)))
+            && (self.types.is_empty() || self.types.contains(&e.kind))
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir` and start its writer. Items left running by
+    /// a previous process of this engine are put back in the queue (as a failed
+    /// attempt); leases of external workers keep running until they expire.
+    pub async fn open(dir: &Path, clock: Clock) -> Result<Store> {
+        let dir = dir.to_owned();
+        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(dir).open())
+            .await
+            .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let tree = db.open_tree("faena")?;
+        let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
+        let (hub, _) = broadcast::channel(FEED_CAPACITY);
+        let shared = Arc::new(Shared {
+            dispatch: Notify::new(),
+            metrics: Metrics::default(),
+            fatal: Mutex::new(None),
+            fatal_notify: Notify::new(),
+        });
+        let (ready, next_seq, dead) = {
+            let tree = tree.clone();
+            let shared = shared.clone();
+            let now = clock.now_ms();
+            tokio::task::spawn_blocking(move || recover(&tree, &shared, now))
+                .await
+                .map_err(|e| StoreError::Storage(e.to_string()))??
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            tree: tree.clone(),
+            ready,
+            next_seq,
+            clock,
+            hub: hub.clone(),
+            shared: shared.clone(),
+            wake: false,
+        };
+        tokio::spawn(writer.run(rx));
+        let store = Store {
+            db,
+            tree,
+            tx,
+            hub,
+            shared,
+            clock,
+            instance,
+        };
+        if !dead.is_empty() {
+            info!(
+                items = dead.len(),
+                "requeueing items left running by a previous process"
+            );
+        }
+        for key in dead {
+            // The process that held these leases is gone: expire them now.
+            let item = store.item(&key.id())?;
+            if let Some(lease) = item.lease {
+                let _ = store
+                    .complete(
+                        &key.id(),
+                        lease.token,
+                        Outcome::Failed({
+                            let mut e = crate::model::ItemError::application(
+                                "the engine stopped while the item was running",
+                            );
+                            e.code = Some("engine_restarted".into());
+                            e
+                        }),
+                    )
+                    .await;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Resolves when the store can no longer write (disk failure).
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.shared.fatal_notify.notified();
+            if let Some(why) = self.shared.fatal.lock().expect("fatal lock").clone() {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.hub.subscribe()
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn item_key(id: &str) -> Result<ItemKey> {
+        ItemKey::parse(id).ok_or_else(|| StoreError::not_found("item", id))
+    }
+
+    // ---- writes -------------------------------------------------------------------
+
+    pub async fn create_job(
+        &self,
+        tenant: &str,
+        job: NewJob,
+        plugin_version: Option<String>,
+    ) -> Result<Job> {
+        let tenant = tenant.to_owned();
+        self.send(|reply| Command::CreateJob {
+            tenant,
+            job,
+            plugin_version,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn job_action(&self, job: &str, action: JobAction) -> Result<Job> {
+        if !keys::valid_job_id(job) {
+            return Err(StoreError::not_found("job", job));
+        }
+        let job = job.to_owned();
+        self.send(|reply| Command::JobAction { job, action, reply })
+            .await
+    }
+
+    pub async fn claim(&self, req: ClaimRequest) -> Result<Claimed> {
+        self.send(|reply| Command::Claim { req, reply }).await
+    }
+
+    pub async fn heartbeat(&self, item: &str, token: u64, extend_ms: Option<u64>) -> Result<Lease> {
+        let item = Self::item_key(item)?;
+        self.send(|reply| Command::Heartbeat {
+            item,
+            token,
+            extend_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn complete(&self, item: &str, token: u64, outcome: Outcome) -> Result<Item> {
+        let item = Self::item_key(item)?;
+        self.send(|reply| Command::Complete {
+            item,
+            token,
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn step(
+        &self,
+        item: &str,
+        token: u64,
+        name: String,
+        state: Option<String>,
+    ) -> Result<()> {
+        let item = Self::item_key(item)?;
+        self.send(|reply| Command::Step {
+            item,
+            token,
+            name,
+            state,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn progress(&self, item: &str, token: u64, data: serde_json::Value) -> Result<()> {
+        let item = Self::item_key(item)?;
+        self.send(|reply| Command::Progress {
+            item,
+            token,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn log(&self, item: &str, token: u64, level: &str, message: &str) -> Result<()> {
+        let item = Self::item_key(item)?;
+        let (level, message) = (level.to_owned(), message.to_owned());
+        self.send(|reply| Command::Log {
+            item,
+            token,
+            level,
+            message,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn transition(
+        &self,
+        item: &str,
+        to: ItemStatus,
+        reason: Option<String>,
+        input: Option<serde_json::Value>,
+    ) -> Result<Item> {
+        let item = Self::item_key(item)?;
+        self.send(|reply| Command::Transition {
+            item,
+            to,
+            reason,
+            input,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<String>,
+        data: serde_json::Value,
+    ) -> Result<Event> {
+        let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
+        self.send(|reply| Command::Publish {
+            tenant,
+            kind,
+            job_id,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// At most `limit` items of `plugin` run at once, across all workers.
+    pub async fn set_plugin_limit(&self, plugin: &str, limit: Option<u32>) {
+        let _ = self
+            .tx
+            .send(Command::SetPluginLimit {
+                plugin: plugin.to_owned(),
+                limit,
+            })
+            .await;
+    }
+
+    // ---- reads --------------------------------------------------------------------
+
+    pub fn job(&self, id: &str) -> Result<Job> {
+        if !keys::valid_job_id(id) {
+            return Err(StoreError::not_found("job", id));
+        }
+        let raw = self
+            .tree
+            .get(keys::job_key(id))?
+            .ok_or_else(|| StoreError::not_found("job", id))?;
+        Ok(serde_json::from_slice(&raw)?)
+    }
+
+    pub fn item(&self, id: &str) -> Result<Item> {
+        let key = Self::item_key(id)?;
+        let raw = self
+            .tree
+            .get(key.item_key())?
+            .ok_or_else(|| StoreError::not_found("item", id))?;
+        Ok(serde_json::from_slice(&raw)?)
+    }
+
+    /// Jobs, newest first. `cursor` is the last job id of the previous page.
+    pub fn jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Job>> {
+        let upper = match cursor {
+            Some(c) => keys::job_key(c),
+            None => vec![keys::JOB + 1],
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(vec![keys::JOB]..upper).rev() {
+            let (_, v) = kv?;
+            let job: Job = serde_json::from_slice(&v)?;
+            let keep = filter.tenant.as_ref().is_none_or(|t| *t == job.tenant)
+                && filter.status.is_none_or(|s| s == job.status)
+                && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin);
+            if keep {
+                out.push(job);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        let next = (out.len() == limit)
+            .then(|| out.last().map(|j| j.id.clone()))
+            .flatten();
+        Ok(Page { items: out, next })
+    }
+
+    /// Items of a job in index order, optionally of one status or matching a reference
+    /// fragment. `cursor` is the last index of the previous page.
+    pub fn items(
+        &self,
+        job: &str,
+        status: Option<ItemStatus>,
+        reference: Option<&str>,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<Item>> {
+        self.job(job)?;
+        let mut out = Vec::new();
+        let start = cursor.map(|c| c + 1).unwrap_or(0);
+        let push = |item: Item, out: &mut Vec<Item>| {
+            if reference.is_none_or(|r| item.reference.as_deref().is_some_and(|x| x.contains(r))) {
+                out.push(item);
+            }
+        };
+        match status {
+            None => {
+                let lower = keys::item_key(job, start);
+                let prefix = keys::item_prefix(job);
+                for kv in self.tree.range(lower..) {
+                    let (k, v) = kv?;
+                    if !k.starts_with(&prefix) || out.len() == limit {
+                        break;
+                    }
+                    push(serde_json::from_slice(&v)?, &mut out);
+                }
+            }
+            Some(status) => {
+                let lower = keys::status_key(status, job, start);
+                let prefix = keys::status_prefix(status, Some(job));
+                for kv in self.tree.range(lower..) {
+                    let (k, _) = kv?;
+                    if !k.starts_with(&prefix) || out.len() == limit {
+                        break;
+                    }
+                    let key = keys::split_item_suffix(&k).expect("status key");
+                    if let Some(raw) = self.tree.get(key.item_key())? {
+                        push(serde_json::from_slice(&raw)?, &mut out);
+                    }
+                }
+            }
+        }
+        let next = (out.len() == limit)
+            .then(|| out.last().map(|i| i.index.to_string()))
+            .flatten();
+        Ok(Page { items: out, next })
+    }
+
+    /// Items of one status across all jobs (the review queue). `cursor` is the last
+    /// item id of the previous page.
+    pub fn items_by_status(
+        &self,
+        tenant: Option<&str>,
+        status: ItemStatus,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Item>> {
+        let prefix = keys::status_prefix(status, None);
+        let lower = match cursor.and_then(ItemKey::parse) {
+            Some(k) => {
+                let mut l = k.status_key(status);
+                l.push(0);
+                l
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(lower..) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            let key = keys::split_item_suffix(&k).expect("status key");
+            if let Some(raw) = self.tree.get(key.item_key())? {
+                let item: Item = serde_json::from_slice(&raw)?;
+                if tenant.is_none_or(|t| t == item.tenant) {
+                    out.push(item);
+                }
+            }
+        }
+        let next = (out.len() == limit)
+            .then(|| out.last().map(|i| i.id.clone()))
+            .flatten();
+        Ok(Page { items: out, next })
+    }
+
+    /// Stored events after `after`, matching `filter`, at most `limit`. Also returns the
+    /// last seq looked at, so a caller can continue past a run of non-matching events.
+    pub fn events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<(Vec<Event>, u64)> {
+        let mut out = Vec::new();
+        let mut last = after;
+        for kv in self
+            .tree
+            .range(keys::event_key(after + 1).to_vec()..vec![keys::EVENT + 1])
+        {
+            let (k, v) = kv?;
+            last = keys::event_seq(&k).unwrap_or(last);
+            let e: Event = serde_json::from_slice(&v)?;
+            if filter.matches(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// The newest stored event's seq (0 when there is none).
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(last_event_seq(&self.tree)?)
+    }
+
+    pub fn item_logs(&self, id: &str) -> Result<Vec<serde_json::Value>> {
+        let key = Self::item_key(id)?;
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::log_prefix(&key.job, key.index)) {
+            out.push(serde_json::from_slice(&kv?.1)?);
+        }
+        Ok(out)
+    }
+
+    /// Items by status across the whole store (for metrics), counted from the index.
+    pub fn count_by_status(&self) -> Result<Vec<(ItemStatus, u64)>> {
+        let mut out = Vec::new();
+        for st in ItemStatus::ALL {
+            let n = self
+                .tree
+                .scan_prefix(keys::status_prefix(st, None))
+                .keys()
+                .count() as u64;
+            out.push((st, n));
+        }
+        Ok(out)
+    }
+}
+
+fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    Ok(tree
+        .range(vec![keys::EVENT]..vec![keys::EVENT + 1])
+        .next_back()
+        .transpose()?
+        .and_then(|(k, _)| keys::event_seq(&k))
+        .unwrap_or(0))
+}
+
+/// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
+/// next event seq and the items whose lease belonged to a previous engine process.
+fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
+    let mut ready = Ready::default();
+    let next_seq = last_event_seq(tree)? + 1;
+    for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {
+        let job: Job = serde_json::from_slice(&kv?.1)?;
+        if matches!(job.status, JobStatus::Running | JobStatus::Paused) {
+            ready.add_job(
+                &job.id,
+                &job.plugin,
+                job.options.priority,
+                job.options.concurrency,
+                job.status == JobStatus::Paused,
+            );
+        }
+    }
+    for kv in tree.scan_prefix(keys::status_prefix(ItemStatus::Queued, None)) {
+        let (k, v) = kv?;
+        let key = keys::split_item_suffix(&k).expect("status key");
+        ready.push(key, tx::decode_not_before(&v), now);
+    }
+    let mut dead = Vec::new();
+    for kv in tree.scan_prefix(keys::status_prefix(ItemStatus::Running, None)) {
+        let (k, _) = kv?;
+        let key = keys::split_item_suffix(&k).expect("status key");
+        let Some(raw) = tree.get(key.item_key())? else {
+            continue;
+        };
+        let item: Item = serde_json::from_slice(&raw)?;
+        ready.count_running(&key);
+        match item.lease {
+            Some(l) if !l.owner.starts_with("engine:") => ready.set_lease(key, l.expires_at),
+            _ => dead.push(key),
+        }
+    }
+    for (st, n) in ItemStatus::ALL.iter().map(|st| {
+        (
+            *st,
+            tree.scan_prefix(keys::status_prefix(*st, None))
+                .keys()
+                .count() as i64,
+        )
+    }) {
+        shared.metrics.set_status_count(st, n);
+    }
+    Ok((ready, next_seq, dead))
+}

@@ -1,0 +1,203 @@
+//! A scratch transaction over the writer's current group: reads see the group's
+//! uncommitted writes, writes stay private until the command succeeds. A rejected
+//! command is dropped with its `Tx`, so nothing partial reaches the batch.
+
+use std::collections::HashMap;
+
+use sled::IVec;
+
+use super::error::{Result, StoreError};
+use super::keys::{self, ItemKey};
+use crate::model::{Event, Item, ItemStatus, Job};
+
+pub(crate) type Overlay = HashMap<Vec<u8>, Option<IVec>>;
+
+pub(crate) struct Tx<'a> {
+    tree: &'a sled::Tree,
+    base: &'a Overlay,
+    pub writes: Overlay,
+    pub events: Vec<Event>,
+    /// Jobs read or changed in this command, written once at the end.
+    jobs: HashMap<String, (Job, bool)>,
+    pub next_seq: u64,
+    pub now: i64,
+    /// Items gained or lost per status, for the metrics once the command succeeds.
+    pub status_deltas: [i64; ItemStatus::ALL.len()],
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(tree: &'a sled::Tree, base: &'a Overlay, next_seq: u64, now: i64) -> Self {
+        Tx {
+            tree,
+            base,
+            writes: Overlay::new(),
+            events: Vec::new(),
+            jobs: HashMap::new(),
+            next_seq,
+            now,
+            status_deltas: [0; ItemStatus::ALL.len()],
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.base.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?)
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: impl Into<IVec>) {
+        self.writes.insert(key, Some(value.into()));
+    }
+
+    pub fn del(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Keys under `prefix`, merged from the tree and both overlays, in order.
+    pub fn scan_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut keys: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            keys.insert(kv?.0.to_vec());
+        }
+        for overlay in [self.base, &self.writes] {
+            for (k, v) in overlay {
+                if k.starts_with(prefix) {
+                    if v.is_some() {
+                        keys.insert(k.clone());
+                    } else {
+                        keys.remove(k);
+                    }
+                }
+            }
+        }
+        // A key removed in `base` but written again in `writes` is present.
+        keys.retain(|k| !matches!(self.writes.get(k), Some(None)));
+        Ok(keys.into_iter().collect())
+    }
+
+    fn load_job(&mut self, id: &str) -> Result<&mut (Job, bool)> {
+        if !self.jobs.contains_key(id) {
+            let raw = self
+                .get(&keys::job_key(id))?
+                .ok_or_else(|| StoreError::not_found("job", id))?;
+            let job: Job = serde_json::from_slice(&raw)?;
+            self.jobs.insert(id.to_owned(), (job, false));
+        }
+        Ok(self.jobs.get_mut(id).expect("just loaded"))
+    }
+
+    /// The job, to change: it is written back when the command succeeds.
+    pub fn job_mut(&mut self, id: &str) -> Result<&mut Job> {
+        let now = self.now;
+        let entry = self.load_job(id)?;
+        entry.1 = true;
+        entry.0.updated_at = now;
+        Ok(&mut entry.0)
+    }
+
+    pub fn job(&mut self, id: &str) -> Result<Job> {
+        Ok(self.load_job(id)?.0.clone())
+    }
+
+    pub fn insert_job(&mut self, job: Job) {
+        self.jobs.insert(job.id.clone(), (job, true));
+    }
+
+    pub fn item(&self, key: &ItemKey) -> Result<Item> {
+        let raw = self
+            .get(&key.item_key())?
+            .ok_or_else(|| StoreError::not_found("item", key.id()))?;
+        Ok(serde_json::from_slice(&raw)?)
+    }
+
+    pub fn put_item(&mut self, item: &Item) {
+        let key = keys::item_key(&item.job_id, item.index);
+        self.put(key, serde_json::to_vec(item).expect("item serializes"));
+    }
+
+    /// Write a new item and its status index entry (no counts: the caller sets them).
+    pub fn insert_item(&mut self, item: &Item) {
+        self.put_item(item);
+        self.status_deltas[item.status.code() as usize] += 1;
+        self.put(
+            keys::status_key(item.status, &item.job_id, item.index),
+            status_value(item),
+        );
+    }
+
+    /// Move an item to `to`: status index, the job's counts and the item record.
+    pub fn set_status(&mut self, item: &mut Item, to: ItemStatus) -> Result<()> {
+        let from = item.status;
+        self.status_deltas[from.code() as usize] -= 1;
+        self.status_deltas[to.code() as usize] += 1;
+        item.status = to;
+        item.updated_at = self.now;
+        self.del(keys::status_key(from, &item.job_id, item.index));
+        self.put(
+            keys::status_key(to, &item.job_id, item.index),
+            status_value(item),
+        );
+        self.job_mut(&item.job_id)?.counts.moved(from, to);
+        self.put_item(item);
+        Ok(())
+    }
+
+    /// Append an event; returns its seq.
+    pub fn emit(
+        &mut self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<&str>,
+        item_id: Option<&str>,
+        data: serde_json::Value,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let event = Event {
+            seq,
+            ts: self.now,
+            tenant: tenant.to_owned(),
+            kind: kind.to_owned(),
+            job_id: job_id.map(str::to_owned),
+            item_id: item_id.map(str::to_owned),
+            session_id: None,
+            data,
+        };
+        self.put(
+            keys::event_key(seq).to_vec(),
+            serde_json::to_vec(&event).expect("event serializes"),
+        );
+        self.events.push(event);
+        seq
+    }
+
+    /// Write back the jobs this command changed; consumes the transaction's writes.
+    pub fn finish(mut self) -> (Overlay, Vec<Event>, u64, [i64; ItemStatus::ALL.len()]) {
+        for (id, (job, dirty)) in std::mem::take(&mut self.jobs) {
+            if dirty {
+                self.writes.insert(
+                    keys::job_key(&id),
+                    Some(serde_json::to_vec(&job).expect("job serializes").into()),
+                );
+            }
+        }
+        (self.writes, self.events, self.next_seq, self.status_deltas)
+    }
+}
+
+/// The status index keeps a queued item's `not_before`, so start-up can rebuild the
+/// ready queues without reading every item.
+fn status_value(item: &Item) -> IVec {
+    match (item.status, item.not_before) {
+        (ItemStatus::Queued, Some(t)) => IVec::from(&t.to_be_bytes()[..]),
+        _ => IVec::default(),
+    }
+}
+
+pub fn decode_not_before(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.try_into().ok()?))
+}
