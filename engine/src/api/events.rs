@@ -5,6 +5,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::AppState;
+use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::jobs::{Tag, limit};
 use super::ws::RESERVED_TYPES;
@@ -18,13 +19,15 @@ pub struct EventPage {
     pub next_after: u64,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Deserialize)]
 pub struct PublishBody {
     /// A type of your own (not one the engine emits), e.g. `invoice_sent`.
     #[oai(rename = "type", validator(min_length = 1, max_length = 64))]
+    #[serde(rename = "type")]
     pub kind: String,
     pub job_id: Option<String>,
     #[oai(default)]
+    #[serde(default)]
     pub data: serde_json::Value,
 }
 
@@ -69,7 +72,7 @@ impl EventsApi {
 
     /// Append a custom event to the log; it is fanned out like any other.
     #[oai(path = "/events", method = "post", operation_id = "publish_event")]
-    async fn publish(&self, body: Json<PublishBody>) -> ApiResult<Published> {
+    async fn publish(&self, body: JsonBody<PublishBody>) -> ApiResult<Published> {
         if RESERVED_TYPES.contains(&body.0.kind.as_str()) {
             return Err(ApiError::invalid(format!(
                 "type: `{}` is a message type of the feed itself",

@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::AppState;
+use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::jobs::{ItemPage, Tag, limit};
 use crate::model::{Item, ItemStatus};
@@ -19,7 +20,7 @@ pub struct ItemDetail {
     pub logs: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Deserialize)]
 pub struct TransitionRequest {
     /// The status to move to. Allowed: any unfinished item to `cancelled`;
     /// `failed` or `needs_review` to `queued`; `needs_review` to `failed`.
@@ -89,7 +90,7 @@ impl ItemsApi {
     async fn transition(
         &self,
         id: Path<String>,
-        body: Json<TransitionRequest>,
+        body: JsonBody<TransitionRequest>,
     ) -> ApiResult<Json<Item>> {
         self.state.item(&id.0)?;
         if body.0.reason.as_ref().is_some_and(|r| r.len() > 2048) {

@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
 use super::AppState;
+use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use crate::model::{Item, ItemStatus, Job, JobStatus, NewJob};
 use crate::store::{JobAction, JobFilter};
@@ -61,7 +62,7 @@ impl JobsApi {
     /// Create a job with its items. All items are written in one atomic, durable
     /// write; the job starts at once unless `start` is false.
     #[oai(path = "/jobs", method = "post", operation_id = "create_job")]
-    async fn create(&self, body: Json<NewJob>) -> ApiResult<Created> {
+    async fn create(&self, body: JsonBody<NewJob>) -> ApiResult<Created> {
         let tenant = self.state.tenant();
         let version = self.state.plugin_version(&body.0.plugin)?;
         let job = self.state.store.create_job(tenant, body.0, version).await?;

@@ -2,6 +2,7 @@
 //! the WebSocket feed, `/health` and `/metrics`. Servers take a bound listener and a
 //! shutdown future, so tests bind port 0 and stop cleanly.
 
+mod body;
 pub mod error;
 mod events;
 mod items;

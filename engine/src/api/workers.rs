@@ -5,14 +5,16 @@
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
+use serde::Deserialize;
 
 use super::AppState;
+use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::jobs::Tag;
 use crate::model::{Item, ItemError, Lease};
 use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome};
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 pub struct ClaimBody {
     /// The worker's name; it owns the lease.
     #[oai(validator(min_length = 1, max_length = 128))]
@@ -35,7 +37,7 @@ pub struct ClaimResponse {
     pub next_due: Option<i64>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 pub struct HeartbeatBody {
     pub token: u64,
     /// New lease length from now, in milliseconds (default: the job's `lease_ms`).
@@ -43,14 +45,15 @@ pub struct HeartbeatBody {
     pub extend_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
 #[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum CompleteStatus {
     Succeeded,
     Failed,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 pub struct CompleteBody {
     pub token: u64,
     pub status: CompleteStatus,
@@ -60,12 +63,21 @@ pub struct CompleteBody {
     pub error: Option<ItemError>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 pub struct StepBody {
     pub token: u64,
     #[oai(validator(min_length = 1, max_length = 128))]
     pub name: String,
     pub state: Option<String>,
+}
+
+fn check_lease(field: &str, ms: Option<u64>) -> ApiResult<()> {
+    match ms {
+        Some(ms) if !(100..=3_600_000).contains(&ms) => Err(ApiError::invalid(format!(
+            "{field}: {ms} is not between 100 and 3600000"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub struct WorkersApi {
@@ -83,8 +95,16 @@ impl WorkersApi {
     async fn claim(
         &self,
         plugin: Path<String>,
-        body: Json<ClaimBody>,
+        body: JsonBody<ClaimBody>,
     ) -> ApiResult<Json<ClaimResponse>> {
+        let b = &body.0;
+        if b.worker.is_empty() || b.worker.len() > 128 {
+            return Err(ApiError::invalid("worker: must be 1-128 characters"));
+        }
+        if b.max.is_some_and(|m| !(1..=100).contains(&m)) {
+            return Err(ApiError::invalid("max: must be between 1 and 100"));
+        }
+        check_lease("lease_ms", b.lease_ms)?;
         let item = match &body.0.item_id {
             Some(id) => Some(
                 ItemKey::parse(id)
@@ -119,8 +139,9 @@ impl WorkersApi {
     async fn heartbeat(
         &self,
         id: Path<String>,
-        body: Json<HeartbeatBody>,
+        body: JsonBody<HeartbeatBody>,
     ) -> ApiResult<Json<Lease>> {
+        check_lease("extend_ms", body.0.extend_ms)?;
         self.state.item(&id.0)?;
         Ok(Json(
             self.state
@@ -132,7 +153,7 @@ impl WorkersApi {
 
     /// Record a checkpoint; a retried item gets its last one back.
     #[oai(path = "/items/:id/step", method = "post", operation_id = "step_item")]
-    async fn step(&self, id: Path<String>, body: Json<StepBody>) -> ApiResult<Json<Item>> {
+    async fn step(&self, id: Path<String>, body: JsonBody<StepBody>) -> ApiResult<Json<Item>> {
         self.state.item(&id.0)?;
         let StepBody { token, name, state } = body.0;
         self.state.store.step(&id.0, token, name, state).await?;
@@ -146,7 +167,11 @@ impl WorkersApi {
         method = "post",
         operation_id = "complete_item"
     )]
-    async fn complete(&self, id: Path<String>, body: Json<CompleteBody>) -> ApiResult<Json<Item>> {
+    async fn complete(
+        &self,
+        id: Path<String>,
+        body: JsonBody<CompleteBody>,
+    ) -> ApiResult<Json<Item>> {
         self.state.item(&id.0)?;
         let outcome = match (body.0.status, body.0.error) {
             (CompleteStatus::Succeeded, None) => {

@@ -181,7 +181,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
             let job = client.submit(&plugin, items, &options).await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, &job["id"].as_str().unwrap_or_default().to_owned()).await?;
+                watch::watch(&client, job["id"].as_str().unwrap_or_default()).await?;
             }
         }
         JobsCommand::Import {
@@ -196,7 +196,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
                 .await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, &job["id"].as_str().unwrap_or_default().to_owned()).await?;
+                watch::watch(&client, job["id"].as_str().unwrap_or_default()).await?;
             }
         }
         JobsCommand::List {

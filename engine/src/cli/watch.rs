@@ -34,7 +34,7 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
         &["succeeded", "failed", "needs_review", "cancelled"],
     ));
     if matches!(job["status"].as_str(), Some("completed" | "cancelled")) {
-        bar.finish_with_message(format!("{}", job["status"].as_str().unwrap_or("")));
+        bar.finish_with_message(job["status"].as_str().unwrap_or("").to_owned());
         return Ok(());
     }
     let ws_url = format!("{}/ws/jobs/{id}", client.base().replacen("http", "ws", 1));
@@ -56,14 +56,12 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
                     bar.set_message(format!("{} failed", data["failed"].as_u64().unwrap_or(0)));
                 }
             }
-            Some("item_failed") => {
-                if !data["will_retry"].as_bool().unwrap_or(false) {
-                    bar.println(format!(
-                        "item {} failed: {}",
-                        event["item_id"].as_str().unwrap_or("?"),
-                        data["error"]["message"].as_str().unwrap_or("?")
-                    ));
-                }
+            Some("item_failed") if !data["will_retry"].as_bool().unwrap_or(false) => {
+                bar.println(format!(
+                    "item {} failed: {}",
+                    event["item_id"].as_str().unwrap_or("?"),
+                    data["error"]["message"].as_str().unwrap_or("?")
+                ));
             }
             Some("job_completed") => {
                 let r = &data["results"];

@@ -21,6 +21,7 @@ pub enum FailurePolicy {
 /// Scheduling options of a job. Every field has a default, so `{}` is valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
 #[oai(default)]
+#[serde(default)]
 pub struct JobOptions {
     /// Higher runs first across jobs of the same plugin.
     pub priority: i32,

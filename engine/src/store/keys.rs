@@ -154,7 +154,7 @@ mod tests {
         for bad in [
             "",
             "x-1",
-            &format!("{job}"),
+            &job,
             &format!("{job}-"),
             &format!("{job}-x"),
             "../../etc-1",

@@ -164,6 +164,15 @@ impl Store {
         Ok(store)
     }
 
+    /// Stop the writer after committing what is pending, and release the database
+    /// once every other handle is dropped too.
+    pub async fn close(self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
     pub fn clock(&self) -> Clock {
         self.clock
     }

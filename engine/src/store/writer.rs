@@ -88,6 +88,10 @@ pub(crate) enum Command {
         plugin: String,
         limit: Option<u32>,
     },
+    /// Commit what is pending, stop, and release the database.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 type Done = Box<dyn FnOnce(bool) + Send>;
@@ -112,7 +116,8 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        loop {
+        let mut closing = Vec::new();
+        while closing.is_empty() {
             let lease_deadline = self
                 .ready
                 .next_lease_expiry()
@@ -125,13 +130,14 @@ impl Writer {
                 _ = sleep_until(lease_deadline) => None,
             };
             let mut group = Group::default();
-            if let Some(cmd) = first {
-                self.handle(cmd, &mut group);
-            }
-            while group.done.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd, &mut group),
-                    Err(_) => break,
+            let mut next = first;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Shutdown { reply } => closing.push(reply),
+                    cmd => self.handle(cmd, &mut group),
+                }
+                if group.done.len() < MAX_GROUP && closing.is_empty() {
+                    next = rx.try_recv().ok();
                 }
             }
             self.expire_leases(&mut group);
@@ -141,10 +147,16 @@ impl Writer {
                 break;
             }
         }
-        // Answer whatever is still queued so no caller waits forever.
+        // Callers still queued get `Closed` when their reply channel drops.
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
-            drop(cmd);
+            if let Command::Shutdown { reply } = cmd {
+                closing.push(reply);
+            }
+        }
+        drop(self);
+        for reply in closing {
+            let _ = reply.send(());
         }
     }
 
@@ -307,6 +319,7 @@ impl Writer {
                 self.ready.set_plugin_limit(&plugin, limit);
                 self.wake = true;
             }
+            Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
 

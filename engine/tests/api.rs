@@ -1,0 +1,575 @@
+//! The REST API in-process (poem's TestClient): every route of the contract, its
+//! errors, and that a refused request writes nothing.
+
+mod common;
+
+use common::*;
+use faena::api::{self, AppState};
+use poem::http::StatusCode;
+use poem::test::TestClient;
+use serde_json::{Value, json};
+
+struct Api {
+    cli: TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>,
+}
+
+impl Api {
+    fn new(state: AppState) -> Self {
+        let ep = poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(api::app(state)));
+        Api {
+            cli: TestClient::new(ep),
+        }
+    }
+
+    async fn send(
+        &self,
+        req: poem::test::TestRequestBuilder<
+            '_,
+            poem::endpoint::BoxEndpoint<'static, poem::Response>,
+        >,
+    ) -> (StatusCode, Value) {
+        let resp = req.send().await;
+        let status = resp.0.status();
+        let text = resp.0.into_body().into_string().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.cli.get(path)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.cli.post(path).body_json(&body)).await
+    }
+}
+
+fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str, mentions: &str) {
+    assert_eq!(resp.0, status, "{:?}", resp.1);
+    assert_eq!(resp.1["error"], code, "{:?}", resp.1);
+    let msg = resp.1["message"].as_str().unwrap();
+    assert!(
+        msg.contains(mentions),
+        "message `{msg}` should mention `{mentions}`"
+    );
+}
+
+async fn setup() -> (Engine, Api) {
+    let e = engine(None, 1).await;
+    let api = Api::new(AppState::new(e.store.clone()));
+    (e, api)
+}
+
+#[tokio::test]
+async fn jobs_create_list_paginate_and_inspect() {
+    let (e, api) = setup().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (st, job) = api
+            .post("/api/v1/jobs", json!({"plugin": "ext", "name": format!("batch {i}"), "items": [
+                {"input": {"n": 1}, "reference": "OC-1"}, {"input": {"n": 2}, "reference": "OC-2"}]}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{job}");
+        assert_eq!(job["counts"]["queued"], 2);
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let (st, page) = api.get("/api/v1/jobs?limit=2").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(page["jobs"][0]["id"], ids[2], "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, page2) = api
+        .get(&format!("/api/v1/jobs?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(page2["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["jobs"][0]["id"], ids[0]);
+    assert!(page2["next_cursor"].is_null());
+    let (_, filtered) = api.get("/api/v1/jobs?status=completed").await;
+    assert_eq!(filtered["jobs"].as_array().unwrap().len(), 0);
+
+    let (st, job) = api.get(&format!("/api/v1/jobs/{}", ids[0])).await;
+    assert_eq!(
+        (st, job["name"].clone()),
+        (StatusCode::OK, json!("batch 0"))
+    );
+    let (_, items) = api
+        .get(&format!("/api/v1/jobs/{}/items?limit=1", ids[0]))
+        .await;
+    assert_eq!(items["items"][0]["reference"], "OC-1");
+    let (_, items) = api
+        .get(&format!(
+            "/api/v1/jobs/{}/items?cursor={}",
+            ids[0],
+            items["next_cursor"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(items["items"][0]["reference"], "OC-2");
+    let (_, items) = api
+        .get(&format!(
+            "/api/v1/jobs/{}/items?q=OC-2&status=queued",
+            ids[0]
+        ))
+        .await;
+    assert_eq!(items["items"].as_array().unwrap().len(), 1);
+    let (st, item) = api.get(&format!("/api/v1/items/{}-1", ids[0])).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(item["input"], json!({"n": 2}));
+    assert!(item["logs"].is_array());
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_named_and_writes_nothing() {
+    let (e, api) = setup().await;
+    assert_error(
+        &api.post("/api/v1/jobs", json!({"plugin": "ext", "items": []}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "items",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "options": {"max_attempts": 0}, "items": [{"input": 1}]}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "max_attempts",
+    );
+    assert_error(
+        &api.post("/api/v1/jobs", json!({"plugin": "ext"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "items",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/jobs",
+            json!({"plugin": "no spaces", "items": [{"input": 1}]}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "plugin",
+    );
+    let raw = api
+        .send(
+            api.cli
+                .post("/api/v1/jobs")
+                .content_type("application/json")
+                .body("{\"plugin\":"),
+        )
+        .await;
+    assert_error(&raw, StatusCode::BAD_REQUEST, "bad_request", "EOF");
+    let typed = api
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": 1}], "options": {"priority": "high"}}),
+        )
+        .await;
+    assert_error(
+        &typed,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "options.priority",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs/../../etc").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "",
+    );
+    assert_error(
+        &api.get("/api/v1/items/garbage").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "garbage",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs?status=bogus").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "status",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "limit",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs?cursor=zzz").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "cursor",
+    );
+    let too_big = api
+        .send(
+            api.cli
+                .post("/api/v1/jobs")
+                .content_type("application/json")
+                .header("content-length", "999999999")
+                .body("{}"),
+        )
+        .await;
+    assert_error(
+        &too_big,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "larger",
+    );
+    let (_, page) = api.get("/api/v1/jobs").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 0);
+    let (_, events) = api.get("/api/v1/events").await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 0);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn external_worker_claim_heartbeat_step_complete() {
+    let (e, api) = setup().await;
+    let (_, job) = api
+        .post("/api/v1/jobs", json!({"plugin": "ext", "options": {"on_failure": "review"}, "items": [{"input": 1}, {"input": 2}]}))
+        .await;
+    let jid = job["id"].as_str().unwrap();
+    let item0 = format!("{jid}-0");
+    let (st, c) = api
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w1", "item_id": item0}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    let token = c["items"][0]["lease_token"].as_u64().unwrap();
+    assert_eq!(c["items"][0]["idempotency_key"], format!("faena-{item0}"));
+    // Claiming the same item twice: 409.
+    assert_error(
+        &api.post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w2", "item_id": item0}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "running",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w2", "max": 1000}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "max",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w2", "lease_ms": 1}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "lease_ms",
+    );
+    // Another plugin's queue has nothing; an empty claim is not an error.
+    let (st, none) = api
+        .post("/api/v1/queues/other/claim", json!({"worker": "w2"}))
+        .await;
+    assert_eq!(
+        (st, none["items"].as_array().unwrap().len()),
+        (StatusCode::OK, 0)
+    );
+
+    let (st, lease) = api
+        .post(
+            &format!("/api/v1/items/{item0}/heartbeat"),
+            json!({"token": token, "extend_ms": 60000}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{lease}");
+    assert_eq!(lease["owner"], "worker:w1");
+    assert_error(
+        &api.post(
+            &format!("/api/v1/items/{item0}/heartbeat"),
+            json!({"token": token + 99}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "stale_lease",
+        "stale",
+    );
+    let (st, item) = api
+        .post(
+            &format!("/api/v1/items/{item0}/step"),
+            json!({"token": token, "name": "login_ok", "state": "{\"page\":1}"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(item["steps"][0]["name"], "login_ok");
+    assert_error(
+        &api.post(
+            &format!("/api/v1/items/{item0}/complete"),
+            json!({"token": token, "status": "failed"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "error",
+    );
+    assert_error(
+        &api.post(
+            &format!("/api/v1/items/{item0}/complete"),
+            json!({"token": token + 1, "status": "succeeded"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "stale_lease",
+        "stale",
+    );
+    let (st, item) = api
+        .post(
+            &format!("/api/v1/items/{item0}/complete"),
+            json!({"token": token, "status": "succeeded", "result": {"request_id": "RQ-1"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{item}");
+    assert_eq!(
+        (item["status"].clone(), item["result"]["request_id"].clone()),
+        (json!("succeeded"), json!("RQ-1"))
+    );
+
+    // The second item fails with a business error: review, then an operator requeues it.
+    let (_, c) = api
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w1", "max": 5}),
+        )
+        .await;
+    let item1 = c["items"][0]["item"]["id"].as_str().unwrap().to_owned();
+    let t1 = c["items"][0]["lease_token"].as_u64().unwrap();
+    let (_, item) = api
+        .post(&format!("/api/v1/items/{item1}/complete"), json!({"token": t1, "status": "failed", "error": {"kind": "business", "message": "unknown supplier 20100"}}))
+        .await;
+    assert_eq!(item["status"], "needs_review");
+    let (_, review) = api.get("/api/v1/items?status=needs_review").await;
+    assert_eq!(review["items"][0]["id"], item1);
+    assert_eq!(
+        review["items"][0]["error"]["message"],
+        "unknown supplier 20100"
+    );
+    assert_error(
+        &api.post(
+            &format!("/api/v1/items/{item0}/transition"),
+            json!({"to": "queued"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "succeeded",
+    );
+    let (st, moved) = api
+        .post(
+            &format!("/api/v1/items/{item1}/transition"),
+            json!({"to": "queued", "reason": "fixed", "input": 3}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{moved}");
+    assert_eq!(
+        (moved["status"].clone(), moved["input"].clone()),
+        (json!("queued"), json!(3))
+    );
+    let (_, job) = api.get(&format!("/api/v1/jobs/{jid}")).await;
+    assert_eq!(job["status"], "running");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn job_actions_and_retry() {
+    let (e, api) = setup().await;
+    let (_, job) = api
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "start": false, "items": [{"input": 1}]}),
+        )
+        .await;
+    let jid = job["id"].as_str().unwrap();
+    assert_eq!(job["status"], "pending");
+    let (_, none) = api
+        .post("/api/v1/queues/ext/claim", json!({"worker": "w"}))
+        .await;
+    assert_eq!(
+        none["items"].as_array().unwrap().len(),
+        0,
+        "pending jobs are not claimable"
+    );
+    assert_error(
+        &api.post(&format!("/api/v1/jobs/{jid}/resume"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "pending",
+    );
+    let (st, job) = api
+        .post(&format!("/api/v1/jobs/{jid}/start"), json!({}))
+        .await;
+    assert_eq!(
+        (st, job["status"].clone()),
+        (StatusCode::OK, json!("running"))
+    );
+    let (_, c) = api
+        .post("/api/v1/queues/ext/claim", json!({"worker": "w"}))
+        .await;
+    let t = c["items"][0]["lease_token"].as_u64().unwrap();
+    let id = c["items"][0]["item"]["id"].as_str().unwrap().to_owned();
+    api.post(
+        &format!("/api/v1/items/{id}/complete"),
+        json!({"token": t, "status": "failed", "error": {"kind": "business", "message": "no"}}),
+    )
+    .await;
+    let (_, job) = api.get(&format!("/api/v1/jobs/{jid}")).await;
+    assert_eq!(
+        (job["status"].clone(), job["counts"]["failed"].clone()),
+        (json!("completed"), json!(1))
+    );
+    let (st, job) = api
+        .post(&format!("/api/v1/jobs/{jid}/retry"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (job["status"].clone(), job["counts"]["queued"].clone()),
+        (json!("running"), json!(1))
+    );
+    let (_, job) = api
+        .post(&format!("/api/v1/jobs/{jid}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (job["status"].clone(), job["counts"]["cancelled"].clone()),
+        (json!("cancelled"), json!(1))
+    );
+    assert_error(
+        &api.post(&format!("/api/v1/jobs/{jid}/retry"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "cancelled",
+    );
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn events_query_publish_health_metrics() {
+    let (e, api) = setup().await;
+    let (_, job) = api
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": 1}]}),
+        )
+        .await;
+    let jid = job["id"].as_str().unwrap();
+    let (st, ev) = api
+        .post(
+            "/api/v1/events",
+            json!({"type": "invoice_sent", "job_id": jid, "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{ev}");
+    assert_eq!(ev["seq"], 3);
+    assert_error(
+        &api.post("/api/v1/events", json!({"type": "job_completed"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "job_completed",
+    );
+    assert_error(
+        &api.post("/api/v1/events", json!({"type": "lagged"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "lagged",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/events",
+            json!({"type": "x", "job_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "job",
+    );
+    let (_, page) = api.get("/api/v1/events?after=1").await;
+    let kinds: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["job_started", "invoice_sent"]);
+    let (_, page) = api
+        .get(&format!("/api/v1/events?type=invoice_sent&job={jid}"))
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_after"], 3);
+    let (st, h) = api.get("/health").await;
+    assert_eq!(
+        (st, h["status"].clone(), h["last_seq"].clone()),
+        (StatusCode::OK, json!("ok"), json!(3))
+    );
+    let (st, m) = api.get("/metrics").await;
+    assert_eq!(st, StatusCode::OK);
+    let m = m.as_str().unwrap();
+    assert!(m.contains("faena_items{status=\"queued\"} 1"), "{m}");
+    assert!(m.contains("faena_queue_depth{plugin=\"ext\"} 1"), "{m}");
+    assert!(m.contains("faena_commit_seconds_bucket"), "{m}");
+    let (st, _) = api.get("/docs/").await;
+    assert_eq!(st, StatusCode::OK);
+    e.stop().await;
+}
+
+/// `/openapi.json` checked by a real validator (openapi-spec-validator from PyPI).
+#[tokio::test]
+async fn openapi_spec_validates() {
+    let (e, api) = setup().await;
+    let (st, spec) = api.get("/openapi.json").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}/items",
+        "/api/v1/items/{id}/transition",
+        "/api/v1/queues/{plugin}/claim",
+        "/api/v1/events",
+        "/health",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} missing from the spec"
+        );
+    }
+    let file = e.dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejected the spec (install it with `pip install openapi-spec-validator`):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.stop().await;
+}

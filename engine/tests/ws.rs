@@ -1,0 +1,194 @@
+//! The WebSocket feed over a real listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use faena::api::{self, AppState};
+use faena::model::JobStatus;
+use faena::store::{EventFilter, JobAction, Outcome};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn serve(e: &Engine) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = e.shutdown.clone();
+    tokio::spawn(api::serve(
+        listener,
+        AppState::new(e.store.clone()),
+        async move { shutdown.cancelled().await },
+    ));
+    format!("ws://{addr}")
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("feed went quiet")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// A client that drops mid-job and reconnects with `after` sees every event of the job
+/// exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
+    let exec = executor("slow", |_, ctx| async move {
+        ctx.step("working", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        Outcome::Succeeded(json!(null))
+    });
+    let e = engine(Some(exec), 4).await;
+    let url = serve(&e).await;
+    let mut new = new_job("slow", (0..200).map(|i| json!(i)).collect());
+    new.start = false;
+    let job = e.store.create_job("default", new, None).await.unwrap();
+
+    let mut ws = connect(&format!("{url}/ws")).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "jobs": [job.id], "after": 0}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    e.store.job_action(&job.id, JobAction::Start).await.unwrap();
+    let mut got: Vec<u64> = Vec::new();
+    while got.len() < 150 {
+        let m = next_json(&mut ws).await;
+        got.push(m["seq"].as_u64().expect("an event"));
+    }
+    drop(ws); // gone mid-job
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = *got.last().unwrap();
+    let mut ws = connect(&format!("{url}/ws")).await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "jobs": [job.id], "after": after}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    loop {
+        let m = next_json(&mut ws).await;
+        got.push(m["seq"].as_u64().expect("an event"));
+        if m["type"] == "job_completed" {
+            break;
+        }
+    }
+    let stored: Vec<u64> = e
+        .store
+        .events(
+            0,
+            &EventFilter {
+                jobs: vec![job.id.clone()],
+                ..Default::default()
+            },
+            usize::MAX,
+        )
+        .unwrap()
+        .0
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, stored, "every event of the job exactly once, in order");
+    assert_eq!(e.store.job(&job.id).unwrap().status, JobStatus::Completed);
+    // The one-job shorthand replays the same history.
+    let mut one = connect(&format!("{url}/ws/jobs/{}", job.id)).await;
+    assert_eq!(next_json(&mut one).await["type"], "subscribed");
+    let first = next_json(&mut one).await;
+    assert_eq!(
+        (first["seq"].as_u64(), first["type"].clone()),
+        (Some(stored[0]), json!("job_created"))
+    );
+    e.stop().await;
+}
+
+/// A client that stops reading is told it lagged and is caught up from the store with
+/// no gap; a client reading at the same time is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_lags_alone_and_catches_up() {
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
+    let mut slow = connect(&format!("{url}/ws")).await;
+    send(&mut slow, json!({"type": "subscribe", "after": 0})).await;
+    let mut fast = connect(&format!("{url}/ws")).await;
+    send(
+        &mut fast,
+        json!({"type": "subscribe", "types": ["bulk"], "after": 0}),
+    )
+    .await;
+    assert_eq!(next_json(&mut fast).await["type"], "subscribed");
+
+    let total: u64 = 40_000;
+    let padding = "x".repeat(400);
+    let publisher = {
+        let store = e.store.clone();
+        tokio::spawn(async move {
+            for chunk in 0..(total / 1_000) {
+                let futs = (0..1_000).map(|i| {
+                    store.publish(
+                        "default",
+                        "bulk",
+                        None,
+                        json!({"n": chunk * 1_000 + i, "pad": padding}),
+                    )
+                });
+                for r in futures_util::future::join_all(futs).await {
+                    r.unwrap();
+                }
+            }
+        })
+    };
+    // The fast client reads everything while the slow one reads nothing.
+    let mut last = 0;
+    for _ in 0..total {
+        let m = next_json(&mut fast).await;
+        if m["type"] == "lagged" {
+            continue;
+        }
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last + 1, "fast client: no gap");
+        last = seq;
+    }
+    publisher.await.unwrap();
+
+    let mut saw_lagged = false;
+    let mut last = 0;
+    assert_eq!(next_json(&mut slow).await["type"], "subscribed");
+    while last < total {
+        let m = next_json(&mut slow).await;
+        if m["type"] == "lagged" {
+            saw_lagged = true;
+            assert_eq!(m["next"].as_u64().unwrap(), last + 1);
+            continue;
+        }
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last + 1, "slow client: no gap, no duplicate");
+        last = seq;
+    }
+    assert!(
+        saw_lagged,
+        "a client {total} events behind is told it lagged"
+    );
+    e.stop().await;
+}
