@@ -19,6 +19,28 @@ pub struct FileConfig {
     /// Per-plugin settings and grants, by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    pub browser: Option<BrowserFileConfig>,
+    /// Secrets of the default tenant, by name (e.g. portal passwords).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserFileConfig {
+    /// Start a browser for plugins granted one (default true).
+    pub enabled: Option<bool>,
+    /// Chromium to launch (default /usr/bin/chromium).
+    pub executable: Option<PathBuf>,
+    /// Use a browser already running, by its CDP URL, instead of launching one.
+    pub remote_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrowserSettings {
+    pub enabled: bool,
+    pub executable: PathBuf,
+    pub remote_url: Option<String>,
 }
 
 /// What a plugin may do. Everything not granted is denied.
@@ -45,6 +67,8 @@ pub struct Config {
     pub addr: SocketAddr,
     pub concurrency: usize,
     pub plugins: BTreeMap<String, PluginConfig>,
+    pub browser: BrowserSettings,
+    pub secrets: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +92,9 @@ pub struct Overrides {
     pub bind: Option<IpAddr>,
     pub port: Option<u16>,
     pub concurrency: Option<usize>,
+    pub chromium: Option<PathBuf>,
+    pub cdp_url: Option<String>,
+    pub no_browser: bool,
 }
 
 impl Config {
@@ -97,7 +124,19 @@ impl Config {
                 over.port.or(file_cfg.port).unwrap_or(8080),
             ),
             concurrency: over.concurrency.or(file_cfg.concurrency).unwrap_or(4),
+            browser: {
+                let b = file_cfg.browser.unwrap_or_default();
+                BrowserSettings {
+                    enabled: !over.no_browser && b.enabled.unwrap_or(true),
+                    executable: over
+                        .chromium
+                        .or(b.executable)
+                        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
+                    remote_url: over.cdp_url.or(b.remote_url),
+                }
+            },
             plugins: file_cfg.plugins,
+            secrets: file_cfg.secrets,
         })
     }
 }

@@ -17,6 +17,7 @@
 //! - [`cli`], [`config`]: the `faena` command line and its configuration.
 
 pub mod api;
+pub mod artifacts;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;

@@ -12,6 +12,7 @@ use faena::api::{self, AppState};
 use faena::cli::{Cli, Command, LogFormat, ServeArgs};
 use faena::clock::Clock;
 use faena::config::{Config, Overrides};
+use faena::runtime::WasmExecutor;
 use faena::scheduler::{self, SchedulerConfig};
 use faena::store::Store;
 
@@ -54,6 +55,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bind: args.bind,
             port: args.port,
             concurrency: args.concurrency,
+            chromium: args.chromium,
+            cdp_url: args.cdp_url,
+            no_browser: args.no_browser,
         },
     )?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -69,22 +73,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store.set_plugin_limit(name, plugin.concurrency).await;
     }
     let shutdown = CancellationToken::new();
-    let state = AppState::new(store.clone());
     let runtime = faena::runtime::start(&config, &store).await?;
-    let dispatcher = runtime.executor.clone().map(|executor| {
-        tokio::spawn(scheduler::run(
-            store.clone(),
-            executor,
-            SchedulerConfig {
-                concurrency: config.concurrency,
-            },
-            shutdown.clone(),
-        ))
-    });
-    let state = AppState {
-        catalog: Some(runtime.catalog.clone()),
-        ..state
-    };
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(runtime.clone())),
+        SchedulerConfig {
+            concurrency: config.concurrency,
+        },
+        shutdown.clone(),
+    ));
+    let state = AppState::new(store.clone(), Some(runtime.clone()))?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
@@ -99,11 +97,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         why = store.failed() => error!(%why, "storage failed; shutting down"),
     }
     shutdown.cancel();
-    if let Some(d) = dispatcher {
-        let _ = d.await;
-    }
+    let _ = dispatcher.await;
     server.await?.context("the HTTP server failed")?;
-    drop(Arc::new(runtime));
+    drop(runtime);
     Ok(())
 }
 

@@ -58,7 +58,7 @@ fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str, ment
 
 async fn setup() -> (Engine, Api) {
     let e = engine(None, 1).await;
-    let api = Api::new(AppState::new(e.store.clone()));
+    let api = Api::new(AppState::new(e.store.clone(), None).unwrap());
     (e, api)
 }
 

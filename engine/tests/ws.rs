@@ -21,7 +21,7 @@ async fn serve(e: &Engine) -> String {
     let shutdown = e.shutdown.clone();
     tokio::spawn(api::serve(
         listener,
-        AppState::new(e.store.clone()),
+        AppState::new(e.store.clone(), None).unwrap(),
         async move { shutdown.cancelled().await },
     ));
     format!("ws://{addr}")

@@ -64,7 +64,9 @@ impl JobsApi {
     #[oai(path = "/jobs", method = "post", operation_id = "create_job")]
     async fn create(&self, body: JsonBody<NewJob>) -> ApiResult<Created> {
         let tenant = self.state.tenant();
-        let version = self.state.plugin_version(&body.0.plugin)?;
+        let version = self
+            .state
+            .plugin_version(&body.0.plugin, &body.0.operation)?;
         let job = self.state.store.create_job(tenant, body.0, version).await?;
         Ok(Created::Created(Json(job)))
     }

@@ -27,29 +27,29 @@ pub use jobs::{ItemPage, JobPage};
 pub use workers::{ClaimResponse, CompleteStatus};
 pub use ws::RESERVED_TYPES;
 
+use crate::artifacts::Artifacts;
 use crate::model::{DEFAULT_TENANT, Item, Job};
-use crate::store::Store;
-
-/// Plugins the API can name in a job: answers which version a new job runs with, and
-/// refuses unknown plugins. Without a catalog any plugin name is accepted (external
-/// workers serve it).
-pub trait Catalog: Send + Sync + 'static {
-    /// `Ok(version)` when the plugin can run jobs here, `Err(message)` when it cannot.
-    fn version_for_new_job(&self, plugin: &str) -> Result<Option<String>, String>;
-}
+use crate::runtime::Runtime;
+use crate::secrets::Secrets;
+use crate::store::{Store, StoreError};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub catalog: Option<Arc<dyn Catalog>>,
+    /// The plugin runtime; without it any plugin name is accepted (external workers).
+    pub runtime: Option<Arc<Runtime>>,
+    pub artifacts: Artifacts,
+    pub secrets: Secrets,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
-        AppState {
+    pub fn new(store: Store, runtime: Option<Arc<Runtime>>) -> Result<Self, StoreError> {
+        Ok(AppState {
+            artifacts: store.artifacts()?,
+            secrets: store.secrets()?,
             store,
-            catalog: None,
-        }
+            runtime,
+        })
     }
 
     pub fn tenant(&self) -> &str {
@@ -72,10 +72,13 @@ impl AppState {
         Ok(item)
     }
 
-    pub fn plugin_version(&self, plugin: &str) -> ApiResult<Option<String>> {
-        match &self.catalog {
+    /// The plugin version a new job runs with; 422 when it cannot run here.
+    pub fn plugin_version(&self, plugin: &str, operation: &str) -> ApiResult<Option<String>> {
+        match &self.runtime {
             None => Ok(None),
-            Some(c) => c.version_for_new_job(plugin).map_err(ApiError::invalid),
+            Some(rt) => rt
+                .version_for_new_job(plugin, operation)
+                .map_err(ApiError::invalid),
         }
     }
 }

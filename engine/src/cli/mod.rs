@@ -70,9 +70,18 @@ pub struct ServeArgs {
     /// Items run at once (default 4).
     #[arg(long, env = "FAENA_CONCURRENCY")]
     pub concurrency: Option<usize>,
-    /// A TOML file with the same settings and per-plugin grants.
+    /// A TOML file with the same settings, per-plugin grants and secrets.
     #[arg(long, env = "FAENA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Chromium to launch for browser plugins (default /usr/bin/chromium).
+    #[arg(long, env = "FAENA_CHROMIUM")]
+    pub chromium: Option<PathBuf>,
+    /// Use a browser already running at this CDP URL instead of launching one.
+    #[arg(long, env = "FAENA_CDP_URL")]
+    pub cdp_url: Option<String>,
+    /// Run without a browser (browser plugins fail their items).
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,27 +1,570 @@
-//! The WebAssembly plugin runtime.
+//! The WebAssembly plugin runtime (wasmtime component model). Each plugin is compiled
+//! and pre-instantiated once; each item gets a fresh instance with a memory limit, a
+//! wall-clock deadline, nothing of WASI, and only the faena capabilities its plugin is
+//! granted. A trap, a deadline or a denied call fails that item; the engine goes on.
+//!
+//! Capabilities go in three phases: grants are validated when a plugin is loaded
+//! ([`grants`]), per-item state is built when an item starts ([`state`]), and each
+//! host call checks them ([`host`], [`browser`], [`http`]).
 
+pub mod bindings;
+pub mod browser;
+pub mod grants;
+pub mod host;
+pub mod http;
+pub mod plugin;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::api::Catalog;
-use crate::config::Config;
-use crate::scheduler::Executor;
-use crate::store::Store;
+use futures_util::future::BoxFuture;
+use tracing::{info, warn};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Cache, CacheConfig, Config as WasmConfig, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store as WasmStore,
+};
 
-pub struct Runtime {
-    pub executor: Option<Arc<dyn Executor>>,
-    pub catalog: Arc<dyn Catalog>,
+use crate::artifacts::Artifacts;
+use crate::config::{Config, PluginConfig};
+use crate::model::{ErrorKind, ItemError};
+use crate::scheduler::{Executor, RunContext};
+use crate::secrets::Secrets;
+use crate::store::{ClaimedItem, Outcome, Store};
+use bindings::{Flow, FlowPre, PluginError};
+use browser::{BrowserCtx, Chromium, ChromiumSettings};
+use grants::Grants;
+use host::HostCtx;
+use http::HttpCtx;
+use plugin::{GrantsMeta, LoadedPlugin, Needs, OperationMeta};
+pub use plugin::{PluginMeta, Registry};
+use state::ItemState;
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 }
 
-struct Empty;
-impl Catalog for Empty {
-    fn version_for_new_job(&self, _plugin: &str) -> Result<Option<String>, String> {
-        Ok(None)
+/// Epoch tick: a busy guest yields to the scheduler this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("plugin upload: {0}")]
+    Invalid(String),
+    #[error("plugin `{name}`: {message}")]
+    Plugin { name: String, message: String },
+    #[error("plugin `{name}` version {version} is already installed")]
+    Exists { name: String, version: String },
+    #[error(transparent)]
+    Grants(#[from] grants::GrantError),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub struct RuntimeOptions {
+    pub cache_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// `None`: no browser on this engine.
+    pub chromium: Option<ChromiumSettings>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<ItemState>,
+    registry: Registry,
+    options: RuntimeOptions,
+    chromium: Option<Arc<Chromium>>,
+    artifacts: Artifacts,
+    secrets: Secrets,
+    stop_epoch: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_epoch.store(true, Ordering::Release);
     }
 }
 
-pub async fn start(_config: &Config, _store: &Store) -> Result<Runtime, std::io::Error> {
-    Ok(Runtime {
-        executor: None,
-        catalog: Arc::new(Empty),
-    })
+fn wasm_config(cache_dir: &Path) -> Result<WasmConfig, RuntimeError> {
+    let mut config = WasmConfig::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(256)
+        .total_core_instances(2048)
+        .total_memories(1024)
+        .total_tables(1024)
+        .max_memory_size((grants::MAX_MEMORY_MIB << 20) as usize);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let mut cache = CacheConfig::new();
+    cache.with_directory(cache_dir);
+    let cache = Cache::new(cache).map_err(|e| {
+        RuntimeError::Engine(format!("compile cache in {}: {e}", cache_dir.display()))
+    })?;
+    config.cache(Some(cache));
+    Ok(config)
+}
+
+impl Runtime {
+    pub fn new(
+        options: RuntimeOptions,
+        artifacts: Artifacts,
+        secrets: Secrets,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
+        for (name, cfg) in &options.plugins {
+            Grants::from_config(name, Some(cfg))?;
+        }
+        std::fs::create_dir_all(&options.cache_dir).map_err(|e| RuntimeError::Io(e.to_string()))?;
+        let engine = Engine::new(&wasm_config(&options.cache_dir)?)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        Flow::add_to_linker::<ItemState, wasmtime::component::HasSelf<ItemState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let stop_epoch = Arc::new(AtomicBool::new(false));
+        {
+            let (engine, stop) = (engine.clone(), stop_epoch.clone());
+            std::thread::Builder::new()
+                .name("faena-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        }
+        let chromium = options.chromium.clone().map(|s| Arc::new(Chromium::new(s)));
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            registry: Registry::default(),
+            options,
+            chromium,
+            artifacts,
+            secrets,
+            stop_epoch,
+        }))
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn artifacts(&self) -> &Artifacts {
+        &self.artifacts
+    }
+
+    fn new_store(&self, state: ItemState) -> WasmStore<ItemState> {
+        let mut store = WasmStore::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Yield to tokio every tick: a busy guest never holds a worker thread, and the
+        // wall-clock deadline (a timeout around the call) can always fire.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// Compile (or take from the cache), describe, check grants, register.
+    pub async fn load(&self, bytes: &[u8], builtin: bool) -> Result<PluginMeta, RuntimeError> {
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
+            .await
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?
+            .map_err(|e| RuntimeError::Invalid(format!("not a faena plugin component: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "the component imports something faena does not provide: {e:#}"
+            ))
+        })?;
+        let pre = FlowPre::new(pre).map_err(|e| {
+            RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
+        })?;
+        let info = self.describe(&pre).await?;
+        let grants = Arc::new(Grants::from_config(
+            &info.name,
+            self.options.plugins.get(&info.name),
+        )?);
+        if !crate::secrets::valid_name(&info.name)
+            || info.name.contains('.')
+            || info.name.len() > 64
+        {
+            return Err(RuntimeError::Invalid(format!(
+                "plugin name `{}` is not 1-64 of a-z, 0-9, `_`, `-`",
+                info.name
+            )));
+        }
+        let mut operations = Vec::new();
+        for op in info.operations {
+            let input_schema =
+                serde_json::from_str(&op.input_schema).map_err(|e| RuntimeError::Plugin {
+                    name: info.name.clone(),
+                    message: format!("operation `{}`: input schema is not JSON: {e}", op.name),
+                })?;
+            let not_granted =
+                grants.missing(op.needs.browser, &op.needs.http_hosts, &op.needs.secrets);
+            if !not_granted.is_empty() {
+                warn!(plugin = %info.name, operation = %op.name, missing = ?not_granted, "operation needs capabilities that are not granted");
+            }
+            operations.push(OperationMeta {
+                name: op.name,
+                description: op.description,
+                input_schema,
+                needs: Needs {
+                    browser: op.needs.browser,
+                    http_hosts: op.needs.http_hosts,
+                    secrets: op.needs.secrets,
+                },
+                not_granted,
+            });
+        }
+        let meta = PluginMeta {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            description: info.description,
+            operations,
+            builtin,
+            current: true,
+            grants: GrantsMeta {
+                browser: grants.browser,
+                http_hosts: grants.http_hosts.iter().cloned().collect(),
+                secrets: grants.secrets.iter().cloned().collect(),
+                memory_mib: (grants.memory_bytes >> 20) as u64,
+                deadline_secs: grants.deadline.as_secs(),
+            },
+            versions: vec![info.version],
+        };
+        info!(plugin = %meta.name, version = %meta.version, builtin, "plugin loaded");
+        self.registry.insert(LoadedPlugin {
+            meta: meta.clone(),
+            pre,
+            http: http::client_for(grants.clone()),
+            grants,
+        });
+        Ok(meta)
+    }
+
+    /// Install an uploaded component: load it and keep it in the data directory, so
+    /// it is loaded again at the next start.
+    pub async fn install(&self, bytes: &[u8]) -> Result<PluginMeta, RuntimeError> {
+        let pre_check = self.probe_identity(bytes).await?;
+        if self.registry.contains_version(&pre_check.0, &pre_check.1) {
+            return Err(RuntimeError::Exists {
+                name: pre_check.0,
+                version: pre_check.1,
+            });
+        }
+        let meta = self.load(bytes, false).await?;
+        let dir = self.options.plugin_dir.join(&meta.name);
+        let file = dir.join(format!("{}.wasm", meta.version));
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = file.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &file)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(e.to_string()))?
+        .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
+        Ok(meta)
+    }
+
+    /// Name and version of a component, without registering it.
+    async fn probe_identity(&self, bytes: &[u8]) -> Result<(String, String), RuntimeError> {
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
+            .await
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?
+            .map_err(|e| RuntimeError::Invalid(format!("not a faena plugin component: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "the component imports something faena does not provide: {e:#}"
+            ))
+        })?;
+        let pre = FlowPre::new(pre).map_err(|e| {
+            RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
+        })?;
+        let info = self.describe(&pre).await?;
+        Ok((info.name, info.version))
+    }
+
+    async fn describe(
+        &self,
+        pre: &FlowPre<ItemState>,
+    ) -> Result<bindings::PluginInfo, RuntimeError> {
+        let grants = Arc::new(Grants::default());
+        let state = ItemState::new(
+            grants.memory_bytes,
+            HostCtx::new(
+                "(describe)",
+                crate::model::DEFAULT_TENANT,
+                None,
+                grants.clone(),
+                self.secrets.clone(),
+                self.artifacts.clone(),
+                None,
+            ),
+            BrowserCtx::new("(describe)", false, None),
+            HttpCtx {
+                plugin: "(describe)".into(),
+                grants: grants.clone(),
+                client: reqwest::Client::new(),
+            },
+        );
+        let mut store = self.new_store(state);
+        let call = async {
+            let flow = pre.instantiate_async(&mut store).await?;
+            flow.call_describe(&mut store).await
+        };
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .map_err(|_| RuntimeError::Invalid("describe did not return within 10 s".into()))?
+            .map_err(|e| RuntimeError::Invalid(format!("describe failed: {e:#}")))
+    }
+
+    /// Load the built-in plugins and those uploaded earlier.
+    pub async fn load_all(&self) -> Result<(), RuntimeError> {
+        for (name, bytes) in builtin::BUILTIN {
+            self.load(bytes, true)
+                .await
+                .map_err(|e| RuntimeError::Plugin {
+                    name: (*name).to_owned(),
+                    message: e.to_string(),
+                })?;
+        }
+        let Ok(dirs) = std::fs::read_dir(&self.options.plugin_dir) else {
+            return Ok(());
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for dir in dirs.flatten() {
+            for f in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = f.path();
+                if path.extension().is_some_and(|e| e == "wasm") {
+                    let modified = f
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    files.push((modified, path));
+                }
+            }
+        }
+        files.sort();
+        for (_, path) in files {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))?;
+            if let Err(e) = self.load(&bytes, false).await {
+                warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether jobs of `plugin`/`operation` can run here, and with which version.
+    pub fn version_for_new_job(
+        &self,
+        plugin: &str,
+        operation: &str,
+    ) -> Result<Option<String>, String> {
+        let Some(p) = self.registry.get(plugin, None) else {
+            if self.options.plugins.contains_key(plugin) {
+                return Ok(None); // declared in the configuration: served by external workers
+            }
+            return Err(format!(
+                "plugin: `{plugin}` is not installed (installed: {})",
+                self.registry.names().join(", ")
+            ));
+        };
+        let Some(op) = p.operation(operation) else {
+            let ops: Vec<&str> = p.meta.operations.iter().map(|o| o.name.as_str()).collect();
+            return Err(format!(
+                "operation: plugin `{plugin}` has no operation `{operation}` (it has: {})",
+                ops.join(", ")
+            ));
+        };
+        if !op.not_granted.is_empty() {
+            return Err(format!(
+                "plugin `{plugin}` operation `{operation}` needs {} — grant it under [plugins.{plugin}] in the configuration",
+                op.not_granted.join(", ")
+            ));
+        }
+        Ok(Some(p.meta.version.clone()))
+    }
+
+    async fn run_item(&self, task: ClaimedItem, ctx: RunContext) -> Outcome {
+        let item = &task.item;
+        let Some(plugin) = self
+            .registry
+            .get(&item.plugin, task.plugin_version.as_deref())
+        else {
+            return Outcome::Failed(ItemError::application(format!(
+                "plugin `{}` version {} is not installed",
+                item.plugin,
+                task.plugin_version.as_deref().unwrap_or("(any)")
+            )));
+        };
+        let grants = plugin.grants.clone();
+        let name = &plugin.meta.name;
+        let state = ItemState::new(
+            grants.memory_bytes,
+            HostCtx::new(
+                name,
+                &item.tenant,
+                Some(item.job_id.clone()),
+                grants.clone(),
+                self.secrets.clone(),
+                self.artifacts.clone(),
+                Some(ctx),
+            ),
+            BrowserCtx::new(name, grants.browser, self.chromium.clone()),
+            HttpCtx {
+                plugin: name.clone(),
+                grants: grants.clone(),
+                client: plugin.http.clone(),
+            },
+        );
+        let mut store = self.new_store(state);
+        let context = bindings::Context {
+            job_id: item.job_id.clone(),
+            item_id: item.id.clone(),
+            attempt: item.attempt,
+            idempotency_key: task.idempotency_key.clone(),
+            last_checkpoint: item.last_checkpoint().map(|s| bindings::Checkpoint {
+                name: s.name.clone(),
+                state: s.state.clone(),
+            }),
+        };
+        let input = item.input.to_string();
+        let call = async {
+            let flow = plugin.pre.instantiate_async(&mut store).await?;
+            flow.call_run(&mut store, &task.operation, &input, &context)
+                .await
+        };
+        let result = tokio::time::timeout(grants.deadline, call).await;
+        let outcome = match result {
+            Err(_) => {
+                let mut e = ItemError::application(format!(
+                    "plugin `{name}` ran past its deadline of {} s and was stopped",
+                    grants.deadline.as_secs()
+                ));
+                e.code = Some("deadline".into());
+                Outcome::Failed(e)
+            }
+            Ok(Err(trap)) => {
+                let stderr = store.data().stderr_tail();
+                let mut msg = format!("plugin `{name}` trapped: {}", trap.root_cause());
+                if !stderr.is_empty() {
+                    msg.push_str(&format!(" ({stderr})"));
+                }
+                let mut e = ItemError::application(store.data().host.redact(&msg));
+                e.code = Some("trap".into());
+                Outcome::Failed(e)
+            }
+            Ok(Ok(Err(err))) => Outcome::Failed(to_item_error(err, &store.data().host)),
+            Ok(Ok(Ok(json))) => match serde_json::from_str(&store.data().host.redact(&json)) {
+                Ok(v) => Outcome::Succeeded(v),
+                Err(e) => Outcome::Failed(ItemError::application(format!(
+                    "plugin `{name}` returned a result that is not JSON: {e}"
+                ))),
+            },
+        };
+        let state = store.data_mut();
+        if matches!(outcome, Outcome::Failed(_)) {
+            for (i, png) in state.browser.screenshots().await.into_iter().enumerate() {
+                let file = if i == 0 {
+                    "failure.png".to_owned()
+                } else {
+                    format!("failure-{i}.png")
+                };
+                if let Err(e) = state.host.save_artifact(&file, "image/png", png).await {
+                    warn!(item = %task.item.id, error = %e, "could not save the failure screenshot");
+                }
+            }
+        }
+        state.browser.close().await;
+        // Resources left in the table (pages the guest did not drop) go with the store.
+        state.table = ResourceTable::new();
+        outcome
+    }
+}
+
+fn to_item_error(e: PluginError, host: &HostCtx) -> ItemError {
+    ItemError {
+        kind: match e.kind {
+            bindings::ErrorKind::Business => ErrorKind::Business,
+            bindings::ErrorKind::Application => ErrorKind::Application,
+        },
+        message: host.redact(&e.message),
+        code: e.code,
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+/// Runs items of every loaded plugin.
+pub struct WasmExecutor(pub Arc<Runtime>);
+
+impl Executor for WasmExecutor {
+    fn plugins(&self) -> Vec<String> {
+        self.0.registry.names()
+    }
+
+    fn run(&self, task: ClaimedItem, ctx: RunContext) -> BoxFuture<'static, Outcome> {
+        let rt = self.0.clone();
+        Box::pin(async move { rt.run_item(task, ctx).await })
+    }
+}
+
+/// Build the runtime for `faena serve`: artifacts and secrets next to the store,
+/// compiled-code cache and uploaded plugins in the data directory, built-ins loaded.
+pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, RuntimeError> {
+    let artifacts = store
+        .artifacts()
+        .map_err(|e| RuntimeError::Io(e.to_string()))?;
+    let secrets = store
+        .secrets()
+        .map_err(|e| RuntimeError::Io(e.to_string()))?;
+    for (name, value) in &config.secrets {
+        secrets
+            .set(crate::model::DEFAULT_TENANT, name, value)
+            .map_err(|e| RuntimeError::Io(format!("[secrets] {name}: {e}")))?;
+    }
+    let chromium = config.browser.enabled.then(|| ChromiumSettings {
+        executable: config.browser.executable.clone(),
+        remote: config.browser.remote_url.clone(),
+        profile_dir: config.data_dir.join("chromium"),
+    });
+    let rt = Runtime::new(
+        RuntimeOptions {
+            cache_dir: config.data_dir.join("cache"),
+            plugin_dir: config.data_dir.join("plugins"),
+            plugins: config.plugins.clone(),
+            chromium,
+        },
+        artifacts,
+        secrets,
+    )?;
+    rt.load_all().await?;
+    for name in rt.registry.names() {
+        if let Some(p) = rt.registry.get(&name, None) {
+            store.set_plugin_limit(&name, p.grants.concurrency).await;
+        }
+    }
+    Ok(rt)
 }

@@ -59,10 +59,11 @@ pub async fn run(
         running.clone(),
         shutdown.clone(),
     ));
-    let plugins = executor.plugins();
     let mut tasks = tokio::task::JoinSet::new();
-    info!(concurrency = config.concurrency, plugins = ?plugins, "dispatcher started");
+    info!(concurrency = config.concurrency, plugins = ?executor.plugins(), "dispatcher started");
     loop {
+        // Read each round: plugins may be installed while the engine runs.
+        let plugins = executor.plugins();
         let woken = store.shared().dispatch.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();

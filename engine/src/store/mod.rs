@@ -50,6 +50,7 @@ impl Shared {
 /// A cheap, cloneable handle on the store.
 #[derive(Clone)]
 pub struct Store {
+    dir: Arc<std::path::Path>,
     db: sled::Db,
     tree: sled::Tree,
     tx: mpsc::Sender<Command>,
@@ -95,8 +96,8 @@ impl Store {
     /// a previous process of this engine are put back in the queue (as a failed
     /// attempt); leases of external workers keep running until they expire.
     pub async fn open(dir: &Path, clock: Clock) -> Result<Store> {
-        let dir = dir.to_owned();
-        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(dir).open())
+        let path = dir.to_owned();
+        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(path).open())
             .await
             .map_err(|e| StoreError::Storage(e.to_string()))??;
         let tree = db.open_tree("faena")?;
@@ -128,6 +129,7 @@ impl Store {
         };
         tokio::spawn(writer.run(rx));
         let store = Store {
+            dir: dir.into(),
             db,
             tree,
             tx,
@@ -202,6 +204,18 @@ impl Store {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.hub.subscribe()
+    }
+
+    /// Artifacts of this store: files under its directory, metadata in its database.
+    pub fn artifacts(&self) -> Result<crate::artifacts::Artifacts> {
+        crate::artifacts::Artifacts::open(
+            &self.dir.join("artifacts"),
+            self.db.open_tree("artifacts")?,
+        )
+    }
+
+    pub fn secrets(&self) -> Result<crate::secrets::Secrets> {
+        Ok(crate::secrets::Secrets::new(self.db.open_tree("secrets")?))
     }
 
     pub fn size_on_disk(&self) -> u64 {

@@ -1,0 +1,304 @@
+//! `faena:plugin/browser` for a running item. DOM work is one `Runtime.evaluate` per
+//! call, with the selector passed as a JSON string literal (never spliced raw).
+
+use base64::Engine as _;
+use chromiumoxide::Page;
+use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::page::ScreenshotParams;
+use serde_json::{Value, json};
+use tracing::warn;
+use wasmtime::component::Resource;
+
+use super::{COMMAND_TIMEOUT, PageHandle};
+use crate::runtime::bindings::PluginError;
+use crate::runtime::bindings::faena::plugin::browser::{Host, HostPage};
+use crate::runtime::state::ItemState;
+
+type Res<T> = wasmtime::Result<Result<T, PluginError>>;
+
+fn lit(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+fn not_found(selector: &str) -> PluginError {
+    let mut e = PluginError::app(format!("no element matches `{selector}`"));
+    e.code = Some("selector_not_found".into());
+    e
+}
+
+/// Evaluate `expr` in the page, awaiting promises; the value comes back as JSON.
+async fn eval(page: &Page, expr: String) -> Result<Value, PluginError> {
+    let params = EvaluateParams::builder()
+        .expression(expr)
+        .await_promise(true)
+        .return_by_value(true)
+        .build()
+        .map_err(|e| PluginError::app(format!("evaluate: {e}")))?;
+    let resp = tokio::time::timeout(COMMAND_TIMEOUT, page.execute(params))
+        .await
+        .map_err(|_| PluginError::app("the browser did not answer in time"))?
+        .map_err(|e| PluginError::app(format!("browser: {e}")))?;
+    if let Some(ex) = &resp.result.exception_details {
+        let text = ex
+            .exception
+            .as_ref()
+            .and_then(|o| o.description.clone())
+            .unwrap_or_else(|| ex.text.clone());
+        return Err(PluginError::app(format!("script error: {text}")));
+    }
+    Ok(resp.result.result.value.clone().unwrap_or(Value::Null))
+}
+
+impl ItemState {
+    fn page(&self, handle: &Resource<PageHandle>) -> wasmtime::Result<Page> {
+        Ok(self.table.get(handle)?.page.clone())
+    }
+}
+
+impl Host for ItemState {
+    async fn open_page(&mut self) -> Res<Resource<PageHandle>> {
+        if !self.browser.granted {
+            warn!(plugin = %self.browser.plugin, "denied: browser not granted");
+            return Ok(Err(PluginError::denied(format!(
+                "the browser is not granted to plugin `{}`",
+                self.browser.plugin
+            ))));
+        }
+        match self.browser.open_page().await {
+            Ok(page) => Ok(Ok(self.table.push(PageHandle { page })?)),
+            Err(e) => Ok(Err(PluginError::app(e))),
+        }
+    }
+}
+
+impl HostPage for ItemState {
+    async fn goto(&mut self, h: Resource<PageHandle>, url: String) -> Res<()> {
+        let page = self.page(&h)?;
+        Ok(
+            match tokio::time::timeout(COMMAND_TIMEOUT, page.goto(url.as_str())).await {
+                Err(_) => Err(PluginError::app(format!("loading {url} timed out"))),
+                Ok(Err(e)) => Err(PluginError::app(format!("loading {url} failed: {e}"))),
+                Ok(Ok(_)) => Ok(()),
+            },
+        )
+    }
+
+    async fn fill(&mut self, h: Resource<PageHandle>, selector: String, value: String) -> Res<()> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({s}); if (!el) return false; el.focus(); el.value = {v};
+               el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', {{bubbles: true}})); return true; }})()",
+            s = lit(&selector),
+            v = lit(&value)
+        );
+        Ok(match eval(&page, js).await {
+            Ok(Value::Bool(true)) => Ok(()),
+            Ok(_) => Err(not_found(&selector)),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn click(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
+        let page = self.page(&h)?;
+        let found =
+            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
+        let el = match found {
+            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
+            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
+            Ok(Ok(el)) => el,
+        };
+        Ok(
+            match tokio::time::timeout(COMMAND_TIMEOUT, el.click()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(PluginError::app(format!(
+                    "clicking `{selector}` failed: {e}"
+                ))),
+                Err(_) => Err(PluginError::app(format!("clicking `{selector}` timed out"))),
+            },
+        )
+    }
+
+    async fn select(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        value: String,
+    ) -> Res<()> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({s}); if (!el) return 'missing';
+               if (![...el.options].some(o => o.value === {v})) return 'no-option';
+               el.value = {v}; el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', {{bubbles: true}})); return 'ok'; }})()",
+            s = lit(&selector),
+            v = lit(&value)
+        );
+        Ok(match eval(&page, js).await {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(v) if v == "no-option" => Err(PluginError::business(format!(
+                "`{selector}` has no option `{value}`"
+            ))),
+            Ok(_) => Err(not_found(&selector)),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn wait_for(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        timeout_ms: u32,
+    ) -> Res<()> {
+        let page = self.page(&h)?;
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
+        let js = format!("!!document.querySelector({})", lit(&selector));
+        loop {
+            // While a navigation is under way the evaluation may fail: keep polling.
+            if let Ok(Value::Bool(true)) = eval(&page, js.clone()).await {
+                return Ok(Ok(()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut e = PluginError::app(format!(
+                    "`{selector}` did not appear within {timeout_ms} ms"
+                ));
+                e.code = Some("timeout".into());
+                return Ok(Err(e));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exists(&mut self, h: Resource<PageHandle>, selector: String) -> Res<bool> {
+        let page = self.page(&h)?;
+        Ok(eval(
+            &page,
+            format!("!!document.querySelector({})", lit(&selector)),
+        )
+        .await
+        .map(|v| v == Value::Bool(true)))
+    }
+
+    async fn text(&mut self, h: Resource<PageHandle>, selector: String) -> Res<String> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({}); return el ? (el.innerText ?? el.textContent) : null; }})()",
+            lit(&selector)
+        );
+        Ok(match eval(&page, js).await {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(_) => Err(not_found(&selector)),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn attribute(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        name: String,
+    ) -> Res<Option<String>> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({}); return el ? [el.getAttribute({})] : null; }})()",
+            lit(&selector),
+            lit(&name)
+        );
+        Ok(match eval(&page, js).await {
+            Ok(Value::Array(v)) => Ok(v.first().and_then(|x| x.as_str()).map(str::to_owned)),
+            Ok(_) => Err(not_found(&selector)),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn screenshot(&mut self, h: Resource<PageHandle>) -> Res<Vec<u8>> {
+        let page = self.page(&h)?;
+        let params = ScreenshotParams::builder()
+            .format(CaptureScreenshotFormat::Png)
+            .full_page(true)
+            .build();
+        Ok(
+            match tokio::time::timeout(COMMAND_TIMEOUT, page.screenshot(params)).await {
+                Ok(Ok(png)) => Ok(png),
+                Ok(Err(e)) => Err(PluginError::app(format!("screenshot failed: {e}"))),
+                Err(_) => Err(PluginError::app("screenshot timed out")),
+            },
+        )
+    }
+
+    async fn url(&mut self, h: Resource<PageHandle>) -> Res<String> {
+        let page = self.page(&h)?;
+        Ok(match page.url().await {
+            Ok(u) => Ok(u.unwrap_or_default()),
+            Err(e) => Err(PluginError::app(format!("browser: {e}"))),
+        })
+    }
+
+    async fn download(
+        &mut self,
+        h: Resource<PageHandle>,
+        url: String,
+        name: String,
+    ) -> Res<String> {
+        if let Err(e) = self.host_running() {
+            return Ok(Err(e));
+        }
+        let page = self.page(&h)?;
+        // Fetched inside the page, so the portal sees the session's cookies.
+        let js = format!(
+            "(async () => {{ const r = await fetch({u}, {{credentials: 'include'}});
+               const b = new Uint8Array(await r.arrayBuffer()); let s = '';
+               for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode.apply(null, b.subarray(i, i + 0x8000));
+               return {{status: r.status, type: r.headers.get('content-type'), data: btoa(s)}}; }})()",
+            u = lit(&url)
+        );
+        let v = match eval(&page, js).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let status = v["status"].as_u64().unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return Ok(Err(PluginError::app(format!(
+                "download of {url} answered {status}"
+            ))));
+        }
+        let data = match base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap_or(""))
+        {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(PluginError::app(format!("download of {url}: {e}")))),
+        };
+        let content_type = v["type"]
+            .as_str()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        Ok(self
+            .host
+            .save_artifact(&name, &content_type, data)
+            .await
+            .map(|a| a.id)
+            .map_err(|e| PluginError::app(e.to_string())))
+    }
+
+    async fn evaluate(&mut self, h: Resource<PageHandle>, expression: String) -> Res<String> {
+        let page = self.page(&h)?;
+        Ok(eval(&page, expression).await.map(|v| json!(v).to_string()))
+    }
+
+    async fn drop(&mut self, h: Resource<PageHandle>) -> wasmtime::Result<()> {
+        // The page itself closes with the item's context.
+        self.table.delete(h)?;
+        Ok(())
+    }
+}
+
+impl ItemState {
+    fn host_running(&self) -> Result<(), PluginError> {
+        match self.host.run {
+            Some(_) => Ok(()),
+            None => Err(PluginError::denied(
+                "downloads are only available while running an item",
+            )),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The `host` interface: logs, checkpoints, progress, artifacts and secrets. The
+//! context is built per item; a `describe` call gets one with no item, for which
+//! everything but logging is refused.
+
+mod host;
+
+use std::sync::Arc;
+
+use super::grants::Grants;
+use crate::artifacts::{Artifact, Artifacts};
+use crate::scheduler::RunContext;
+use crate::secrets::Secrets;
+
+pub struct HostCtx {
+    pub plugin: String,
+    pub tenant: String,
+    pub job_id: Option<String>,
+    pub grants: Arc<Grants>,
+    pub secrets: Secrets,
+    pub artifacts: Artifacts,
+    /// The running item; `None` while describing the plugin.
+    pub run: Option<RunContext>,
+    /// Secret values handed to the guest in this run, redacted from what it reports.
+    revealed: Vec<String>,
+}
+
+impl HostCtx {
+    pub fn new(
+        plugin: &str,
+        tenant: &str,
+        job_id: Option<String>,
+        grants: Arc<Grants>,
+        secrets: Secrets,
+        artifacts: Artifacts,
+        run: Option<RunContext>,
+    ) -> Self {
+        HostCtx {
+            plugin: plugin.to_owned(),
+            tenant: tenant.to_owned(),
+            job_id,
+            grants,
+            secrets,
+            artifacts,
+            run,
+            revealed: Vec::new(),
+        }
+    }
+
+    /// Replace every secret value this run has seen with `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.revealed {
+            if !secret.is_empty() {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    /// Save an artifact of the running item (also used for failure screenshots).
+    pub async fn save_artifact(
+        &self,
+        name: &str,
+        content_type: &str,
+        data: Vec<u8>,
+    ) -> crate::store::Result<Artifact> {
+        let meta = Artifact {
+            id: String::new(),
+            tenant: self.tenant.clone(),
+            job_id: self.job_id.clone(),
+            item_id: self.run.as_ref().map(|r| r.item_id().to_owned()),
+            name: name.to_owned(),
+            content_type: content_type.to_owned(),
+            size: 0,
+            created_at: self
+                .run
+                .as_ref()
+                .map(|r| r.store().clock().now_ms())
+                .unwrap_or(0),
+        };
+        self.artifacts.save(meta, data).await
+    }
+}

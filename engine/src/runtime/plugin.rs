@@ -1,0 +1,121 @@
+//! Loaded plugins: compiled and pre-instantiated once, described, checked against
+//! their grants, kept by name and version (a job runs the version it was created with).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+
+use super::bindings::FlowPre;
+use super::grants::Grants;
+use super::state::ItemState;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct Needs {
+    pub browser: bool,
+    pub http_hosts: Vec<String>,
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct OperationMeta {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the operation's input.
+    pub input_schema: serde_json::Value,
+    pub needs: Needs,
+    /// What it needs that this engine does not grant (it cannot run until granted).
+    pub not_granted: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct GrantsMeta {
+    pub browser: bool,
+    pub http_hosts: Vec<String>,
+    pub secrets: Vec<String>,
+    pub memory_mib: u64,
+    pub deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct PluginMeta {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub operations: Vec<OperationMeta>,
+    /// Shipped inside the faena binary (as opposed to uploaded).
+    pub builtin: bool,
+    /// Whether this is the version new jobs get.
+    pub current: bool,
+    pub grants: GrantsMeta,
+    /// Other installed versions.
+    pub versions: Vec<String>,
+}
+
+pub struct LoadedPlugin {
+    pub meta: PluginMeta,
+    pub pre: FlowPre<ItemState>,
+    pub grants: Arc<Grants>,
+    pub http: reqwest::Client,
+}
+
+impl LoadedPlugin {
+    pub fn operation(&self, name: &str) -> Option<&OperationMeta> {
+        self.meta.operations.iter().find(|o| o.name == name)
+    }
+}
+
+#[derive(Default)]
+struct Versions {
+    current: String,
+    all: BTreeMap<String, Arc<LoadedPlugin>>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    plugins: RwLock<BTreeMap<String, Versions>>,
+}
+
+impl Registry {
+    /// Add a version; it becomes the current one.
+    pub fn insert(&self, plugin: LoadedPlugin) {
+        let mut map = self.plugins.write().expect("registry lock");
+        let v = map.entry(plugin.meta.name.clone()).or_default();
+        v.current = plugin.meta.version.clone();
+        v.all.insert(plugin.meta.version.clone(), Arc::new(plugin));
+    }
+
+    pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedPlugin>> {
+        let map = self.plugins.read().expect("registry lock");
+        let v = map.get(name)?;
+        v.all.get(version.unwrap_or(&v.current)).cloned()
+    }
+
+    pub fn contains_version(&self, name: &str, version: &str) -> bool {
+        self.get(name, Some(version)).is_some()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.plugins
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The current version of each plugin, described.
+    pub fn list(&self) -> Vec<PluginMeta> {
+        let map = self.plugins.read().expect("registry lock");
+        map.values()
+            .filter_map(|v| {
+                let p = v.all.get(&v.current)?;
+                let mut meta = p.meta.clone();
+                meta.current = true;
+                meta.versions = v.all.keys().cloned().collect();
+                Some(meta)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,115 @@
+//! Test guest. Well-behaved operations call each capability; hostile ones try what
+//! the sandbox must stop. Each hostile operation returns what it managed to do, so a
+//! test can tell "stopped" from "allowed".
+
+use faena_plugin_sdk::serde_json::{Value, json};
+use faena_plugin_sdk::{Context, Error, Info, Operation, Page, Plugin, Result, export, http};
+
+struct Probe;
+
+fn s<'a>(input: &'a Value, key: &str) -> &'a str {
+    input[key].as_str().unwrap_or_default()
+}
+
+impl Plugin for Probe {
+    fn info() -> Info {
+        let any = json!({"type": "object"});
+        let mut info = Info::new("probe", "1.0.0", "Exercises the host and the sandbox");
+        for name in [
+            "echo",
+            "loop",
+            "alloc",
+            "read-file",
+            "socket",
+            "panic",
+            "fail",
+        ] {
+            info = info.operation(Operation::new(name, name, any.clone()));
+        }
+        info.operation(
+            Operation::new("capabilities", "every host call", any.clone()).secret("probe_token"),
+        )
+        .operation(Operation::new("http", "one request", any.clone()))
+        .operation(Operation::new("secret", "read a secret", any.clone()))
+        .operation(Operation::new("form", "fill a form", any.clone()).browser())
+        .operation(Operation::new("missing", "wait for what never comes", any).browser())
+    }
+
+    fn run(operation: &str, input: Value, ctx: &Context) -> Result<Value> {
+        match operation {
+            "echo" => {
+                Ok(json!({"input": input, "attempt": ctx.attempt, "key": ctx.idempotency_key}))
+            }
+            "capabilities" => {
+                faena_plugin_sdk::log("starting");
+                let resumed = ctx.last_checkpoint.as_ref().map(|c| c.name.clone());
+                faena_plugin_sdk::step("logged_in", Some("{\"session\":1}"))?;
+                faena_plugin_sdk::progress(&json!({"stage": "halfway"}))?;
+                let token = faena_plugin_sdk::secret("probe_token")?;
+                let artifact = faena_plugin_sdk::save_artifact("note.txt", "text/plain", b"hello")?;
+                let resp = http::get(s(&input, "url"))?;
+                Ok(json!({
+                    "token_len": token.len(),
+                    "artifact": artifact,
+                    "status": resp.status,
+                    "body": String::from_utf8_lossy(&resp.body),
+                    "resumed_from": resumed,
+                }))
+            }
+            "http" => {
+                let resp = http::get(s(&input, "url"))?;
+                Ok(json!({"status": resp.status}))
+            }
+            "secret" => Ok(json!({"len": faena_plugin_sdk::secret(s(&input, "name"))?.len()})),
+            "form" => {
+                let page = Page::open()?;
+                page.goto(s(&input, "url"))?;
+                page.fill("#name", s(&input, "name"))?;
+                page.select("#kind", s(&input, "kind"))?;
+                page.click("#submit")?;
+                page.wait_for("#done", 5_000)?;
+                Ok(json!({"done": page.text("#done")?, "url": page.url()?}))
+            }
+            "missing" => {
+                let page = Page::open()?;
+                page.goto(s(&input, "url"))?;
+                page.wait_for("#never-there", 500)?;
+                Ok(json!({}))
+            }
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = n.wrapping_add(1);
+                    if n == u64::MAX {
+                        return Ok(json!(n));
+                    }
+                }
+            }
+            "alloc" => {
+                let mut chunks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    chunks.push(vec![1u8; 16 << 20]);
+                    if chunks.len() > 1_000 {
+                        return Ok(json!({"allocated_mib": chunks.len() * 16}));
+                    }
+                }
+            }
+            "read-file" => match std::fs::read_to_string(s(&input, "path")) {
+                Ok(text) => Ok(json!({"read": text.len()})),
+                Err(e) => Err(Error::business(format!("could not read the file: {e}"))),
+            },
+            "socket" => match std::net::TcpStream::connect(s(&input, "addr")) {
+                Ok(_) => Ok(json!({"connected": true})),
+                Err(e) => Err(Error::business(format!("could not connect: {e}"))),
+            },
+            "panic" => panic!("probe panicked on purpose"),
+            "fail" => Err(match s(&input, "kind") {
+                "business" => Error::business("bad data").code("bad-data"),
+                _ => Error::application("portal down"),
+            }),
+            other => Err(Error::business(format!("unknown operation `{other}`"))),
+        }
+    }
+}
+
+export!(Probe);
