@@ -18,6 +18,8 @@ pub struct ItemDetail {
     pub item: Item,
     /// Log lines the plugin wrote, oldest first.
     pub logs: Vec<serde_json::Value>,
+    /// Files the runs produced (failure screenshots, downloads).
+    pub artifacts: Vec<crate::artifacts::Artifact>,
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
@@ -62,7 +64,12 @@ impl ItemsApi {
     async fn get(&self, id: Path<String>) -> ApiResult<Json<ItemDetail>> {
         let item = self.state.item(&id.0)?;
         let logs = self.state.store.item_logs(&id.0)?;
-        Ok(Json(ItemDetail { item, logs }))
+        let artifacts = self.state.artifacts.for_item(&id.0)?;
+        Ok(Json(ItemDetail {
+            item,
+            logs,
+            artifacts,
+        }))
     }
 
     /// Send a `failed` or `needs_review` item back to the queue.

@@ -23,6 +23,10 @@ pub enum Tag {
     Events,
     /// Liveness.
     Health,
+    /// Installed portal flows.
+    Plugins,
+    /// Write-only values granted to plugins.
+    Secrets,
 }
 
 #[derive(Debug, Object)]

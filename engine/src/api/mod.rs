@@ -7,6 +7,7 @@ pub mod error;
 mod events;
 mod items;
 mod jobs;
+mod plugins;
 mod workers;
 mod ws;
 
@@ -133,6 +134,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             items::ItemsApi { state: s() },
             workers::WorkersApi { state: s() },
             events::EventsApi { state: s() },
+            plugins::PluginsApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),

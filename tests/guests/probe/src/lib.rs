@@ -46,6 +46,7 @@ impl Plugin for Probe {
                 faena_plugin_sdk::step("logged_in", Some("{\"session\":1}"))?;
                 faena_plugin_sdk::progress(&json!({"stage": "halfway"}))?;
                 let token = faena_plugin_sdk::secret("probe_token")?;
+                faena_plugin_sdk::log(&format!("using token {token}"));
                 let artifact = faena_plugin_sdk::save_artifact("note.txt", "text/plain", b"hello")?;
                 let resp = http::get(s(&input, "url"))?;
                 Ok(json!({
@@ -79,10 +80,7 @@ impl Plugin for Probe {
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
-                    n = n.wrapping_add(1);
-                    if n == u64::MAX {
-                        return Ok(json!(n));
-                    }
+                    n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
             "alloc" => {

@@ -1,0 +1,201 @@
+//! `/api/v1/plugins` (list, describe, install an uploaded component), `/api/v1/artifacts`
+//! (files runs produced) and `/api/v1/secrets` (write-only values plugins are granted).
+
+use poem_openapi::param::Path;
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::AppState;
+use super::body::JsonBody;
+use super::error::{ApiError, ApiResult, body};
+use super::jobs::Tag;
+use crate::artifacts::Artifact;
+use crate::runtime::{PluginMeta, RuntimeError};
+
+#[derive(Debug, Object)]
+pub struct PluginList {
+    pub plugins: Vec<PluginMeta>,
+}
+
+#[derive(ApiResponse)]
+pub enum Installed {
+    #[oai(status = 201)]
+    Created(Json<PluginMeta>),
+}
+
+#[derive(ApiResponse)]
+pub enum ArtifactBody {
+    /// The file, with its content type.
+    #[oai(status = 200)]
+    Ok(
+        Binary<Vec<u8>>,
+        #[oai(header = "content-type")] String,
+        #[oai(header = "content-disposition")] String,
+    ),
+}
+
+#[derive(Debug, Object, serde::Deserialize)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+#[derive(Debug, Object)]
+pub struct SecretNames {
+    pub names: Vec<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum Done {
+    #[oai(status = 204)]
+    NoContent,
+}
+
+pub struct PluginsApi {
+    pub state: AppState,
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Exists { .. } => ApiError::Conflict(body("conflict", e.to_string())),
+            RuntimeError::Invalid(_) | RuntimeError::Plugin { .. } | RuntimeError::Grants(_) => {
+                ApiError::invalid(e.to_string())
+            }
+            RuntimeError::Engine(_) | RuntimeError::Io(_) => {
+                ApiError::Internal(body("internal", e.to_string()))
+            }
+        }
+    }
+}
+
+impl PluginsApi {
+    fn runtime(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
+        self.state.runtime.as_ref().ok_or_else(|| {
+            ApiError::Unavailable(body("unavailable", "this engine runs no plugins"))
+        })
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "Tag::Plugins")]
+impl PluginsApi {
+    /// Installed plugins (current versions), their operations and input schemas.
+    #[oai(path = "/plugins", method = "get", operation_id = "list_plugins")]
+    async fn list(&self) -> ApiResult<Json<PluginList>> {
+        Ok(Json(PluginList {
+            plugins: self.runtime()?.registry().list(),
+        }))
+    }
+
+    /// One plugin: operations, input JSON schemas, what it needs and what it is granted.
+    #[oai(path = "/plugins/:name", method = "get", operation_id = "get_plugin")]
+    async fn get(&self, name: Path<String>) -> ApiResult<Json<PluginMeta>> {
+        self.runtime()?
+            .registry()
+            .list()
+            .into_iter()
+            .find(|p| p.name == name.0)
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found(format!("plugin `{}` not found", name.0)))
+    }
+
+    /// Install a plugin component (`application/wasm`). It becomes the version new
+    /// jobs get; running jobs keep theirs.
+    #[oai(path = "/plugins", method = "post", operation_id = "install_plugin")]
+    async fn install(&self, component: Binary<Vec<u8>>) -> ApiResult<Installed> {
+        if component.0.is_empty() {
+            return Err(ApiError::bad_request(
+                "the body must be a WebAssembly component",
+            ));
+        }
+        let meta = self.runtime()?.install(&component.0).await?;
+        Ok(Installed::Created(Json(meta)))
+    }
+
+    /// Download an artifact (a failure screenshot, a downloaded file).
+    #[oai(
+        path = "/artifacts/:id",
+        method = "get",
+        operation_id = "get_artifact",
+        tag = "Tag::Items"
+    )]
+    async fn artifact(&self, id: Path<String>) -> ApiResult<ArtifactBody> {
+        let meta = self.state.artifacts.get(&id.0)?;
+        if meta.tenant != self.state.tenant() {
+            return Err(ApiError::not_found(format!(
+                "artifact `{}` not found",
+                id.0
+            )));
+        }
+        let data = self.state.artifacts.read(&meta).await?;
+        let name: String = meta
+            .name
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && *c != '"')
+            .collect();
+        Ok(ArtifactBody::Ok(
+            Binary(data),
+            meta.content_type.clone(),
+            format!("inline; filename=\"{name}\""),
+        ))
+    }
+
+    /// Artifacts of an item.
+    #[oai(
+        path = "/items/:id/artifacts",
+        method = "get",
+        operation_id = "list_item_artifacts",
+        tag = "Tag::Items"
+    )]
+    async fn item_artifacts(&self, id: Path<String>) -> ApiResult<Json<Vec<Artifact>>> {
+        self.state.item(&id.0)?;
+        Ok(Json(self.state.artifacts.for_item(&id.0)?))
+    }
+
+    /// Names of the tenant's secrets (never their values).
+    #[oai(
+        path = "/secrets",
+        method = "get",
+        operation_id = "list_secrets",
+        tag = "Tag::Secrets"
+    )]
+    async fn secrets(&self) -> ApiResult<Json<SecretNames>> {
+        Ok(Json(SecretNames {
+            names: self.state.secrets.names(self.state.tenant())?,
+        }))
+    }
+
+    /// Set a secret; plugins granted its name can read it.
+    #[oai(
+        path = "/secrets/:name",
+        method = "put",
+        operation_id = "set_secret",
+        tag = "Tag::Secrets"
+    )]
+    async fn set_secret(
+        &self,
+        name: Path<String>,
+        value: JsonBody<SecretValue>,
+    ) -> ApiResult<Done> {
+        self.state
+            .secrets
+            .set(self.state.tenant(), &name.0, &value.0.value)?;
+        Ok(Done::NoContent)
+    }
+
+    #[oai(
+        path = "/secrets/:name",
+        method = "delete",
+        operation_id = "delete_secret",
+        tag = "Tag::Secrets"
+    )]
+    async fn delete_secret(&self, name: Path<String>) -> ApiResult<Done> {
+        if self.state.secrets.delete(self.state.tenant(), &name.0)? {
+            Ok(Done::NoContent)
+        } else {
+            Err(ApiError::not_found(format!(
+                "secret `{}` not found",
+                name.0
+            )))
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The plugin runtime with real components: every capability, the sandbox against
+//! hostile guests, and a browser flow in real headless Chromium.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faena::api::{self, AppState};
+use faena::clock::Clock;
+use faena::config::PluginConfig;
+use faena::model::{ErrorKind, Item, ItemStatus, JobOptions, JobStatus, NewItem, NewJob};
+use faena::runtime::browser::ChromiumSettings;
+use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
+use faena::scheduler::{self, SchedulerConfig};
+use faena::store::{EventFilter, Store};
+use faena_tests::guests::PROBE;
+use poem::web::{Form, Html};
+use poem::{Route, get, handler, post};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Engine {
+    store: Store,
+    runtime: Arc<Runtime>,
+    url: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn engine(grants: PluginConfig, browser: bool) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), Clock::new())
+        .await
+        .unwrap();
+    let runtime = Runtime::new(
+        RuntimeOptions {
+            cache_dir: dir.path().join("cache"),
+            plugin_dir: dir.path().join("plugins"),
+            plugins: BTreeMap::from([("probe".to_owned(), grants)]),
+            chromium: browser.then(|| ChromiumSettings {
+                profile_dir: dir.path().join("chromium"),
+                ..ChromiumSettings::default()
+            }),
+        },
+        store.artifacts().unwrap(),
+        store.secrets().unwrap(),
+    )
+    .unwrap();
+    runtime
+        .load(&std::fs::read(PROBE).unwrap(), false)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(runtime.clone())),
+        SchedulerConfig { concurrency: 4 },
+        shutdown.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(store.clone(), Some(runtime.clone())).unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(api::serve(listener, state, async move {
+        stop.cancelled().await
+    }));
+    Engine {
+        store,
+        runtime,
+        url,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Run one item of `operation` to its end; one attempt, failures fail.
+async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
+    let job = e
+        .store
+        .create_job(
+            "default",
+            NewJob {
+                plugin: "probe".into(),
+                operation: operation.into(),
+                name: None,
+                options: JobOptions {
+                    max_attempts: 1,
+                    ..Default::default()
+                },
+                start: true,
+                items: vec![NewItem {
+                    input,
+                    reference: None,
+                }],
+            },
+            e.runtime.version_for_new_job("probe", operation).unwrap(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = e.store.job(&job.id).unwrap();
+        if j.status == JobStatus::Completed {
+            return e.store.item(&format!("{}-0", job.id)).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{operation} did not finish: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tiny local server the guests talk to.
+async fn local_server() -> (String, CancellationToken) {
+    #[handler]
+    fn ping() -> &'static str {
+        "pong"
+    }
+    #[handler]
+    fn form_page() -> Html<&'static str> {
+        Html(
+            r#"<html><body><h1>Purchase request</h1>
+            <form method="post" action="/submit">
+              <input id="name" name="name"><select id="kind" name="kind">
+              <option value="normal">Normal</option><option value="urgent">Urgent</option></select>
+              <button id="submit" type="submit">Send</button></form></body></html>"#,
+        )
+    }
+    #[derive(serde::Deserialize)]
+    struct Submitted {
+        name: String,
+        kind: String,
+    }
+    #[handler]
+    fn submit(Form(f): Form<Submitted>) -> Html<String> {
+        Html(format!(
+            "<html><body><p id=\"done\">Saved {} as {}</p></body></html>",
+            f.name, f.kind
+        ))
+    }
+    let app = Route::new()
+        .at("/ping", get(ping))
+        .at("/form", get(form_page))
+        .at("/submit", post(submit));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        poem::Server::new_with_acceptor(poem::listener::TcpAcceptor::from_tokio(listener).unwrap())
+            .run_with_graceful_shutdown(app, async move { s.cancelled().await }, None)
+            .await
+    });
+    (format!("127.0.0.1:{}", addr.port()), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uses_every_granted_capability() {
+    let (host, _stop) = local_server().await;
+    let e = engine(
+        PluginConfig {
+            http_hosts: Some(vec![host.clone()]),
+            secrets: Some(vec!["probe_token".into()]),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let secret = "s3cr3t-value-42";
+    e.store
+        .secrets()
+        .unwrap()
+        .set("default", "probe_token", secret)
+        .unwrap();
+    let item = run_one(
+        &e,
+        "capabilities",
+        json!({"url": format!("http://{host}/ping")}),
+    )
+    .await;
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.error);
+    let r = item.result.clone().unwrap();
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["body"].clone(),
+            r["token_len"].clone()
+        ),
+        (json!(200), json!("pong"), json!(secret.len()))
+    );
+    assert_eq!(item.steps[0].name, "logged_in");
+    let artifact = e
+        .store
+        .artifacts()
+        .unwrap()
+        .get(r["artifact"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(artifact.item_id.as_deref(), Some(item.id.as_str()));
+    assert_eq!(
+        e.store.artifacts().unwrap().read(&artifact).await.unwrap(),
+        b"hello"
+    );
+    // The log line carried the secret: it is stored redacted, and no event holds it.
+    let logs = e.store.item_logs(&item.id).unwrap();
+    assert!(
+        logs.iter().any(|l| l["message"] == "using token ***"),
+        "{logs:?}"
+    );
+    let events = e
+        .store
+        .events(0, &EventFilter::default(), usize::MAX)
+        .unwrap()
+        .0;
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.kind == "item_progress" && ev.data["progress"]["stage"] == "halfway")
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(secret), "a secret leaked into the event log");
+    // Over the API, the item shows its artifact.
+    let detail: Value = reqwest::get(format!("{}/api/v1/items/{}", e.url, item.id))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["artifacts"][0]["name"], "note.txt");
+}
+
+/// Each hostile guest fails only its own item, with an error that says what happened,
+/// and the next item of a well-behaved operation succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_fail_alone() {
+    let (host, _stop) = local_server().await;
+    let (other, _stop2) = local_server().await;
+    let e = engine(
+        PluginConfig {
+            http_hosts: Some(vec![host.clone()]),
+            memory_mib: Some(64),
+            deadline_secs: Some(2),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let cases: Vec<(&str, Value, ErrorKind, &str)> = vec![
+        ("loop", json!({}), ErrorKind::Application, "deadline"),
+        ("alloc", json!({}), ErrorKind::Application, "trapped"),
+        (
+            "read-file",
+            json!({"path": "/etc/passwd"}),
+            ErrorKind::Business,
+            "could not read the file",
+        ),
+        (
+            "socket",
+            json!({"addr": other}),
+            ErrorKind::Business,
+            "could not connect",
+        ),
+        (
+            "http",
+            json!({"url": format!("http://{other}/ping")}),
+            ErrorKind::Business,
+            "may not reach",
+        ),
+        (
+            "secret",
+            json!({"name": "probe_token"}),
+            ErrorKind::Business,
+            "not granted",
+        ),
+        (
+            "panic",
+            json!({}),
+            ErrorKind::Application,
+            "probe panicked on purpose",
+        ),
+    ];
+    let runs = cases
+        .iter()
+        .map(|(op, input, _, _)| run_one(&e, op, input.clone()));
+    let items = futures_util::future::join_all(runs).await;
+    for ((op, _, kind, says), item) in cases.iter().zip(items) {
+        assert_eq!(item.status, ItemStatus::Failed, "{op}: {:?}", item.result);
+        let err = item.error.unwrap();
+        assert_eq!(err.kind, *kind, "{op}: {}", err.message);
+        assert!(
+            err.message.contains(says),
+            "{op}: `{}` should say `{says}`",
+            err.message
+        );
+    }
+    let ok = run_one(&e, "echo", json!({"after": "hostile"})).await;
+    assert_eq!(ok.status, ItemStatus::Succeeded);
+    assert_eq!(ok.result.unwrap()["input"]["after"], "hostile");
+    let granted = run_one(&e, "http", json!({"url": format!("http://{host}/ping")})).await;
+    assert_eq!(granted.result.unwrap()["status"], 200);
+}
+
+/// A browser plugin fills a form on a local page in real headless Chromium; a failing
+/// one leaves a PNG screenshot that can be fetched through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_flow_in_chromium_and_failure_screenshot() {
+    let (host, _stop) = local_server().await;
+    let e = engine(
+        PluginConfig {
+            browser: Some(true),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let item = run_one(
+        &e,
+        "form",
+        json!({"url": format!("http://{host}/form"), "name": "Ana", "kind": "urgent"}),
+    )
+    .await;
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.error);
+    assert_eq!(item.result.unwrap()["done"], "Saved Ana as urgent");
+
+    let bad = run_one(&e, "missing", json!({"url": format!("http://{host}/form")})).await;
+    assert_eq!(bad.status, ItemStatus::Failed);
+    let err = bad.error.unwrap();
+    assert_eq!(err.code.as_deref(), Some("timeout"), "{}", err.message);
+    let list: Value = reqwest::get(format!("{}/api/v1/items/{}/artifacts", e.url, bad.id))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["name"], "failure.png", "{list}");
+    let resp = reqwest::get(format!(
+        "{}/api/v1/artifacts/{}",
+        e.url,
+        list[0]["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let png = resp.bytes().await.unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "a real PNG"
+    );
+
+    // Without the grant, the same operation is refused before it runs.
+    let denied = engine(PluginConfig::default(), true).await;
+    let why = denied
+        .runtime
+        .version_for_new_job("probe", "form")
+        .unwrap_err();
+    assert!(
+        why.contains("the browser") && why.contains("[plugins.probe]"),
+        "{why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_listed_and_uploaded_through_the_api() {
+    let e = engine(PluginConfig::default(), false).await;
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("{}/api/v1/plugins", e.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let probe = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "probe")
+        .unwrap();
+    assert!(
+        probe["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "form" && o["needs"]["browser"] == true)
+    );
+    // The same version again is a conflict; garbage is refused with a reason.
+    let again = client
+        .post(format!("{}/api/v1/plugins", e.url))
+        .header("content-type", "application/octet-stream")
+        .body(std::fs::read(PROBE).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let garbage = client
+        .post(format!("{}/api/v1/plugins", e.url))
+        .header("content-type", "application/octet-stream")
+        .body(b"\0asm not really".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 422);
+    let body: Value = garbage.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a faena plugin component"),
+        "{body}"
+    );
+}
