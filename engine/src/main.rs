@@ -66,6 +66,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    // Absolute from here on: the compile cache and Chromium's profile need it.
+    let config = Config {
+        data_dir: std::fs::canonicalize(&config.data_dir)?,
+        ..config
+    };
     let store = Store::open(&config.data_dir.join("store"), Clock::new())
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
