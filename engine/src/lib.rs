@@ -21,6 +21,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod runtime;

@@ -573,3 +573,82 @@ async fn openapi_spec_validates() {
     );
     e.stop().await;
 }
+
+#[tokio::test]
+async fn spreadsheet_import_groups_rows_and_refuses_bad_files_whole() {
+    use poem::test::{TestForm, TestFormField};
+    let (e, api) = setup().await;
+    let csv = "consultora_code;consultora_name;product_code;quantity\nC1;Ana;P1;2\nC2;Bea;P7;1\nC1;Ana;P3;4\n";
+    let form = TestForm::new()
+        .field(
+            TestFormField::bytes(csv.as_bytes().to_vec())
+                .name("file")
+                .filename("orders.csv"),
+        )
+        .text("plugin", "gsp")
+        .text("group_by", "consultora_code")
+        .text("options", r#"{"on_failure": "review"}"#);
+    let (st, job) = api
+        .send(api.cli.post("/api/v1/jobs/import").multipart(form))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{job}");
+    assert_eq!(
+        (job["counts"]["queued"].clone(), job["name"].clone()),
+        (json!(2), json!("orders.csv"))
+    );
+    assert_eq!(job["options"]["on_failure"], "review");
+    let (_, items) = api
+        .get(&format!(
+            "/api/v1/jobs/{}/items",
+            job["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(items["items"][0]["reference"], "C1");
+    assert_eq!(
+        items["items"][0]["input"]["rows"].as_array().unwrap().len(),
+        2
+    );
+
+    let bad = "code,qty\nA,1\n,2\nB\n";
+    let form = TestForm::new()
+        .field(
+            TestFormField::bytes(bad.as_bytes().to_vec())
+                .name("file")
+                .filename("bad.csv"),
+        )
+        .text("plugin", "gsp")
+        .text("group_by", "code");
+    let resp = api
+        .send(api.cli.post("/api/v1/jobs/import").multipart(form))
+        .await;
+    assert_error(
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "row 4: has 1 cells where the header has 2",
+    );
+    let form = TestForm::new()
+        .field(
+            TestFormField::bytes(b"code,qty\nA,1\n,2\n".to_vec())
+                .name("file")
+                .filename("bad.csv"),
+        )
+        .text("plugin", "gsp")
+        .text("group_by", "code");
+    let resp = api
+        .send(api.cli.post("/api/v1/jobs/import").multipart(form))
+        .await;
+    assert_error(
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "row 3, column `code`: is empty",
+    );
+    let (_, page) = api.get("/api/v1/jobs").await;
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        1,
+        "the bad files created nothing"
+    );
+    e.stop().await;
+}

@@ -14,8 +14,6 @@ use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
 use faena::scheduler::{self, SchedulerConfig};
 use faena::store::{EventFilter, Store};
 use faena_tests::guests::PROBE;
-use poem::web::{Form, Html};
-use poem::{Route, get, handler, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -117,48 +115,9 @@ async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
     }
 }
 
-/// A tiny local server the guests talk to.
-async fn local_server() -> (String, CancellationToken) {
-    #[handler]
-    fn ping() -> &'static str {
-        "pong"
-    }
-    #[handler]
-    fn form_page() -> Html<&'static str> {
-        Html(
-            r#"<html><body><h1>Purchase request</h1>
-            <form method="post" action="/submit">
-              <input id="name" name="name"><select id="kind" name="kind">
-              <option value="normal">Normal</option><option value="urgent">Urgent</option></select>
-              <button id="submit" type="submit">Send</button></form></body></html>"#,
-        )
-    }
-    #[derive(serde::Deserialize)]
-    struct Submitted {
-        name: String,
-        kind: String,
-    }
-    #[handler]
-    fn submit(Form(f): Form<Submitted>) -> Html<String> {
-        Html(format!(
-            "<html><body><p id=\"done\">Saved {} as {}</p></body></html>",
-            f.name, f.kind
-        ))
-    }
-    let app = Route::new()
-        .at("/ping", get(ping))
-        .at("/form", get(form_page))
-        .at("/submit", post(submit));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        poem::Server::new_with_acceptor(poem::listener::TcpAcceptor::from_tokio(listener).unwrap())
-            .run_with_graceful_shutdown(app, async move { s.cancelled().await }, None)
-            .await
-    });
-    (format!("127.0.0.1:{}", addr.port()), stop)
+async fn local_server() -> (String, faena_tests::pages::PageServer) {
+    let server = faena_tests::pages::serve().await;
+    (server.host.clone(), server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

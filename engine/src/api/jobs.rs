@@ -3,11 +3,13 @@
 
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::types::multipart::Upload;
+use poem_openapi::{ApiResponse, Multipart, Object, OpenApi, Tags};
 
 use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
+use crate::import;
 use crate::model::{Item, ItemStatus, Job, JobStatus, NewJob};
 use crate::store::{JobAction, JobFilter};
 
@@ -48,6 +50,27 @@ pub enum Created {
     Created(Json<Job>),
 }
 
+/// A spreadsheet to turn into a job.
+#[derive(Debug, Multipart)]
+pub struct ImportForm {
+    /// The file: CSV, comma or semicolon separated, with a header row.
+    pub file: Upload,
+    pub plugin: String,
+    /// Default `run`.
+    pub operation: Option<String>,
+    pub name: Option<String>,
+    /// Job options as JSON text, e.g. `{"on_failure": "review"}`.
+    pub options: Option<String>,
+    /// Queue the items at once (default true).
+    pub start: Option<bool>,
+    /// Rows with the same value in this column become one item.
+    pub group_by: Option<String>,
+    /// The column used as each item's reference (default: `group_by`).
+    pub reference: Option<String>,
+    /// Column renames as JSON text: `{"Codigo": "product_code"}`.
+    pub mapping: Option<String>,
+}
+
 pub struct JobsApi {
     pub state: AppState,
 }
@@ -72,6 +95,66 @@ impl JobsApi {
             .state
             .plugin_version(&body.0.plugin, &body.0.operation)?;
         let job = self.state.store.create_job(tenant, body.0, version).await?;
+        Ok(Created::Created(Json(job)))
+    }
+
+    /// Create a job from a spreadsheet: one item per row, or per group of rows. Every
+    /// problem is reported by row and column, and a file with any creates nothing.
+    #[oai(path = "/jobs/import", method = "post", operation_id = "import_job")]
+    async fn import(&self, form: ImportForm) -> ApiResult<Created> {
+        let json_field = |field: &str, text: &Option<String>| -> ApiResult<serde_json::Value> {
+            match text {
+                None => Ok(serde_json::Value::Null),
+                Some(t) => serde_json::from_str(t)
+                    .map_err(|e| ApiError::bad_request(format!("{field}: not JSON: {e}"))),
+            }
+        };
+        let options = match json_field("options", &form.options)? {
+            serde_json::Value::Null => Default::default(),
+            v => serde_json::from_value(v)
+                .map_err(|e| ApiError::bad_request(format!("options: {e}")))?,
+        };
+        let mapping = match json_field("mapping", &form.mapping)? {
+            serde_json::Value::Null => Default::default(),
+            v => serde_json::from_value(v).map_err(|e| {
+                ApiError::bad_request(format!("mapping: an object of column names: {e}"))
+            })?,
+        };
+        let file_name = form.file.file_name().unwrap_or("upload").to_owned();
+        if !file_name.to_ascii_lowercase().ends_with(".csv") && !file_name.eq("upload") {
+            return Err(ApiError::invalid(format!(
+                "file: `{file_name}` is not a .csv file"
+            )));
+        }
+        let bytes = form
+            .file
+            .into_vec()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("file: {e}")))?;
+        let table =
+            import::read_csv(&bytes).map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
+        let spec = import::ImportSpec {
+            group_by: form.group_by,
+            mapping,
+            required: Vec::new(),
+            reference: form.reference,
+        };
+        let items = import::to_items(&table, &spec)
+            .map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
+        let job = NewJob {
+            plugin: form.plugin,
+            operation: form.operation.unwrap_or_else(|| "run".into()),
+            name: form.name.or(Some(file_name)),
+            options,
+            start: form.start.unwrap_or(true),
+            items,
+        };
+        let version = self.state.plugin_version(&job.plugin, &job.operation)?;
+        let job = self
+            .state
+            .store
+            .create_job(self.state.tenant(), job, version)
+            .await?;
         Ok(Created::Created(Json(job)))
     }
 

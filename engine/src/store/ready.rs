@@ -330,7 +330,15 @@ mod tests {
         r.finished(&key("B", 0));
         r.set_paused("A", true);
         r.finished(&key("A", 1));
-        assert_eq!(take(&mut r, "p", 10, 0), vec![("B".into(), 1)]);
+        // A2 still runs: two plugin slots are free, and paused A gets none of them.
+        assert_eq!(
+            take(&mut r, "p", 10, 0),
+            vec![("B".into(), 1), ("B".into(), 2)]
+        );
+        assert!(
+            take(&mut r, "p", 10, 0).is_empty(),
+            "plugin limit reached again"
+        );
         assert!(take(&mut r, "other", 10, 0).is_empty());
     }
 

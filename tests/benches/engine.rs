@@ -1,0 +1,517 @@
+//! `cargo bench -p faena-tests --bench engine` (or `scripts/bench`): the engine's own
+//! figures on this machine, each as min / median / max over `FAENA_BENCH_RUNS` runs
+//! (default 3). Nothing here asserts a time: it prints.
+//!
+//! - store: create → claim → complete of no-op items by in-process workers, every
+//!   completion acknowledged only after it is flushed to disk
+//! - engine: the same through the dispatcher and the real `noop` WebAssembly plugin,
+//!   and enqueue → start latency at a steady rate below capacity
+//! - instantiate + run: one fresh instance of the `noop` component and one call
+//! - fan-out: an event published to 100 and 1,000 WebSocket subscribers
+//! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use faena::api::{self, AppState};
+use faena::clock::Clock;
+use faena::config::PluginConfig;
+use faena::model::{JobOptions, JobStatus, NewItem, NewJob, kind};
+use faena::runtime::browser::ChromiumSettings;
+use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
+use faena::scheduler::{self, Executor, RunContext, SchedulerConfig};
+use faena::store::{ClaimRequest, Outcome, Store};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+fn runs() -> usize {
+    std::env::var("FAENA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn row(what: &str, unit: &str, values: Vec<f64>) {
+    let (min, med, max) = stats(values);
+    println!("{what:<58} {min:>11.1} {med:>11.1} {max:>11.1}  {unit}");
+}
+
+fn job(plugin: &str, n: usize) -> NewJob {
+    NewJob {
+        plugin: plugin.into(),
+        operation: "run".into(),
+        name: None,
+        options: JobOptions::default(),
+        start: true,
+        items: (0..n)
+            .map(|i| NewItem {
+                input: json!({"n": i}),
+                reference: None,
+            })
+            .collect(),
+    }
+}
+
+async fn open_store(dir: &std::path::Path) -> Store {
+    Store::open(&dir.join("store"), Clock::new()).await.unwrap()
+}
+
+async fn runtime(
+    dir: &std::path::Path,
+    store: &Store,
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+) -> Arc<Runtime> {
+    let rt = Runtime::new(
+        RuntimeOptions {
+            cache_dir: dir.join("cache"),
+            plugin_dir: dir.join("plugins"),
+            plugins,
+            chromium: browser.then(|| ChromiumSettings {
+                profile_dir: dir.join("chromium"),
+                ..ChromiumSettings::default()
+            }),
+        },
+        store.artifacts().unwrap(),
+        store.secrets().unwrap(),
+    )
+    .unwrap();
+    rt.load_all().await.unwrap();
+    rt
+}
+
+/// Items/s for create → claim → complete with durable acknowledgement.
+async fn store_throughput(n: usize, workers: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let t0 = Instant::now();
+    store
+        .create_job("default", job("bench", n), None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let claimed = store
+                    .claim(ClaimRequest {
+                        owner: format!("worker:{w}"),
+                        tenant: None,
+                        plugins: vec!["bench".into()],
+                        max: 64,
+                        lease_ms: None,
+                        item: None,
+                    })
+                    .await
+                    .unwrap();
+                if claimed.items.is_empty() {
+                    break;
+                }
+                let done = claimed.items.iter().map(|c| {
+                    store.complete(&c.item.id, c.lease_token, Outcome::Succeeded(Value::Null))
+                });
+                for r in futures_util::future::join_all(done).await {
+                    r.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    store.close().await;
+    n as f64 / secs
+}
+
+/// Items/s of the noop plugin through the whole engine.
+async fn engine_throughput(n: usize, concurrency: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency },
+        stop.clone(),
+    ));
+    let t0 = Instant::now();
+    let j = store
+        .create_job("default", job("noop", n), None)
+        .await
+        .unwrap();
+    loop {
+        if store.job(&j.id).unwrap().status == JobStatus::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    stop.cancel();
+    dispatcher.await.unwrap();
+    store.close().await;
+    rate
+}
+
+/// Enqueue → start latencies (ms) of single-item jobs submitted at `rate` per second.
+async fn enqueue_to_start(count: usize, rate: u64) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency: 16 },
+        stop.clone(),
+    ));
+    let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut events = store.subscribe();
+    let sub = submitted.clone();
+    let watcher = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while out.len() < count {
+            let Ok(e) = events.recv().await else { continue };
+            if e.kind == kind::ITEM_STATUS_CHANGED && e.data["to"] == "running" {
+                let now = Instant::now();
+                let job = e.job_id.clone().unwrap();
+                // The submission may not be recorded yet if the claim beat it.
+                for _ in 0..1000 {
+                    if let Some(t) = sub.lock().unwrap().get(&job) {
+                        out.push((now - *t).as_secs_f64() * 1000.0);
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        out
+    });
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for _ in 0..count {
+        tick.tick().await;
+        let (store, sub) = (store.clone(), submitted.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let j = store
+                .create_job("default", job("noop", 1), None)
+                .await
+                .unwrap();
+            sub.lock().unwrap().insert(j.id, t);
+        });
+    }
+    let lat = watcher.await.unwrap();
+    stop.cancel();
+    dispatcher.await.unwrap();
+    store.close().await;
+    lat
+}
+
+/// Microseconds per fresh instance of the noop component plus one call.
+async fn instantiate_and_run(calls: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
+    store
+        .create_job("default", job("noop", 1), None)
+        .await
+        .unwrap();
+    let task = store
+        .claim(ClaimRequest {
+            owner: "bench".into(),
+            tenant: None,
+            plugins: vec!["noop".into()],
+            max: 1,
+            lease_ms: Some(3_600_000),
+            item: None,
+        })
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let exec = WasmExecutor(rt.clone());
+    let ctx = RunContext::new(store.clone(), &task, CancellationToken::new());
+    for _ in 0..50 {
+        exec.run(task.clone(), ctx.clone()).await;
+    }
+    let t0 = Instant::now();
+    for _ in 0..calls {
+        let out = exec.run(task.clone(), ctx.clone()).await;
+        assert!(matches!(out, Outcome::Succeeded(_)));
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
+    store.close().await;
+    us
+}
+
+/// Fan-out latency (ms) of `events` events published at `rate`/s to `subs` subscribers.
+async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(api::serve(
+        listener,
+        AppState::new(store.clone(), None).unwrap(),
+        async move { s.cancelled().await },
+    ));
+    let base = Instant::now();
+    let mut clients = Vec::new();
+    let ready = Arc::new(tokio::sync::Barrier::new(subs + 1));
+    for _ in 0..subs {
+        let ready = ready.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+                .await
+                .expect("connect (raise `ulimit -n`?)");
+            let sub = json!({"type": "subscribe", "types": ["bench"], "after": u64::MAX / 2});
+            ws.send(Message::Text(sub.to_string().into()))
+                .await
+                .unwrap();
+            ws.next().await.unwrap().unwrap(); // subscribed
+            ready.wait().await;
+            let mut lat = Vec::with_capacity(events);
+            while lat.len() < events {
+                let Some(Ok(Message::Text(t))) = ws.next().await else {
+                    break;
+                };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if let Some(sent) = v["data"]["t"].as_u64() {
+                    lat.push((base.elapsed().as_micros() as u64 - sent) as f64 / 1000.0);
+                }
+            }
+            lat
+        }));
+    }
+    ready.wait().await;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for _ in 0..events {
+        tick.tick().await;
+        let t = base.elapsed().as_micros() as u64;
+        store
+            .publish("default", "bench", None, json!({"t": t}))
+            .await
+            .unwrap();
+    }
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.await.unwrap());
+    }
+    stop.cancel();
+    store.close().await;
+    all
+}
+
+/// Seconds per form flow in Chromium: one engine (one browser, fresh context per item),
+/// or a fresh engine and browser per item.
+async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
+    let page = faena_tests::pages::serve().await;
+    let grants = BTreeMap::from([(
+        "probe".to_owned(),
+        PluginConfig {
+            browser: Some(true),
+            ..Default::default()
+        },
+    )]);
+    let probe = std::fs::read(faena_tests::guests::PROBE).unwrap();
+    let input =
+        json!({"url": format!("http://{}/form", page.host), "name": "Ana", "kind": "urgent"});
+    let one = |rt: Arc<Runtime>, store: Store| {
+        let input = input.clone();
+        async move {
+            let version = rt.version_for_new_job("probe", "form").unwrap();
+            let mut new = job("probe", 1);
+            new.operation = "form".into();
+            new.items[0].input = input;
+            store.create_job("default", new, version).await.unwrap();
+            let task = store
+                .claim(ClaimRequest {
+                    owner: "bench".into(),
+                    tenant: None,
+                    plugins: vec!["probe".into()],
+                    max: 1,
+                    lease_ms: None,
+                    item: None,
+                })
+                .await
+                .unwrap()
+                .items
+                .remove(0);
+            let ctx = RunContext::new(store.clone(), &task, CancellationToken::new());
+            let out = WasmExecutor(rt).run(task, ctx).await;
+            assert!(matches!(out, Outcome::Succeeded(_)), "{out:?}");
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let mut total = Duration::ZERO;
+    if fresh_browser {
+        for i in 0..items {
+            let d = dir.path().join(format!("rt{i}"));
+            let rt = runtime(&d, &store, grants.clone(), true).await;
+            rt.load(&probe, false).await.unwrap();
+            let t0 = Instant::now();
+            one(rt.clone(), store.clone()).await;
+            total += t0.elapsed();
+            drop(rt);
+        }
+    } else {
+        let rt = runtime(dir.path(), &store, grants.clone(), true).await;
+        rt.load(&probe, false).await.unwrap();
+        one(rt.clone(), store.clone()).await; // launches Chromium
+        let t0 = Instant::now();
+        for _ in 0..items {
+            one(rt.clone(), store.clone()).await;
+        }
+        total = t0.elapsed();
+    }
+    store.close().await;
+    total.as_secs_f64() / items as f64
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
+        .unwrap_or(0);
+    format!(
+        "{} cores, {cpu}, {mem} GiB",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
+}
+
+fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let n = runs();
+        println!("faena benchmarks — {} — {n} runs each", machine());
+        println!("{:<58} {:>11} {:>11} {:>11}", "", "min", "median", "max");
+        if want("store") {
+            let v = futures_vec(n, || store_throughput(50_000, 8)).await;
+            row(
+                "store: create→claim→complete, durable (50k items, 8 workers)",
+                "items/s",
+                v,
+            );
+        }
+        if want("engine") {
+            let v = futures_vec(n, || engine_throughput(20_000, 32)).await;
+            row(
+                "engine: noop plugin end to end (20k items, concurrency 32)",
+                "items/s",
+                v,
+            );
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..n {
+                let mut lat = enqueue_to_start(2_000, 500).await;
+                p50.push(percentile(&mut lat, 0.50));
+                p99.push(percentile(&mut lat, 0.99));
+            }
+            row(
+                "engine: enqueue→start p50 (single-item jobs at 500/s)",
+                "ms",
+                p50,
+            );
+            row("engine: enqueue→start p99", "ms", p99);
+        }
+        if want("instantiate") {
+            let v = futures_vec(n, || instantiate_and_run(5_000)).await;
+            row("runtime: fresh noop instance + one call", "µs/item", v);
+        }
+        if want("fanout") {
+            for subs in [100, 1_000] {
+                let mut p50 = Vec::new();
+                let mut p99 = Vec::new();
+                for _ in 0..n {
+                    let mut lat = fanout(subs, 200, 50).await;
+                    p50.push(percentile(&mut lat, 0.50));
+                    p99.push(percentile(&mut lat, 0.99));
+                }
+                row(
+                    &format!("feed: fan-out to {subs} subscribers p50 (50 events/s)"),
+                    "ms",
+                    p50,
+                );
+                row(
+                    &format!("feed: fan-out to {subs} subscribers p99"),
+                    "ms",
+                    p99,
+                );
+            }
+        }
+        if want("browser") {
+            let ctx = futures_vec(n, || browser_flow(10, false)).await;
+            let fresh = futures_vec(n, || browser_flow(5, true)).await;
+            let ratio: Vec<f64> = fresh.iter().zip(&ctx).map(|(f, c)| f / c).collect();
+            row(
+                "browser: form flow, fresh context per item",
+                "ms/item",
+                ctx.iter().map(|s| s * 1000.0).collect(),
+            );
+            row(
+                "browser: form flow, fresh browser per item",
+                "ms/item",
+                fresh.iter().map(|s| s * 1000.0).collect(),
+            );
+            row("browser: fresh browser / fresh context", "ratio", ratio);
+        }
+    });
+}
+
+async fn futures_vec<F, Fut>(n: usize, f: F) -> Vec<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(f().await);
+    }
+    out
+}

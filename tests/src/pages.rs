@@ -1,0 +1,75 @@
+//! A tiny local web server for runtime tests and benchmarks: a purchase-request form,
+//! its confirmation page, and a `/ping` for HTTP calls. Listens on 127.0.0.1 only.
+
+use poem::web::{Form, Html};
+use poem::{Route, get, handler, post};
+use tokio_util::sync::CancellationToken;
+
+#[handler]
+fn ping() -> &'static str {
+    "pong"
+}
+
+#[handler]
+fn form_page() -> Html<&'static str> {
+    Html(
+        r#"<html><body><h1>Purchase request</h1>
+        <form method="post" action="/submit">
+          <input id="name" name="name"><select id="kind" name="kind">
+          <option value="normal">Normal</option><option value="urgent">Urgent</option></select>
+          <button id="submit" type="submit">Send</button></form></body></html>"#,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Submitted {
+    name: String,
+    kind: String,
+}
+
+#[handler]
+fn submit(Form(f): Form<Submitted>) -> Html<String> {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    Html(format!(
+        "<html><body><p id=\"done\">Saved {} as {}</p></body></html>",
+        esc(&f.name),
+        esc(&f.kind)
+    ))
+}
+
+/// A running page server; stops when dropped.
+pub struct PageServer {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    stop: CancellationToken,
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn serve() -> PageServer {
+    let app = Route::new()
+        .at("/ping", get(ping))
+        .at("/form", get(form_page))
+        .at("/submit", post(submit));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
+    let host = format!("127.0.0.1:{}", listener.local_addr().expect("bound").port());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).expect("acceptor");
+    tokio::spawn(async move {
+        poem::Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app, async move { s.cancelled().await }, None)
+            .await
+    });
+    PageServer { host, stop }
+}
