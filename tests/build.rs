@@ -3,12 +3,12 @@
 include!("../engine/build/guests.rs");
 
 fn main() {
-    let built = build_guests(&["tests/guests/probe"]);
+    let built = build_guests(&["tests/guests/probe", "examples/plugin-hello"]);
     let mut code = String::new();
     for (name, path) in &built {
         code.push_str(&format!(
             "/// Path of the built `{name}` test guest.\npub const {}: &str = {:?};\n",
-            name.to_uppercase(),
+            name.to_uppercase().replace('-', "_"),
             path.display().to_string()
         ));
     }

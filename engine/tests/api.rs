@@ -652,3 +652,33 @@ async fn spreadsheet_import_groups_rows_and_refuses_bad_files_whole() {
     );
     e.stop().await;
 }
+
+/// 100,000 items in one request: one atomic write, answered once it is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_creates_100k_items() {
+    let (e, api) = setup().await;
+    let items: Vec<Value> = (0..100_000)
+        .map(|i| json!({"input": {"phone": format!("+51{i:09}")}, "reference": format!("{i}")}))
+        .collect();
+    let started = std::time::Instant::now();
+    let (st, job) = api
+        .post("/api/v1/jobs", json!({"plugin": "bulk", "items": items}))
+        .await;
+    println!("100,000 items over the API in {:?}", started.elapsed());
+    assert_eq!(st, StatusCode::CREATED, "{job}");
+    assert_eq!(job["counts"]["queued"], 100_000);
+    let (_, events) = api.get("/api/v1/events").await;
+    assert_eq!(
+        events["events"].as_array().unwrap().len(),
+        2,
+        "job_created and job_started"
+    );
+    let (_, last) = api
+        .get(&format!(
+            "/api/v1/items/{}-99999",
+            job["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(last["reference"], "99999");
+    e.stop().await;
+}

@@ -10,15 +10,22 @@ fn ping() -> &'static str {
     "pong"
 }
 
+const FORM: &str = r#"<html><body><h1>Purchase request</h1>
+    <form method="post" action="/submit">
+      <input id="name" name="name"><select id="kind" name="kind">
+      <option value="normal">Normal</option><option value="urgent">Urgent</option></select>
+      <button id="submit" type="submit">Send</button></form></body></html>"#;
+
 #[handler]
 fn form_page() -> Html<&'static str> {
-    Html(
-        r#"<html><body><h1>Purchase request</h1>
-        <form method="post" action="/submit">
-          <input id="name" name="name"><select id="kind" name="kind">
-          <option value="normal">Normal</option><option value="urgent">Urgent</option></select>
-          <button id="submit" type="submit">Send</button></form></body></html>"#,
-    )
+    Html(FORM)
+}
+
+/// The form, after a two-second wait (a slow portal).
+#[handler]
+async fn slow_form() -> Html<&'static str> {
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    Html(FORM)
 }
 
 #[derive(serde::Deserialize)]
@@ -58,6 +65,7 @@ pub async fn serve() -> PageServer {
     let app = Route::new()
         .at("/ping", get(ping))
         .at("/form", get(form_page))
+        .at("/slow", get(slow_form))
         .at("/submit", post(submit));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -71,6 +71,13 @@ async fn engine(grants: PluginConfig, browser: bool) -> Engine {
     }
 }
 
+impl Engine {
+    /// Where this engine's Chromium keeps its profiles (unique to the test).
+    fn chromium_dir(&self) -> String {
+        self._dir.path().join("chromium").display().to_string()
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -374,4 +381,140 @@ async fn plugins_are_listed_and_uploaded_through_the_api() {
             .contains("not a faena plugin component"),
         "{body}"
     );
+}
+
+/// Chromium dies in the middle of a flow: the item fails with an application error,
+/// is retried, and the retry runs on a newly launched browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_browser_is_replaced_and_the_item_retried() {
+    let (host, _stop) = local_server().await;
+    let e = engine(
+        PluginConfig {
+            browser: Some(true),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let job = e
+        .store
+        .create_job(
+            "default",
+            NewJob {
+                plugin: "probe".into(),
+                operation: "form".into(),
+                name: None,
+                options: JobOptions { max_attempts: 3, backoff_ms: 10, max_backoff_ms: 10, ..Default::default() },
+                start: true,
+                items: vec![NewItem { input: json!({"url": format!("http://{host}/slow"), "name": "Ana", "kind": "normal"}), reference: None }],
+            },
+            e.runtime.version_for_new_job("probe", "form").unwrap(),
+        )
+        .await
+        .unwrap();
+    let id = format!("{}-0", job.id);
+    // Wait until the first attempt is inside the slow page load, then kill the browser.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &e.chromium_dir()])
+            .output()
+            .unwrap();
+        if e.store.item(&id).unwrap().status == ItemStatus::Running && !out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the browser never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = std::process::Command::new("pkill")
+        .args(["-9", "-f", &e.chromium_dir()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "chromium was running");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let item = loop {
+        let item = e.store.item(&id).unwrap();
+        if !item.status.is_open() {
+            break item;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the item never finished: {item:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.attempts);
+    assert_eq!(item.result.unwrap()["done"], "Saved Ana as normal");
+    let first = item.attempts[0]
+        .error
+        .as_ref()
+        .expect("the first attempt failed");
+    assert_eq!(first.kind, ErrorKind::Application, "{}", first.message);
+}
+
+/// The example plugin, installed through the API like a team would, runs: a good
+/// input succeeds, a bad one goes to review, a flaky one succeeds on its retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plugin_installs_and_runs() {
+    let e = engine(PluginConfig::default(), false).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/api/v1/plugins", e.url))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(faena_tests::guests::PLUGIN_HELLO).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let meta: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (meta["name"].clone(), meta["builtin"].clone()),
+        (json!("hello"), json!(false))
+    );
+    let resp = client
+        .post(format!("{}/api/v1/jobs", e.url))
+        .json(&json!({"plugin": "hello", "options": {"on_failure": "review", "backoff_ms": 10},
+            "items": [{"input": {"name": "Ana"}}, {"input": {"name": ""}}, {"input": {"name": "Bo", "flaky": true}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(
+        job["plugin_version"], "0.1.0",
+        "the job keeps the version it was created with"
+    );
+    let id = job["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let j: Value = client
+            .get(format!("{}/api/v1/jobs/{id}", e.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if j["status"] == "completed" {
+            break j;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            job["counts"]["succeeded"].clone(),
+            job["counts"]["needs_review"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    let flaky = e.store.item(&format!("{id}-2")).unwrap();
+    assert_eq!(flaky.attempts.len(), 2);
+    assert_eq!(flaky.result.unwrap()["greeting"], "hello, Bo");
+    let bad = e.store.item(&format!("{id}-1")).unwrap();
+    assert_eq!(bad.error.unwrap().code.as_deref(), Some("bad-input"));
 }
