@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::JobOptionArgs;
+use crate::model::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -36,6 +37,16 @@ impl Client {
         &self.base
     }
 
+    async fn send_as<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, CliError> {
+        serde_json::from_value(self.send(req).await?).map_err(|e| CliError::Api {
+            status: 200,
+            message: format!("unexpected answer from faena: {e}"),
+        })
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let resp = req.send().await.map_err(|source| CliError::Connect {
             url: self.base.clone(),
@@ -61,7 +72,7 @@ impl Client {
         plugin: &str,
         items: Vec<Value>,
         o: &JobOptionArgs,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Job, CliError> {
         let body = json!({
             "plugin": plugin,
             "operation": o.operation,
@@ -70,12 +81,8 @@ impl Client {
             "options": options_json(o),
             "items": items,
         });
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/jobs", self.base))
-                .json(&body),
-        )
-        .await
+        let url = format!("{}/api/v1/jobs", self.base);
+        self.send_as(self.http.post(url).json(&body)).await
     }
 
     pub async fn import(
@@ -84,7 +91,7 @@ impl Client {
         plugin: &str,
         group_by: Option<&str>,
         o: &JobOptionArgs,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Job, CliError> {
         let bytes =
             std::fs::read(file).map_err(|e| CliError::Input(format!("{}: {e}", file.display())))?;
         let name = file
@@ -106,12 +113,8 @@ impl Client {
         if let Some(n) = &o.name {
             form = form.text("name", n.clone());
         }
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/jobs/import", self.base))
-                .multipart(form),
-        )
-        .await
+        let url = format!("{}/api/v1/jobs/import", self.base);
+        self.send_as(self.http.post(url).multipart(form)).await
     }
 
     pub async fn list(
@@ -119,7 +122,11 @@ impl Client {
         status: Option<&str>,
         plugin: Option<&str>,
         limit: u32,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Vec<Job>, CliError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            jobs: Vec<Job>,
+        }
         let mut q = vec![("limit", limit.to_string())];
         if let Some(s) = status {
             q.push(("status", s.to_owned()));
@@ -127,25 +134,19 @@ impl Client {
         if let Some(p) = plugin {
             q.push(("plugin", p.to_owned()));
         }
-        self.send(
-            self.http
-                .get(format!("{}/api/v1/jobs", self.base))
-                .query(&q),
-        )
-        .await
+        let url = format!("{}/api/v1/jobs", self.base);
+        let page: Page = self.send_as(self.http.get(url).query(&q)).await?;
+        Ok(page.jobs)
     }
 
-    pub async fn job(&self, id: &str) -> Result<Value, CliError> {
-        self.send(self.http.get(format!("{}/api/v1/jobs/{id}", self.base)))
+    pub async fn job(&self, id: &str) -> Result<Job, CliError> {
+        self.send_as(self.http.get(format!("{}/api/v1/jobs/{id}", self.base)))
             .await
     }
 
-    pub async fn action(&self, id: &str, action: &str) -> Result<Value, CliError> {
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/jobs/{id}/{action}", self.base)),
-        )
-        .await
+    pub async fn action(&self, id: &str, action: &str) -> Result<Job, CliError> {
+        let url = format!("{}/api/v1/jobs/{id}/{action}", self.base);
+        self.send_as(self.http.post(url)).await
     }
 }
 

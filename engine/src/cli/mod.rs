@@ -190,7 +190,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
             let job = client.submit(&plugin, items, &options).await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, job["id"].as_str().unwrap_or_default()).await?;
+                watch::watch(&client, &job.id).await?;
             }
         }
         JobsCommand::Import {
@@ -205,7 +205,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
                 .await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, job["id"].as_str().unwrap_or_default()).await?;
+                watch::watch(&client, &job.id).await?;
             }
         }
         JobsCommand::List {
@@ -213,37 +213,24 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
             plugin,
             limit,
         } => {
-            let page = client
+            let jobs = client
                 .list(status.as_deref(), plugin.as_deref(), limit)
                 .await?;
             println!(
                 "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  NAME",
                 "ID", "STATUS", "PLUGIN", "DONE", "FAILED", "TOTAL"
             );
-            for job in page["jobs"].as_array().into_iter().flatten() {
-                let c = &job["counts"];
-                let n = |k: &str| c[k].as_u64().unwrap_or(0);
-                let total: u64 = [
-                    "pending",
-                    "queued",
-                    "running",
-                    "succeeded",
-                    "failed",
-                    "needs_review",
-                    "cancelled",
-                ]
-                .iter()
-                .map(|k| n(k))
-                .sum();
+            for job in jobs {
+                let c = &job.counts;
                 println!(
                     "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  {}",
-                    job["id"].as_str().unwrap_or(""),
-                    job["status"].as_str().unwrap_or(""),
-                    job["plugin"].as_str().unwrap_or(""),
-                    n("succeeded"),
-                    n("failed") + n("needs_review"),
-                    total,
-                    job["name"].as_str().unwrap_or(""),
+                    job.id,
+                    job.status,
+                    job.plugin,
+                    c.succeeded,
+                    c.failed + c.needs_review,
+                    c.total(),
+                    job.name.as_deref().unwrap_or(""),
                 );
             }
         }
@@ -263,19 +250,15 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_job(job: &serde_json::Value) {
-    println!(
-        "job {} ({}) is {}",
-        job["id"].as_str().unwrap_or("?"),
-        job["plugin"].as_str().unwrap_or("?"),
-        job["status"].as_str().unwrap_or("?")
-    );
-    if let Some(c) = job["counts"].as_object() {
-        let parts: Vec<String> = c
-            .iter()
-            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        println!("  {}", parts.join(", "));
-    }
+fn print_job(job: &crate::model::Job) {
+    println!("job {} ({}) is {}", job.id, job.plugin, job.status);
+    let counts = serde_json::to_value(&job.counts).unwrap_or_default();
+    let parts: Vec<String> = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("  {}", parts.join(", "));
 }

@@ -6,37 +6,21 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{CliError, Client};
+use crate::model::JobStatus;
 
 pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     let job = client.job(id).await?;
-    let count = |job: &Value, keys: &[&str]| -> u64 {
-        keys.iter()
-            .map(|k| job["counts"][*k].as_u64().unwrap_or(0))
-            .sum()
-    };
-    let all = [
-        "pending",
-        "queued",
-        "running",
-        "succeeded",
-        "failed",
-        "needs_review",
-        "cancelled",
-    ];
-    let total = count(&job, &all);
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new(job.counts.total());
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .expect("valid template"),
     );
-    bar.set_position(count(
-        &job,
-        &["succeeded", "failed", "needs_review", "cancelled"],
-    ));
-    if matches!(job["status"].as_str(), Some("completed" | "cancelled")) {
-        bar.finish_with_message(job["status"].as_str().unwrap_or("").to_owned());
+    bar.set_position(job.counts.done());
+    if matches!(job.status, JobStatus::Completed | JobStatus::Cancelled) {
+        finish(&bar, job.status.to_string());
         return Ok(());
     }
+    let total = job.counts.total();
     let ws_url = format!("{}/ws/jobs/{id}", client.base().replacen("http", "ws", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
@@ -65,14 +49,15 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
             }
             Some("job_completed") => {
                 let r = &data["results"];
-                bar.finish_with_message(format!(
+                let msg = format!(
                     "completed: {} succeeded, {} failed, {} to review",
                     r["succeeded"], r["failed"], r["needs_review"]
-                ));
+                );
+                finish(&bar, msg);
                 break;
             }
             Some("job_cancelled") => {
-                bar.abandon_with_message("cancelled");
+                finish(&bar, "cancelled".to_owned());
                 break;
             }
             _ => {}
@@ -80,4 +65,12 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     }
     let _ = ws.close(None).await;
     Ok(())
+}
+
+/// End the bar; without a terminal (the bar is hidden) print the outcome instead.
+fn finish(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        println!("{msg}");
+    }
+    bar.finish_with_message(msg);
 }

@@ -175,8 +175,11 @@ impl Runtime {
         store
     }
 
-    /// Compile (or take from the cache), describe, check grants, register.
-    pub async fn load(&self, bytes: &[u8], builtin: bool) -> Result<PluginMeta, RuntimeError> {
+    /// Compile (or take from the cache), pre-instantiate and describe a component.
+    async fn prepare(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(FlowPre<ItemState>, bindings::PluginInfo), RuntimeError> {
         let engine = self.engine.clone();
         let owned = bytes.to_vec();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
@@ -192,14 +195,33 @@ impl Runtime {
             RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
         })?;
         let info = self.describe(&pre).await?;
+        Ok((pre, info))
+    }
+
+    /// Compile, describe, check grants, register as the current version.
+    pub async fn load(&self, bytes: &[u8], builtin: bool) -> Result<PluginMeta, RuntimeError> {
+        let (pre, info) = self.prepare(bytes).await?;
+        self.register(pre, info, builtin)
+    }
+
+    /// Check a described component against its grants and make it the current version.
+    fn register(
+        &self,
+        pre: FlowPre<ItemState>,
+        info: bindings::PluginInfo,
+        builtin: bool,
+    ) -> Result<PluginMeta, RuntimeError> {
         let grants = Arc::new(Grants::from_config(
             &info.name,
             self.options.plugins.get(&info.name),
         )?);
-        if !crate::secrets::valid_name(&info.name)
-            || info.name.contains('.')
-            || info.name.len() > 64
-        {
+        let name_ok = !info.name.is_empty()
+            && info.name.len() <= 64
+            && info
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
             return Err(RuntimeError::Invalid(format!(
                 "plugin name `{}` is not 1-64 of a-z, 0-9, `_`, `-`",
                 info.name
@@ -255,51 +277,40 @@ impl Runtime {
         Ok(meta)
     }
 
-    /// Install an uploaded component: load it and keep it in the data directory, so
-    /// it is loaded again at the next start.
+    /// Install an uploaded component: register it and keep it in the data directory,
+    /// so it is loaded again at the next start. The same name and version twice is a
+    /// conflict.
     pub async fn install(&self, bytes: &[u8]) -> Result<PluginMeta, RuntimeError> {
-        let pre_check = self.probe_identity(bytes).await?;
-        if self.registry.contains_version(&pre_check.0, &pre_check.1) {
+        let (pre, info) = self.prepare(bytes).await?;
+        if self.registry.contains_version(&info.name, &info.version) {
             return Err(RuntimeError::Exists {
-                name: pre_check.0,
-                version: pre_check.1,
+                name: info.name,
+                version: info.version,
             });
         }
-        let meta = self.load(bytes, false).await?;
-        let dir = self.options.plugin_dir.join(&meta.name);
-        let file = dir.join(format!("{}.wasm", meta.version));
-        let bytes = bytes.to_vec();
+        if !crate::secrets::valid_name(&info.version) {
+            return Err(RuntimeError::Invalid(format!(
+                "plugin `{}`: version `{}` must be letters, digits, `_`, `-` and `.`",
+                info.name, info.version
+            )));
+        }
+        let dir = self.options.plugin_dir.join(&info.name);
+        let file = dir.join(format!("{}.wasm", info.version));
+        let owned = bytes.to_vec();
+        let saved = file.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
-            let tmp = file.with_extension("wasm.tmp");
-            std::fs::write(&tmp, &bytes)?;
+            let tmp = saved.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &owned)?;
             std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &file)
+            std::fs::rename(&tmp, &saved)
         })
         .await
         .map_err(|e| RuntimeError::Io(e.to_string()))?
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
-        Ok(meta)
-    }
-
-    /// Name and version of a component, without registering it.
-    async fn probe_identity(&self, bytes: &[u8]) -> Result<(String, String), RuntimeError> {
-        let engine = self.engine.clone();
-        let owned = bytes.to_vec();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
-            .await
-            .map_err(|e| RuntimeError::Engine(e.to_string()))?
-            .map_err(|e| RuntimeError::Invalid(format!("not a faena plugin component: {e:#}")))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            RuntimeError::Invalid(format!(
-                "the component imports something faena does not provide: {e:#}"
-            ))
-        })?;
-        let pre = FlowPre::new(pre).map_err(|e| {
-            RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
-        })?;
-        let info = self.describe(&pre).await?;
-        Ok((info.name, info.version))
+        self.register(pre, info, false).inspect_err(|_| {
+            let _ = std::fs::remove_file(&file);
+        })
     }
 
     async fn describe(
