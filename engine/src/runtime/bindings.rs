@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use faena::plugin::types::{Checkpoint, ErrorKind};
+pub use self::faena::plugin::types::{Checkpoint, ErrorKind};
 
 impl PluginError {
     pub fn denied(message: impl Into<String>) -> Self {

@@ -572,10 +572,5 @@ pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, Runti
         secrets,
     )?;
     rt.load_all().await?;
-    for name in rt.registry.names() {
-        if let Some(p) = rt.registry.get(&name, None) {
-            store.set_plugin_limit(&name, p.grants.concurrency).await;
-        }
-    }
     Ok(rt)
 }
