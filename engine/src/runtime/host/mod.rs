@@ -61,13 +61,23 @@ impl HostCtx {
         out
     }
 
-    /// Save an artifact of the running item (also used for failure screenshots).
+    /// Save an artifact of the running item (also used for failure screenshots). Text
+    /// artifacts are redacted like logs; binary ones (images, archives) are kept as is.
     pub async fn save_artifact(
         &self,
         name: &str,
         content_type: &str,
         data: Vec<u8>,
     ) -> crate::store::Result<Artifact> {
+        let texty = content_type.starts_with("text/")
+            || ["json", "xml", "csv", "javascript"]
+                .iter()
+                .any(|t| content_type.contains(t));
+        let data = match String::from_utf8(data) {
+            Ok(text) if texty && !self.revealed.is_empty() => self.redact(&text).into_bytes(),
+            Ok(text) => text.into_bytes(),
+            Err(e) => e.into_bytes(),
+        };
         let meta = Artifact {
             id: String::new(),
             tenant: self.tenant.clone(),

@@ -47,7 +47,9 @@ impl Plugin for Probe {
                 faena_plugin_sdk::progress(&json!({"stage": "halfway"}))?;
                 let token = faena_plugin_sdk::secret("probe_token")?;
                 faena_plugin_sdk::log(&format!("using token {token}"));
-                let artifact = faena_plugin_sdk::save_artifact("note.txt", "text/plain", b"hello")?;
+                let note = format!("hello; the token was {token}");
+                let artifact =
+                    faena_plugin_sdk::save_artifact("note.txt", "text/plain", note.as_bytes())?;
                 let resp = http::get(s(&input, "url"))?;
                 Ok(json!({
                     "token_len": token.len(),
