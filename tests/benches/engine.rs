@@ -10,8 +10,8 @@
 //! - fan-out: an event published to 100 and 1,000 WebSocket subscribers
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena::api::{self, AppState};
@@ -180,24 +180,20 @@ async fn enqueue_to_start(count: usize, rate: u64) -> Vec<f64> {
         SchedulerConfig { concurrency: 16 },
         stop.clone(),
     ));
-    let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Each item carries its submission time (µs since `base`) in its input, so the
+    // watcher can match a start to its submission however the two race.
+    let base = Instant::now();
     let mut events = store.subscribe();
-    let sub = submitted.clone();
+    let reader = store.clone();
     let watcher = tokio::spawn(async move {
         let mut out = Vec::new();
         while out.len() < count {
             let Ok(e) = events.recv().await else { continue };
             if e.kind == kind::ITEM_STATUS_CHANGED && e.data["to"] == "running" {
-                let now = Instant::now();
-                let job = e.job_id.clone().unwrap();
-                // The submission may not be recorded yet if the claim beat it.
-                for _ in 0..1000 {
-                    if let Some(t) = sub.lock().unwrap().get(&job) {
-                        out.push((now - *t).as_secs_f64() * 1000.0);
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
+                let now = base.elapsed().as_micros() as f64;
+                let item = reader.item(e.item_id.as_deref().unwrap()).unwrap();
+                let sent = item.input["t"].as_u64().unwrap() as f64;
+                out.push((now - sent) / 1000.0);
             }
         }
         out
@@ -205,14 +201,11 @@ async fn enqueue_to_start(count: usize, rate: u64) -> Vec<f64> {
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     for _ in 0..count {
         tick.tick().await;
-        let (store, sub) = (store.clone(), submitted.clone());
+        let store = store.clone();
         tokio::spawn(async move {
-            let t = Instant::now();
-            let j = store
-                .create_job("default", job("noop", 1), None)
-                .await
-                .unwrap();
-            sub.lock().unwrap().insert(j.id, t);
+            let mut one = job("noop", 1);
+            one.items[0].input = json!({"t": base.elapsed().as_micros() as u64});
+            store.create_job("default", one, None).await.unwrap();
         });
     }
     let lat = watcher.await.unwrap();

@@ -2,7 +2,9 @@
 //! writer drains whatever commands are waiting, runs each in its own [`Tx`], and
 //! commits the group as one `apply_batch` and one flush (group commit). Only then are
 //! the callers answered and the group's events broadcast, so an acknowledged change is
-//! durable and an event is never seen live before it is stored.
+//! durable and an event is never seen live before it is stored. While one group is
+//! being flushed the next is prepared and applied (at most one flush in flight, groups
+//! answered in order).
 
 use std::sync::Arc;
 
@@ -96,6 +98,34 @@ pub(crate) enum Command {
 
 type Done = Box<dyn FnOnce(bool) + Send>;
 
+/// A group applied to the tree and being flushed to disk.
+struct Flushing {
+    flush: tokio::task::JoinHandle<Result<(), sled::Error>>,
+    /// The flush's outcome, once it has arrived.
+    result: Option<Result<(), StoreError>>,
+    events: Vec<Event>,
+    done: Vec<Done>,
+    wake: bool,
+    writes: usize,
+    started: std::time::Instant,
+}
+
+fn flush_result(
+    r: Result<Result<(), sled::Error>, tokio::task::JoinError>,
+) -> Result<(), StoreError> {
+    r.map_err(|e| StoreError::Storage(format!("writer task failed: {e}")))
+        .and_then(|r| r.map_err(StoreError::from))
+}
+
+/// Resolves when the flush under way is done, keeping its outcome for `finish`.
+async fn flushed(f: &mut Option<Flushing>) {
+    if let Some(f) = f
+        && f.result.is_none()
+    {
+        f.result = Some(flush_result((&mut f.flush).await));
+    }
+}
+
 #[derive(Default)]
 struct Group {
     writes: Overlay,
@@ -117,6 +147,9 @@ pub(crate) struct Writer {
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut closing = Vec::new();
+        // The group whose flush is under way. While it flushes, the next group is
+        // prepared and applied; its callers are answered after its own flush.
+        let mut flushing: Option<Flushing> = None;
         while closing.is_empty() {
             let lease_deadline = self
                 .ready
@@ -128,6 +161,13 @@ impl Writer {
                     None => break,
                 },
                 _ = sleep_until(lease_deadline) => None,
+                _ = flushed(&mut flushing), if flushing.is_some() => {
+                    let f = flushing.take().expect("checked");
+                    if self.finish(f).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
             let mut group = Group::default();
             let mut next = first;
@@ -141,11 +181,22 @@ impl Writer {
                 }
             }
             self.expire_leases(&mut group);
-            if let Err(e) = self.commit(group).await {
-                error!(error = %e, "storage failed; the engine stops writing");
-                self.shared.set_fatal(e.to_string());
+            let applied = self.apply(group).await;
+            if let Some(f) = flushing.take()
+                && self.finish(f).await.is_err()
+            {
                 break;
             }
+            match applied {
+                Ok(f) => flushing = Some(f),
+                Err(e) => {
+                    self.fail(&e);
+                    break;
+                }
+            }
+        }
+        if let Some(f) = flushing.take() {
+            let _ = self.finish(f).await;
         }
         // Callers still queued get `Closed` when their reply channel drops.
         rx.close();
@@ -160,38 +211,68 @@ impl Writer {
         }
     }
 
-    async fn commit(&mut self, group: Group) -> Result<(), StoreError> {
+    fn fail(&self, e: &StoreError) {
+        error!(error = %e, "storage failed; the engine stops writing");
+        self.shared.set_fatal(e.to_string());
+    }
+
+    /// Apply the group's batch (in memory: the next group reads it) and start its flush.
+    async fn apply(&mut self, group: Group) -> Result<Flushing, StoreError> {
         let Group {
             writes,
             events,
             done,
         } = group;
-        let result = if writes.is_empty() {
-            Ok(())
+        let started = std::time::Instant::now();
+        let n = writes.len();
+        let tree = self.tree.clone();
+        let flush = if writes.is_empty() {
+            tokio::spawn(async { Ok(()) })
         } else {
             let mut batch = sled::Batch::default();
-            let n = writes.len();
             for (k, v) in writes {
                 match v {
                     Some(v) => batch.insert(k, v),
                     None => batch.remove(k),
                 }
             }
-            let tree = self.tree.clone();
-            let started = std::time::Instant::now();
-            let r = tokio::task::spawn_blocking(move || -> Result<(), sled::Error> {
-                tree.apply_batch(batch)?;
-                tree.flush()?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| StoreError::Storage(format!("writer task failed: {e}")))
-            .and_then(|r| r.map_err(StoreError::from));
+            let t = tree.clone();
+            tokio::task::spawn_blocking(move || t.apply_batch(batch))
+                .await
+                .map_err(|e| StoreError::Storage(format!("writer task failed: {e}")))??;
+            tokio::task::spawn_blocking(move || tree.flush().map(|_| ()))
+        };
+        Ok(Flushing {
+            flush,
+            result: None,
+            events,
+            done,
+            wake: std::mem::take(&mut self.wake),
+            writes: n,
+            started,
+        })
+    }
+
+    /// Wait for a group's flush, then broadcast its events and answer its callers.
+    async fn finish(&mut self, f: Flushing) -> Result<(), StoreError> {
+        let Flushing {
+            flush,
+            result,
+            events,
+            done,
+            wake,
+            writes,
+            started,
+        } = f;
+        let result = match result {
+            Some(r) => r,
+            None => flush_result(flush.await),
+        };
+        if writes > 0 {
             self.shared
                 .metrics
-                .record_commit(n, done.len(), started.elapsed());
-            r
-        };
+                .record_commit(writes, done.len(), started.elapsed());
+        }
         let ok = result.is_ok();
         if ok {
             for event in events {
@@ -202,12 +283,15 @@ impl Writer {
         for d in done {
             d(ok);
         }
-        if ok && std::mem::take(&mut self.wake) {
+        if ok && wake {
             self.shared.dispatch.notify_waiters();
         }
         self.shared
             .metrics
             .set_depth(self.ready.depth(), self.ready.delayed_len());
+        if let Err(e) = &result {
+            self.fail(e);
+        }
         result
     }
 
