@@ -192,3 +192,36 @@ async fn slow_client_lags_alone_and_catches_up() {
     );
     e.stop().await;
 }
+
+/// A subscription whose `after` lies beyond the log (a seq from elsewhere) starts at
+/// the head and still gets every live event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_beyond_the_head_starts_live() {
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
+    e.store
+        .publish("default", "before", None, json!({}))
+        .await
+        .unwrap();
+    let mut ws = connect(&format!("{url}/ws")).await;
+    send(&mut ws, json!({"type": "subscribe", "after": 1_000_000})).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(
+        (
+            ack["type"].clone(),
+            ack["after"].clone(),
+            ack["head"].clone()
+        ),
+        (json!("subscribed"), json!(1), json!(1))
+    );
+    e.store
+        .publish("default", "after", None, json!({"n": 2}))
+        .await
+        .unwrap();
+    let ev = next_json(&mut ws).await;
+    assert_eq!(
+        (ev["type"].clone(), ev["seq"].clone()),
+        (json!("after"), json!(2))
+    );
+    e.stop().await;
+}

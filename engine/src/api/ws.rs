@@ -150,11 +150,15 @@ impl Connection {
         }
     }
 
-    /// Send stored events after the cursor, up to the store's head.
+    /// Send stored events after the cursor, up to the store's head. A cursor beyond the
+    /// head (a seq from another store, or a guess) starts at the head: live events
+    /// follow, none skipped.
     async fn replay(&mut self, sink: &mut Sink, announce: bool) -> Result<(), ()> {
-        let (filter, mut cursor) = self.sub.clone().expect("subscribed");
+        let head = self.store.last_seq().unwrap_or(0);
+        let (filter, cursor) = self.sub.as_mut().expect("subscribed");
+        *cursor = (*cursor).min(head);
+        let (filter, mut cursor) = (filter.clone(), *cursor);
         if announce {
-            let head = self.store.last_seq().unwrap_or(0);
             send_json(
                 sink,
                 json!({"type": "subscribed", "after": cursor, "head": head}),
