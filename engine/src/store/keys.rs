@@ -19,8 +19,16 @@ pub const LOG: u8 = b'l';
 
 pub const JOB_ID_LEN: usize = 26;
 
+/// A new job id. Monotonic, even within one millisecond, so listing jobs by key is
+/// listing them by creation.
 pub fn new_job_id() -> String {
-    ulid::Ulid::new().to_string()
+    static IDS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut ids = IDS.lock().expect("id generator lock");
+    let generator = ids.get_or_insert_with(ulid::Generator::new);
+    generator
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::new())
+        .to_string()
 }
 
 /// A parsed item id: `{job_id}-{index}`.
@@ -161,6 +169,12 @@ mod tests {
         ] {
             assert_eq!(ItemKey::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn job_ids_increase_within_a_millisecond() {
+        let ids: Vec<String> = (0..1000).map(|_| new_job_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
