@@ -3,7 +3,7 @@
 include!("build/guests.rs");
 
 /// Plugins shipped inside the `faena` binary.
-const BUILTIN: &[&str] = &["plugins/noop"];
+const BUILTIN: &[&str] = &["plugins/noop", "plugins/ultimus", "plugins/gsp"];
 
 fn main() {
     let built = build_guests(BUILTIN);

@@ -59,6 +59,9 @@ pub struct PluginConfig {
     pub deadline_secs: Option<u64>,
     /// Items of this plugin running at once, across all workers.
     pub concurrency: Option<u32>,
+    /// Plain settings the plugin reads by name, e.g. `portal_url`. Not for passwords:
+    /// those are secrets.
+    pub settings: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]

@@ -6,3 +6,4 @@ pub mod guests {
 }
 
 pub mod pages;
+pub mod portals;

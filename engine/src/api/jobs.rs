@@ -98,8 +98,11 @@ impl JobsApi {
         Ok(Created::Created(Json(job)))
     }
 
-    /// Create a job from a spreadsheet: one item per row, or per group of rows. Every
-    /// problem is reported by row and column, and a file with any creates nothing.
+    /// Create a job from a spreadsheet (CSV or XLSX, first sheet): one item per row, or
+    /// per group of rows. The operation may declare its grouping, required columns and
+    /// whole-number columns (`x-faena-import` in its input schema; `group_by` and
+    /// `reference` here override it). Every problem is reported by row and column,
+    /// and a file with any creates nothing.
     #[oai(path = "/jobs/import", method = "post", operation_id = "import_job")]
     async fn import(&self, form: ImportForm) -> ApiResult<Created> {
         let json_field = |field: &str, text: &Option<String>| -> ApiResult<serde_json::Value> {
@@ -121,29 +124,35 @@ impl JobsApi {
             })?,
         };
         let file_name = form.file.file_name().unwrap_or("upload").to_owned();
-        if !file_name.to_ascii_lowercase().ends_with(".csv") && !file_name.eq("upload") {
-            return Err(ApiError::invalid(format!(
-                "file: `{file_name}` is not a .csv file"
-            )));
-        }
         let bytes = form
             .file
             .into_vec()
             .await
             .map_err(|e| ApiError::bad_request(format!("file: {e}")))?;
-        let table =
-            import::read_csv(&bytes).map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
+        let table = import::read(&file_name, &bytes)
+            .map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
+        let operation = form.operation.clone().unwrap_or_else(|| "run".into());
+        // What the plugin's operation declares (`x-faena-import`), unless the form
+        // says otherwise.
+        let defaults = self
+            .state
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.operation_schema(&form.plugin, &operation))
+            .map(|schema| import::ImportDefaults::from_schema(&schema))
+            .unwrap_or_default();
         let spec = import::ImportSpec {
-            group_by: form.group_by,
+            group_by: form.group_by.or(defaults.group_by),
             mapping,
-            required: Vec::new(),
-            reference: form.reference,
+            required: defaults.required,
+            reference: form.reference.or(defaults.reference),
+            positive_integer: defaults.positive_integer,
         };
         let items = import::to_items(&table, &spec)
             .map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
         let job = NewJob {
             plugin: form.plugin,
-            operation: form.operation.unwrap_or_else(|| "run".into()),
+            operation,
             name: form.name.or(Some(file_name)),
             options,
             start: form.start.unwrap_or(true),

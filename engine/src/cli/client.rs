@@ -90,6 +90,7 @@ impl Client {
         file: &Path,
         plugin: &str,
         group_by: Option<&str>,
+        mapping: &serde_json::Map<String, serde_json::Value>,
         o: &JobOptionArgs,
     ) -> Result<Job, CliError> {
         let bytes =
@@ -112,6 +113,12 @@ impl Client {
         }
         if let Some(n) = &o.name {
             form = form.text("name", n.clone());
+        }
+        if !mapping.is_empty() {
+            form = form.text(
+                "mapping",
+                serde_json::Value::Object(mapping.clone()).to_string(),
+            );
         }
         let url = format!("{}/api/v1/jobs/import", self.base);
         self.send_as(self.http.post(url).multipart(form)).await

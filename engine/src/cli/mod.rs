@@ -128,7 +128,8 @@ pub enum JobsCommand {
         #[arg(long)]
         watch: bool,
     },
-    /// Create a job from a CSV spreadsheet, one item per row (or per group of rows).
+    /// Create a job from a CSV or XLSX spreadsheet, one item per row or per group of
+    /// rows (the plugin's default grouping unless --group-by says otherwise).
     Import {
         file: PathBuf,
         #[arg(long)]
@@ -136,6 +137,9 @@ pub enum JobsCommand {
         /// Rows with the same value in this column become one item.
         #[arg(long)]
         group_by: Option<String>,
+        /// Rename a column of the file: `--map Codigo=product_code` (repeatable).
+        #[arg(long = "map", value_name = "FILE_COLUMN=FIELD")]
+        mapping: Vec<String>,
         #[command(flatten)]
         options: JobOptionArgs,
         #[arg(long)]
@@ -197,11 +201,24 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
             file,
             plugin,
             group_by,
+            mapping,
             options,
             watch,
         } => {
+            let mut renames = serde_json::Map::new();
+            for m in &mapping {
+                let Some((from, to)) = m
+                    .split_once('=')
+                    .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+                else {
+                    return Err(CliError::Input(format!(
+                        "--map `{m}`: expected FILE_COLUMN=FIELD"
+                    )));
+                };
+                renames.insert(from.to_owned(), to.into());
+            }
             let job = client
-                .import(&file, &plugin, group_by.as_deref(), &options)
+                .import(&file, &plugin, group_by.as_deref(), &renames, &options)
                 .await?;
             print_job(&job);
             if watch {

@@ -1,5 +1,5 @@
-//! Spreadsheet import: a CSV file becomes the items of a job, one per row or one per
-//! group of rows. Every problem is reported with its row and column, all at once, and a
+//! Spreadsheet import: a CSV or XLSX file becomes the items of a job, one per row or
+//! one per group of rows. Every problem is reported with its row and column, all at once, and a
 //! file with any problem creates nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +81,173 @@ pub struct ImportSpec {
     pub required: Vec<String>,
     /// The column whose value becomes the item's reference (default: `group_by`).
     pub reference: Option<String>,
+    /// Columns (after renaming) holding a whole number above zero, e.g. a quantity;
+    /// they become JSON numbers.
+    pub positive_integer: Vec<String>,
+}
+
+/// The import defaults an operation declares in its input schema under
+/// `x-faena-import`, e.g. `{"group_by": "consultora_code", "required": [..],
+/// "positive_integer": ["quantity"]}`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ImportDefaults {
+    pub group_by: Option<String>,
+    pub reference: Option<String>,
+    pub required: Vec<String>,
+    pub positive_integer: Vec<String>,
+}
+
+impl ImportDefaults {
+    /// Read them from an operation's input schema; a schema without any gives none.
+    pub fn from_schema(schema: &Value) -> ImportDefaults {
+        schema
+            .get("x-faena-import")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The spreadsheet formats read, by the file's name and its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Xlsx,
+}
+
+impl Format {
+    /// `.xlsx`/`.xlsm` (or a zip without a telling name) is XLSX; `.csv` or text is CSV.
+    pub fn detect(file_name: &str, bytes: &[u8]) -> Result<Format, ImportError> {
+        let lower = file_name.to_ascii_lowercase();
+        let zip = bytes.starts_with(b"PK\x03\x04");
+        if lower.ends_with(".xlsx") || lower.ends_with(".xlsm") {
+            return Ok(Format::Xlsx);
+        }
+        if lower.ends_with(".csv") || lower.ends_with(".txt") {
+            return Ok(Format::Csv);
+        }
+        if lower.ends_with(".xls") || lower.ends_with(".ods") {
+            return Err(ImportError(vec![problem(
+                None,
+                None,
+                format!("`{file_name}`: only .csv and .xlsx files are read; save it as .xlsx"),
+            )]));
+        }
+        Ok(if zip { Format::Xlsx } else { Format::Csv })
+    }
+}
+
+/// Read a CSV or XLSX file.
+pub fn read(file_name: &str, bytes: &[u8]) -> Result<Table, ImportError> {
+    match Format::detect(file_name, bytes)? {
+        Format::Csv => read_csv(bytes),
+        Format::Xlsx => read_xlsx(bytes),
+    }
+}
+
+/// A cell as text: whole numbers without a decimal point (Excel stores 3 as 3.0).
+fn cell_text(cell: &calamine::Data) -> Result<String, String> {
+    use calamine::Data;
+    Ok(match cell {
+        Data::Empty => String::new(),
+        Data::String(s) => s.trim().to_owned(),
+        Data::Int(i) => i.to_string(),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
+        Data::Float(f) => f.to_string(),
+        Data::Bool(b) => b.to_string(),
+        Data::DateTime(d) => d.to_string(),
+        Data::DateTimeIso(s) | Data::DurationIso(s) => s.clone(),
+        Data::Error(e) => return Err(format!("the cell holds a spreadsheet error ({e})")),
+    })
+}
+
+/// Read the first sheet of an XLSX workbook; its first row is the header.
+pub fn read_xlsx(bytes: &[u8]) -> Result<Table, ImportError> {
+    use calamine::Reader;
+    let fail = |m: String| ImportError(vec![problem(None, None, m)]);
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
+        .map_err(|e| fail(format!("not a readable XLSX workbook ({e})")))?;
+    let range = book
+        .worksheet_range_at(0)
+        .ok_or_else(|| fail("the workbook has no sheet".into()))?
+        .map_err(|e| fail(format!("the first sheet cannot be read ({e})")))?;
+    let Some((first_row, _)) = range.start() else {
+        return Err(fail("the file is empty: a header row is needed".into()));
+    };
+    let mut rows_iter = range.rows();
+    let header = rows_iter.next().unwrap_or(&[]);
+    let mut problems = Vec::new();
+    let header_row = first_row as usize + 1;
+    let columns: Vec<String> = header
+        .iter()
+        .map(|c| cell_text(c).unwrap_or_default())
+        .collect();
+    // Trailing unnamed columns with nothing in them are formatting, not data.
+    let width = columns
+        .iter()
+        .rposition(|c| !c.is_empty())
+        .map_or(0, |i| i + 1);
+    let columns: Vec<String> = columns.into_iter().take(width).collect();
+    if columns.is_empty() {
+        return Err(fail("the file is empty: a header row is needed".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in columns.iter().enumerate() {
+        if c.is_empty() {
+            problems.push(problem(
+                Some(header_row),
+                None,
+                format!("column {} has no name", i + 1),
+            ));
+        } else if !seen.insert(c.clone()) {
+            problems.push(problem(
+                Some(header_row),
+                Some(c),
+                "appears twice in the header",
+            ));
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, cells) in rows_iter.enumerate() {
+        let line = header_row + 1 + i;
+        let mut values = Vec::with_capacity(width);
+        for (j, cell) in cells.iter().enumerate() {
+            let text = cell_text(cell);
+            if j >= width {
+                if !matches!(text.as_deref(), Ok("")) {
+                    problems.push(problem(
+                        Some(line),
+                        None,
+                        format!(
+                            "has a value in column {} where the header has no name",
+                            j + 1
+                        ),
+                    ));
+                }
+                continue;
+            }
+            match text {
+                Ok(t) => values.push(t),
+                Err(m) => {
+                    problems.push(problem(Some(line), Some(&columns[j]), m));
+                    values.push(String::new());
+                }
+            }
+        }
+        values.resize(width, String::new());
+        if values.iter().all(String::is_empty) {
+            continue;
+        }
+        rows.push((line, values));
+    }
+    if rows.is_empty() && problems.is_empty() {
+        problems.push(problem(None, None, "the file has a header but no rows"));
+    }
+    if problems.is_empty() {
+        Ok(Table { columns, rows })
+    } else {
+        Err(ImportError(problems))
+    }
 }
 
 /// Read a CSV file (comma or semicolon separated, UTF-8, optional BOM).
@@ -191,6 +358,7 @@ pub fn to_items(table: &Table, spec: &ImportSpec) -> Result<Vec<NewItem>, Import
         .iter()
         .chain(&spec.group_by)
         .chain(&spec.reference)
+        .chain(&spec.positive_integer)
     {
         if index(col).is_none() {
             problems.push(problem(
@@ -203,11 +371,26 @@ pub fn to_items(table: &Table, spec: &ImportSpec) -> Result<Vec<NewItem>, Import
     if !problems.is_empty() {
         return Err(ImportError(problems));
     }
+    let integer_cols: Vec<usize> = spec
+        .positive_integer
+        .iter()
+        .filter_map(|c| index(c))
+        .collect();
     for (line, cells) in &table.rows {
         for col in spec.required.iter().chain(&spec.group_by) {
             let i = index(col).expect("checked");
             if cells[i].is_empty() {
                 problems.push(problem(Some(*line), Some(&table.columns[i]), "is empty"));
+            }
+        }
+        for &i in &integer_cols {
+            let v = &cells[i];
+            if !v.is_empty() && !v.parse::<u64>().is_ok_and(|n| n > 0) {
+                problems.push(problem(
+                    Some(*line),
+                    Some(&table.columns[i]),
+                    format!("`{v}` is not a whole number above zero"),
+                ));
             }
         }
     }
@@ -219,7 +402,15 @@ pub fn to_items(table: &Table, spec: &ImportSpec) -> Result<Vec<NewItem>, Import
             names
                 .iter()
                 .cloned()
-                .zip(cells.iter().map(|c| Value::String(c.clone())))
+                .zip(
+                    cells
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| match c.parse::<u64>() {
+                            Ok(n) if integer_cols.contains(&i) => Value::from(n),
+                            _ => Value::String(c.clone()),
+                        }),
+                )
                 .collect::<Map<_, _>>(),
         )
     };
@@ -354,6 +545,117 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("UTF-8")
+        );
+    }
+
+    fn xlsx(rows: &[&[&str]]) -> Vec<u8> {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        for (r, row) in rows.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                // Numbers go in as numbers, the way a spreadsheet stores them.
+                match v.parse::<f64>() {
+                    Ok(n) => sheet.write_number(r as u32, c as u16, n).map(|_| ()),
+                    Err(_) if v.is_empty() => Ok(()),
+                    Err(_) => sheet.write_string(r as u32, c as u16, *v).map(|_| ()),
+                }
+                .unwrap();
+            }
+        }
+        book.save_to_buffer().unwrap()
+    }
+
+    fn gsp_spec() -> ImportSpec {
+        let d = ImportDefaults::from_schema(&serde_json::json!({
+            "type": "object",
+            "x-faena-import": {
+                "group_by": "consultora_code",
+                "required": ["product_code", "quantity"],
+                "positive_integer": ["quantity"]
+            }
+        }));
+        ImportSpec {
+            group_by: d.group_by,
+            required: d.required,
+            positive_integer: d.positive_integer,
+            reference: d.reference,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn xlsx_rows_group_with_numbers_as_numbers() {
+        let file = xlsx(&[
+            &[
+                "consultora_code",
+                "consultora_name",
+                "product_code",
+                "quantity",
+            ],
+            &["C00002", "Ana", "P001", "3"],
+            &["C00001", "Bea", "P009", "1"],
+            &["", "", "", ""],
+            &["C00002", "Ana", "P002", "12"],
+        ]);
+        assert_eq!(Format::detect("orders.xlsx", &file).unwrap(), Format::Xlsx);
+        assert_eq!(Format::detect("upload", &file).unwrap(), Format::Xlsx);
+        let table = read("orders.xlsx", &file).unwrap();
+        assert_eq!(
+            table.rows[2].0, 5,
+            "spreadsheet row numbers, blank rows skipped"
+        );
+        let items = to_items(&table, &gsp_spec()).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].reference.as_deref(), Some("C00002"));
+        assert_eq!(items[0].input["rows"][1]["quantity"], 12);
+        assert_eq!(items[0].input["rows"][0]["product_code"], "P001");
+        assert_eq!(items[1].input["rows"][0]["consultora_name"], "Bea");
+    }
+
+    #[test]
+    fn xlsx_problems_are_named_by_row_and_column() {
+        let file = xlsx(&[
+            &["consultora_code", "product_code", "quantity"],
+            &["C00001", "P001", "2"],
+            &["C00001", "P002", "two"],
+            &["", "P003", "1"],
+            &["C00003", "P004", "0"],
+            &["C00003", "P005", "1.5"],
+        ]);
+        let table = read("orders.xlsx", &file).unwrap();
+        let err = to_items(&table, &gsp_spec()).unwrap_err();
+        assert_eq!(
+            err.0.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            [
+                "row 3, column `quantity`: `two` is not a whole number above zero",
+                "row 4, column `consultora_code`: is empty",
+                "row 5, column `quantity`: `0` is not a whole number above zero",
+                "row 6, column `quantity`: `1.5` is not a whole number above zero",
+            ]
+        );
+        let missing = read("x.xlsx", &xlsx(&[&["code", "qty"], &["A", "1"]])).unwrap();
+        let err = to_items(&missing, &gsp_spec()).unwrap_err().to_string();
+        assert!(
+            err.contains("column `consultora_code`: is missing"),
+            "{err}"
+        );
+        assert!(
+            read("broken.xlsx", b"PK\x03\x04 not really a zip")
+                .unwrap_err()
+                .to_string()
+                .contains("not a readable XLSX workbook")
+        );
+        assert!(
+            read("old.xls", b"")
+                .unwrap_err()
+                .to_string()
+                .contains("only .csv and .xlsx")
+        );
+        assert!(
+            read("empty.xlsx", &xlsx(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
         );
     }
 }

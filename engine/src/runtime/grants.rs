@@ -1,7 +1,7 @@
 //! What a plugin may do, from the `[plugins.NAME]` configuration. Validated when the
 //! plugin is loaded (an error names the plugin); everything not granted is denied.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::config::PluginConfig;
@@ -19,6 +19,8 @@ pub struct Grants {
     pub memory_bytes: usize,
     pub deadline: Duration,
     pub concurrency: Option<u32>,
+    /// Plain settings the plugin may read (not secrets).
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Default for Grants {
@@ -30,6 +32,7 @@ impl Default for Grants {
             memory_bytes: (DEFAULT_MEMORY_MIB << 20) as usize,
             deadline: Duration::from_secs(DEFAULT_DEADLINE_SECS),
             concurrency: None,
+            settings: BTreeMap::new(),
         }
     }
 }
@@ -68,6 +71,7 @@ impl Grants {
         let mut g = Grants {
             browser: cfg.browser.unwrap_or(false),
             concurrency: cfg.concurrency,
+            settings: cfg.settings.clone().unwrap_or_default(),
             ..Grants::default()
         };
         for h in cfg.http_hosts.iter().flatten() {

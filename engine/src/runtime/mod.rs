@@ -48,6 +48,14 @@ mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 }
 
+/// The component of a plugin shipped inside the binary (`noop`, `ultimus`, `gsp`).
+pub fn builtin_component(name: &str) -> Option<&'static [u8]> {
+    builtin::BUILTIN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
+}
+
 /// Epoch tick: a busy guest yields to the scheduler this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -389,6 +397,12 @@ impl Runtime {
     }
 
     /// Whether jobs of `plugin`/`operation` can run here, and with which version.
+    /// The current input schema of a plugin's operation, if both are installed.
+    pub fn operation_schema(&self, plugin: &str, operation: &str) -> Option<serde_json::Value> {
+        let p = self.registry.get(plugin, None)?;
+        p.operation(operation).map(|o| o.input_schema.clone())
+    }
+
     pub fn version_for_new_job(
         &self,
         plugin: &str,

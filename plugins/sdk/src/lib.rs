@@ -141,6 +141,22 @@ pub fn secret(name: &str) -> Result<String> {
     host::secret(name).map_err(Error::from)
 }
 
+/// A plain setting from this plugin's configuration (`[plugins.NAME.settings]`).
+pub fn setting(name: &str) -> Option<String> {
+    host::setting(name)
+}
+
+/// A setting the plugin cannot work without; its absence is an application error
+/// naming the setting.
+pub fn required_setting(name: &str) -> Result<String> {
+    setting(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+        Error::application(format!(
+            "setting `{name}` is not configured for this plugin (`[plugins.<name>.settings]`)"
+        ))
+        .code("missing-setting")
+    })
+}
+
 pub fn save_artifact(name: &str, content_type: &str, data: &[u8]) -> Result<String> {
     host::save_artifact(name, content_type, data).map_err(Error::from)
 }

@@ -34,6 +34,13 @@ impl Page {
         self.inner.click(selector).map_err(Error::from)
     }
 
+    /// Click a submit button or link and wait until the page it loads is there.
+    pub fn click_and_wait(&self, selector: &str, timeout_ms: u32) -> Result<()> {
+        self.inner
+            .click_and_wait(selector, timeout_ms)
+            .map_err(Error::from)
+    }
+
     pub fn select(&self, selector: &str, value: &str) -> Result<()> {
         self.inner.select(selector, value).map_err(Error::from)
     }

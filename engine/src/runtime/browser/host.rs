@@ -50,6 +50,23 @@ async fn eval(page: &Page, expr: String) -> Result<Value, PluginError> {
     Ok(resp.result.result.value.clone().unwrap_or(Value::Null))
 }
 
+/// Click the element `selector` matches, the way a user would.
+async fn click(page: &Page, selector: &str) -> Result<(), PluginError> {
+    let found = tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector)).await;
+    let el = match found {
+        Err(_) => return Err(PluginError::app("the browser did not answer in time")),
+        Ok(Err(_)) => return Err(not_found(selector)),
+        Ok(Ok(el)) => el,
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, el.click()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(PluginError::app(format!(
+            "clicking `{selector}` failed: {e}"
+        ))),
+        Err(_) => Err(PluginError::app(format!("clicking `{selector}` timed out"))),
+    }
+}
+
 impl ItemState {
     fn page(&self, handle: &Resource<PageHandle>) -> wasmtime::Result<Page> {
         Ok(self.table.get(handle)?.page.clone())
@@ -101,22 +118,40 @@ impl HostPage for ItemState {
 
     async fn click(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
         let page = self.page(&h)?;
-        let found =
-            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
-        let el = match found {
-            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
-            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
-            Ok(Ok(el)) => el,
-        };
-        Ok(
-            match tokio::time::timeout(COMMAND_TIMEOUT, el.click()).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(PluginError::app(format!(
-                    "clicking `{selector}` failed: {e}"
-                ))),
-                Err(_) => Err(PluginError::app(format!("clicking `{selector}` timed out"))),
-            },
-        )
+        Ok(click(&page, &selector).await)
+    }
+
+    async fn click_and_wait(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        timeout_ms: u32,
+    ) -> Res<()> {
+        let page = self.page(&h)?;
+        // Mark the current document; the next one will not carry the mark.
+        if let Err(e) = eval(&page, "window.__faenaOld = true".into()).await {
+            return Ok(Err(e));
+        }
+        if let Err(e) = click(&page, &selector).await {
+            return Ok(Err(e));
+        }
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
+        let js = "window.__faenaOld !== true && document.readyState !== 'loading'".to_owned();
+        loop {
+            // While the navigation is under way the evaluation may fail: keep polling.
+            if let Ok(Value::Bool(true)) = eval(&page, js.clone()).await {
+                return Ok(Ok(()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut e = PluginError::app(format!(
+                    "no new page loaded within {timeout_ms} ms after clicking `{selector}`"
+                ));
+                e.code = Some("timeout".into());
+                return Ok(Err(e));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     async fn select(

@@ -117,4 +117,8 @@ impl Host for ItemState {
             Err(e) => Ok(Err(store_error(e))),
         }
     }
+
+    async fn setting(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.host.grants.settings.get(&name).cloned())
+    }
 }
