@@ -9,6 +9,8 @@
 //! - instantiate + run: one fresh instance of the `noop` component and one call
 //! - fan-out: an event published to 100 and 1,000 WebSocket subscribers
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
+//! - gsp: orders per minute of the real gsp plugin against the portal simulator at
+//!   concurrency 1, 2 and 4, and where an order's time goes
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -379,6 +381,92 @@ async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
     total.as_secs_f64() / items as f64
 }
 
+/// An order of `products` lines for consultant number `i`.
+fn gsp_order(i: usize, products: usize) -> NewItem {
+    let rows: Vec<Value> = (0..products)
+        .map(|p| json!({"product_code": format!("P{:03}", 1 + (i + p) % 12), "quantity": 1 + p}))
+        .collect();
+    let code = format!("C{:05}", 1 + i);
+    NewItem {
+        input: json!({"consultora_code": code, "rows": rows}),
+        reference: Some(code),
+    }
+}
+
+/// gsp orders per minute through the whole engine at `concurrency`, after one warm-up
+/// order (Chromium's launch is not counted); and the mean milliseconds per stage.
+async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64)>) {
+    use faena_tests::portals::{self, gsp};
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let grants = BTreeMap::from([(
+        "gsp".to_owned(),
+        PluginConfig {
+            browser: Some(true),
+            secrets: Some(vec!["gsp_supervisor".into(), "gsp_password".into()]),
+            settings: Some(BTreeMap::from([("portal_url".into(), portals.url.clone())])),
+            ..Default::default()
+        },
+    )]);
+    let rt = runtime(dir.path(), &store, grants, true).await;
+    let secrets = store.secrets().unwrap();
+    secrets
+        .set("default", "gsp_supervisor", gsp::SUPERVISOR)
+        .unwrap();
+    secrets
+        .set("default", "gsp_password", gsp::PASSWORD)
+        .unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency },
+        stop.clone(),
+    ));
+    let version = rt.version_for_new_job("gsp", "run").unwrap();
+    let run = |items: Vec<NewItem>| {
+        let store = store.clone();
+        let version = version.clone();
+        async move {
+            let mut new = job("gsp", 0);
+            new.items = items;
+            new.options.max_attempts = 1;
+            let j = store.create_job("default", new, version).await.unwrap();
+            loop {
+                let now = store.job(&j.id).unwrap();
+                if now.status == JobStatus::Completed {
+                    assert_eq!(now.counts.succeeded, now.counts.total(), "{now:?}");
+                    return j.id;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    run(vec![gsp_order(90_000 % 20_000, 2)]).await;
+    let t0 = Instant::now();
+    let id = run((0..orders).map(|i| gsp_order(i, 3)).collect()).await;
+    let per_minute = orders as f64 * 60.0 / t0.elapsed().as_secs_f64();
+    // Mean time from the start of the run (or the previous stage) to each stage.
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    for i in 0..orders {
+        let item = store.item(&format!("{id}-{i}")).unwrap();
+        let mut last = item.attempts[0].started_at;
+        for (k, step) in item.steps.iter().enumerate() {
+            if stages.len() <= k {
+                stages.push((step.name.clone(), 0.0));
+            }
+            stages[k].1 += (step.at - last) as f64 / orders as f64;
+            last = step.at;
+        }
+    }
+    stop.cancel();
+    dispatcher.await.unwrap();
+    drop(rt);
+    store.close().await;
+    (per_minute, stages)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -493,6 +581,27 @@ fn main() {
                 fresh.iter().map(|s| s * 1000.0).collect(),
             );
             row("browser: fresh browser / fresh context", "ratio", ratio);
+        }
+        if want("gsp") {
+            for concurrency in [1, 2, 4] {
+                let mut rates = Vec::new();
+                let mut stages = Vec::new();
+                for _ in 0..n {
+                    let (rate, s) = gsp_orders(8 * concurrency, concurrency).await;
+                    rates.push(rate);
+                    stages = s;
+                }
+                row(
+                    &format!("gsp: orders of 3 products, concurrency {concurrency}"),
+                    "orders/min",
+                    rates,
+                );
+                let breakdown: Vec<String> = stages
+                    .iter()
+                    .map(|(name, ms)| format!("{name} {ms:.0}"))
+                    .collect();
+                println!("    ms to each stage (last run): {}", breakdown.join(", "));
+            }
         }
     });
 }

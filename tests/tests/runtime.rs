@@ -1,87 +1,22 @@
 //! The plugin runtime with real components: every capability, the sandbox against
 //! hostile guests, and a browser flow in real headless Chromium.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use faena::api::{self, AppState};
-use faena::clock::Clock;
+use common::Engine;
 use faena::config::PluginConfig;
 use faena::model::{ErrorKind, Item, ItemStatus, JobOptions, JobStatus, NewItem, NewJob};
-use faena::runtime::browser::ChromiumSettings;
-use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
-use faena::scheduler::{self, SchedulerConfig};
-use faena::store::{EventFilter, Store};
+use faena::store::EventFilter;
 use faena_tests::guests::PROBE;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-struct Engine {
-    store: Store,
-    runtime: Arc<Runtime>,
-    url: String,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
 
 async fn engine(grants: PluginConfig, browser: bool) -> Engine {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store"), Clock::new())
-        .await
-        .unwrap();
-    let runtime = Runtime::new(
-        RuntimeOptions {
-            cache_dir: dir.path().join("cache"),
-            plugin_dir: dir.path().join("plugins"),
-            plugins: BTreeMap::from([("probe".to_owned(), grants)]),
-            chromium: browser.then(|| ChromiumSettings {
-                profile_dir: dir.path().join("chromium"),
-                ..ChromiumSettings::default()
-            }),
-        },
-        store.artifacts().unwrap(),
-        store.secrets().unwrap(),
-    )
-    .unwrap();
-    runtime
-        .load(&std::fs::read(PROBE).unwrap(), false)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(scheduler::run(
-        store.clone(),
-        Arc::new(WasmExecutor(runtime.clone())),
-        SchedulerConfig { concurrency: 4 },
-        shutdown.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(store.clone(), Some(runtime.clone())).unwrap();
-    let stop = shutdown.clone();
-    tokio::spawn(api::serve(listener, state, async move {
-        stop.cancelled().await
-    }));
-    Engine {
-        store,
-        runtime,
-        url,
-        shutdown,
-        _dir: dir,
-    }
-}
-
-impl Engine {
-    /// Where this engine's Chromium keeps its profiles (unique to the test).
-    fn chromium_dir(&self) -> String {
-        self._dir.path().join("chromium").display().to_string()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    let e = common::start(BTreeMap::from([("probe".to_owned(), grants)]), browser, 4).await;
+    e.load(&std::fs::read(PROBE).unwrap()).await;
+    e
 }
 
 /// Run one item of `operation` to its end; one attempt, failures fail.
@@ -307,19 +242,7 @@ async fn browser_flow_in_chromium_and_failure_screenshot() {
         .await
         .unwrap();
     assert_eq!(list[0]["name"], "failure.png", "{list}");
-    let resp = reqwest::get(format!(
-        "{}/api/v1/artifacts/{}",
-        e.url,
-        list[0]["id"].as_str().unwrap()
-    ))
-    .await
-    .unwrap();
-    assert_eq!(resp.headers()["content-type"], "image/png");
-    let png = resp.bytes().await.unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
-        "a real PNG"
-    );
+    common::assert_png(&e.url, list[0]["id"].as_str().unwrap()).await;
 
     // Without the grant, the same operation is refused before it runs.
     let denied = engine(PluginConfig::default(), true).await;

@@ -151,12 +151,10 @@ fn place(order: &Order, ctx: &Context) -> Result<Value> {
         .last_checkpoint
         .as_ref()
         .is_some_and(|c| c.name == "products_added" || c.name == "completed");
-    if after_products {
-        if let Some(id) = placed_order(&page, base, order, &ctx.idempotency_key)? {
-            step("completed", Some(&id))?;
-            let cycle = order.cycle.clone().unwrap_or_default();
-            return Ok(result(&id, &cycle, true));
-        }
+    if after_products && let Some(id) = placed_order(&page, base, order, &ctx.idempotency_key)? {
+        step("completed", Some(&id))?;
+        let cycle = order.cycle.clone().unwrap_or_default();
+        return Ok(result(&id, &cycle, true));
     }
 
     page.goto(&format!("{base}/gsp/consultants"))?;

@@ -49,7 +49,7 @@ fn consultant_name(code: &str) -> Option<String> {
 
 fn product(code: &str) -> Option<u32> {
     let n: u32 = code.strip_prefix('P')?.parse().ok()?;
-    (code.len() == 4 && n >= 1 && n <= PRODUCTS).then_some(n)
+    (code.len() == 4 && (1..=PRODUCTS).contains(&n)).then_some(n)
 }
 
 /// An order the portal placed.

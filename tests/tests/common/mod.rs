@@ -1,0 +1,200 @@
+//! A whole engine for end-to-end tests: store, plugin runtime (with Chromium when
+//! asked), scheduler and API on a 127.0.0.1 listener, in a temporary directory.
+
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faena::api::{self, AppState};
+use faena::clock::Clock;
+use faena::config::PluginConfig;
+use faena::model::{Item, Job, JobStatus};
+use faena::runtime::browser::ChromiumSettings;
+use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
+use faena::scheduler::{self, SchedulerConfig};
+use faena::store::Store;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+pub struct Engine {
+    pub store: Store,
+    pub runtime: Arc<Runtime>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Start an engine with these plugin grants, running `concurrency` items at once.
+pub async fn start(
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+    concurrency: usize,
+) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), Clock::new())
+        .await
+        .unwrap();
+    let runtime = Runtime::new(
+        RuntimeOptions {
+            cache_dir: dir.path().join("cache"),
+            plugin_dir: dir.path().join("plugins"),
+            plugins,
+            chromium: browser.then(|| ChromiumSettings {
+                profile_dir: dir.path().join("chromium"),
+                ..ChromiumSettings::default()
+            }),
+        },
+        store.artifacts().unwrap(),
+        store.secrets().unwrap(),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(runtime.clone())),
+        SchedulerConfig { concurrency },
+        shutdown.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(store.clone(), Some(runtime.clone())).unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(api::serve(listener, state, async move {
+        stop.cancelled().await
+    }));
+    Engine {
+        store,
+        runtime,
+        url,
+        shutdown,
+        dir,
+    }
+}
+
+impl Engine {
+    pub async fn load(&self, component: &[u8]) {
+        self.runtime.load(component, false).await.unwrap();
+    }
+
+    /// Where this engine's Chromium keeps its profiles (unique to the test).
+    pub fn chromium_dir(&self) -> String {
+        self.dir.path().join("chromium").display().to_string()
+    }
+
+    pub fn secret(&self, name: &str, value: &str) {
+        self.store
+            .secrets()
+            .unwrap()
+            .set("default", name, value)
+            .unwrap();
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub fn item(&self, id: &str) -> Item {
+        self.store.item(id).unwrap()
+    }
+
+    /// Wait until `done(job)` holds, at most `secs`.
+    pub async fn wait_job(&self, id: &str, secs: u64, done: impl Fn(&Job) -> bool) -> Job {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.store.job(id).unwrap();
+            if done(&j) {
+                return j;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job did not get there in {secs} s: {j:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_finished(&self, id: &str, secs: u64) -> Job {
+        self.wait_job(id, secs, |j| {
+            matches!(j.status, JobStatus::Completed | JobStatus::Cancelled)
+        })
+        .await
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A feed client subscribed to one job from the beginning of the log.
+pub async fn follow_job(engine_url: &str, job: &str) -> Ws {
+    let url = engine_url.replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws"))
+        .await
+        .unwrap();
+    let sub = serde_json::json!({"type": "subscribe", "jobs": [job], "types": [], "after": 0});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    ws
+}
+
+/// Read feed events until `last(event)` holds; returns them all (acks and pongs left out).
+pub async fn events_until(ws: &mut Ws, secs: u64, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the feed did not deliver the end in {secs} s; got {out:#?}")
+            })
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v.get("seq").is_none() {
+            continue;
+        }
+        let end = last(&v);
+        out.push(v);
+        if end {
+            return out;
+        }
+    }
+}
+
+/// Fetch an artifact and check that it is a real PNG.
+pub async fn assert_png(engine_url: &str, artifact: &str) {
+    let resp = reqwest::get(format!("{engine_url}/api/v1/artifacts/{artifact}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let png = resp.bytes().await.unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "a real PNG"
+    );
+}
