@@ -16,6 +16,11 @@ use faena::runtime::WasmExecutor;
 use faena::scheduler::{self, SchedulerConfig};
 use faena::store::Store;
 
+// sled copies and frees node buffers on every write; glibc's allocator spent a third of
+// the store's time there (perf), mimalloc makes the durable path ~1.4× faster.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAENA_LOG")
         .unwrap_or_else(|_| "info,chromiumoxide=off,cranelift=warn,wasmtime=warn".into());

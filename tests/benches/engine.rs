@@ -29,6 +29,10 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+// The same allocator as the `faena` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runs() -> usize {
     std::env::var("FAENA_BENCH_RUNS")
         .ok()
