@@ -34,6 +34,8 @@ pub struct BrowserFileConfig {
     pub executable: Option<PathBuf>,
     /// Use a browser already running, by its CDP URL, instead of launching one.
     pub remote_url: Option<String>,
+    /// Flags added to faena's own when it launches Chromium.
+    pub args: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ pub struct BrowserSettings {
     pub enabled: bool,
     pub executable: PathBuf,
     pub remote_url: Option<String>,
+    pub args: Vec<String>,
 }
 
 /// What a plugin may do. Everything not granted is denied.
@@ -136,6 +139,7 @@ impl Config {
                         .or(b.executable)
                         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
                     remote_url: over.cdp_url.or(b.remote_url),
+                    args: b.args.unwrap_or_default(),
                 }
             },
             plugins: file_cfg.plugins,

@@ -88,6 +88,10 @@ async fn runtime(
             plugins,
             chromium: browser.then(|| ChromiumSettings {
                 profile_dir: dir.join("chromium"),
+                // To compare Chromium flags: FAENA_BENCH_CHROMIUM_ARGS="--flag --other".
+                args: std::env::var("FAENA_BENCH_CHROMIUM_ARGS")
+                    .map(|a| a.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default(),
                 ..ChromiumSettings::default()
             }),
         },

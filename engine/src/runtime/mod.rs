@@ -574,6 +574,7 @@ pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, Runti
         executable: config.browser.executable.clone(),
         remote: config.browser.remote_url.clone(),
         profile_dir: config.data_dir.join("chromium"),
+        args: config.browser.args.clone(),
     });
     let rt = Runtime::new(
         RuntimeOptions {

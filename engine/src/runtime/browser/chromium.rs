@@ -22,6 +22,8 @@ pub struct ChromiumSettings {
     pub remote: Option<String>,
     /// Where the launched browser keeps its profile.
     pub profile_dir: PathBuf,
+    /// Flags added to the built-in ones when launching, e.g. `--lang=es-PE`.
+    pub args: Vec<String>,
 }
 
 impl Default for ChromiumSettings {
@@ -30,6 +32,7 @@ impl Default for ChromiumSettings {
             executable: PathBuf::from("/usr/bin/chromium"),
             remote: None,
             profile_dir: std::env::temp_dir().join("faena-chromium"),
+            args: Vec::new(),
         }
     }
 }
@@ -93,6 +96,7 @@ impl Chromium {
                     .no_sandbox()
                     .user_data_dir(&profile)
                     .args(FLAGS.iter().copied())
+                    .args(self.settings.args.iter().map(String::as_str))
                     .launch_timeout(Duration::from_secs(30))
                     .request_timeout(Duration::from_secs(30))
                     .build()
