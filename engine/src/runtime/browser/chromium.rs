@@ -11,8 +11,10 @@ use std::time::Duration;
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::target::CreateBrowserContextParams;
+use chromiumoxide::error::CdpError;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,16 @@ impl Default for ChromiumSettings {
 struct Live {
     browser: Arc<Browser>,
     alive: Arc<AtomicBool>,
+    /// Cancelled when the connection to this browser is gone.
+    dead: CancellationToken,
+}
+
+/// An isolated context in the running browser, and the token cancelled if that
+/// browser dies (so a command waiting on it fails at once, not at its timeout).
+pub struct Context {
+    pub browser: Arc<Browser>,
+    pub id: BrowserContextId,
+    pub dead: CancellationToken,
 }
 
 pub struct Chromium {
@@ -71,12 +83,12 @@ impl Chromium {
     }
 
     /// The running browser, launched (again) if needed.
-    pub async fn browser(&self) -> Result<Arc<Browser>, String> {
+    pub async fn browser(&self) -> Result<(Arc<Browser>, CancellationToken), String> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref()
             && l.alive.load(Ordering::Acquire)
         {
-            return Ok(l.browser.clone());
+            return Ok((l.browser.clone(), l.dead.clone()));
         }
         if live.is_some() {
             warn!("Chromium went away; starting a new one");
@@ -110,29 +122,54 @@ impl Chromium {
             }
         };
         let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
+        let dead = CancellationToken::new();
+        let (flag, gone) = (alive.clone(), dead.clone());
         tokio::spawn(async move {
-            // Errors here are mostly CDP messages chromiumoxide does not know; the
-            // stream ends when the connection to the browser is gone.
-            while handler.next().await.is_some() {}
+            // Errors here are mostly CDP messages chromiumoxide does not know. A broken
+            // connection surfaces as a WebSocket error, after which the handler would
+            // wait forever: that is the browser's death.
+            while let Some(event) = handler.next().await {
+                if let Err(CdpError::Ws(e)) = event {
+                    warn!("lost the connection to Chromium: {e}");
+                    break;
+                }
+            }
             flag.store(false, Ordering::Release);
+            gone.cancel();
+        });
+        let browser = Arc::new(browser);
+        // A connection closed without an error shows only when something is sent on
+        // it: ask for the version now and then.
+        let probe = Arc::downgrade(&browser);
+        let watched = dead.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = watched.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let Some(b) = probe.upgrade() else { return };
+                let _ = tokio::time::timeout(Duration::from_secs(10), b.version()).await;
+            }
         });
         info!("Chromium started");
-        let browser = Arc::new(browser);
         *live = Some(Live {
             browser: browser.clone(),
             alive,
+            dead: dead.clone(),
         });
-        Ok(browser)
+        Ok((browser, dead))
     }
 
     /// A fresh isolated context (own cookies and storage) for one item.
-    pub async fn new_context(&self) -> Result<(Arc<Browser>, BrowserContextId), String> {
-        let browser = self.browser().await?;
-        let id = browser
-            .create_browser_context(CreateBrowserContextParams::default())
-            .await
-            .map_err(|e| format!("cannot create a browser context: {e}"))?;
-        Ok((browser, id))
+    pub async fn new_context(&self) -> Result<Context, String> {
+        let (browser, dead) = self.browser().await?;
+        let id = tokio::select! {
+            r = browser.create_browser_context(CreateBrowserContextParams::default()) => {
+                r.map_err(|e| format!("cannot create a browser context: {e}"))?
+            }
+            _ = dead.cancelled() => return Err("the browser went away".into()),
+        };
+        Ok(Context { browser, id, dead })
     }
 }

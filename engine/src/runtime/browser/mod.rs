@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chromiumoxide::Page;
-use chromiumoxide::browser::Browser;
-use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::page::ScreenshotParams;
@@ -28,7 +26,7 @@ pub struct BrowserCtx {
     pub plugin: String,
     pub granted: bool,
     pub chromium: Option<Arc<Chromium>>,
-    context: Option<(Arc<Browser>, BrowserContextId)>,
+    context: Option<chromium::Context>,
     pages: Vec<Page>,
 }
 
@@ -51,16 +49,18 @@ impl BrowserCtx {
         if self.context.is_none() {
             self.context = Some(chromium.new_context().await?);
         }
-        let (browser, id) = self.context.as_ref().expect("just created");
+        let ctx = self.context.as_ref().expect("just created");
         let params = CreateTargetParams::builder()
             .url("about:blank")
-            .browser_context_id(id.clone())
+            .browser_context_id(ctx.id.clone())
             .build()
             .map_err(|e| format!("new page: {e}"))?;
-        let page = tokio::time::timeout(COMMAND_TIMEOUT, browser.new_page(params))
-            .await
-            .map_err(|_| "opening a page timed out".to_owned())?
-            .map_err(|e| format!("cannot open a page: {e}"))?;
+        let page = tokio::select! {
+            r = tokio::time::timeout(COMMAND_TIMEOUT, ctx.browser.new_page(params)) => r
+                .map_err(|_| "opening a page timed out".to_owned())?
+                .map_err(|e| format!("cannot open a page: {e}"))?,
+            _ = ctx.dead.cancelled() => return Err("the browser went away while opening a page".into()),
+        };
         self.pages.push(page.clone());
         Ok(page)
     }
@@ -87,10 +87,14 @@ impl BrowserCtx {
         for page in self.pages.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
         }
-        if let Some((browser, id)) = self.context.take() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), browser.dispose_browser_context(id))
-                    .await;
+        if let Some(ctx) = self.context.take()
+            && !ctx.dead.is_cancelled()
+        {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                ctx.browser.dispose_browser_context(ctx.id),
+            )
+            .await;
         }
     }
 }
