@@ -12,6 +12,11 @@
 //! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
 //!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
 //!   which decides retries with backoff, review or failure.
+//! - [`runtime`]: the wasmtime host that runs each item in a fresh instance of its
+//!   plugin's component, with the capabilities it is granted (`host`, `browser` on one
+//!   Chromium with a context per item, `http` to allowlisted hosts).
+//! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and
+//!   column.
 //! - [`model`]: jobs, items, events and the legal status transitions.
 //! - [`metrics`], [`clock`]: Prometheus counters; wall time that follows tokio's clock.
 //! - [`cli`], [`config`]: the `faena` command line and its configuration.

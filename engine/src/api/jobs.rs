@@ -53,7 +53,8 @@ pub enum Created {
 /// A spreadsheet to turn into a job.
 #[derive(Debug, Multipart)]
 pub struct ImportForm {
-    /// The file: CSV, comma or semicolon separated, with a header row.
+    /// The file: CSV (comma or semicolon separated) or XLSX (the first sheet), with a
+    /// header row.
     pub file: Upload,
     pub plugin: String,
     /// Default `run`.
