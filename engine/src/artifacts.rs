@@ -14,6 +14,9 @@ pub struct Artifact {
     pub tenant: String,
     pub job_id: Option<String>,
     pub item_id: Option<String>,
+    /// The session whose call produced it (a downloaded file).
+    #[serde(default)]
+    pub session_id: Option<String>,
     pub name: String,
     pub content_type: String,
     pub size: u64,
@@ -69,6 +72,12 @@ impl Artifacts {
                     record.id.as_bytes(),
                 );
             }
+            if let Some(session) = &record.session_id {
+                batch.insert(
+                    format!("s/{session}/{}", record.id).as_bytes(),
+                    record.id.as_bytes(),
+                );
+            }
             tree.apply_batch(batch)?;
             tree.flush()?;
             Ok(())
@@ -96,8 +105,17 @@ impl Artifacts {
     }
 
     pub fn for_item(&self, item_id: &str) -> Result<Vec<Artifact>> {
+        self.indexed(&format!("i/{item_id}/"))
+    }
+
+    /// The files a session's calls saved, oldest first.
+    pub fn for_session(&self, session_id: &str) -> Result<Vec<Artifact>> {
+        self.indexed(&format!("s/{session_id}/"))
+    }
+
+    fn indexed(&self, prefix: &str) -> Result<Vec<Artifact>> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(format!("i/{item_id}/").as_bytes()) {
+        for kv in self.tree.scan_prefix(prefix.as_bytes()) {
             let (_, id) = kv?;
             out.push(self.get(&String::from_utf8_lossy(&id))?);
         }

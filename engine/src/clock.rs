@@ -45,3 +45,12 @@ impl Clock {
         }
     }
 }
+
+/// Milliseconds since the Unix epoch by the system clock, for records outside the
+/// store's transactions (artifacts of a session).
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -10,7 +10,7 @@ use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use crate::import;
-use crate::model::{Item, ItemStatus, Job, JobStatus, NewJob};
+use crate::model::{Item, ItemStatus, Job, JobStatus, NewJob, PoolOptions};
 use crate::store::{JobAction, JobFilter};
 
 #[derive(Tags)]
@@ -156,6 +156,7 @@ impl JobsApi {
             operation,
             name: form.name.or(Some(file_name)),
             options,
+            input: None,
             start: form.start.unwrap_or(true),
             items,
         };
@@ -281,6 +282,18 @@ impl JobsApi {
     #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retry_job")]
     async fn retry(&self, id: Path<String>) -> ApiResult<Json<Job>> {
         self.action(&id.0, JobAction::RetryFailed).await
+    }
+
+    /// Change the pool of a job that has one — its resources, per-resource
+    /// concurrency and rate — while it runs; the next item that starts follows it.
+    #[oai(path = "/jobs/:id/pool", method = "put", operation_id = "update_job_pool")]
+    async fn update_pool(
+        &self,
+        id: Path<String>,
+        body: JsonBody<PoolOptions>,
+    ) -> ApiResult<Json<Job>> {
+        self.state.job(&id.0)?;
+        Ok(Json(self.state.store.update_pool(&id.0, body.0).await?))
     }
 }
 

@@ -11,6 +11,8 @@ pub mod kind {
     pub const JOB_RESUMED: &str = "job_resumed";
     pub const JOB_COMPLETED: &str = "job_completed";
     pub const JOB_CANCELLED: &str = "job_cancelled";
+    /// A running job's options changed (its pool's limits).
+    pub const JOB_UPDATED: &str = "job_updated";
     pub const ITEM_STATUS_CHANGED: &str = "item_status_changed";
     pub const ITEM_STEP: &str = "item_step";
     pub const ITEM_PROGRESS: &str = "item_progress";
@@ -20,13 +22,14 @@ pub mod kind {
     pub const SESSION_CLOSED: &str = "session_closed";
 
     /// Types the engine emits itself; a published custom event may not use them.
-    pub const BUILTIN: [&str; 13] = [
+    pub const BUILTIN: [&str; 14] = [
         JOB_CREATED,
         JOB_STARTED,
         JOB_PAUSED,
         JOB_RESUMED,
         JOB_COMPLETED,
         JOB_CANCELLED,
+        JOB_UPDATED,
         ITEM_STATUS_CHANGED,
         ITEM_STEP,
         ITEM_PROGRESS,

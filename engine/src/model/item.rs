@@ -73,6 +73,9 @@ pub struct Attempt {
     /// The status the attempt ended in.
     pub outcome: Option<ItemStatus>,
     pub error: Option<ItemError>,
+    /// The pool resource that served it.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
@@ -96,6 +99,9 @@ pub struct Item {
     pub steps: Vec<Step>,
     pub error: Option<ItemError>,
     pub result: Option<serde_json::Value>,
+    /// The pool resource that served the last attempt (jobs with a pool).
+    #[serde(default)]
+    pub resource: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -1,6 +1,8 @@
 //! Jobs: one submission of a plugin operation over N items, and the options that
 //! govern how its items are scheduled.
 
+use std::collections::BTreeMap;
+
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,69 @@ pub struct JobOptions {
     /// How long a worker's lease on an item lasts without a heartbeat, in milliseconds.
     #[oai(validator(minimum(value = "100")))]
     pub lease_ms: u64,
+    /// Spread the items over these resources (sending devices, accounts), each with
+    /// its own concurrency and rate limit.
+    pub pool: Option<PoolOptions>,
+}
+
+/// A pool of resources a job's items are spread over. Each run holds one resource;
+/// a resource that answers "rate limited" rests alone while the others go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(default)]
+#[serde(default)]
+pub struct PoolOptions {
+    /// The resources by id, e.g. the devices' ids the plugin sends through.
+    pub resources: Vec<String>,
+    /// Items one resource serves at once.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+    pub concurrency: u32,
+    /// Items one resource starts per minute (0: no limit).
+    pub rate_per_minute: u32,
+    /// How long a resource rests after "rate limited" when the plugin does not say, in
+    /// milliseconds.
+    pub rate_limit_backoff_ms: u64,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            resources: Vec::new(),
+            concurrency: 1,
+            rate_per_minute: 0,
+            rate_limit_backoff_ms: 10_000,
+        }
+    }
+}
+
+/// The plugin error code that says "this resource is rate limited": the run did not
+/// happen, the resource rests, and the attempt does not count against the item.
+pub const RATE_LIMITED: &str = "rate_limited";
+
+/// What one pool resource did for a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct ResourceUse {
+    /// Runs on it that succeeded.
+    pub succeeded: u64,
+    /// Runs on it that failed (retried or not).
+    pub failed: u64,
+    /// Runs it refused as rate limited.
+    pub rate_limited: u64,
+}
+
+impl JobOptions {
+    /// Items of the job that may run at once: its own limit, and no more than its
+    /// pool can serve.
+    pub fn effective_concurrency(&self) -> u32 {
+        let pool = self
+            .pool
+            .as_ref()
+            .map(|p| (p.resources.len() as u32).saturating_mul(p.concurrency.max(1)));
+        match (self.concurrency, pool) {
+            (0, Some(p)) => p,
+            (c, Some(p)) => c.min(p),
+            (c, None) => c,
+        }
+    }
 }
 
 impl Default for JobOptions {
@@ -50,6 +115,7 @@ impl Default for JobOptions {
             max_backoff_ms: 300_000,
             on_failure: FailurePolicy::Fail,
             lease_ms: 30_000,
+            pool: None,
         }
     }
 }
@@ -129,6 +195,9 @@ pub struct Job {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// Per pool resource, what it served (jobs with a pool).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, ResourceUse>,
 }
 
 /// One item of a new job.
@@ -151,6 +220,9 @@ pub struct NewJob {
     #[oai(default)]
     #[serde(default)]
     pub options: JobOptions,
+    /// Fields every item's input gets unless the item sets them itself, e.g. the
+    /// message of a bulk send whose items are the phones.
+    pub input: Option<serde_json::Value>,
     /// Queue the items at once (default), or leave the job `pending` until started.
     #[oai(default = "default_true")]
     #[serde(default = "default_true")]

@@ -8,7 +8,9 @@ mod status;
 
 pub use event::{Event, kind};
 pub use item::{Attempt, ErrorKind, Item, ItemError, Lease, Step};
-pub use job::{Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob};
+pub use job::{
+    Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob, PoolOptions, RATE_LIMITED, ResourceUse,
+};
 pub use status::{Actor, ItemStatus, JobStatus, UnknownStatus};
 
 /// The tenant everything belongs to until API keys name another.

@@ -433,6 +433,37 @@ impl Runtime {
         Ok(Some(p.meta.version.clone()))
     }
 
+    /// The per-instance data of a run of `plugin`: host, browser and HTTP contexts
+    /// with the plugin's grants.
+    fn state(
+        &self,
+        plugin: &LoadedPlugin,
+        tenant: &str,
+        job_id: Option<String>,
+        run: Option<RunContext>,
+    ) -> ItemState {
+        let grants = plugin.grants.clone();
+        let name = &plugin.meta.name;
+        ItemState::new(
+            grants.memory_bytes,
+            HostCtx::new(
+                name,
+                tenant,
+                job_id,
+                grants.clone(),
+                self.secrets.clone(),
+                self.artifacts.clone(),
+                run,
+            ),
+            BrowserCtx::new(name, grants.browser, self.chromium.clone()),
+            HttpCtx {
+                plugin: name.clone(),
+                grants: grants.clone(),
+                client: plugin.http.clone(),
+            },
+        )
+    }
+
     async fn run_item(&self, task: ClaimedItem, ctx: RunContext) -> Outcome {
         let item = &task.item;
         let Some(plugin) = self
@@ -445,26 +476,8 @@ impl Runtime {
                 task.plugin_version.as_deref().unwrap_or("(any)")
             )));
         };
-        let grants = plugin.grants.clone();
-        let name = &plugin.meta.name;
-        let state = ItemState::new(
-            grants.memory_bytes,
-            HostCtx::new(
-                name,
-                &item.tenant,
-                Some(item.job_id.clone()),
-                grants.clone(),
-                self.secrets.clone(),
-                self.artifacts.clone(),
-                Some(ctx),
-            ),
-            BrowserCtx::new(name, grants.browser, self.chromium.clone()),
-            HttpCtx {
-                plugin: name.clone(),
-                grants: grants.clone(),
-                client: plugin.http.clone(),
-            },
-        );
+        let resource = ctx.resource().map(str::to_owned);
+        let state = self.state(&plugin, &item.tenant, Some(item.job_id.clone()), Some(ctx));
         let mut store = self.new_store(state);
         let context = bindings::Context {
             job_id: item.job_id.clone(),
@@ -475,58 +488,191 @@ impl Runtime {
                 name: s.name.clone(),
                 state: s.state.clone(),
             }),
+            session_id: None,
+            resource,
         };
         let input = item.input.to_string();
+        let deadline = plugin.grants.deadline;
         let call = async {
             let flow = plugin.pre.instantiate_async(&mut store).await?;
             flow.call_run(&mut store, &task.operation, &input, &context)
                 .await
         };
-        let result = tokio::time::timeout(grants.deadline, call).await;
-        let outcome = match result {
-            Err(_) => {
-                let mut e = ItemError::application(format!(
-                    "plugin `{name}` ran past its deadline of {} s and was stopped",
-                    grants.deadline.as_secs()
-                ));
-                e.code = Some("deadline".into());
-                Outcome::Failed(e)
-            }
-            Ok(Err(trap)) => {
-                let stderr = store.data().stderr_tail();
-                let mut msg = format!("plugin `{name}` trapped: {}", trap.root_cause());
-                if !stderr.is_empty() {
-                    msg.push_str(&format!(" ({stderr})"));
-                }
-                let mut e = ItemError::application(store.data().host.redact(&msg));
-                e.code = Some("trap".into());
-                Outcome::Failed(e)
-            }
-            Ok(Ok(Err(err))) => Outcome::Failed(to_item_error(err, &store.data().host)),
-            Ok(Ok(Ok(json))) => match serde_json::from_str(&store.data().host.redact(&json)) {
-                Ok(v) => Outcome::Succeeded(v),
-                Err(e) => Outcome::Failed(ItemError::application(format!(
-                    "plugin `{name}` returned a result that is not JSON: {e}"
-                ))),
-            },
+        let result = tokio::time::timeout(deadline, call).await;
+        let outcome = match settle_call(result, &store, &plugin.meta.name, deadline) {
+            Ok(v) => Outcome::Succeeded(v),
+            Err(CallError { error, .. }) => Outcome::Failed(error),
         };
         let state = store.data_mut();
         if matches!(outcome, Outcome::Failed(_)) {
-            for (i, png) in state.browser.screenshots().await.into_iter().enumerate() {
-                let file = if i == 0 {
-                    "failure.png".to_owned()
-                } else {
-                    format!("failure-{i}.png")
-                };
-                if let Err(e) = state.host.save_artifact(&file, "image/png", png).await {
-                    warn!(item = %task.item.id, error = %e, "could not save the failure screenshot");
-                }
-            }
+            state.save_failure_screenshots().await;
         }
         state.browser.close().await;
         // Resources left in the table (pages the guest did not drop) go with the store.
         state.table = ResourceTable::new();
         outcome
+    }
+
+    /// A fresh instance of the current version of `plugin` that lives until it is
+    /// closed: a session's. Its browser context and page last as long as it does.
+    pub async fn open_instance(
+        &self,
+        plugin: &str,
+        tenant: &str,
+        session_id: &str,
+        page: browser::SessionPage,
+    ) -> Result<Instance, String> {
+        let loaded = self
+            .registry
+            .get(plugin, None)
+            .ok_or_else(|| format!("plugin `{plugin}` is not installed"))?;
+        let mut state = self.state(&loaded, tenant, None, None);
+        state.host = state.host.in_session(session_id);
+        state.browser = state.browser.for_session(page);
+        let mut store = self.new_store(state);
+        let flow = tokio::time::timeout(
+            Duration::from_secs(10),
+            loaded.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|_| format!("plugin `{plugin}` did not start within 10 s"))?
+        .map_err(|e| format!("plugin `{plugin}` could not start: {e:#}"))?;
+        Ok(Instance {
+            store,
+            flow,
+            plugin: loaded,
+            session_id: session_id.to_owned(),
+            calls: 0,
+        })
+    }
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug)]
+pub struct CallError {
+    pub error: ItemError,
+    /// The instance trapped or ran past its deadline: it must not be called again.
+    pub broken: bool,
+}
+
+/// Turn what a `run` call returned into its JSON result or its error.
+fn settle_call(
+    result: Result<wasmtime::Result<Result<String, PluginError>>, tokio::time::error::Elapsed>,
+    store: &WasmStore<ItemState>,
+    name: &str,
+    deadline: Duration,
+) -> Result<serde_json::Value, CallError> {
+    let broken = |error| CallError {
+        error,
+        broken: true,
+    };
+    match result {
+        Err(_) => {
+            let mut e = ItemError::application(format!(
+                "plugin `{name}` ran past its deadline of {} s and was stopped",
+                deadline.as_secs()
+            ));
+            e.code = Some("deadline".into());
+            Err(broken(e))
+        }
+        Ok(Err(trap)) => {
+            let stderr = store.data().stderr_tail();
+            let mut msg = format!("plugin `{name}` trapped: {}", trap.root_cause());
+            if !stderr.is_empty() {
+                msg.push_str(&format!(" ({stderr})"));
+            }
+            let mut e = ItemError::application(store.data().host.redact(&msg));
+            e.code = Some("trap".into());
+            Err(broken(e))
+        }
+        Ok(Ok(Err(err))) => Err(CallError {
+            error: to_item_error(err, &store.data().host),
+            broken: false,
+        }),
+        Ok(Ok(Ok(json))) => serde_json::from_str(&store.data().host.redact(&json)).map_err(|e| {
+            CallError {
+                error: ItemError::application(format!(
+                    "plugin `{name}` returned a result that is not JSON: {e}"
+                )),
+                broken: false,
+            }
+        }),
+    }
+}
+
+impl ItemState {
+    /// Keep a PNG of every open page as an artifact of the run.
+    async fn save_failure_screenshots(&mut self) {
+        for (i, png) in self.browser.screenshots().await.into_iter().enumerate() {
+            let file = if i == 0 {
+                "failure.png".to_owned()
+            } else {
+                format!("failure-{i}.png")
+            };
+            if let Err(e) = self.host.save_artifact(&file, "image/png", png).await {
+                warn!(plugin = %self.host.plugin, error = %e, "could not save the failure screenshot");
+            }
+        }
+    }
+}
+
+/// A plugin instance that serves several calls, one at a time (a session's).
+pub struct Instance {
+    store: WasmStore<ItemState>,
+    flow: Flow,
+    plugin: Arc<LoadedPlugin>,
+    session_id: String,
+    calls: u32,
+}
+
+impl Instance {
+    pub fn plugin(&self) -> &PluginMeta {
+        &self.plugin.meta
+    }
+
+    /// Run `operation` in this instance. A failed call leaves a screenshot of the
+    /// page, as an artifact of the session.
+    pub async fn call(
+        &mut self,
+        operation: &str,
+        input: &serde_json::Value,
+        call_id: &str,
+    ) -> Result<serde_json::Value, CallError> {
+        self.calls += 1;
+        let context = bindings::Context {
+            job_id: String::new(),
+            item_id: String::new(),
+            attempt: 1,
+            idempotency_key: format!("faena-{}-{call_id}", self.session_id),
+            last_checkpoint: None,
+            session_id: Some(self.session_id.clone()),
+            resource: None,
+        };
+        let input = input.to_string();
+        let deadline = self.plugin.grants.deadline;
+        let result = tokio::time::timeout(
+            deadline,
+            self.flow
+                .call_run(&mut self.store, operation, &input, &context),
+        )
+        .await;
+        let out = settle_call(result, &self.store, &self.plugin.meta.name, deadline);
+        if out.is_err() {
+            self.store.data_mut().save_failure_screenshots().await;
+        }
+        out
+    }
+
+    /// Whether the browser under this instance has gone away.
+    pub fn browser_dead(&self) -> bool {
+        self.store.data().browser.is_dead()
+    }
+
+    /// Close the browser context and drop the instance.
+    pub async fn close(mut self) {
+        let state = self.store.data_mut();
+        state.browser.close().await;
+        state.table = ResourceTable::new();
     }
 }
 

@@ -11,6 +11,8 @@ pub struct RunContext {
     item: String,
     token: u64,
     cancel: CancellationToken,
+    /// The pool resource this run holds (the job's pool), if any.
+    resource: Option<String>,
 }
 
 impl RunContext {
@@ -20,7 +22,17 @@ impl RunContext {
             item: task.item.id.clone(),
             token: task.lease_token,
             cancel,
+            resource: None,
         }
+    }
+
+    pub fn with_resource(mut self, resource: Option<String>) -> Self {
+        self.resource = resource;
+        self
+    }
+
+    pub fn resource(&self) -> Option<&str> {
+        self.resource.as_deref()
     }
 
     pub fn item_id(&self) -> &str {
@@ -38,8 +50,11 @@ impl RunContext {
             .await
     }
 
+    /// Publish progress; the feed shows the resource the run holds with it.
     pub async fn progress(&self, data: serde_json::Value) -> Result<()> {
-        self.store.progress(&self.item, self.token, data).await
+        self.store
+            .progress(&self.item, self.token, data, self.resource.clone())
+            .await
     }
 
     pub async fn log(&self, level: &str, message: &str) -> Result<()> {

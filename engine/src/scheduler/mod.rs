@@ -4,6 +4,7 @@
 //! returns afterwards is discarded by the store's fencing.
 
 mod context;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,8 @@ use tracing::{debug, info, warn};
 
 pub use context::RunContext;
 
-use crate::model::{ItemError, ItemStatus, kind};
+use crate::model::{ItemError, ItemStatus, PoolOptions, RATE_LIMITED, kind};
+use pool::Pools;
 use crate::store::{ClaimRequest, ClaimedItem, Outcome, Store, StoreError};
 
 /// Runs items. The WebAssembly runtime implements it; so can a test.
@@ -52,11 +54,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let running: Running = Arc::default();
+    let pools = Pools::default();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let freed = Arc::new(Notify::new());
-    let watcher = tokio::spawn(watch_cancellations(
+    let watcher = tokio::spawn(watch_events(
         store.clone(),
         running.clone(),
+        pools.clone(),
         shutdown.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
@@ -93,14 +97,15 @@ pub async fn run(
                             .lock()
                             .expect("running lock")
                             .insert(task.item.id.clone(), (task.lease_token, cancel.clone()));
-                        let (store, executor, running, freed) = (
+                        let (store, executor, running, freed, pools) = (
                             store.clone(),
                             executor.clone(),
                             running.clone(),
                             freed.clone(),
+                            pools.clone(),
                         );
                         tasks.spawn(async move {
-                            run_one(&store, &*executor, task, cancel, &running).await;
+                            run_one(&store, &*executor, task, cancel, &running, &pools).await;
                             drop(permit);
                             freed.notify_one();
                         });
@@ -134,11 +139,15 @@ async fn run_one(
     task: ClaimedItem,
     cancel: CancellationToken,
     running: &Running,
+    pools: &Pools,
 ) {
     let id = task.item.id.clone();
     let token = task.lease_token;
     let plugin = task.item.plugin.clone();
-    let ctx = RunContext::new(store.clone(), &task, cancel.clone());
+    let pool = task
+        .pool
+        .as_ref()
+        .map(|p: &PoolOptions| pools.of(&task.item.job_id, p));
     let lease_left = (task.lease_expires_at - store.clock().now_ms()).max(300) as u64;
     let heartbeat = {
         let (store, id, cancel) = (store.clone(), id.clone(), cancel.clone());
@@ -158,12 +167,38 @@ async fn run_one(
             }
         })
     };
+    // A pool job's run waits (its lease kept alive) for one of the pool's resources.
+    let held = match &pool {
+        None => None,
+        Some(p) => tokio::select! {
+            h = p.acquire() => Some(h),
+            _ = cancel.cancelled() => {
+                heartbeat.abort();
+                running.lock().expect("running lock").remove(&id);
+                return;
+            }
+        },
+    };
+    let resource = held.as_ref().map(|h| h.resource.clone());
+    let ctx = RunContext::new(store.clone(), &task, cancel.clone()).with_resource(resource.clone());
     let started = std::time::Instant::now();
     let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
     let outcome = tokio::select! {
         out = run => Some(out.unwrap_or_else(|_| Outcome::Failed(ItemError::application("the executor panicked")))),
         _ = cancel.cancelled() => None,
     };
+    let outcome = match (outcome, &pool, &resource) {
+        // The resource refused the run: it rests alone; the item goes straight back to
+        // the queue for another resource, so the plugin's wait is the resource's.
+        (Some(Outcome::Failed(mut e)), Some(p), Some(r))
+            if e.code.as_deref() == Some(RATE_LIMITED) =>
+        {
+            p.rest(r, e.retry_after_ms.take());
+            Some(Outcome::Failed(e))
+        }
+        (o, _, _) => o,
+    };
+    drop(held);
     heartbeat.abort();
     store.metrics().record_run(&plugin, started.elapsed());
     running.lock().expect("running lock").remove(&id);
@@ -171,7 +206,7 @@ async fn run_one(
         debug!(item = %id, "run stopped");
         return;
     };
-    match store.complete(&id, token, outcome).await {
+    match store.complete_on(&id, token, outcome, resource).await {
         Ok(item) => debug!(item = %id, status = %item.status, "item finished"),
         Err(StoreError::StaleLease { reason, .. }) => {
             info!(item = %id, %reason, "result discarded: the lease was lost")
@@ -180,8 +215,9 @@ async fn run_one(
     }
 }
 
-/// Stop runs whose item left `running` behind their back (job or item cancelled).
-async fn watch_cancellations(store: Store, running: Running, shutdown: CancellationToken) {
+/// Stop runs whose item left `running` behind their back (job or item cancelled), and
+/// keep the pools in step with their jobs.
+async fn watch_events(store: Store, running: Running, pools: Pools, shutdown: CancellationToken) {
     let mut rx = store.subscribe();
     loop {
         let event = tokio::select! {
@@ -194,8 +230,24 @@ async fn watch_cancellations(store: Store, running: Running, shutdown: Cancellat
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        if event.kind != kind::ITEM_STATUS_CHANGED {
-            continue;
+        match event.kind.as_str() {
+            kind::JOB_UPDATED => {
+                if let (Some(job), Ok(pool)) = (
+                    &event.job_id,
+                    serde_json::from_value::<PoolOptions>(event.data["pool"].clone()),
+                ) {
+                    pools.update(job, &pool);
+                }
+                continue;
+            }
+            kind::JOB_COMPLETED | kind::JOB_CANCELLED => {
+                if let Some(job) = &event.job_id {
+                    pools.remove(job);
+                }
+                continue;
+            }
+            kind::ITEM_STATUS_CHANGED => {}
+            _ => continue,
         }
         let (Some(item), Some(from)) = (&event.item_id, event.data.get("from")) else {
             continue;

@@ -278,14 +278,61 @@ impl Store {
     }
 
     pub async fn complete(&self, item: &str, token: u64, outcome: Outcome) -> Result<Item> {
+        self.complete_on(item, token, outcome, None).await
+    }
+
+    /// Finish a run that held the pool resource `resource`.
+    pub async fn complete_on(
+        &self,
+        item: &str,
+        token: u64,
+        outcome: Outcome,
+        resource: Option<String>,
+    ) -> Result<Item> {
         let item = Self::item_key(item)?;
         self.send(|reply| Command::Complete {
             item,
             token,
             outcome,
+            resource,
             reply,
         })
         .await
+    }
+
+    /// Change the pool of a job that has one; durable when it returns.
+    pub async fn update_pool(&self, job: &str, pool: crate::model::PoolOptions) -> Result<Job> {
+        if !keys::valid_job_id(job) {
+            return Err(StoreError::not_found("job", job));
+        }
+        let job = job.to_owned();
+        self.send(|reply| Command::UpdatePool { job, pool, reply })
+            .await
+    }
+
+    /// Record an event of a session (opened, closed) on the log and the feed.
+    pub async fn session_event(
+        &self,
+        tenant: &str,
+        kind: &str,
+        session_id: &str,
+        data: serde_json::Value,
+    ) -> Result<Event> {
+        let (tenant, kind, session_id) =
+            (tenant.to_owned(), kind.to_owned(), session_id.to_owned());
+        self.send(|reply| Command::SessionEvent {
+            tenant,
+            kind,
+            session_id,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// A tree of its own for a subsystem's records (sessions), in the same database.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
     }
 
     pub async fn step(
@@ -306,12 +353,19 @@ impl Store {
         .await
     }
 
-    pub async fn progress(&self, item: &str, token: u64, data: serde_json::Value) -> Result<()> {
+    pub async fn progress(
+        &self,
+        item: &str,
+        token: u64,
+        data: serde_json::Value,
+        resource: Option<String>,
+    ) -> Result<()> {
         let item = Self::item_key(item)?;
         self.send(|reply| Command::Progress {
             item,
             token,
             data,
+            resource,
             reply,
         })
         .await
@@ -596,7 +650,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
                 &job.id,
                 &job.plugin,
                 job.options.priority,
-                job.options.concurrency,
+                job.options.effective_concurrency(),
                 job.status == JobStatus::Paused,
             );
         }

@@ -13,7 +13,7 @@ use super::tx::Tx;
 use super::writer::Writer;
 use crate::model::{
     Actor, Attempt, ErrorKind, FailurePolicy, Item, ItemError, ItemStatus, Job, JobOptions,
-    JobStatus, Lease, NewJob, Step, kind,
+    JobStatus, Lease, NewJob, PoolOptions, RATE_LIMITED, Step, kind,
 };
 
 /// Largest job accepted in one request.
@@ -61,6 +61,8 @@ pub struct ClaimedItem {
     pub lease_expires_at: i64,
     /// Same for every attempt of this item.
     pub idempotency_key: String,
+    /// The job's pool: the run must hold one of its resources.
+    pub pool: Option<PoolOptions>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -104,7 +106,70 @@ fn check_options(o: &JobOptions) -> Result<()> {
             o.backoff_ms, o.max_backoff_ms
         )));
     }
+    if let Some(pool) = &o.pool {
+        check_pool(pool)?;
+    }
     Ok(())
+}
+
+/// Most resources one pool may have.
+pub const MAX_POOL_RESOURCES: usize = 1_000;
+
+fn check_pool(p: &PoolOptions) -> Result<()> {
+    if p.resources.is_empty() || p.resources.len() > MAX_POOL_RESOURCES {
+        return Err(StoreError::Invalid(format!(
+            "options.pool.resources: a pool needs 1 to {MAX_POOL_RESOURCES} resources, got {}",
+            p.resources.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, r) in p.resources.iter().enumerate() {
+        let ok = !r.is_empty()
+            && r.len() <= 128
+            && r.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(StoreError::Invalid(format!(
+                "options.pool.resources[{i}]: `{r}` must be 1-128 visible ASCII characters"
+            )));
+        }
+        if !seen.insert(r) {
+            return Err(StoreError::Invalid(format!(
+                "options.pool.resources[{i}]: `{r}` is listed twice"
+            )));
+        }
+    }
+    if p.concurrency == 0 || p.concurrency > 1_000 {
+        return Err(StoreError::Invalid(format!(
+            "options.pool.concurrency: {} is not between 1 and 1000",
+            p.concurrency
+        )));
+    }
+    Ok(())
+}
+
+/// An item's input with the job's shared fields under it (the item's own win).
+fn with_defaults(
+    index: usize,
+    input: serde_json::Value,
+    defaults: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let Some(defaults) = defaults else {
+        return Ok(input);
+    };
+    match (defaults, input) {
+        (serde_json::Value::Object(d), serde_json::Value::Object(mut own)) => {
+            for (k, v) in d {
+                own.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            Ok(serde_json::Value::Object(own))
+        }
+        (serde_json::Value::Object(_), _) => Err(StoreError::Invalid(format!(
+            "items[{index}].input: must be an object to take the job's `input` fields"
+        ))),
+        _ => Err(StoreError::Invalid(
+            "input: the job's shared input must be a JSON object".into(),
+        )),
+    }
 }
 
 /// Delay before retry number `attempt` (the attempt that just failed): exponential from
@@ -168,6 +233,13 @@ impl Writer {
                 "items[{i}].reference: longer than 256 characters"
             )));
         }
+        if let Some(d) = &new.input
+            && !d.is_object()
+        {
+            return Err(StoreError::Invalid(
+                "input: the job's shared input must be a JSON object".into(),
+            ));
+        }
         let now = tx.now;
         let id = keys::new_job_id();
         let status = if new.start {
@@ -195,6 +267,7 @@ impl Writer {
             started_at: new.start.then_some(now),
             finished_at: None,
             updated_at: now,
+            resources: Default::default(),
         };
         *job.counts.get_mut(item_status) = n;
         for (index, it) in new.items.into_iter().enumerate() {
@@ -205,7 +278,7 @@ impl Writer {
                 index: index as u64,
                 plugin: new.plugin.clone(),
                 reference: it.reference,
-                input: it.input,
+                input: with_defaults(index, it.input, new.input.as_ref())?,
                 status: item_status,
                 attempt: 0,
                 max_attempts: new.options.max_attempts,
@@ -215,6 +288,7 @@ impl Writer {
                 steps: Vec::new(),
                 error: None,
                 result: None,
+                resource: None,
                 created_at: now,
                 updated_at: now,
             };
@@ -240,7 +314,7 @@ impl Writer {
                 &id,
                 &job.plugin,
                 job.options.priority,
-                job.options.concurrency,
+                job.options.effective_concurrency(),
                 false,
             );
             for index in 0..n {
@@ -300,7 +374,7 @@ impl Writer {
                     id,
                     &j.plugin,
                     j.options.priority,
-                    j.options.concurrency,
+                    j.options.effective_concurrency(),
                     false,
                 );
                 for key in queued {
@@ -454,7 +528,7 @@ impl Writer {
                 &job.id,
                 &job.plugin,
                 job.options.priority,
-                job.options.concurrency,
+                job.options.effective_concurrency(),
                 paused,
             );
             self.ready.push(
@@ -550,6 +624,7 @@ impl Writer {
             finished_at: None,
             outcome: None,
             error: None,
+            resource: None,
         });
         tx.put_item(&item);
         self.ready.set_lease(
@@ -563,6 +638,7 @@ impl Writer {
             idempotency_key: item.idempotency_key(),
             operation: job.operation,
             plugin_version: job.plugin_version,
+            pool: job.options.pool,
             lease_token: token,
             lease_expires_at: expires_at,
             item,
@@ -613,6 +689,7 @@ impl Writer {
         key: &ItemKey,
         token: u64,
         outcome: Outcome,
+        resource: Option<String>,
     ) -> Result<Item> {
         let item = self.leased(tx, key, token)?;
         if let Outcome::Failed(e) = &outcome
@@ -622,7 +699,7 @@ impl Writer {
                 "error.message: longer than 64 KiB".into(),
             ));
         }
-        self.settle(tx, item, outcome)
+        self.settle(tx, item, outcome, resource)
     }
 
     pub(crate) fn expire_lease(&mut self, tx: &mut Tx<'_>, key: &ItemKey) -> Result<Item> {
@@ -640,12 +717,21 @@ impl Writer {
             lease.owner
         ));
         err.code = Some("lease_expired".into());
-        self.settle(tx, item, Outcome::Failed(err))
+        self.settle(tx, item, Outcome::Failed(err), None)
     }
 
     /// Close the running attempt with `outcome`: success, retry with backoff, or the
     /// job's failure policy.
-    fn settle(&mut self, tx: &mut Tx<'_>, mut item: Item, outcome: Outcome) -> Result<Item> {
+    /// A run on a pool resource that the resource refused as rate limited did not
+    /// happen: the item goes back to the queue at once (another resource takes it),
+    /// whatever its attempts.
+    fn settle(
+        &mut self,
+        tx: &mut Tx<'_>,
+        mut item: Item,
+        outcome: Outcome,
+        resource: Option<String>,
+    ) -> Result<Item> {
         let job = tx.job(&item.job_id)?;
         let key = ItemKey {
             job: item.job_id.clone(),
@@ -662,9 +748,15 @@ impl Writer {
                 (ItemStatus::Succeeded, None)
             }
             Outcome::Failed(err) => {
-                let retry = err.kind == ErrorKind::Application && item.attempt < item.max_attempts;
+                let rate_limited = resource.is_some()
+                    && err.kind == ErrorKind::Application
+                    && err.code.as_deref() == Some(RATE_LIMITED);
+                let retry = err.kind == ErrorKind::Application
+                    && (item.attempt < item.max_attempts || rate_limited);
                 let to = if retry { ItemStatus::Queued } else { policy };
-                if retry {
+                if rate_limited {
+                    item.not_before = None;
+                } else if retry {
                     let delay = backoff_ms(
                         &job.options,
                         item.attempt,
@@ -685,6 +777,23 @@ impl Writer {
             a.finished_at = Some(tx.now);
             a.outcome = Some(to);
             a.error = error.clone();
+            a.resource = resource.clone();
+        }
+        if let Some(r) = &resource {
+            item.resource = Some(r.clone());
+            let rate_limited = error
+                .as_ref()
+                .is_some_and(|e| e.code.as_deref() == Some(RATE_LIMITED));
+            let used = tx
+                .job_mut(&item.job_id)?
+                .resources
+                .entry(r.clone())
+                .or_default();
+            match (&error, rate_limited) {
+                (None, _) => used.succeeded += 1,
+                (Some(_), true) => used.rate_limited += 1,
+                (Some(_), false) => used.failed += 1,
+            }
         }
         item.lease = None;
         tx.set_status(&mut item, to)?;
@@ -732,6 +841,9 @@ impl Writer {
             "percentage": percentage(c.done(), c.total()),
             "reference": item.reference,
         });
+        if let (Some(r), Some(d)) = (&item.resource, data.as_object_mut()) {
+            d.insert("resource".into(), json!(r));
+        }
         if let (Some(d), serde_json::Value::Object(e)) = (data.as_object_mut(), extra) {
             d.extend(e);
         }
@@ -756,16 +868,20 @@ impl Writer {
         j.finished_at = Some(now);
         let c = j.counts.clone();
         let duration = now - j.started_at.unwrap_or(j.created_at);
-        tx.emit(
-            &job.tenant,
-            kind::JOB_COMPLETED,
-            Some(job_id),
-            None,
-            json!({"counts": c, "results": {
-                "total": c.total(), "succeeded": c.succeeded, "failed": c.failed,
-                "needs_review": c.needs_review, "cancelled": c.cancelled, "duration_ms": duration,
-            }}),
-        );
+        let mut data = json!({"counts": c, "results": {
+            "total": c.total(), "succeeded": c.succeeded, "failed": c.failed,
+            "needs_review": c.needs_review, "cancelled": c.cancelled, "duration_ms": duration,
+        }});
+        if !j.resources.is_empty() {
+            data["resources"] = json!(j.resources);
+            data["results"]["resources_used"] = json!(
+                j.resources
+                    .iter()
+                    .filter(|(_, u)| u.succeeded + u.failed > 0)
+                    .count()
+            );
+        }
+        tx.emit(&job.tenant, kind::JOB_COMPLETED, Some(job_id), None, data);
         self.ready.remove_job(job_id);
         Ok(())
     }
@@ -812,12 +928,68 @@ impl Writer {
         key: &ItemKey,
         token: u64,
         data: serde_json::Value,
+        resource: Option<String>,
     ) -> Result<()> {
         let item = self.leased(tx, key, token)?;
         if data.to_string().len() > MAX_SMALL_PAYLOAD {
             return Err(StoreError::Invalid("progress: larger than 64 KiB".into()));
         }
-        self.emit_progress(tx, &item, json!({"progress": data, "status": item.status}))
+        let mut extra = json!({"progress": data, "status": item.status});
+        if let Some(r) = resource {
+            extra["resource"] = json!(r);
+        }
+        self.emit_progress(tx, &item, extra)
+    }
+
+    /// Change a job's pool limits (or resources) while it runs.
+    pub(crate) fn update_pool(
+        &mut self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        pool: PoolOptions,
+    ) -> Result<Job> {
+        check_pool(&pool)?;
+        let job = tx.job(job_id)?;
+        if job.options.pool.is_none() {
+            return Err(StoreError::Conflict(format!(
+                "job `{job_id}` has no pool: give it one when creating it"
+            )));
+        }
+        if matches!(job.status, JobStatus::Completed | JobStatus::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "job `{job_id}` is {}: its pool can no longer change",
+                job.status
+            )));
+        }
+        let now = tx.now;
+        let j = tx.job_mut(job_id)?;
+        j.options.pool = Some(pool.clone());
+        j.updated_at = now;
+        let job = j.clone();
+        self.ready
+            .set_concurrency(job_id, job.options.effective_concurrency());
+        self.wake = true;
+        tx.emit(
+            &job.tenant,
+            kind::JOB_UPDATED,
+            Some(job_id),
+            None,
+            json!({"pool": pool}),
+        );
+        Ok(job)
+    }
+
+    /// An event of a session (opened, closed), which belongs to no job.
+    pub(crate) fn session_event(
+        &mut self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        event_kind: &str,
+        session_id: &str,
+        data: serde_json::Value,
+    ) -> Result<crate::model::Event> {
+        tx.emit_session(tenant, event_kind, session_id, data);
+        Ok(tx.events.last().expect("just emitted").clone())
     }
 
     pub(crate) fn log(

@@ -75,6 +75,13 @@ impl Ready {
         }
     }
 
+    /// Change how many items of `job` may run at once (0: no per-job limit).
+    pub fn set_concurrency(&mut self, job: &str, concurrency: u32) {
+        if let Some(q) = self.jobs.get_mut(job) {
+            q.concurrency = concurrency;
+        }
+    }
+
     pub fn set_paused(&mut self, job: &str, paused: bool) {
         if let Some(q) = self.jobs.get_mut(job) {
             q.paused = paused;

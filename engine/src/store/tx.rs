@@ -155,6 +155,29 @@ impl<'a> Tx<'a> {
         item_id: Option<&str>,
         data: serde_json::Value,
     ) -> u64 {
+        self.append(tenant, kind, job_id, item_id, None, data)
+    }
+
+    /// Append an event of a session; returns its seq.
+    pub fn emit_session(
+        &mut self,
+        tenant: &str,
+        kind: &str,
+        session_id: &str,
+        data: serde_json::Value,
+    ) -> u64 {
+        self.append(tenant, kind, None, None, Some(session_id), data)
+    }
+
+    fn append(
+        &mut self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<&str>,
+        item_id: Option<&str>,
+        session_id: Option<&str>,
+        data: serde_json::Value,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let event = Event {
@@ -164,7 +187,7 @@ impl<'a> Tx<'a> {
             kind: kind.to_owned(),
             job_id: job_id.map(str::to_owned),
             item_id: item_id.map(str::to_owned),
-            session_id: None,
+            session_id: session_id.map(str::to_owned),
             data,
         };
         self.put(

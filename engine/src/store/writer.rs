@@ -50,6 +50,7 @@ pub(crate) enum Command {
         item: ItemKey,
         token: u64,
         outcome: Outcome,
+        resource: Option<String>,
         reply: Reply<Item>,
     },
     Step {
@@ -63,7 +64,20 @@ pub(crate) enum Command {
         item: ItemKey,
         token: u64,
         data: serde_json::Value,
+        resource: Option<String>,
         reply: Reply<()>,
+    },
+    UpdatePool {
+        job: String,
+        pool: crate::model::PoolOptions,
+        reply: Reply<Job>,
+    },
+    SessionEvent {
+        tenant: String,
+        kind: String,
+        session_id: String,
+        data: serde_json::Value,
+        reply: Reply<Event>,
     },
     Log {
         item: ItemKey,
@@ -357,8 +371,11 @@ impl Writer {
                 item,
                 token,
                 outcome,
+                resource,
                 reply,
-            } => self.run_tx(group, reply, |w, tx| w.complete(tx, &item, token, outcome)),
+            } => self.run_tx(group, reply, |w, tx| {
+                w.complete(tx, &item, token, outcome, resource)
+            }),
             Command::Step {
                 item,
                 token,
@@ -370,8 +387,23 @@ impl Writer {
                 item,
                 token,
                 data,
+                resource,
                 reply,
-            } => self.run_tx(group, reply, |w, tx| w.progress(tx, &item, token, data)),
+            } => self.run_tx(group, reply, |w, tx| {
+                w.progress(tx, &item, token, data, resource)
+            }),
+            Command::UpdatePool { job, pool, reply } => {
+                self.run_tx(group, reply, |w, tx| w.update_pool(tx, &job, pool))
+            }
+            Command::SessionEvent {
+                tenant,
+                kind,
+                session_id,
+                data,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.session_event(tx, &tenant, &kind, &session_id, data)
+            }),
             Command::Log {
                 item,
                 token,

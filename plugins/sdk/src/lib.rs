@@ -110,6 +110,10 @@ pub struct Context {
     pub attempt: u32,
     pub idempotency_key: String,
     pub last_checkpoint: Option<Checkpoint>,
+    /// The session this call runs in, if it runs in one.
+    pub session_id: Option<String>,
+    /// The pool resource (a sending device...) this run was given, if the job has a pool.
+    pub resource: Option<String>,
 }
 
 impl Context {
@@ -247,6 +251,8 @@ pub fn __run<P: Plugin>(
         attempt: ctx.attempt,
         idempotency_key: ctx.idempotency_key,
         last_checkpoint: ctx.last_checkpoint,
+        session_id: ctx.session_id,
+        resource: ctx.resource,
     };
     P::run(&operation, input, &ctx)
         .map(|v| v.to_string())

@@ -329,11 +329,12 @@ impl HostPage for ItemState {
 
 impl ItemState {
     fn host_running(&self) -> Result<(), PluginError> {
-        match self.host.run {
-            Some(_) => Ok(()),
-            None => Err(PluginError::denied(
-                "downloads are only available while running an item",
-            )),
+        if self.host.run.is_some() || self.host.session_id.is_some() {
+            Ok(())
+        } else {
+            Err(PluginError::denied(
+                "downloads are only available while running an item or a session call",
+            ))
         }
     }
 }

@@ -28,7 +28,12 @@ pub struct BrowserCtx {
     pub chromium: Option<Arc<Chromium>>,
     context: Option<chromium::Context>,
     pages: Vec<Page>,
+    /// Set for a session: its one page, kept across calls and shown in the live view.
+    session_page: Option<SessionPage>,
 }
+
+/// A session's page, shared with the live view while calls run.
+pub type SessionPage = Arc<std::sync::Mutex<Option<Page>>>;
 
 impl BrowserCtx {
     pub fn new(plugin: &str, granted: bool, chromium: Option<Arc<Chromium>>) -> Self {
@@ -38,10 +43,28 @@ impl BrowserCtx {
             chromium,
             context: None,
             pages: Vec::new(),
+            session_page: None,
         }
     }
 
+    /// A session's browser: one context and one page for its whole life, published
+    /// in `page` for the live view.
+    pub fn for_session(mut self, page: SessionPage) -> Self {
+        self.session_page = Some(page);
+        self
+    }
+
+    /// Whether the browser this context lived in has gone away.
+    pub fn is_dead(&self) -> bool {
+        self.context.as_ref().is_some_and(|c| c.dead.is_cancelled())
+    }
+
     async fn open_page(&mut self) -> Result<Page, String> {
+        if self.session_page.is_some()
+            && let Some(page) = self.pages.first()
+        {
+            return Ok(page.clone());
+        }
         let chromium = self
             .chromium
             .clone()
@@ -62,6 +85,9 @@ impl BrowserCtx {
             _ = ctx.dead.cancelled() => return Err("the browser went away while opening a page".into()),
         };
         self.pages.push(page.clone());
+        if let Some(shared) = &self.session_page {
+            *shared.lock().expect("session page lock") = Some(page.clone());
+        }
         Ok(page)
     }
 
@@ -84,6 +110,9 @@ impl BrowserCtx {
 
     /// Close every page and the context. Called after every run, failed or not.
     pub async fn close(&mut self) {
+        if let Some(shared) = &self.session_page {
+            shared.lock().expect("session page lock").take();
+        }
         for page in self.pages.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
         }

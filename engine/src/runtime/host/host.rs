@@ -19,11 +19,25 @@ fn store_error(e: StoreError) -> PluginError {
     }
 }
 
+/// Where a call that records something goes.
+enum Running<'a> {
+    Item(&'a crate::scheduler::RunContext),
+    /// A session's call: checkpoints and progress are only logged (a session has no
+    /// item to keep them on, and nothing retries it).
+    Session(&'a str),
+}
+
 impl HostCtx {
-    fn running(&self, what: &str) -> Result<&crate::scheduler::RunContext, PluginError> {
-        self.run.as_ref().ok_or_else(|| {
-            PluginError::denied(format!("{what} is only available while running an item"))
-        })
+    fn running(&self, what: &str) -> Result<Running<'_>, PluginError> {
+        if let Some(run) = &self.run {
+            return Ok(Running::Item(run));
+        }
+        if let Some(session) = &self.session_id {
+            return Ok(Running::Session(session));
+        }
+        Err(PluginError::denied(format!(
+            "{what} is only available while running an item or a session call"
+        )))
     }
 }
 
@@ -57,7 +71,11 @@ impl Host for ItemState {
         state: Option<String>,
     ) -> wasmtime::Result<Result<(), PluginError>> {
         let run = match self.host.running("step") {
-            Ok(r) => r,
+            Ok(Running::Item(r)) => r,
+            Ok(Running::Session(session)) => {
+                debug!(plugin = %self.host.plugin, %session, step = %name, "session step");
+                return Ok(Ok(()));
+            }
             Err(e) => return Ok(Err(e)),
         };
         let state = state.map(|s| self.host.redact(&s));
@@ -66,7 +84,11 @@ impl Host for ItemState {
 
     async fn progress(&mut self, data: String) -> wasmtime::Result<Result<(), PluginError>> {
         let run = match self.host.running("progress") {
-            Ok(r) => r,
+            Ok(Running::Item(r)) => r,
+            Ok(Running::Session(session)) => {
+                debug!(plugin = %self.host.plugin, %session, "session progress: {}", self.host.redact(&data));
+                return Ok(Ok(()));
+            }
             Err(e) => return Ok(Err(e)),
         };
         let data = self.host.redact(&data);

@@ -22,8 +22,10 @@ pub struct HostCtx {
     pub grants: Arc<Grants>,
     pub secrets: Secrets,
     pub artifacts: Artifacts,
-    /// The running item; `None` while describing the plugin.
+    /// The running item; `None` while describing the plugin or in a session.
     pub run: Option<RunContext>,
+    /// The session this instance serves, if it is a session's.
+    pub session_id: Option<String>,
     /// Secret values handed to the guest in this run, redacted from what it reports.
     revealed: Vec<String>,
 }
@@ -46,8 +48,15 @@ impl HostCtx {
             secrets,
             artifacts,
             run,
+            session_id: None,
             revealed: Vec::new(),
         }
+    }
+
+    /// The context of a session's long-lived instance.
+    pub fn in_session(mut self, session_id: &str) -> Self {
+        self.session_id = Some(session_id.to_owned());
+        self
     }
 
     /// Replace every secret value this run has seen with `***`.
@@ -83,14 +92,14 @@ impl HostCtx {
             tenant: self.tenant.clone(),
             job_id: self.job_id.clone(),
             item_id: self.run.as_ref().map(|r| r.item_id().to_owned()),
+            session_id: self.session_id.clone(),
             name: name.to_owned(),
             content_type: content_type.to_owned(),
             size: 0,
-            created_at: self
-                .run
-                .as_ref()
-                .map(|r| r.store().clock().now_ms())
-                .unwrap_or(0),
+            created_at: match &self.run {
+                Some(r) => r.store().clock().now_ms(),
+                None => crate::clock::wall_ms(),
+            },
         };
         self.artifacts.save(meta, data).await
     }
