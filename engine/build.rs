@@ -3,7 +3,13 @@
 include!("build/guests.rs");
 
 /// Plugins shipped inside the `faena` binary.
-const BUILTIN: &[&str] = &["plugins/noop", "plugins/ultimus", "plugins/gsp"];
+const BUILTIN: &[&str] = &[
+    "plugins/noop",
+    "plugins/ultimus",
+    "plugins/gsp",
+    "plugins/sunat",
+    "plugins/whatsapp",
+];
 
 fn main() {
     let built = build_guests(BUILTIN);

@@ -23,6 +23,14 @@ pub struct FileConfig {
     /// Secrets of the default tenant, by name (e.g. portal passwords).
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    pub sessions: Option<SessionsFileConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsFileConfig {
+    /// A session with no call for this long is closed (default 3600).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -75,6 +83,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     pub browser: BrowserSettings,
     pub secrets: BTreeMap<String, String>,
+    /// Sessions close after this long without a call.
+    pub session_idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +154,13 @@ impl Config {
             },
             plugins: file_cfg.plugins,
             secrets: file_cfg.secrets,
+            session_idle_timeout: std::time::Duration::from_secs(
+                file_cfg
+                    .sessions
+                    .and_then(|s| s.idle_timeout_secs)
+                    .unwrap_or(3600)
+                    .max(1),
+            ),
         })
     }
 }

@@ -32,4 +32,5 @@ pub mod model;
 pub mod runtime;
 pub mod scheduler;
 pub mod secrets;
+pub mod sessions;
 pub mod store;

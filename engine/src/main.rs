@@ -92,7 +92,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
-    let state = AppState::new(store.clone(), Some(runtime.clone()))?;
+    let sessions = faena::sessions::Sessions::start(
+        store.clone(),
+        runtime.clone(),
+        faena::sessions::SessionsConfig {
+            idle_timeout: config.session_idle_timeout,
+        },
+    )
+    .await?;
+    let state = AppState::new(store.clone(), Some(runtime.clone()))?.with_sessions(sessions);
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;

@@ -1,5 +1,6 @@
 //! The one place errors become HTTP statuses. Every error body is
-//! `{"error": code, "message": human text}`.
+//! `{"error": code, "message": human text}`. A failed session call answers 422
+//! (`business`: the input's fault) or 502 (`portal`: the portal failed).
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
@@ -31,6 +32,9 @@ pub enum ApiError {
     Invalid(Json<ErrorBody>),
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// The portal behind a session call failed (down, timed out, changed).
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }

@@ -29,6 +29,8 @@ pub enum Tag {
     Plugins,
     /// Write-only values granted to plugins.
     Secrets,
+    /// Long-lived logged-in plugin instances: open, call, watch, close.
+    Sessions,
 }
 
 #[derive(Debug, Object)]
@@ -286,7 +288,11 @@ impl JobsApi {
 
     /// Change the pool of a job that has one — its resources, per-resource
     /// concurrency and rate — while it runs; the next item that starts follows it.
-    #[oai(path = "/jobs/:id/pool", method = "put", operation_id = "update_job_pool")]
+    #[oai(
+        path = "/jobs/:id/pool",
+        method = "put",
+        operation_id = "update_job_pool"
+    )]
     async fn update_pool(
         &self,
         id: Path<String>,

@@ -8,6 +8,7 @@ mod events;
 mod items;
 mod jobs;
 mod plugins;
+mod sessions;
 mod workers;
 mod ws;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub runtime: Option<Arc<Runtime>>,
     pub artifacts: Artifacts,
     pub secrets: Secrets,
+    /// Sessions (they need the plugin runtime).
+    pub sessions: Option<crate::sessions::Sessions>,
 }
 
 impl AppState {
@@ -50,7 +53,13 @@ impl AppState {
             secrets: store.secrets()?,
             store,
             runtime,
+            sessions: None,
         })
+    }
+
+    pub fn with_sessions(mut self, sessions: crate::sessions::Sessions) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     pub fn tenant(&self) -> &str {
@@ -135,6 +144,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             workers::WorkersApi { state: s() },
             events::EventsApi { state: s() },
             plugins::PluginsApi { state: s() },
+            sessions::SessionsApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),
@@ -155,6 +165,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/metrics", get(metrics))
         .at("/ws", get(ws::feed))
         .at("/ws/jobs/:id", get(ws::job_feed))
+        .at("/ws/sessions/:id/screencast", get(sessions::screencast))
         .nest("/", api)
         .around(limit_body)
         .catch_all_error(error::json_errors)

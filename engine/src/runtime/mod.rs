@@ -589,14 +589,14 @@ fn settle_call(
             error: to_item_error(err, &store.data().host),
             broken: false,
         }),
-        Ok(Ok(Ok(json))) => serde_json::from_str(&store.data().host.redact(&json)).map_err(|e| {
-            CallError {
+        Ok(Ok(Ok(json))) => {
+            serde_json::from_str(&store.data().host.redact(&json)).map_err(|e| CallError {
                 error: ItemError::application(format!(
                     "plugin `{name}` returned a result that is not JSON: {e}"
                 )),
                 broken: false,
-            }
-        }),
+            })
+        }
     }
 }
 

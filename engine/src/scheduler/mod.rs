@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 pub use context::RunContext;
 
 use crate::model::{ItemError, ItemStatus, PoolOptions, RATE_LIMITED, kind};
-use pool::Pools;
 use crate::store::{ClaimRequest, ClaimedItem, Outcome, Store, StoreError};
+use pool::Pools;
 
 /// Runs items. The WebAssembly runtime implements it; so can a test.
 pub trait Executor: Send + Sync + 'static {

@@ -124,9 +124,7 @@ fn check_pool(p: &PoolOptions) -> Result<()> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in p.resources.iter().enumerate() {
-        let ok = !r.is_empty()
-            && r.len() <= 128
-            && r.bytes().all(|b| b.is_ascii_graphic());
+        let ok = !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             return Err(StoreError::Invalid(format!(
                 "options.pool.resources[{i}]: `{r}` must be 1-128 visible ASCII characters"

@@ -11,7 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod gsp;
+pub mod sunat;
 pub mod ultimus;
+pub mod whatsapp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,8 @@ pub struct Knobs {
     /// The next N submissions are saved but answered with a 502 error page, as when
     /// the portal's front end times out after its back end committed.
     pub fail_after_save: u32,
+    /// A session expires this many milliseconds after its login.
+    pub session_ttl_ms: Option<u64>,
 }
 
 /// One logged-in browser session of a portal.
@@ -45,6 +49,7 @@ pub struct Knobs {
 pub struct Session {
     pub user: String,
     pub requests: u32,
+    pub started: Option<std::time::Instant>,
     /// Portal-specific state (selected consultant, cart...).
     pub data: BTreeMap<String, String>,
     pub cart: Vec<(String, u32)>,
@@ -115,6 +120,7 @@ impl Portal {
             sid.clone(),
             Session {
                 user: user.to_owned(),
+                started: Some(std::time::Instant::now()),
                 ..Session::default()
             },
         );
@@ -142,13 +148,18 @@ impl Portal {
     pub fn session(&self, req: &Request) -> Result<(String, Session), Response> {
         let expired = || redirect(&format!("/{}/login?expired=1", self.name));
         let sid = self.sid(req).ok_or_else(expired)?;
-        let limit = self.knobs().session_requests;
+        let knobs = self.knobs();
+        let (limit, ttl) = (knobs.session_requests, knobs.session_ttl_ms);
         let mut sessions = self.sessions.lock().unwrap();
         let Some(s) = sessions.get_mut(&sid) else {
             return Err(expired());
         };
         s.requests += 1;
-        if limit.is_some_and(|l| s.requests > l) {
+        let too_old = ttl.is_some_and(|ms| {
+            s.started
+                .is_some_and(|t| t.elapsed() > Duration::from_millis(ms))
+        });
+        if too_old || limit.is_some_and(|l| s.requests > l) {
             sessions.remove(&sid);
             return Err(expired());
         }
@@ -231,6 +242,8 @@ pub struct Portals {
     pub url: String,
     pub ultimus: Arc<ultimus::Ultimus>,
     pub gsp: Arc<gsp::Gsp>,
+    pub sunat: Arc<sunat::Sunat>,
+    pub whatsapp: Arc<whatsapp::Whatsapp>,
     stop: CancellationToken,
 }
 
@@ -246,6 +259,7 @@ impl Portals {
         let p = match portal {
             "ultimus" => &self.ultimus.portal,
             "gsp" => &self.gsp.portal,
+            "sunat" => &self.sunat.portal,
             other => panic!("no portal {other}"),
         };
         p.submissions.lock().unwrap().clone()
@@ -255,6 +269,7 @@ impl Portals {
         let p = match portal {
             "ultimus" => &self.ultimus.portal,
             "gsp" => &self.gsp.portal,
+            "sunat" => &self.sunat.portal,
             other => panic!("no portal {other}"),
         };
         *p.knobs.lock().unwrap() = knobs;
@@ -265,14 +280,18 @@ impl Portals {
 pub async fn serve(port: u16) -> std::io::Result<Portals> {
     let ultimus = ultimus::Ultimus::new();
     let gsp = gsp::Gsp::new();
+    let sunat = sunat::Sunat::new();
+    let whatsapp = whatsapp::Whatsapp::new();
     let app = poem::Route::new()
         .nest("/ultimus", ultimus::routes(ultimus.clone()))
         .nest("/gsp", gsp::routes(gsp.clone()))
+        .nest("/sunat", sunat::routes(sunat.clone()))
+        .nest("/whatsapp", whatsapp::routes(whatsapp.clone()))
         .at(
             "/",
             poem::endpoint::make_sync(|_| {
                 poem::web::Html(
-                    "<html><body><a href=\"/ultimus/login\">ultimus</a> · <a href=\"/gsp/login\">gsp</a></body></html>",
+                    "<html><body><a href=\"/ultimus/login\">ultimus</a> · <a href=\"/gsp/login\">gsp</a> · <a href=\"/sunat/login\">sunat</a> · whatsapp API at /whatsapp/v1/messages</body></html>",
                 )
             }),
         );
@@ -290,6 +309,8 @@ pub async fn serve(port: u16) -> std::io::Result<Portals> {
         url,
         ultimus,
         gsp,
+        sunat,
+        whatsapp,
         stop,
     })
 }

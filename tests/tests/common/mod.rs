@@ -14,6 +14,7 @@ use faena::model::{Item, Job, JobStatus};
 use faena::runtime::browser::ChromiumSettings;
 use faena::runtime::{Runtime, RuntimeOptions, WasmExecutor};
 use faena::scheduler::{self, SchedulerConfig};
+use faena::sessions::{Sessions, SessionsConfig};
 use faena::store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Engine {
     pub store: Store,
     pub runtime: Arc<Runtime>,
+    pub sessions: Sessions,
     /// `http://127.0.0.1:PORT`
     pub url: String,
     pub shutdown: CancellationToken,
@@ -40,6 +42,16 @@ pub async fn start(
     plugins: BTreeMap<String, PluginConfig>,
     browser: bool,
     concurrency: usize,
+) -> Engine {
+    start_with(plugins, browser, concurrency, Duration::from_secs(3600)).await
+}
+
+/// [`start`], with sessions closing after `session_idle` without a call.
+pub async fn start_with(
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+    concurrency: usize,
+    session_idle: Duration,
 ) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store"), Clock::new())
@@ -68,7 +80,18 @@ pub async fn start(
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(store.clone(), Some(runtime.clone())).unwrap();
+    let sessions = Sessions::start(
+        store.clone(),
+        runtime.clone(),
+        SessionsConfig {
+            idle_timeout: session_idle,
+        },
+    )
+    .await
+    .unwrap();
+    let state = AppState::new(store.clone(), Some(runtime.clone()))
+        .unwrap()
+        .with_sessions(sessions.clone());
     let stop = shutdown.clone();
     tokio::spawn(api::serve(listener, state, async move {
         stop.cancelled().await
@@ -76,6 +99,7 @@ pub async fn start(
     Engine {
         store,
         runtime,
+        sessions,
         url,
         shutdown,
         dir,
@@ -104,6 +128,16 @@ impl Engine {
         let resp = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
         assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
         resp.json().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -1,0 +1,661 @@
+//! Sessions: a long-lived plugin instance with its own browser context, opened by the
+//! plugin's login operation and then called, one call at a time, for as long as it
+//! is used (a tax portal's inbox, listed and downloaded page by page).
+//!
+//! One session is active per tenant, plugin and account: opening it again returns
+//! the active one. A session closes when asked, when it has been idle for the
+//! configured time, when its instance breaks (trap, deadline) or its browser goes
+//! away. Its record is kept in sled; a session that was open when the engine stopped
+//! is marked `lost` at the next start (a portal login does not survive a restart),
+//! with a `session_closed` event saying so.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use poem_openapi::{Enum, Object};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::artifacts::Artifact;
+use crate::clock::wall_ms;
+use crate::model::{ItemError, kind};
+use crate::runtime::browser::SessionPage;
+use crate::runtime::{CallError, Instance, Runtime};
+use crate::store::{Store, StoreError};
+
+mod screencast;
+
+pub use screencast::Frames;
+
+/// The operation that opens a session, unless the request names another.
+pub const LOGIN: &str = "login";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Logging in.
+    Opening,
+    /// Logged in and taking calls.
+    Open,
+    /// Closed by a request, by the idle timeout, or because it broke.
+    Closed,
+    /// The login failed.
+    Failed,
+    /// The engine stopped while it was open: the portal session is gone.
+    Lost,
+}
+
+/// A session as stored and as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct Session {
+    pub id: String,
+    pub tenant: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    /// Whose portal login this is (a RUC and user, say); one active session each.
+    pub account: String,
+    pub state: SessionState,
+    /// Operations a call may name.
+    pub operations: Vec<String>,
+    /// What the login operation returned.
+    pub login: Option<Value>,
+    /// Calls served, the login included.
+    pub calls: u64,
+    /// Milliseconds since the Unix epoch.
+    pub opened_at: i64,
+    pub last_activity: i64,
+    pub closed_at: Option<i64>,
+    /// `closed`, `idle`, `login_failed`, `broken`, `browser_lost`, `lost`.
+    pub close_reason: Option<String>,
+    /// The error that closed or failed it.
+    pub error: Option<ItemError>,
+    /// It closes after this many seconds without a call.
+    pub idle_timeout_secs: u64,
+}
+
+/// What a call returned, and the files it saved.
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct CallResult {
+    pub result: Value,
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The plugin's call failed; the session stays open unless `closed`.
+    #[error("{}", .error.message)]
+    Call { error: ItemError, closed: bool },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+struct Call {
+    operation: String,
+    input: Value,
+    reply: oneshot::Sender<Result<Value, CallError>>,
+}
+
+/// An open session: the channel to the task that owns its instance.
+struct Live {
+    record: Mutex<Session>,
+    calls: mpsc::Sender<Call>,
+    busy: AtomicBool,
+    page: SessionPage,
+    frames: Frames,
+}
+
+type Key = (String, String, String);
+
+struct Inner {
+    store: Store,
+    runtime: Arc<Runtime>,
+    tree: sled::Tree,
+    config: SessionsConfig,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Per tenant + plugin + account: the open lock (two opens of one account wait
+    /// for each other) and the active session's id.
+    accounts: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<String>>>>>,
+    calls_seq: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+impl Sessions {
+    /// Open the sessions of `store`: mark those the last run left open as lost, and
+    /// start closing idle ones.
+    pub async fn start(
+        store: Store,
+        runtime: Arc<Runtime>,
+        config: SessionsConfig,
+    ) -> Result<Sessions, StoreError> {
+        let tree = store.tree("sessions")?;
+        let mut lost = Vec::new();
+        for kv in tree.iter() {
+            let (_, v) = kv?;
+            let mut s: Session = serde_json::from_slice(&v)?;
+            if matches!(s.state, SessionState::Opening | SessionState::Open) {
+                s.state = SessionState::Lost;
+                s.closed_at = Some(wall_ms());
+                s.close_reason = Some("lost".into());
+                lost.push(s);
+            }
+        }
+        for s in &lost {
+            tree.insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
+        }
+        tree.flush_async().await?;
+        for s in lost {
+            warn!(session = %s.id, plugin = %s.plugin, account = %s.account, "session lost: the engine restarted while it was open");
+            store
+                .session_event(
+                    &s.tenant,
+                    kind::SESSION_CLOSED,
+                    &s.id,
+                    json!({"plugin": s.plugin, "account": s.account, "reason": "lost",
+                           "message": "the engine restarted while the session was open; open it again"}),
+                )
+                .await?;
+        }
+        let sessions = Sessions {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                tree,
+                config,
+                live: Mutex::default(),
+                accounts: Mutex::default(),
+                calls_seq: AtomicUsize::new(0),
+            }),
+        };
+        let weak = Arc::downgrade(&sessions.inner);
+        let every = (sessions.inner.config.idle_timeout / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Sessions { inner }.close_idle().await;
+            }
+        });
+        Ok(sessions)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.config.idle_timeout
+    }
+
+    /// Open a session of `plugin` for `account` by running its login operation, or
+    /// return the account's active one. `Ok((session, true))` when newly opened.
+    pub async fn open(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        account: &str,
+        operation: Option<&str>,
+        input: Value,
+    ) -> Result<(Session, bool), SessionError> {
+        if account.is_empty() || account.len() > 128 || account.chars().any(char::is_control) {
+            return Err(SessionError::Invalid(
+                "account: must be 1-128 characters without control characters".into(),
+            ));
+        }
+        let operation = operation.unwrap_or(LOGIN);
+        let meta = self
+            .inner
+            .runtime
+            .registry()
+            .get(plugin, None)
+            .ok_or_else(|| SessionError::Invalid(format!("plugin: `{plugin}` is not installed")))?
+            .meta
+            .clone();
+        let Some(op) = meta.operations.iter().find(|o| o.name == operation) else {
+            return Err(SessionError::Invalid(format!(
+                "operation: plugin `{plugin}` has no operation `{operation}` to open a session with"
+            )));
+        };
+        if !op.not_granted.is_empty() {
+            return Err(SessionError::Invalid(format!(
+                "plugin `{plugin}` operation `{operation}` needs {} — grant it under [plugins.{plugin}]",
+                op.not_granted.join(", ")
+            )));
+        }
+        let key = (tenant.to_owned(), plugin.to_owned(), account.to_owned());
+        let slot = self
+            .inner
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut active = slot.lock().await;
+        if let Some(id) = active.as_ref()
+            && let Some(live) = self.live(id)
+        {
+            let s = live.record.lock().expect("session lock").clone();
+            if s.state == SessionState::Open {
+                return Ok((s, false));
+            }
+        }
+        let id = ulid::Ulid::new().to_string();
+        let page: SessionPage = Arc::default();
+        let instance = self
+            .inner
+            .runtime
+            .open_instance(plugin, tenant, &id, page.clone())
+            .await
+            .map_err(SessionError::Invalid)?;
+        let now = wall_ms();
+        let record = Session {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            plugin_version: meta.version.clone(),
+            account: account.to_owned(),
+            state: SessionState::Opening,
+            operations: meta.operations.iter().map(|o| o.name.clone()).collect(),
+            login: None,
+            calls: 0,
+            opened_at: now,
+            last_activity: now,
+            closed_at: None,
+            close_reason: None,
+            error: None,
+            idle_timeout_secs: self.inner.config.idle_timeout.as_secs(),
+        };
+        self.save(&record).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(serve(instance, rx));
+        let live = Arc::new(Live {
+            record: Mutex::new(record),
+            calls: tx,
+            busy: AtomicBool::new(false),
+            frames: Frames::new(page.clone()),
+            page,
+        });
+        self.inner
+            .live
+            .lock()
+            .expect("live lock")
+            .insert(id.clone(), live.clone());
+        match self.call_live(&live, operation, input).await {
+            Ok(CallResult { result, .. }) => {
+                let s = {
+                    let mut s = live.record.lock().expect("session lock");
+                    s.state = SessionState::Open;
+                    s.login = Some(result);
+                    s.clone()
+                };
+                self.save(&s).await?;
+                *active = Some(id.clone());
+                info!(session = %id, %plugin, %account, "session opened");
+                self.inner
+                    .store
+                    .session_event(
+                        tenant,
+                        kind::SESSION_OPENED,
+                        &id,
+                        json!({"plugin": plugin, "account": account, "operations": s.operations}),
+                    )
+                    .await?;
+                Ok((s, true))
+            }
+            Err(SessionError::Call { error, .. }) => {
+                self.close_live(
+                    &id,
+                    SessionState::Failed,
+                    "login_failed",
+                    Some(error.clone()),
+                )
+                .await?;
+                Err(SessionError::Call {
+                    error,
+                    closed: true,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<Live>> {
+        self.inner.live.lock().expect("live lock").get(id).cloned()
+    }
+
+    /// A session of `tenant`: another tenant's is not found.
+    pub fn get(&self, tenant: &str, id: &str) -> Result<Session, SessionError> {
+        let not_found = || SessionError::NotFound(format!("session `{id}` not found"));
+        if let Some(live) = self.live(id) {
+            let s = live.record.lock().expect("session lock").clone();
+            return if s.tenant == tenant {
+                Ok(s)
+            } else {
+                Err(not_found())
+            };
+        }
+        let raw = self
+            .inner
+            .tree
+            .get(id.as_bytes())
+            .map_err(StoreError::from)?
+            .ok_or_else(not_found)?;
+        let s: Session = serde_json::from_slice(&raw).map_err(StoreError::from)?;
+        if s.tenant != tenant {
+            return Err(not_found());
+        }
+        Ok(s)
+    }
+
+    /// The tenant's sessions, newest first; only open ones when `open_only`.
+    pub fn list(&self, tenant: &str, open_only: bool) -> Result<Vec<Session>, SessionError> {
+        let mut out = Vec::new();
+        for kv in self.inner.tree.iter().rev() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let s = match self.live(&id) {
+                Some(l) => l.record.lock().expect("session lock").clone(),
+                None => serde_json::from_slice(&v).map_err(StoreError::from)?,
+            };
+            if s.tenant == tenant
+                && (!open_only || matches!(s.state, SessionState::Open | SessionState::Opening))
+            {
+                out.push(s);
+            }
+            if out.len() >= 1000 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run `operation` in the session; calls wait for each other.
+    pub async fn invoke(
+        &self,
+        tenant: &str,
+        id: &str,
+        operation: &str,
+        input: Value,
+    ) -> Result<CallResult, SessionError> {
+        let s = self.get(tenant, id)?;
+        let live = match (s.state, self.live(id)) {
+            (SessionState::Open, Some(l)) => l,
+            (state, _) => {
+                return Err(SessionError::Conflict(format!(
+                    "session `{id}` is {}: open a new one",
+                    serde_json::to_value(state)
+                        .expect("serializes")
+                        .as_str()
+                        .unwrap_or("")
+                )));
+            }
+        };
+        if !s.operations.iter().any(|o| o == operation) {
+            return Err(SessionError::Invalid(format!(
+                "operation: plugin `{}` has no operation `{operation}` (it has: {})",
+                s.plugin,
+                s.operations.join(", ")
+            )));
+        }
+        self.call_live(&live, operation, input).await
+    }
+
+    async fn call_live(
+        &self,
+        live: &Arc<Live>,
+        operation: &str,
+        input: Value,
+    ) -> Result<CallResult, SessionError> {
+        let id = live.record.lock().expect("session lock").id.clone();
+        let before = self.inner.store.artifacts()?.for_session(&id)?.len();
+        let (reply, answer) = oneshot::channel();
+        live.busy.store(true, Ordering::Release);
+        self.inner.calls_seq.fetch_add(1, Ordering::Relaxed);
+        let sent = live
+            .calls
+            .send(Call {
+                operation: operation.to_owned(),
+                input,
+                reply,
+            })
+            .await;
+        let out = match sent {
+            Ok(()) => answer.await.ok(),
+            Err(_) => None,
+        };
+        live.busy.store(false, Ordering::Release);
+        let s = {
+            let mut s = live.record.lock().expect("session lock");
+            s.calls += 1;
+            s.last_activity = wall_ms();
+            s.clone()
+        };
+        self.save(&s).await?;
+        let out = out.unwrap_or_else(|| {
+            Err(CallError {
+                error: ItemError::application("the session's instance has stopped"),
+                broken: true,
+            })
+        });
+        match out {
+            Ok(result) => {
+                let artifacts = self.inner.store.artifacts()?.for_session(&id)?;
+                Ok(CallResult {
+                    result,
+                    artifacts: artifacts.into_iter().skip(before).collect(),
+                })
+            }
+            Err(CallError { error, broken }) => {
+                let reason = match (broken, error.code.as_deref()) {
+                    (false, _) => None,
+                    (true, Some(BROWSER_LOST)) => Some(BROWSER_LOST),
+                    (true, _) => Some("broken"),
+                };
+                if let Some(reason) = reason
+                    && s.state == SessionState::Open
+                {
+                    self.close_live(&id, SessionState::Closed, reason, Some(error.clone()))
+                        .await?;
+                }
+                Err(SessionError::Call {
+                    error,
+                    closed: reason.is_some(),
+                })
+            }
+        }
+    }
+
+    /// Close a session of `tenant` on request.
+    pub async fn close(&self, tenant: &str, id: &str) -> Result<Session, SessionError> {
+        let s = self.get(tenant, id)?;
+        if !matches!(s.state, SessionState::Open | SessionState::Opening) {
+            return Ok(s);
+        }
+        self.close_live(id, SessionState::Closed, "closed", None)
+            .await
+    }
+
+    async fn close_live(
+        &self,
+        id: &str,
+        state: SessionState,
+        reason: &str,
+        error: Option<ItemError>,
+    ) -> Result<Session, SessionError> {
+        let Some(live) = self.inner.live.lock().expect("live lock").remove(id) else {
+            return self.get_any(id);
+        };
+        let s = {
+            let mut s = live.record.lock().expect("session lock");
+            s.state = state;
+            s.closed_at = Some(wall_ms());
+            s.close_reason = Some(reason.to_owned());
+            s.error = error;
+            s.clone()
+        };
+        // Dropping the last sender ends the task, which closes the browser context.
+        drop(live);
+        self.save(&s).await?;
+        let key = (s.tenant.clone(), s.plugin.clone(), s.account.clone());
+        let slot = self
+            .inner
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .get(&key)
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut active) = slot.try_lock()
+            && active.as_deref() == Some(id)
+        {
+            *active = None;
+        }
+        info!(session = %id, reason, "session closed");
+        self.inner
+            .store
+            .session_event(
+                &s.tenant,
+                kind::SESSION_CLOSED,
+                id,
+                json!({"plugin": s.plugin, "account": s.account, "reason": reason,
+                       "error": s.error, "calls": s.calls}),
+            )
+            .await?;
+        Ok(s)
+    }
+
+    fn get_any(&self, id: &str) -> Result<Session, SessionError> {
+        let raw = self
+            .inner
+            .tree
+            .get(id.as_bytes())
+            .map_err(StoreError::from)?
+            .ok_or_else(|| SessionError::NotFound(format!("session `{id}` not found")))?;
+        Ok(serde_json::from_slice(&raw).map_err(StoreError::from)?)
+    }
+
+    async fn close_idle(&self) {
+        let idle_ms = self.inner.config.idle_timeout.as_millis() as i64;
+        let now = wall_ms();
+        let expired: Vec<String> = self
+            .inner
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter(|(_, l)| {
+                let s = l.record.lock().expect("session lock");
+                s.state == SessionState::Open
+                    && !l.busy.load(Ordering::Acquire)
+                    && now - s.last_activity >= idle_ms
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Err(e) = self
+                .close_live(&id, SessionState::Closed, "idle", None)
+                .await
+            {
+                warn!(session = %id, error = %e, "could not close an idle session");
+            }
+        }
+    }
+
+    /// A PNG of the session's page now.
+    pub async fn screenshot(&self, tenant: &str, id: &str) -> Result<Vec<u8>, SessionError> {
+        let live = self.open_live(tenant, id)?;
+        let page = live.page.lock().expect("page lock").clone();
+        let page =
+            page.ok_or_else(|| SessionError::Conflict(format!("session `{id}` has no page open")))?;
+        screencast::screenshot(&page)
+            .await
+            .map_err(|e| SessionError::Call {
+                error: ItemError::application(e),
+                closed: false,
+            })
+    }
+
+    /// The live frames of an open session's page, for the screencast.
+    pub fn frames(&self, tenant: &str, id: &str) -> Result<Frames, SessionError> {
+        Ok(self.open_live(tenant, id)?.frames.clone())
+    }
+
+    fn open_live(&self, tenant: &str, id: &str) -> Result<Arc<Live>, SessionError> {
+        let s = self.get(tenant, id)?;
+        match self.live(id) {
+            Some(l) if s.state == SessionState::Open => Ok(l),
+            _ => Err(SessionError::Conflict(format!(
+                "session `{id}` is not open"
+            ))),
+        }
+    }
+
+    /// The files the session's calls saved.
+    pub fn artifacts(&self, tenant: &str, id: &str) -> Result<Vec<Artifact>, SessionError> {
+        self.get(tenant, id)?;
+        Ok(self.inner.store.artifacts()?.for_session(id)?)
+    }
+
+    async fn save(&self, s: &Session) -> Result<(), StoreError> {
+        self.inner
+            .tree
+            .insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
+        self.inner.tree.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// The task that owns a session's instance: one call at a time, until every sender
+/// is gone; then the browser context is closed.
+async fn serve(mut instance: Instance, mut calls: mpsc::Receiver<Call>) {
+    let mut n = 0u64;
+    while let Some(call) = calls.recv().await {
+        n += 1;
+        let out = instance
+            .call(&call.operation, &call.input, &n.to_string())
+            .await;
+        let out = match out {
+            Err(mut e) if instance.browser_dead() => {
+                e.error.message = format!("the browser went away: {}", e.error.message);
+                e.error.code = Some(BROWSER_LOST.into());
+                e.broken = true;
+                Err(e)
+            }
+            o => o,
+        };
+        let broken = matches!(&out, Err(CallError { broken: true, .. }));
+        let _ = call.reply.send(out);
+        if broken {
+            break;
+        }
+    }
+    instance.close().await;
+}
+
+/// The close reason (and error code) of a session whose browser went away.
+const BROWSER_LOST: &str = "browser_lost";
