@@ -11,10 +11,13 @@
 //!   queues and leases. Each change appends its events in the same batch.
 //! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
 //!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
-//!   which decides retries with backoff, review or failure.
+//!   which decides retries with backoff, review or failure. A job with a pool runs each
+//!   item on one of its resources ([`scheduler::pool`]).
 //! - [`runtime`]: the wasmtime host that runs each item in a fresh instance of its
 //!   plugin's component, with the capabilities it is granted (`host`, `browser` on one
 //!   Chromium with a context per item, `http` to allowlisted hosts).
+//! - [`sessions`]: long-lived plugin instances with their own browser context, opened
+//!   by a login operation and called one call at a time.
 //! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and
 //!   column.
 //! - [`model`]: jobs, items, events and the legal status transitions.

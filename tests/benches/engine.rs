@@ -61,6 +61,7 @@ fn job(plugin: &str, n: usize) -> NewJob {
         operation: "run".into(),
         name: None,
         options: JobOptions::default(),
+        input: None,
         start: true,
         items: (0..n)
             .map(|i| NewItem {
@@ -475,6 +476,76 @@ async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64
     (per_minute, stages)
 }
 
+/// Messages per second of a whatsapp bulk send through the whole engine, over
+/// `devices` devices of the gateway simulator (each sends one message at a time and
+/// takes `latency_ms` per message).
+async fn bulk_send(messages: usize, devices: usize, latency_ms: u64) -> f64 {
+    use faena_tests::portals::{self, whatsapp};
+    let portals = portals::serve(0).await.unwrap();
+    portals.whatsapp.set_knobs(whatsapp::WaKnobs {
+        latency_ms,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let grants = BTreeMap::from([(
+        "whatsapp".to_owned(),
+        PluginConfig {
+            http_hosts: Some(vec![portals.url.trim_start_matches("http://").to_owned()]),
+            secrets: Some(vec!["whatsapp_token".into()]),
+            settings: Some(BTreeMap::from([(
+                "api_url".into(),
+                format!("{}/whatsapp", portals.url),
+            )])),
+            ..Default::default()
+        },
+    )]);
+    let rt = runtime(dir.path(), &store, grants, false).await;
+    store
+        .secrets()
+        .unwrap()
+        .set("default", "whatsapp_token", whatsapp::TOKEN)
+        .unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency: 32 },
+        stop.clone(),
+    ));
+    let version = rt.version_for_new_job("whatsapp", "send").unwrap();
+    let mut new = job("whatsapp", 0);
+    new.operation = "send".into();
+    new.input = Some(json!({"text": "Su pedido llega el lunes."}));
+    new.items = (0..messages)
+        .map(|i| NewItem {
+            input: json!({"phone": format!("+5197{i:06}1")}),
+            reference: None,
+        })
+        .collect();
+    new.options.pool = Some(faena::model::PoolOptions {
+        resources: (1..=devices).map(|d| format!("dev-{d}")).collect(),
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    let j = store.create_job("default", new, version).await.unwrap();
+    loop {
+        let now = store.job(&j.id).unwrap();
+        if now.status == JobStatus::Completed {
+            assert_eq!(now.counts.succeeded, messages as u64, "{now:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = messages as f64 / t0.elapsed().as_secs_f64();
+    assert_eq!(portals.whatsapp.per_phone().len(), messages);
+    stop.cancel();
+    dispatcher.await.unwrap();
+    drop(rt);
+    store.close().await;
+    rate
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -589,6 +660,32 @@ fn main() {
                 fresh.iter().map(|s| s * 1000.0).collect(),
             );
             row("browser: fresh browser / fresh context", "ratio", ratio);
+        }
+        if want("whatsapp") {
+            for latency in [20, 0] {
+                let mut by_devices = Vec::new();
+                for devices in [1, 5] {
+                    let v = futures_vec(n, || bulk_send(2_000, devices, latency)).await;
+                    row(
+                        &format!(
+                            "whatsapp: 2,000 messages, {devices} device(s), {latency} ms each"
+                        ),
+                        "msg/s",
+                        v.clone(),
+                    );
+                    by_devices.push(v);
+                }
+                let ratio: Vec<f64> = by_devices[1]
+                    .iter()
+                    .zip(&by_devices[0])
+                    .map(|(five, one)| five / one)
+                    .collect();
+                row(
+                    &format!("whatsapp: 5 devices / 1 device, {latency} ms each"),
+                    "ratio",
+                    ratio,
+                );
+            }
         }
         if want("gsp") {
             for concurrency in [1, 2, 4] {

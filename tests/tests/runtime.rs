@@ -26,6 +26,7 @@ async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
         .create_job(
             "default",
             NewJob {
+                input: None,
                 plugin: "probe".into(),
                 operation: operation.into(),
                 name: None,
@@ -326,6 +327,7 @@ async fn a_dead_browser_is_replaced_and_the_item_retried() {
         .create_job(
             "default",
             NewJob {
+                input: None,
                 plugin: "probe".into(),
                 operation: "form".into(),
                 name: None,

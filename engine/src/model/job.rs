@@ -21,27 +21,38 @@ pub enum FailurePolicy {
 }
 
 /// Scheduling options of a job. Every field has a default, so `{}` is valid.
+// Defaults per field (not for the whole struct): an absent pool has no default value
+// to publish in the spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(default)]
 #[serde(default)]
 pub struct JobOptions {
     /// Higher runs first across jobs of the same plugin.
+    #[oai(default)]
     pub priority: i32,
     /// At most this many items of this job run at once (0: no per-job limit).
+    #[oai(default)]
     pub concurrency: u32,
     /// Attempts per item, the first included; application errors are retried until then.
-    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    #[oai(
+        default = "defaults::max_attempts",
+        validator(minimum(value = "1"), maximum(value = "100"))
+    )]
     pub max_attempts: u32,
     /// First retry delay in milliseconds; each next one doubles, with jitter.
+    #[oai(default = "defaults::backoff_ms")]
     pub backoff_ms: u64,
     /// Longest retry delay in milliseconds.
+    #[oai(default = "defaults::max_backoff_ms")]
     pub max_backoff_ms: u64,
+    #[oai(default)]
     pub on_failure: FailurePolicy,
     /// How long a worker's lease on an item lasts without a heartbeat, in milliseconds.
-    #[oai(validator(minimum(value = "100")))]
+    #[oai(default = "defaults::lease_ms", validator(minimum(value = "100")))]
     pub lease_ms: u64,
     /// Spread the items over these resources (sending devices, accounts), each with
     /// its own concurrency and rate limit.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolOptions>,
 }
 
@@ -87,6 +98,21 @@ pub struct ResourceUse {
     pub failed: u64,
     /// Runs it refused as rate limited.
     pub rate_limited: u64,
+}
+
+mod defaults {
+    pub fn max_attempts() -> u32 {
+        super::JobOptions::default().max_attempts
+    }
+    pub fn backoff_ms() -> u64 {
+        super::JobOptions::default().backoff_ms
+    }
+    pub fn max_backoff_ms() -> u64 {
+        super::JobOptions::default().max_backoff_ms
+    }
+    pub fn lease_ms() -> u64 {
+        super::JobOptions::default().lease_ms
+    }
 }
 
 impl JobOptions {

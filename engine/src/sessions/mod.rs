@@ -10,7 +10,7 @@
 //! with a `session_closed` event saying so.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,7 +123,8 @@ struct Call {
 struct Live {
     record: Mutex<Session>,
     calls: mpsc::Sender<Call>,
-    busy: AtomicBool,
+    /// Calls sent and not answered yet.
+    busy: AtomicUsize,
     page: SessionPage,
     frames: Frames,
 }
@@ -139,7 +140,6 @@ struct Inner {
     /// Per tenant + plugin + account: the open lock (two opens of one account wait
     /// for each other) and the active session's id.
     accounts: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<String>>>>>,
-    calls_seq: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -191,7 +191,6 @@ impl Sessions {
                 config,
                 live: Mutex::default(),
                 accounts: Mutex::default(),
-                calls_seq: AtomicUsize::new(0),
             }),
         };
         let weak = Arc::downgrade(&sessions.inner);
@@ -296,7 +295,7 @@ impl Sessions {
         let live = Arc::new(Live {
             record: Mutex::new(record),
             calls: tx,
-            busy: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             frames: Frames::new(page.clone()),
             page,
         });
@@ -434,8 +433,7 @@ impl Sessions {
         let id = live.record.lock().expect("session lock").id.clone();
         let before = self.inner.store.artifacts()?.for_session(&id)?.len();
         let (reply, answer) = oneshot::channel();
-        live.busy.store(true, Ordering::Release);
-        self.inner.calls_seq.fetch_add(1, Ordering::Relaxed);
+        live.busy.fetch_add(1, Ordering::AcqRel);
         let sent = live
             .calls
             .send(Call {
@@ -448,7 +446,7 @@ impl Sessions {
             Ok(()) => answer.await.ok(),
             Err(_) => None,
         };
-        live.busy.store(false, Ordering::Release);
+        live.busy.fetch_sub(1, Ordering::AcqRel);
         let s = {
             let mut s = live.record.lock().expect("session lock");
             s.calls += 1;
@@ -571,7 +569,7 @@ impl Sessions {
             .filter(|(_, l)| {
                 let s = l.record.lock().expect("session lock");
                 s.state == SessionState::Open
-                    && !l.busy.load(Ordering::Acquire)
+                    && l.busy.load(Ordering::Acquire) == 0
                     && now - s.last_activity >= idle_ms
             })
             .map(|(id, _)| id.clone())

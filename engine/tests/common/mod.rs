@@ -85,6 +85,7 @@ impl Engine {
 
 pub fn new_job(plugin: &str, inputs: Vec<serde_json::Value>) -> NewJob {
     NewJob {
+        input: None,
         plugin: plugin.into(),
         operation: "run".into(),
         name: None,

@@ -47,7 +47,7 @@ pub fn message(id: u32) -> Option<(String, String, String)> {
     let subject = format!("{kind} N° 0{:08}", 23_000_000 + id * 37);
     let day = 28 - (id % 28);
     let date = format!("2026-{:02}-{day:02}", 11 - (id / 28));
-    let file = if id % 2 == 0 {
+    let file = if id.is_multiple_of(2) {
         format!("notificacion-{id:03}.pdf")
     } else {
         format!("notificacion-{id:03}.zip")
@@ -145,7 +145,7 @@ pub fn zip(name: &str, content: &[u8]) -> Vec<u8> {
 /// The attachment of notice `id`: its name, content type and bytes.
 pub fn attachment(id: u32) -> Option<(String, &'static str, Vec<u8>)> {
     let (subject, _, file) = message(id)?;
-    Some(if id % 2 == 0 {
+    Some(if id.is_multiple_of(2) {
         (file, "application/pdf", pdf(id, &subject))
     } else {
         let inner = pdf(id, &subject);
