@@ -29,6 +29,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod import;
 pub mod metrics;
 pub mod model;

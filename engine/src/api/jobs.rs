@@ -72,6 +72,8 @@ pub struct ImportForm {
     pub reference: Option<String>,
     /// Column renames as JSON text: `{"Codigo": "product_code"}`.
     pub mapping: Option<String>,
+    /// Fields every item's input gets, as JSON text: `{"text": "…"}`.
+    pub input: Option<String>,
 }
 
 pub struct JobsApi {
@@ -158,7 +160,10 @@ impl JobsApi {
             operation,
             name: form.name.or(Some(file_name)),
             options,
-            input: None,
+            input: match json_field("input", &form.input)? {
+                serde_json::Value::Null => None,
+                v => Some(v),
+            },
             start: form.start.unwrap_or(true),
             items,
         };

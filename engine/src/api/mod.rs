@@ -167,6 +167,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/ws/jobs/:id", get(ws::job_feed))
         .at("/ws/sessions/:id/screencast", get(sessions::screencast))
         .nest("/", api)
+        .around(crate::dashboard::serve)
         .around(limit_body)
         .catch_all_error(error::json_errors)
         .data(state)
