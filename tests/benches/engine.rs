@@ -50,9 +50,30 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Print a row; with `FAENA_BENCH_JSON=FILE`, also append it to FILE as a JSON line
+/// (`bench/compare.py` reads them for its side-by-side table).
 fn row(what: &str, unit: &str, values: Vec<f64>) {
+    if let Ok(path) = std::env::var("FAENA_BENCH_JSON") {
+        use std::io::Write;
+        let line = json!({"name": what, "unit": unit, "values": values});
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("FAENA_BENCH_JSON={path}: {e}"));
+        writeln!(f, "{line}").unwrap();
+    }
     let (min, med, max) = stats(values);
     println!("{what:<58} {min:>11.1} {med:>11.1} {max:>11.1}  {unit}");
+}
+
+/// Single-item jobs per second in the enqueue→start measurement
+/// (`FAENA_BENCH_LATENCY_RATE`, default 500).
+fn latency_rate() -> u64 {
+    std::env::var("FAENA_BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
 }
 
 fn job(plugin: &str, n: usize) -> NewJob {
@@ -609,12 +630,15 @@ fn main() {
             let mut p50 = Vec::new();
             let mut p99 = Vec::new();
             for _ in 0..n {
-                let mut lat = enqueue_to_start(2_000, 500).await;
+                let mut lat = enqueue_to_start(2_000, latency_rate()).await;
                 p50.push(percentile(&mut lat, 0.50));
                 p99.push(percentile(&mut lat, 0.99));
             }
             row(
-                "engine: enqueue→start p50 (single-item jobs at 500/s)",
+                &format!(
+                    "engine: enqueue→start p50 (single-item jobs at {}/s)",
+                    latency_rate()
+                ),
                 "ms",
                 p50,
             );
