@@ -93,7 +93,7 @@ async def main():
                   "--disable-sync", "--disable-quic", "--no-first-run"],
         )
         # One warm-up order, as the faena benchmark does (the launch is not counted).
-        await place(browser, a.portal, *order(19_000 + a.offset))
+        await place(browser, a.portal, *order(19_000))
         sem = asyncio.Semaphore(a.concurrency)
 
         async def one(i):
