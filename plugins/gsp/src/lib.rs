@@ -4,8 +4,8 @@
 //! cycle, open the cart, add each product, confirm. Each stage is a checkpoint
 //! (`login_ok`, `consultant_selected`, `cycle_selected`, `cart_open`,
 //! `products_added`, `completed`). The order carries the item's idempotency key in
-//! its note, so a retry after `products_added` looks the order up in the portal's
-//! list before confirming again: an order is never placed twice.
+//! its note, so every retry looks the order up in the portal's list before placing it
+//! again: an order is never placed twice.
 //!
 //! Settings: `portal_url` (e.g. `http://127.0.0.1:8090`), optional `cycle`.
 //! Secrets: `gsp_supervisor`, `gsp_password`.
@@ -147,11 +147,12 @@ fn place(order: &Order, ctx: &Context) -> Result<Value> {
             "recovered": recovered,
         })
     };
-    let after_products = ctx
-        .last_checkpoint
-        .as_ref()
-        .is_some_and(|c| c.name == "products_added" || c.name == "completed");
-    if after_products && let Some(id) = placed_order(&page, base, order, &ctx.idempotency_key)? {
+    // Any retry looks first: an earlier attempt may have confirmed the order, and the
+    // last checkpoint alone cannot tell (a retry that failed before getting as far
+    // records earlier steps after it).
+    if ctx.attempt > 1
+        && let Some(id) = placed_order(&page, base, order, &ctx.idempotency_key)?
+    {
         step("completed", Some(&id))?;
         let cycle = order.cycle.clone().unwrap_or_default();
         return Ok(result(&id, &cycle, true));

@@ -4,8 +4,8 @@
 //! currency, description, lines), send it and capture the request and incident ids.
 //! A refusal by the portal (an unknown supplier, say) is a business error: with the
 //! job's `on_failure: review` the item waits in `needs_review` with the portal's
-//! message until an operator fixes it and queues it again. A retry after the form
-//! was sent first looks the order number up in the portal, so it is never sent twice.
+//! message until an operator fixes it and queues it again. Every retry first looks the
+//! order number up in the portal, so an order is never sent twice.
 //!
 //! Settings: `portal_url`. Secrets: `ultimus_user`, `ultimus_password`.
 
@@ -121,12 +121,10 @@ fn submit(po: &PurchaseOrder, ctx: &Context) -> Result<Value> {
     }
     step("logged_in", None)?;
 
-    // An earlier attempt that got as far as sending may have got through.
-    if ctx
-        .last_checkpoint
-        .as_ref()
-        .is_some_and(|c| c.name == "sending")
-    {
+    // An earlier attempt may have got through. Every retry looks: the last checkpoint
+    // alone cannot tell, since a retry that failed before `sending` records earlier
+    // steps after it.
+    if ctx.attempt > 1 {
         page.goto(&format!("{base}/ultimus/requests?reference={}", po.number))?;
         arrive(&page, &["requests"])?;
         let found = page.evaluate(&format!(
