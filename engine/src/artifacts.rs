@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Result, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Artifact {
     pub id: String,
     pub tenant: String,

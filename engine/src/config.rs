@@ -24,6 +24,16 @@ pub struct FileConfig {
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
     pub sessions: Option<SessionsFileConfig>,
+    pub api: Option<ApiFileConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFileConfig {
+    /// Requests per second each API key may make, on average (default 100).
+    pub rate_limit_per_sec: Option<f64>,
+    /// Requests a key may make at once above that rate (default twice the rate).
+    pub rate_limit_burst: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +95,8 @@ pub struct Config {
     pub secrets: BTreeMap<String, String>,
     /// Sessions close after this long without a call.
     pub session_idle_timeout: std::time::Duration,
+    /// Per-key request rate of the API.
+    pub rate_limit: crate::auth::RateLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +106,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
     #[error("config file {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -128,7 +142,18 @@ impl Config {
                 })?
             }
         };
+        let api = file_cfg.api.unwrap_or_default();
+        let per_sec = api.rate_limit_per_sec.unwrap_or(100.0);
+        let burst = api.rate_limit_burst.unwrap_or(2.0 * per_sec);
+        if !(per_sec.is_finite() && per_sec > 0.0 && burst.is_finite() && burst >= 1.0) {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: "[api] rate_limit_per_sec must be above 0 and rate_limit_burst at least 1"
+                    .into(),
+            });
+        }
         Ok(Config {
+            rate_limit: crate::auth::RateLimit { per_sec, burst },
             data_dir: over
                 .data_dir
                 .or(file_cfg.data_dir)

@@ -21,11 +21,13 @@
 //! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and
 //!   column.
 //! - [`model`]: jobs, items, events and the legal status transitions.
+//! - [`auth`]: API keys (hashed), tenants, roles and per-key rate limits.
 //! - [`metrics`], [`clock`]: Prometheus counters; wall time that follows tokio's clock.
 //! - [`cli`], [`config`]: the `faena` command line and its configuration.
 
 pub mod api;
 pub mod artifacts;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

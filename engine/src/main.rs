@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use faena::api::{self, AppState};
 use faena::cli::{Cli, Command, LogFormat, ServeArgs};
@@ -39,7 +39,10 @@ async fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Jobs { server, command } => faena::cli::run_jobs(&server, command)
+        Command::Jobs { remote, command } => faena::cli::run_jobs(&remote.client(), command)
+            .await
+            .map_err(Into::into),
+        Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),
     };
@@ -100,7 +103,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let state = AppState::new(store.clone(), Some(runtime.clone()))?.with_sessions(sessions);
+    let state = AppState::new(store.clone(), Some(runtime.clone()))?
+        .with_sessions(sessions)
+        .with_rate_limit(config.rate_limit);
+    if let Some(path) = state
+        .auth
+        .keys
+        .bootstrap(&config.data_dir, store.clock().now_ms())?
+    {
+        warn!(
+            path = %path.display(),
+            "created the first admin key (tenant `default`); it is in {}: send it as `Authorization: Bearer <key>` and create others with POST /api/v1/keys",
+            path.display()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;

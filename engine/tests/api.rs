@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use faena::api::{self, AppState};
+use faena::auth::Role;
 use poem::http::StatusCode;
 use poem::test::TestClient;
 use serde_json::{Value, json};
@@ -14,10 +15,26 @@ struct Api {
 }
 
 impl Api {
+    /// The API as an admin of the `default` tenant.
     fn new(state: AppState) -> Self {
+        let (_, key) = state
+            .auth
+            .keys
+            .create("default", Role::Admin, "tests", 0)
+            .unwrap();
+        Api::with_key(state, &key)
+    }
+
+    /// The API as the holder of `key` (empty: no key at all).
+    fn with_key(state: AppState, key: &str) -> Self {
         let ep = poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(api::app(state)));
+        let cli = TestClient::new(ep);
         Api {
-            cli: TestClient::new(ep),
+            cli: if key.is_empty() {
+                cli
+            } else {
+                cli.default_header("authorization", format!("Bearer {key}"))
+            },
         }
     }
 
@@ -680,5 +697,391 @@ async fn one_request_creates_100k_items() {
         ))
         .await;
     assert_eq!(last["reference"], "99999");
+    e.stop().await;
+}
+
+async fn revoke(api: &Api, id: &str) -> (StatusCode, Value) {
+    api.send(api.cli.delete(format!("/api/v1/keys/{id}"))).await
+}
+
+/// Every route but `/health` and the API description needs a key; each role may do
+/// what it should and no more; keys are created, listed and revoked by admins.
+#[tokio::test]
+async fn keys_and_roles_guard_every_route() {
+    let e = engine(None, 1).await;
+    let state = AppState::new(e.store.clone(), None).unwrap();
+    let keys = state.auth.keys.clone();
+    let key = |tenant: &str, role| keys.create(tenant, role, "t", 0).unwrap().1;
+    let as_key = |k: &str| Api::with_key(state.clone(), k);
+    let anonymous = as_key("");
+
+    // No key: 401 with the scheme named, except the public routes.
+    let resp = anonymous.cli.get("/api/v1/jobs").send().await;
+    resp.assert_status(StatusCode::UNAUTHORIZED);
+    resp.assert_header("www-authenticate", "Bearer");
+    for path in ["/api/v1/jobs", "/metrics", "/ws", "/api/v1/keys"] {
+        assert_error(
+            &anonymous.get(path).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "API key",
+        );
+    }
+    assert_eq!(anonymous.get("/health").await.0, StatusCode::OK);
+    assert_eq!(anonymous.get("/openapi.json").await.0, StatusCode::OK);
+    for bad in ["fk_k000000000000_00", "Basic abc", "nonsense"] {
+        assert_error(
+            &as_key(bad).get("/api/v1/jobs").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or was revoked",
+        );
+    }
+
+    // A viewer reads; it may not create.
+    let viewer = as_key(&key("default", Role::Viewer));
+    assert_eq!(viewer.get("/api/v1/jobs").await.0, StatusCode::OK);
+    let job = json!({"plugin": "ext", "items": [{"input": 1}]});
+    assert_error(
+        &viewer.post("/api/v1/jobs", job.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "operator",
+    );
+    // An operator runs jobs; secrets, keys and plugins are for admins.
+    let operator = as_key(&key("default", Role::Operator));
+    assert_eq!(
+        operator.post("/api/v1/jobs", job.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let put_secret = operator
+        .send(
+            operator
+                .cli
+                .put("/api/v1/secrets/portal_password")
+                .body_json(&json!({"value": "s3cret"})),
+        )
+        .await;
+    assert_error(&put_secret, StatusCode::FORBIDDEN, "forbidden", "admin");
+    assert_error(
+        &operator
+            .post("/api/v1/keys", json!({"name": "x", "role": "admin"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "admin",
+    );
+    assert_eq!(
+        e.store.keys().unwrap().list(None).unwrap().len(),
+        2,
+        "nothing written"
+    );
+
+    // An admin of another tenant manages its own tenant only, and installs no plugins.
+    let acme_admin = as_key(&key("acme", Role::Admin));
+    assert_error(
+        &acme_admin
+            .post(
+                "/api/v1/keys",
+                json!({"name": "x", "role": "viewer", "tenant": "default"}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "tenant `default`",
+    );
+    let install = acme_admin
+        .send(
+            acme_admin
+                .cli
+                .post("/api/v1/plugins")
+                .content_type("application/wasm")
+                .body(b"\0asm".to_vec()),
+        )
+        .await;
+    assert_error(
+        &install,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "`default` tenant",
+    );
+    assert_error(
+        &acme_admin.get("/metrics").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "every tenant",
+    );
+    assert_eq!(viewer.get("/metrics").await.0, StatusCode::OK);
+    let (st, made) = acme_admin
+        .post(
+            "/api/v1/keys",
+            json!({"name": "acme robot", "role": "operator"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{made}");
+    assert_eq!(made["key"]["tenant"], "acme");
+    let (_, listed) = acme_admin.get("/api/v1/keys").await;
+    let tenants: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "acme"], "{listed}");
+    assert!(
+        listed.to_string().find("fk_").is_none(),
+        "no token is ever listed"
+    );
+
+    // The engine's admin creates a key for a tenant, which works until revoked.
+    let root_key = key("default", Role::Admin);
+    let root = as_key(&root_key);
+    let (st, made) = root
+        .post(
+            "/api/v1/keys",
+            json!({"name": "globex viewer", "role": "viewer", "tenant": "globex"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{made}");
+    let token = made["token"].as_str().unwrap();
+    let id = made["key"]["id"].as_str().unwrap();
+    assert_eq!(as_key(token).get("/api/v1/jobs").await.0, StatusCode::OK);
+    let (st, listed) = root.get("/api/v1/keys").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 6, "{listed}");
+    assert_error(
+        &root
+            .post("/api/v1/keys", json!({"name": "x", "role": "owner"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "role",
+    );
+    assert_error(
+        &root
+            .post(
+                "/api/v1/keys",
+                json!({"name": "x", "role": "viewer", "tenant": "Not A Tenant"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "tenant",
+    );
+    assert_eq!(revoke(&root, id).await.0, StatusCode::NO_CONTENT);
+    assert_error(
+        &as_key(token).get("/api/v1/jobs").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "revoked",
+    );
+    // Another tenant's admin cannot see or revoke the engine's keys.
+    let root_id = root_key.split('_').nth(1).unwrap();
+    assert_eq!(revoke(&acme_admin, root_id).await.0, StatusCode::NOT_FOUND);
+    assert_error(
+        &revoke(&root, root_id).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "itself",
+    );
+
+    // The API description tells generated clients to send the key.
+    let (_, spec) = anonymous.get("/openapi.json").await;
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(spec["security"], json!([{"bearer": []}]));
+    assert_eq!(spec["paths"]["/health"]["get"]["security"], json!([]));
+    assert!(spec["paths"]["/api/v1/jobs"]["post"]["responses"]["429"].is_object());
+    e.stop().await;
+}
+
+/// A tenant's key sees and touches nothing of another tenant: jobs, items, events,
+/// artifacts, secrets and the worker queue.
+#[tokio::test]
+async fn a_tenant_sees_nothing_of_another() {
+    let e = engine(None, 1).await;
+    let state = AppState::new(e.store.clone(), None).unwrap();
+    let key = |tenant: &str| {
+        state
+            .auth
+            .keys
+            .create(tenant, Role::Admin, "t", 0)
+            .unwrap()
+            .1
+    };
+    let ours = Api::with_key(state.clone(), &key("default"));
+    let theirs = Api::with_key(state.clone(), &key("acme"));
+
+    let (_, job) = ours
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": {"n": 1}, "reference": "OC-1"}]}),
+        )
+        .await;
+    let jid = job["id"].as_str().unwrap().to_owned();
+    let (_, items) = ours.get(&format!("/api/v1/jobs/{jid}/items")).await;
+    let iid = items["items"][0]["id"].as_str().unwrap().to_owned();
+    let artifact = state
+        .artifacts
+        .save(
+            faena::artifacts::Artifact {
+                id: String::new(),
+                tenant: "default".into(),
+                job_id: Some(jid.clone()),
+                item_id: Some(iid.clone()),
+                session_id: None,
+                name: "receipt.txt".into(),
+                content_type: "text/plain".into(),
+                size: 0,
+                created_at: 0,
+            },
+            b"ours".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ours.get(&format!("/api/v1/artifacts/{}", artifact.id))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let put = ours
+        .cli
+        .put("/api/v1/secrets/portal_password")
+        .body_json(&json!({"value": "s3cret"}));
+    assert_eq!(ours.send(put).await.0, StatusCode::NO_CONTENT);
+
+    // Reads: 404 for what is named, empty lists for the rest.
+    for path in [
+        format!("/api/v1/jobs/{jid}"),
+        format!("/api/v1/jobs/{jid}/items"),
+        format!("/api/v1/items/{iid}"),
+        format!("/api/v1/items/{iid}/artifacts"),
+        format!("/api/v1/artifacts/{}", artifact.id),
+    ] {
+        assert_error(
+            &theirs.get(&path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "not found",
+        );
+    }
+    let (_, jobs) = theirs.get("/api/v1/jobs").await;
+    assert_eq!(jobs["jobs"], json!([]));
+    let (_, queued) = theirs.get("/api/v1/items?status=queued").await;
+    assert_eq!(queued["items"], json!([]));
+    let (_, events) = theirs.get("/api/v1/events").await;
+    assert_eq!(events["events"], json!([]), "{events}");
+    let (_, secrets) = theirs.get("/api/v1/secrets").await;
+    assert_eq!(secrets["names"], json!([]));
+
+    // Writes: 404, and nothing changes.
+    for path in [
+        format!("/api/v1/jobs/{jid}/cancel"),
+        format!("/api/v1/jobs/{jid}/pause"),
+        format!("/api/v1/items/{iid}/retry"),
+    ] {
+        assert_eq!(
+            theirs.post(&path, json!({})).await.0,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        theirs
+            .post(
+                &format!("/api/v1/items/{iid}/transition"),
+                json!({"to": "cancelled"})
+            )
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_error(
+        &theirs
+            .post(
+                "/api/v1/events",
+                json!({"type": "note", "job_id": jid, "data": {}}),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "job",
+    );
+    let (st, claimed) = theirs
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "acme-1", "lease_ms": 5000}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["items"], json!([]), "another tenant's item");
+    let job_now = e.store.job(&jid).unwrap();
+    assert_eq!(job_now.counts.queued, 1, "untouched: {job_now:?}");
+
+    // Their own job is theirs alone.
+    let (st, mine) = theirs
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": 2}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(mine["tenant"], "acme");
+    let (_, listed) = ours.get("/api/v1/jobs").await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["jobs"][0]["id"], jid.as_str());
+    let (_, events) = theirs.get("/api/v1/events").await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|ev| ev["job_id"] == mine["id"]),
+        "{events}"
+    );
+    e.stop().await;
+}
+
+/// Over its rate a key gets 429 with `Retry-After`; other keys go on.
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let e = engine(None, 1).await;
+    let state = AppState::new(e.store.clone(), None)
+        .unwrap()
+        .with_rate_limit(faena::auth::RateLimit {
+            per_sec: 0.5,
+            burst: 3.0,
+        });
+    let key = |name: &str| {
+        state
+            .auth
+            .keys
+            .create("default", Role::Viewer, name, 0)
+            .unwrap()
+            .1
+    };
+    let busy = Api::with_key(state.clone(), &key("busy"));
+    let calm = Api::with_key(state.clone(), &key("calm"));
+    for _ in 0..3 {
+        assert_eq!(busy.get("/api/v1/jobs").await.0, StatusCode::OK);
+    }
+    let resp = busy.cli.get("/api/v1/jobs").send().await;
+    resp.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.0.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: Value =
+        serde_json::from_str(&resp.0.into_body().into_string().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["message"].as_str().unwrap().contains("retry after"));
+    assert_eq!(calm.get("/api/v1/jobs").await.0, StatusCode::OK);
+    // The public routes are not counted.
+    assert_eq!(busy.get("/health").await.0, StatusCode::OK);
     e.stop().await;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use faena::api::{self, AppState};
+use faena::auth::Role;
 use faena::model::JobStatus;
 use faena::store::{EventFilter, JobAction, Outcome};
 use futures_util::{SinkExt, StreamExt};
@@ -15,16 +16,37 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn serve(e: &Engine) -> String {
+/// The API of `e` on a 127.0.0.1 listener, and a viewer key of the `default` tenant.
+struct Server {
+    base: String,
+    key: String,
+}
+
+impl Server {
+    /// `ws://…{path}` with the key.
+    fn at(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{}{path}{sep}token={}", self.base, self.key)
+    }
+}
+
+async fn serve(e: &Engine) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = e.shutdown.clone();
-    tokio::spawn(api::serve(
-        listener,
-        AppState::new(e.store.clone(), None).unwrap(),
-        async move { shutdown.cancelled().await },
-    ));
-    format!("ws://{addr}")
+    let state = AppState::new(e.store.clone(), None).unwrap();
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", Role::Viewer, "feed tests", 0)
+        .unwrap();
+    tokio::spawn(api::serve(listener, state, async move {
+        shutdown.cancelled().await
+    }));
+    Server {
+        base: format!("ws://{addr}"),
+        key,
+    }
 }
 
 async fn connect(url: &str) -> Ws {
@@ -63,7 +85,7 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
     new.start = false;
     let job = e.store.create_job("default", new, None).await.unwrap();
 
-    let mut ws = connect(&format!("{url}/ws")).await;
+    let mut ws = connect(&url.at("/ws")).await;
     send(
         &mut ws,
         json!({"type": "subscribe", "jobs": [job.id], "after": 0}),
@@ -79,7 +101,7 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
     drop(ws); // gone mid-job
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = *got.last().unwrap();
-    let mut ws = connect(&format!("{url}/ws")).await;
+    let mut ws = connect(&url.at("/ws")).await;
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(next_json(&mut ws).await["type"], "pong");
     send(
@@ -113,7 +135,7 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
     assert_eq!(got, stored, "every event of the job exactly once, in order");
     assert_eq!(e.store.job(&job.id).unwrap().status, JobStatus::Completed);
     // The one-job shorthand replays the same history.
-    let mut one = connect(&format!("{url}/ws/jobs/{}", job.id)).await;
+    let mut one = connect(&url.at(&format!("/ws/jobs/{}", job.id))).await;
     assert_eq!(next_json(&mut one).await["type"], "subscribed");
     let first = next_json(&mut one).await;
     assert_eq!(
@@ -129,9 +151,9 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
 async fn slow_client_lags_alone_and_catches_up() {
     let e = engine(None, 1).await;
     let url = serve(&e).await;
-    let mut slow = connect(&format!("{url}/ws")).await;
+    let mut slow = connect(&url.at("/ws")).await;
     send(&mut slow, json!({"type": "subscribe", "after": 0})).await;
-    let mut fast = connect(&format!("{url}/ws")).await;
+    let mut fast = connect(&url.at("/ws")).await;
     send(
         &mut fast,
         json!({"type": "subscribe", "types": ["bulk"], "after": 0}),
@@ -203,7 +225,7 @@ async fn after_beyond_the_head_starts_live() {
         .publish("default", "before", None, json!({}))
         .await
         .unwrap();
-    let mut ws = connect(&format!("{url}/ws")).await;
+    let mut ws = connect(&url.at("/ws")).await;
     send(&mut ws, json!({"type": "subscribe", "after": 1_000_000})).await;
     let ack = next_json(&mut ws).await;
     assert_eq!(
@@ -223,5 +245,72 @@ async fn after_beyond_the_head_starts_live() {
         (ev["type"].clone(), ev["seq"].clone()),
         (json!("after"), json!(2))
     );
+    e.stop().await;
+}
+
+/// The feed needs a key, and a tenant's subscriber gets its own events only — on `/ws`
+/// with no filter and on `/ws/jobs/{id}` naming another tenant's job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_needs_a_key_and_shows_a_tenant_only_its_events() {
+    use tokio_tungstenite::tungstenite::Error;
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
+    let refused = tokio_tungstenite::connect_async(format!("{}/ws", url.base)).await;
+    match refused {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("a feed without a key: {other:?}"),
+    }
+    let acme = Server {
+        base: url.base.clone(),
+        key: e
+            .store
+            .keys()
+            .unwrap()
+            .create("acme", Role::Viewer, "acme feed", 0)
+            .unwrap()
+            .1,
+    };
+    let theirs = e
+        .store
+        .create_job("default", new_job("ext", vec![json!(1)]), None)
+        .await
+        .unwrap();
+    let mut all = connect(&acme.at("/ws")).await;
+    send(&mut all, json!({"type": "subscribe", "after": 0})).await;
+    assert_eq!(next_json(&mut all).await["type"], "subscribed");
+    let mut named = connect(&acme.at(&format!("/ws/jobs/{}", theirs.id))).await;
+    let ours = e
+        .store
+        .create_job("acme", new_job("ext", vec![json!(2)]), None)
+        .await
+        .unwrap();
+    e.store
+        .publish("default", "not_for_acme", None, json!({}))
+        .await
+        .unwrap();
+    e.store
+        .publish("acme", "for_acme", None, json!({}))
+        .await
+        .unwrap();
+    // Everything acme's subscriber receives is acme's, up to its last event.
+    loop {
+        let ev = next_json(&mut all).await;
+        assert_eq!(ev["tenant"], "acme", "{ev}");
+        if ev["type"] == "for_acme" {
+            break;
+        }
+        assert_eq!(ev["job_id"], ours.id.as_str(), "{ev}");
+    }
+    // The feed of another tenant's job stays silent.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let ev = next_json(&mut named).await;
+            if ev.get("seq").is_some() {
+                return ev;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "acme saw {quiet:?}");
     e.stop().await;
 }

@@ -90,11 +90,12 @@ async fn a_bulk_send_spreads_over_devices_and_sends_each_phone_once() {
     assert_eq!(status, 201, "{job}");
     assert_eq!(job["counts"]["queued"], PHONES);
     let id = job["id"].as_str().unwrap().to_owned();
-    let mut feed = common::follow_job(&e.url, &id).await;
+    let mut feed = common::follow_job(&e, &id).await;
 
     // Raise the per-device concurrency while the job runs.
     e.wait_job(&id, 120, |j| j.counts.done() >= 300).await;
-    let raised = reqwest::Client::new()
+    let raised = e
+        .http
         .put(format!("{}/api/v1/jobs/{id}/pool", e.url))
         .json(&json!({"resources": devices, "concurrency": 4}))
         .send()

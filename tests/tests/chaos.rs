@@ -84,8 +84,25 @@ impl Faena {
         kill_chromium(&self.data);
     }
 
+    /// A client with the admin key the first start wrote to the data directory.
+    fn client(&self) -> reqwest::Client {
+        let key = std::fs::read_to_string(self.data.join("admin.key"))
+            .expect("the first start writes an admin key");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", key.trim()).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    }
+
     async fn job(&self, id: &str) -> Value {
-        reqwest::get(format!("{}/api/v1/jobs/{id}", self.url))
+        self.client()
+            .get(format!("{}/api/v1/jobs/{id}", self.url))
+            .send()
             .await
             .unwrap()
             .json()
@@ -142,7 +159,13 @@ async fn killed_again_and_again_no_order_is_lost_or_placed_twice() {
                    "rows": [{"product_code": format!("P{:03}", 1 + i % 12), "quantity": 1 + i % 3}]}})
         })
         .collect();
-    let resp = reqwest::Client::new()
+    // Without a key the engine answers nothing but its health.
+    let anonymous = reqwest::get(format!("{}/api/v1/jobs", faena.url))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let resp = faena
+        .client()
         .post(format!("{}/api/v1/jobs", faena.url))
         .json(&json!({"plugin": "gsp", "name": "chaos", "items": items,
                       "options": {"max_attempts": 20, "backoff_ms": 200, "max_backoff_ms": 2000, "lease_ms": 3000}}))

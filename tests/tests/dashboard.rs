@@ -138,6 +138,27 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
     .unwrap();
     tokio::spawn(async move { while handler.next().await.is_some() {} });
     let page = browser.new_page(format!("{}/#/jobs", e.url)).await.unwrap();
+
+    // Without a key the dashboard asks for one; a wrong one is refused with the
+    // engine's message, an operator's key opens the dashboard.
+    until(
+        &page,
+        20,
+        "the sign-in form",
+        "!!document.querySelector('form.signin #api-key')",
+    )
+    .await;
+    shot(&page, "signin").await;
+    let sign_in = |key: &str| {
+        format!(
+            "(() => {{ document.querySelector('#api-key').value = {}; document.querySelector('form.signin button').click(); }})()",
+            json!(key)
+        )
+    };
+    eval(&page, &sign_in("fk_nobody_0000")).await;
+    until(&page, 10, "the refusal", "document.querySelector('form.signin .error')?.textContent.includes('unknown or was revoked')").await;
+    let operator = e.new_key("default", faena::auth::Role::Operator);
+    eval(&page, &sign_in(&operator)).await;
     until(&page, 20, "the jobs page", "!!document.querySelector('#jobs') && document.querySelector('#feed-state').classList.contains('live')").await;
 
     // Upload a spreadsheet: four orders, one naming a product the portal does not have.

@@ -75,7 +75,7 @@ async fn failure_png(e: &Engine, item: &str) {
         .iter()
         .find(|a| a["name"] == "failure.png")
         .unwrap_or_else(|| panic!("no failure screenshot for {item}: {list}"));
-    common::assert_png(&e.url, png["id"].as_str().unwrap()).await;
+    common::assert_png(e, png["id"].as_str().unwrap()).await;
 }
 
 /// An OC with an unknown supplier waits in review with the portal's message; the
@@ -99,7 +99,7 @@ async fn ultimus_review_then_fix_then_success() {
         .await;
     assert_eq!(status, 201, "{job}");
     let job_id = job["id"].as_str().unwrap().to_owned();
-    let mut feed = common::follow_job(&e.url, &job_id).await;
+    let mut feed = common::follow_job(&e, &job_id).await;
     let bad = format!("{job_id}-0");
     let good = format!("{job_id}-1");
 
@@ -243,7 +243,8 @@ async fn import(e: &Engine, file: Vec<u8>, name: &str, options: Value) -> (u16, 
             "file",
             reqwest::multipart::Part::bytes(file).file_name(name.to_owned()),
         );
-    let resp = reqwest::Client::new()
+    let resp = e
+        .http
         .post(format!("{}/api/v1/jobs/import", e.url))
         .multipart(form)
         .send()

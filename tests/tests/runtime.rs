@@ -130,7 +130,10 @@ async fn a_plugin_uses_every_granted_capability() {
     let all = serde_json::to_string(&events).unwrap();
     assert!(!all.contains(secret), "a secret leaked into the event log");
     // Over the API, the item shows its artifact.
-    let detail: Value = reqwest::get(format!("{}/api/v1/items/{}", e.url, item.id))
+    let detail: Value = e
+        .http
+        .get(format!("{}/api/v1/items/{}", e.url, item.id))
+        .send()
         .await
         .unwrap()
         .json()
@@ -236,14 +239,17 @@ async fn browser_flow_in_chromium_and_failure_screenshot() {
     assert_eq!(bad.status, ItemStatus::Failed);
     let err = bad.error.unwrap();
     assert_eq!(err.code.as_deref(), Some("timeout"), "{}", err.message);
-    let list: Value = reqwest::get(format!("{}/api/v1/items/{}/artifacts", e.url, bad.id))
+    let list: Value = e
+        .http
+        .get(format!("{}/api/v1/items/{}/artifacts", e.url, bad.id))
+        .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list[0]["name"], "failure.png", "{list}");
-    common::assert_png(&e.url, list[0]["id"].as_str().unwrap()).await;
+    common::assert_png(&e, list[0]["id"].as_str().unwrap()).await;
 
     // Without the grant, the same operation is refused before it runs.
     let denied = engine(PluginConfig::default(), true).await;
@@ -260,7 +266,7 @@ async fn browser_flow_in_chromium_and_failure_screenshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_are_listed_and_uploaded_through_the_api() {
     let e = engine(PluginConfig::default(), false).await;
-    let client = reqwest::Client::new();
+    let client = e.http.clone();
     let list: Value = client
         .get(format!("{}/api/v1/plugins", e.url))
         .send()
@@ -389,7 +395,7 @@ async fn a_dead_browser_is_replaced_and_the_item_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_plugin_installs_and_runs() {
     let e = engine(PluginConfig::default(), false).await;
-    let client = reqwest::Client::new();
+    let client = e.http.clone();
     let resp = client
         .post(format!("{}/api/v1/plugins", e.url))
         .header("content-type", "application/wasm")

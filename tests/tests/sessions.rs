@@ -54,9 +54,8 @@ fn logins(p: &Portals) -> u32 {
 }
 
 /// A feed client for session events, from the start of the log.
-async fn follow_sessions(url: &str) -> common::Ws {
-    let url = url.replacen("http://", "ws://", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws"))
+async fn follow_sessions(e: &common::Engine) -> common::Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(e.ws_url("/ws"))
         .await
         .unwrap();
     let sub = json!({"type": "subscribe", "jobs": [], "types": ["session_opened", "session_closed"], "after": 0});
@@ -69,7 +68,7 @@ async fn follow_sessions(url: &str) -> common::Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_logs_in_once_and_serves_list_and_download_calls() {
     let (e, p) = setup(Duration::from_secs(3600)).await;
-    let mut feed = follow_sessions(&e.url).await;
+    let mut feed = follow_sessions(&e).await;
 
     // Two opens of one account at once: one login, one session.
     let (a, b) = tokio::join!(
@@ -120,7 +119,10 @@ async fn a_session_logs_in_once_and_serves_list_and_download_calls() {
         let artifact = got["result"]["artifact_id"].as_str().unwrap();
         assert_eq!(got["artifacts"][0]["id"], artifact);
         assert_eq!(got["artifacts"][0]["session_id"], json!(id));
-        let resp = reqwest::get(format!("{}/api/v1/artifacts/{artifact}", e.url))
+        let resp = e
+            .http
+            .get(format!("{}/api/v1/artifacts/{artifact}", e.url))
+            .send()
             .await
             .unwrap();
         assert_eq!(resp.headers()["content-type"], content_type);
@@ -156,14 +158,16 @@ async fn a_session_logs_in_once_and_serves_list_and_download_calls() {
     assert_eq!(s["operations"], json!(["login", "list_inbox", "download"]));
 
     // Live view: a PNG now, and JPEG frames over the WebSocket.
-    let png = reqwest::get(format!("{}/api/v1/sessions/{id}/screenshot", e.url))
+    let png = e
+        .http
+        .get(format!("{}/api/v1/sessions/{id}/screenshot", e.url))
+        .send()
         .await
         .unwrap();
     assert_eq!(png.headers()["content-type"], "image/png");
     assert!(png.bytes().await.unwrap().starts_with(b"\x89PNG"));
-    let ws_url = e.url.replacen("http://", "ws://", 1);
     let (mut cast, _) =
-        tokio_tungstenite::connect_async(format!("{ws_url}/ws/sessions/{id}/screencast"))
+        tokio_tungstenite::connect_async(e.ws_url(&format!("/ws/sessions/{id}/screencast")))
             .await
             .unwrap();
     let frame = tokio::time::timeout(Duration::from_secs(15), async {
@@ -178,24 +182,50 @@ async fn a_session_logs_in_once_and_serves_list_and_download_calls() {
     assert!(frame.starts_with(&[0xFF, 0xD8]), "a JPEG frame");
     drop(cast);
 
-    // Another tenant does not see the session, its calls or its files.
-    let other = e.sessions.get("acme", &id).unwrap_err();
-    assert!(matches!(other, SessionError::NotFound(_)), "{other}");
-    let other = e
-        .sessions
-        .invoke("acme", &id, "list_inbox", json!({}))
+    // Another tenant's key does not see the session, its calls, its live view or its
+    // files: 404, as if they did not exist.
+    let acme = common::client(&e.new_key("acme", faena::auth::Role::Admin));
+    let downloaded = listed[0]["id"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        ("GET", format!("/api/v1/sessions/{id}")),
+        ("POST", format!("/api/v1/sessions/{id}/invoke")),
+        ("GET", format!("/api/v1/sessions/{id}/screenshot")),
+        ("GET", format!("/api/v1/sessions/{id}/artifacts")),
+        ("GET", format!("/api/v1/artifacts/{downloaded}")),
+        ("DELETE", format!("/api/v1/sessions/{id}")),
+    ] {
+        let url = format!("{}{path}", e.url);
+        let req = match method {
+            "GET" => acme.get(url),
+            "DELETE" => acme.delete(url),
+            _ => acme
+                .post(url)
+                .json(&json!({"operation": "list_inbox", "input": {"page": 1}})),
+        };
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+    }
+    let theirs: Value = acme
+        .get(format!("{}/api/v1/sessions", e.url))
+        .send()
         .await
-        .unwrap_err();
-    assert!(matches!(other, SessionError::NotFound(_)), "{other}");
-    assert!(matches!(
-        e.sessions.artifacts("acme", &id),
-        Err(SessionError::NotFound(_))
-    ));
-    assert!(matches!(
-        e.sessions.screenshot("acme", &id).await,
-        Err(SessionError::NotFound(_))
-    ));
-    assert!(e.sessions.list("acme", false).unwrap().is_empty());
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["sessions"], json!([]), "{theirs}");
+    let cast = tokio_tungstenite::connect_async(format!(
+        "{}/ws/sessions/{id}/screencast?token={}",
+        e.url.replacen("http://", "ws://", 1),
+        e.new_key("acme", faena::auth::Role::Viewer)
+    ))
+    .await;
+    assert!(cast.is_err(), "another tenant's screencast");
+    assert_eq!(
+        e.get(&format!("/api/v1/sessions/{id}")).await["state"],
+        "open",
+        "still open for its own tenant"
+    );
 
     // Closed: calls are refused, and opening again logs in anew.
     let (status, closed) = e.delete(&format!("/api/v1/sessions/{id}")).await;

@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Object};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `not_found`, `conflict`, `stale_lease`, `invalid`,
     /// `payload_too_large`, `unavailable`, `internal`.
@@ -20,6 +21,9 @@ pub enum ApiError {
     /// The request could not be read (malformed JSON, wrong types, bad parameters).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// The key's role does not allow this.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The record is not in a state that allows this (illegal transition, stale lease).
@@ -57,6 +61,14 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::NotFound(body("not_found", message))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden(body("forbidden", message))
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::Internal(body("internal", message))
     }
 }
 

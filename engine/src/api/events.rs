@@ -13,6 +13,7 @@ use crate::model::Event;
 use crate::store::EventFilter;
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventPage {
     pub events: Vec<Event>,
     /// Pass as `after` to continue; the last seq looked at, even if it did not match.
@@ -20,6 +21,7 @@ pub struct EventPage {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PublishBody {
     /// A type of your own (not one the engine emits), e.g. `invoice_sent`.
     #[oai(rename = "type", validator(min_length = 1, max_length = 64))]
@@ -58,7 +60,7 @@ impl EventsApi {
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<EventPage>> {
         let filter = EventFilter {
-            tenant: Some(self.state.tenant().to_owned()),
+            tenant: Some(self.state.tenant()),
             jobs: job.0.into_iter().collect(),
             types: kind.0.into_iter().collect(),
         };
@@ -83,7 +85,7 @@ impl EventsApi {
         let event = self
             .state
             .store
-            .publish(self.state.tenant(), &kind, job_id, data)
+            .publish(&self.state.tenant(), &kind, job_id, data)
             .await?;
         Ok(Published::Created(Json(event)))
     }

@@ -13,6 +13,7 @@ use crate::model::{Item, ItemStatus};
 
 /// An item with everything an operator looks at.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ItemDetail {
     #[oai(flatten)]
     pub item: Item,
@@ -23,6 +24,7 @@ pub struct ItemDetail {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TransitionRequest {
     /// The status to move to. Allowed: any unfinished item to `cancelled`;
     /// `failed` or `needs_review` to `queued`; `needs_review` to `failed`.
@@ -48,7 +50,7 @@ impl ItemsApi {
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<ItemPage>> {
         let page = self.state.store.items_by_status(
-            Some(self.state.tenant()),
+            Some(&self.state.tenant()),
             status.0,
             cursor.0.as_deref(),
             self::limit(limit.0, 1000)?,

@@ -31,9 +31,12 @@ pub enum Tag {
     Secrets,
     /// Long-lived logged-in plugin instances: open, call, watch, close.
     Sessions,
+    /// API keys: each belongs to one tenant and has one role.
+    Keys,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
     /// Pass as `cursor` to get the next page; absent on the last one.
@@ -41,6 +44,7 @@ pub struct JobPage {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ItemPage {
     pub items: Vec<Item>,
     pub next_cursor: Option<String>,
@@ -99,7 +103,11 @@ impl JobsApi {
         let version = self
             .state
             .plugin_version(&body.0.plugin, &body.0.operation)?;
-        let job = self.state.store.create_job(tenant, body.0, version).await?;
+        let job = self
+            .state
+            .store
+            .create_job(&tenant, body.0, version)
+            .await?;
         Ok(Created::Created(Json(job)))
     }
 
@@ -171,7 +179,7 @@ impl JobsApi {
         let job = self
             .state
             .store
-            .create_job(self.state.tenant(), job, version)
+            .create_job(&self.state.tenant(), job, version)
             .await?;
         Ok(Created::Created(Json(job)))
     }
@@ -190,7 +198,7 @@ impl JobsApi {
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<JobPage>> {
         let filter = JobFilter {
-            tenant: Some(self.state.tenant().to_owned()),
+            tenant: Some(self.state.tenant()),
             status: status.0,
             plugin: plugin.0,
         };

@@ -7,6 +7,7 @@ pub mod error;
 mod events;
 mod items;
 mod jobs;
+mod keys;
 mod plugins;
 mod sessions;
 mod workers;
@@ -30,7 +31,8 @@ pub use workers::{ClaimResponse, CompleteStatus};
 pub use ws::RESERVED_TYPES;
 
 use crate::artifacts::Artifacts;
-use crate::model::{DEFAULT_TENANT, Item, Job};
+use crate::auth::{self, Auth, Caller, Limiter, RateLimit};
+use crate::model::{Item, Job};
 use crate::runtime::Runtime;
 use crate::secrets::Secrets;
 use crate::store::{Store, StoreError};
@@ -44,6 +46,8 @@ pub struct AppState {
     pub secrets: Secrets,
     /// Sessions (they need the plugin runtime).
     pub sessions: Option<crate::sessions::Sessions>,
+    /// API keys and their rate limit.
+    pub auth: Auth,
 }
 
 impl AppState {
@@ -51,10 +55,20 @@ impl AppState {
         Ok(AppState {
             artifacts: store.artifacts()?,
             secrets: store.secrets()?,
+            auth: Auth {
+                keys: store.keys()?,
+                limiter: Arc::new(Limiter::new(RateLimit::default())),
+            },
             store,
             runtime,
             sessions: None,
         })
+    }
+
+    /// Limit each key to `limit`.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.auth.limiter = Arc::new(Limiter::new(limit));
+        self
     }
 
     pub fn with_sessions(mut self, sessions: crate::sessions::Sessions) -> Self {
@@ -62,8 +76,25 @@ impl AppState {
         self
     }
 
-    pub fn tenant(&self) -> &str {
-        DEFAULT_TENANT
+    /// The caller's tenant. Every route but the public ones runs behind
+    /// [`auth::authenticate`], which sets the caller; outside a request there is no
+    /// tenant and nothing matches.
+    pub fn tenant(&self) -> String {
+        match auth::caller() {
+            Some(c) => c.tenant,
+            None => {
+                debug_assert!(
+                    false,
+                    "a tenant was asked for outside an authenticated request"
+                );
+                String::new()
+            }
+        }
+    }
+
+    /// The caller of the request being served.
+    pub fn caller(&self) -> ApiResult<Caller> {
+        auth::caller().ok_or_else(|| ApiError::internal("no caller for this request"))
     }
 
     pub fn job(&self, id: &str) -> ApiResult<Job> {
@@ -94,6 +125,7 @@ impl AppState {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -145,6 +177,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             events::EventsApi { state: s() },
             plugins::PluginsApi { state: s() },
             sessions::SessionsApi { state: s() },
+            keys::KeysApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),
@@ -157,32 +190,112 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
 /// Every route of the engine.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
-    let spec = api.spec_endpoint();
+    let spec = spec_with_security(&api.spec());
     let ui = api.swagger_ui();
     Route::new()
-        .at("/openapi.json", spec)
+        .at(
+            "/openapi.json",
+            get(poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(spec.clone())
+            })),
+        )
         .nest("/docs", ui)
         .at("/metrics", get(metrics))
         .at("/ws", get(ws::feed))
         .at("/ws/jobs/:id", get(ws::job_feed))
         .at("/ws/sessions/:id/screencast", get(sessions::screencast))
         .nest("/", api)
+        .around(auth::authenticate)
         .around(crate::dashboard::serve)
         .around(limit_body)
         .catch_all_error(error::json_errors)
+        .data(state.auth.clone())
         .data(state)
 }
 
-/// Refuse a declared body over [`MAX_BODY`] with 413 before reading it.
-async fn limit_body<E: Endpoint>(next: E, req: poem::Request) -> poem::Result<Response> {
+/// The generated document plus what the middleware adds to every route: the bearer
+/// scheme (so generated clients send the key), the 401, 403 and 429 answers of
+/// [`auth::authenticate`], and 413/415 for bodies too large or of the wrong type.
+fn spec_with_security(spec: &str) -> String {
+    use serde_json::{Value, json};
+    let mut doc: Value = serde_json::from_str(spec).expect("poem-openapi writes JSON");
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "An API key (`fk_…`). The first start writes an admin key to `<data dir>/admin.key`."}
+    });
+    doc["security"] = json!([{"bearer": []}]);
+    let error = |what: &str| {
+        json!({"description": what,
+               "content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let mut limited = error("Over the key's rate limit; retry after `Retry-After` seconds.");
+    limited["headers"] =
+        json!({"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}});
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, ops) in paths.iter_mut() {
+            for (method, op) in ops.as_object_mut().into_iter().flatten() {
+                let m = poem::http::Method::from_bytes(method.to_uppercase().as_bytes());
+                let Ok(m) = m else { continue };
+                if auth::required_role(&m, path).is_none() {
+                    op["security"] = json!([]);
+                    continue;
+                }
+                let has_body = op.get("requestBody").is_some();
+                let responses = &mut op["responses"];
+                if has_body {
+                    responses["413"] = error("The body is larger than the engine accepts.");
+                    responses["415"] =
+                        error("The body's content type is not one this operation takes.");
+                }
+                responses["401"] = error("No API key, or an unknown or revoked one.");
+                responses["403"] = error("The key's role does not allow this.");
+                responses["429"] = limited.clone();
+            }
+        }
+    }
+    doc.to_string()
+}
+
+/// Refuse a body over [`MAX_BODY`] with 413: a declared one before reading it, a chunked
+/// one (no `Content-Length`) as soon as it passes the limit.
+async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Result<Response> {
+    use tokio::io::AsyncReadExt;
+    let too_large = || {
+        poem::Error::from_string(
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
     let declared = req
         .header(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(poem::Error::from_string(
-            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        ));
+    match declared {
+        Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
+        Some(_) => {}
+        None if req
+            .headers()
+            .contains_key(poem::http::header::TRANSFER_ENCODING) =>
+        {
+            let mut body = Vec::new();
+            req.take_body()
+                .into_async_read()
+                .take(MAX_BODY as u64 + 1)
+                .read_to_end(&mut body)
+                .await
+                .map_err(|e| {
+                    poem::Error::from_string(
+                        format!("reading the request body: {e}"),
+                        poem::http::StatusCode::BAD_REQUEST,
+                    )
+                })?;
+            if body.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            req.set_body(body);
+        }
+        None => {}
     }
     next.call(req).await.map(poem::IntoResponse::into_response)
 }

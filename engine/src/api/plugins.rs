@@ -13,6 +13,7 @@ use crate::artifacts::Artifact;
 use crate::runtime::{PluginMeta, RuntimeError};
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PluginList {
     pub plugins: Vec<PluginMeta>,
 }
@@ -35,11 +36,13 @@ pub enum ArtifactBody {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SecretValue {
     pub value: String,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SecretNames {
     pub names: Vec<String>,
 }
@@ -160,7 +163,7 @@ impl PluginsApi {
     )]
     async fn secrets(&self) -> ApiResult<Json<SecretNames>> {
         Ok(Json(SecretNames {
-            names: self.state.secrets.names(self.state.tenant())?,
+            names: self.state.secrets.names(&self.state.tenant())?,
         }))
     }
 
@@ -178,7 +181,7 @@ impl PluginsApi {
     ) -> ApiResult<Done> {
         self.state
             .secrets
-            .set(self.state.tenant(), &name.0, &value.0.value)?;
+            .set(&self.state.tenant(), &name.0, &value.0.value)?;
         Ok(Done::NoContent)
     }
 
@@ -189,7 +192,7 @@ impl PluginsApi {
         tag = "Tag::Secrets"
     )]
     async fn delete_secret(&self, name: Path<String>) -> ApiResult<Done> {
-        if self.state.secrets.delete(self.state.tenant(), &name.0)? {
+        if self.state.secrets.delete(&self.state.tenant(), &name.0)? {
             Ok(Done::NoContent)
         } else {
             Err(ApiError::not_found(format!(

@@ -19,6 +19,7 @@ use crate::sessions::{CallResult, Session, SessionError, Sessions};
 
 /// A session to open: the plugin's login operation runs with `input`.
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OpenSession {
     pub plugin: String,
     /// Whose login (a RUC and user, say); one active session per tenant, plugin and
@@ -32,6 +33,7 @@ pub struct OpenSession {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Invoke {
     pub operation: String,
     #[oai(default)]
@@ -40,6 +42,7 @@ pub struct Invoke {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SessionList {
     pub sessions: Vec<Session>,
 }
@@ -114,7 +117,7 @@ impl SessionsApi {
         let (s, created) = self
             .sessions()?
             .open(
-                self.state.tenant(),
+                &self.state.tenant(),
                 &r.plugin,
                 &r.account,
                 r.operation.as_deref(),
@@ -138,14 +141,14 @@ impl SessionsApi {
         Ok(Json(SessionList {
             sessions: self
                 .sessions()?
-                .list(self.state.tenant(), open.0.unwrap_or(false))?,
+                .list(&self.state.tenant(), open.0.unwrap_or(false))?,
         }))
     }
 
     /// A session: its state, last activity and the operations it takes.
     #[oai(path = "/sessions/:id", method = "get", operation_id = "get_session")]
     async fn get(&self, id: Path<String>) -> ApiResult<Json<Session>> {
-        Ok(Json(self.sessions()?.get(self.state.tenant(), &id.0)?))
+        Ok(Json(self.sessions()?.get(&self.state.tenant(), &id.0)?))
     }
 
     /// Run an operation in the session, after any call already running in it. A
@@ -160,7 +163,7 @@ impl SessionsApi {
         let r = req.0;
         Ok(Json(
             self.sessions()?
-                .invoke(self.state.tenant(), &id.0, &r.operation, r.input)
+                .invoke(&self.state.tenant(), &id.0, &r.operation, r.input)
                 .await?,
         ))
     }
@@ -173,7 +176,7 @@ impl SessionsApi {
     )]
     async fn close(&self, id: Path<String>) -> ApiResult<Json<Session>> {
         Ok(Json(
-            self.sessions()?.close(self.state.tenant(), &id.0).await?,
+            self.sessions()?.close(&self.state.tenant(), &id.0).await?,
         ))
     }
 
@@ -186,7 +189,7 @@ impl SessionsApi {
     async fn screenshot(&self, id: Path<String>) -> ApiResult<Png> {
         Ok(Png::Ok(Binary(
             self.sessions()?
-                .screenshot(self.state.tenant(), &id.0)
+                .screenshot(&self.state.tenant(), &id.0)
                 .await?,
         )))
     }
@@ -199,7 +202,7 @@ impl SessionsApi {
     )]
     async fn artifacts(&self, id: Path<String>) -> ApiResult<Json<Vec<Artifact>>> {
         Ok(Json(
-            self.sessions()?.artifacts(self.state.tenant(), &id.0)?,
+            self.sessions()?.artifacts(&self.state.tenant(), &id.0)?,
         ))
     }
 }
@@ -214,7 +217,7 @@ pub async fn screencast(
 ) -> poem::Result<poem::Response> {
     let state = state.0.clone();
     let frames = sessions(&state)
-        .and_then(|s| Ok(s.frames(state.tenant(), &id)?))
+        .and_then(|s| Ok(s.frames(&state.tenant(), &id)?))
         .map_err(api_to_poem)?;
     let mut rx = frames
         .subscribe()

@@ -15,6 +15,7 @@ use crate::model::{Item, ItemError, Lease};
 use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome};
 
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClaimBody {
     /// The worker's name; it owns the lease.
     #[oai(validator(min_length = 1, max_length = 128))]
@@ -30,6 +31,7 @@ pub struct ClaimBody {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClaimResponse {
     /// Empty when nothing is ready.
     pub items: Vec<ClaimedItem>,
@@ -38,6 +40,7 @@ pub struct ClaimResponse {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct HeartbeatBody {
     pub token: u64,
     /// New lease length from now, in milliseconds (default: the job's `lease_ms`).
@@ -54,6 +57,7 @@ pub enum CompleteStatus {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CompleteBody {
     pub token: u64,
     pub status: CompleteStatus,
@@ -64,6 +68,7 @@ pub struct CompleteBody {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StepBody {
     pub token: u64,
     #[oai(validator(min_length = 1, max_length = 128))]
@@ -117,7 +122,7 @@ impl WorkersApi {
             .store
             .claim(ClaimRequest {
                 owner: format!("worker:{}", body.0.worker),
-                tenant: Some(self.state.tenant().to_owned()),
+                tenant: Some(self.state.tenant()),
                 plugins: vec![plugin.0],
                 max: body.0.max.unwrap_or(1) as usize,
                 lease_ms: body.0.lease_ms,

@@ -49,8 +49,9 @@ pub struct AfterQuery {
 
 #[handler]
 pub async fn feed(ws: WebSocket, state: Data<&AppState>) -> impl IntoResponse {
-    let state = state.0.clone();
-    ws.on_upgrade(move |socket| async move { Connection::new(state, None).serve(socket).await })
+    // The caller's tenant is read here: the upgraded connection runs in its own task.
+    let conn = Connection::new(state.0, None);
+    ws.on_upgrade(move |socket| conn.serve(socket))
 }
 
 /// `/ws/jobs/{id}`: subscribed to one job from the start (or `?after=`).
@@ -63,16 +64,13 @@ pub async fn job_feed(
 ) -> impl IntoResponse {
     let state = state.0.clone();
     let filter = EventFilter {
-        tenant: Some(state.tenant().to_owned()),
+        tenant: Some(state.tenant()),
         jobs: vec![id],
         types: vec![],
     };
     let after = q.after.unwrap_or(0);
-    ws.on_upgrade(move |socket| async move {
-        Connection::new(state, Some((filter, after)))
-            .serve(socket)
-            .await
-    })
+    let conn = Connection::new(&state, Some((filter, after)));
+    ws.on_upgrade(move |socket| conn.serve(socket))
 }
 
 struct Connection {
@@ -85,10 +83,10 @@ struct Connection {
 type Sink = futures_util::stream::SplitSink<WebSocketStream, Message>;
 
 impl Connection {
-    fn new(state: AppState, sub: Option<(EventFilter, u64)>) -> Self {
+    fn new(state: &AppState, sub: Option<(EventFilter, u64)>) -> Self {
         Connection {
             store: state.store.clone(),
-            tenant: state.tenant().to_owned(),
+            tenant: state.tenant(),
             sub,
         }
     }

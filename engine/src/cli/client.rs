@@ -22,19 +22,62 @@ pub enum CliError {
 
 pub struct Client {
     base: String,
+    key: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Self {
+    /// A client of the engine at `base`, sending `key` as its bearer token.
+    pub fn new(base: &str, key: Option<String>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = key
+            .as_deref()
+            .and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Client {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
+            key,
         }
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    pub async fn create_key(
+        &self,
+        name: &str,
+        role: &str,
+        tenant: Option<&str>,
+    ) -> Result<Value, CliError> {
+        let body = json!({"name": name, "role": role, "tenant": tenant});
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/keys", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn keys(&self) -> Result<Value, CliError> {
+        self.send(self.http.get(format!("{}/api/v1/keys", self.base)))
+            .await
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<(), CliError> {
+        self.send(self.http.delete(format!("{}/api/v1/keys/{id}", self.base)))
+            .await
+            .map(drop)
     }
 
     async fn send_as<T: serde::de::DeserializeOwned>(

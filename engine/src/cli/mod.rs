@@ -43,17 +43,73 @@ pub enum Command {
     Serve(ServeArgs),
     /// Work with jobs on a running engine.
     Jobs {
-        /// The engine's address.
-        #[arg(
-            long,
-            global = true,
-            env = "FAENA_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        server: String,
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Manage API keys on a running engine (needs an admin key).
+    Keys {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// Where the engine is and the key to call it with.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The engine's address.
+    #[arg(
+        long,
+        global = true,
+        env = "FAENA_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// The API key. Default: the admin key the engine wrote to
+    /// `$FAENA_DATA_DIR/admin.key` (`./data/admin.key`), if it is readable here.
+    #[arg(long, global = true, env = "FAENA_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+impl Remote {
+    pub fn client(&self) -> Client {
+        let key = self.key.clone().or_else(|| {
+            let dir = std::env::var_os("FAENA_DATA_DIR").unwrap_or_else(|| "./data".into());
+            std::fs::read_to_string(PathBuf::from(dir).join("admin.key"))
+                .ok()
+                .map(|k| k.trim().to_owned())
+        });
+        Client::new(&self.server, key)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its token (shown once).
+    Create {
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Another tenant than the caller's (needs an admin key of `default`).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys (never their tokens).
+    List,
+    /// Revoke a key by its id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
 }
 
 #[derive(Debug, Args)]
@@ -179,9 +235,48 @@ pub enum JobsCommand {
     },
 }
 
+/// Run a `faena keys …` command, printing to stdout.
+pub async fn run_keys(client: &Client, cmd: KeysCommand) -> Result<(), CliError> {
+    match cmd {
+        KeysCommand::Create { name, role, tenant } => {
+            let role = match role {
+                RoleArg::Viewer => "viewer",
+                RoleArg::Operator => "operator",
+                RoleArg::Admin => "admin",
+            };
+            let created = client.create_key(&name, role, tenant.as_deref()).await?;
+            let key = &created["key"];
+            eprintln!(
+                "key {} ({}, tenant {}): keep the token, it is not shown again",
+                key["id"].as_str().unwrap_or(""),
+                key["role"].as_str().unwrap_or(""),
+                key["tenant"].as_str().unwrap_or("")
+            );
+            println!("{}", created["token"].as_str().unwrap_or(""));
+        }
+        KeysCommand::List => {
+            let list = client.keys().await?;
+            println!("{:<14}  {:<16}  {:<8}  NAME", "ID", "TENANT", "ROLE");
+            for k in list["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<14}  {:<16}  {:<8}  {}",
+                    k["id"].as_str().unwrap_or(""),
+                    k["tenant"].as_str().unwrap_or(""),
+                    k["role"].as_str().unwrap_or(""),
+                    k["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            client.revoke_key(&id).await?;
+            println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
 /// Run a `faena jobs …` command, printing to stdout.
-pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
-    let client = Client::new(server);
+pub async fn run_jobs(client: &Client, cmd: JobsCommand) -> Result<(), CliError> {
     match cmd {
         JobsCommand::Submit {
             plugin,
@@ -194,7 +289,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
             let job = client.submit(&plugin, items, &options).await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, &job.id).await?;
+                watch::watch(client, &job.id).await?;
             }
         }
         JobsCommand::Import {
@@ -222,7 +317,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
                 .await?;
             print_job(&job);
             if watch {
-                watch::watch(&client, &job.id).await?;
+                watch::watch(client, &job.id).await?;
             }
         }
         JobsCommand::List {
@@ -253,7 +348,7 @@ pub async fn run_jobs(server: &str, cmd: JobsCommand) -> Result<(), CliError> {
         }
         JobsCommand::Status { id, watch } => {
             if watch {
-                watch::watch(&client, &id).await?;
+                watch::watch(client, &id).await?;
             } else {
                 print_job(&client.job(&id).await?);
             }

@@ -22,7 +22,18 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     }
     let total = job.counts.total();
     let ws_url = format!("{}/ws/jobs/{id}", client.base().replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ws_url.as_str(),
+        )
+        .map_err(|e| CliError::Feed(format!("{ws_url}: {e}")))?;
+    if let Some(v) = client
+        .key()
+        .and_then(|k| format!("Bearer {k}").parse().ok())
+    {
+        request.headers_mut().insert("authorization", v);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| CliError::Feed(format!("{ws_url}: {e}")))?;
     while let Some(msg) = ws.next().await {

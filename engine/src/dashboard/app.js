@@ -5,6 +5,16 @@
 'use strict';
 
 const API = '/api/v1';
+// The API key this browser signs in with (an operator's or a viewer's), kept in this
+// browser only. Fetches send it as a bearer token; the feed, images and file links,
+// which cannot send a header, as `?token=`.
+const KEY_ITEM = 'faena.key';
+let apiKey = localStorage.getItem(KEY_ITEM) || '';
+
+/** `url` with the key as `token`, for what cannot send an Authorization header. */
+function withToken(url) {
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(apiKey)}`;
+}
 const STATUSES = ['pending', 'queued', 'running', 'succeeded', 'failed', 'needs_review', 'cancelled'];
 const JOB_STATUSES = ['pending', 'running', 'paused', 'completed', 'cancelled'];
 const EVENT_TYPES = ['job_created', 'job_started', 'job_paused', 'job_resumed', 'job_updated',
@@ -55,7 +65,7 @@ function toast(message, bad) {
 }
 
 async function api(path, opts = {}) {
-  const init = { method: opts.method || 'GET', headers: {} };
+  const init = { method: opts.method || 'GET', headers: { authorization: `Bearer ${apiKey}` } };
   if (opts.json !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(opts.json);
@@ -66,6 +76,10 @@ async function api(path, opts = {}) {
   const text = await resp.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+  if (resp.status === 401) {
+    signIn(body && body.message);
+    throw new Error('sign in with an API key');
+  }
   if (!resp.ok) {
     const msg = body && body.message ? body.message : `${resp.status} ${resp.statusText}`;
     const err = new Error(msg);
@@ -133,7 +147,11 @@ function feedState(text, cls) {
 
 function connectFeed() {
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${proto}://${location.host}/ws`);
+  if (!apiKey) {
+    feedState('signed out', 'down');
+    return;
+  }
+  const ws = new WebSocket(withToken(`${proto}://${location.host}/ws`));
   feed.ws = ws;
   ws.onopen = () => {
     feed.retry = 500;
@@ -407,9 +425,9 @@ async function itemPage(id) {
         it.result && el('section', { class: 'panel' }, el('h2', {}, 'Result'), json(it.result))),
       el('div', {},
         images.length > 0 && el('section', { class: 'panel' }, el('h2', {}, 'Screenshots'),
-          images.map((a) => el('figure', {}, el('img', { class: 'shot', src: `${API}/artifacts/${a.id}`, alt: a.name }), el('figcaption', { class: 'small muted' }, a.name)))),
+          images.map((a) => el('figure', {}, el('img', { class: 'shot', src: withToken(`${API}/artifacts/${a.id}`), alt: a.name }), el('figcaption', { class: 'small muted' }, a.name)))),
         files.length > 0 && el('section', { class: 'panel' }, el('h2', {}, 'Files'),
-          el('ul', {}, files.map((a) => el('li', {}, el('a', { href: `${API}/artifacts/${a.id}` }, a.name), ` · ${a.content_type} · ${a.size} bytes`)))),
+          el('ul', {}, files.map((a) => el('li', {}, el('a', { href: withToken(`${API}/artifacts/${a.id}`) }, a.name), ` · ${a.content_type} · ${a.size} bytes`)))),
         el('section', { class: 'panel' }, el('h2', {}, 'Log'),
           d.logs.length
             ? el('pre', { id: 'item-log' }, d.logs.map((l) => `${new Date(l.ts).toLocaleTimeString()} [${l.level}] (attempt ${l.attempt}) ${l.message}`).join('\n'))
@@ -552,9 +570,9 @@ async function sessionPage(id) {
   let ws = null;
   let lastUrl = null;
   if (s.state === 'open') {
-    screen.src = `${API}/sessions/${id}/screenshot?t=${Date.now()}`;
+    screen.src = withToken(`${API}/sessions/${id}/screenshot?t=${Date.now()}`);
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-    ws = new WebSocket(`${proto}://${location.host}/ws/sessions/${id}/screencast`);
+    ws = new WebSocket(withToken(`${proto}://${location.host}/ws/sessions/${id}/screencast`));
     ws.binaryType = 'blob';
     ws.onopen = () => { note.textContent = 'Live: frames arrive as the page changes.'; };
     ws.onmessage = (m) => {
@@ -573,7 +591,7 @@ async function sessionPage(id) {
       call.disabled = true;
       try {
         const r = await api(`/sessions/${id}/invoke`, { method: 'POST', json: { operation: opSel.value, input: body } });
-        output.replaceChildren(json(r.result), ...r.artifacts.map((a) => el('p', {}, el('a', { href: `${API}/artifacts/${a.id}` }, a.name))));
+        output.replaceChildren(json(r.result), ...r.artifacts.map((a) => el('p', {}, el('a', { href: withToken(`${API}/artifacts/${a.id}`) }, a.name))));
       } catch (e) { output.replaceChildren(el('div', { class: 'error' }, e.message)); } finally { call.disabled = false; }
     },
   }, 'Call');
@@ -608,11 +626,52 @@ async function pluginsPage() {
         json(o.input_schema))))));
 }
 
+// ---- signing in ---------------------------------------------------------------------
+
+/** Ask for an API key; it is checked against the API before it is kept. */
+function signIn(why) {
+  const input = el('input', { type: 'password', id: 'api-key', autocomplete: 'off', placeholder: 'fk_…', 'aria-label': 'API key', size: 60 });
+  const problem = el('div', { class: 'error', hidden: !why }, why || '');
+  const form = el('form', {
+    class: 'signin',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const key = input.value.trim();
+      const resp = await fetch(`${API}/jobs?limit=1`, { headers: { authorization: `Bearer ${key}` } });
+      if (!resp.ok) {
+        const body = await resp.json().catch(() => ({}));
+        problem.textContent = body.message || `${resp.status} ${resp.statusText}`;
+        problem.hidden = false;
+        return;
+      }
+      apiKey = key;
+      localStorage.setItem(KEY_ITEM, key);
+      location.reload();
+    },
+  },
+  el('label', { for: 'api-key' }, 'API key'), input, el('button', { type: 'submit' }, 'Sign in'), problem);
+  mount(el('h1', {}, 'Sign in'),
+    el('p', { class: 'muted' }, 'faena needs an API key. The first start of the engine writes an admin key to ',
+      el('code', {}, '<data dir>/admin.key'), '; an admin creates others with ', el('code', {}, 'faena keys create'), '.'),
+    form);
+  input.focus();
+}
+
+function signOut() {
+  localStorage.removeItem(KEY_ITEM);
+  apiKey = '';
+  location.reload();
+}
+
 // ---- routing and keys ------------------------------------------------------------
 
 async function route() {
   for (const f of cleanup) f();
   cleanup = [];
+  if (!apiKey) {
+    signIn();
+    return;
+  }
   const [path, query] = (location.hash.slice(1) || '/jobs').split('?');
   const params = new URLSearchParams(query || '');
   const parts = path.split('/').filter(Boolean);
@@ -651,8 +710,12 @@ window.addEventListener('DOMContentLoaded', async () => {
     const health = await fetch('/health').then((r) => r.json());
     feed.lastSeq = Math.max(0, health.last_seq - 200);
   } catch { /* the feed starts at 0 */ }
+  const out = document.getElementById('sign-out');
+  out.hidden = !apiKey;
+  out.addEventListener('click', signOut);
   connectFeed();
   route();
+  if (!apiKey) return;
   api('/items?status=needs_review&limit=500').then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});
   onFeed(throttle(() => {
     api('/items?status=needs_review&limit=500').then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});

@@ -41,6 +41,7 @@ pub mod kind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Event {
     /// Global, gap-free, increasing from 1.
     pub seq: u64,

@@ -16,6 +16,7 @@ pub enum ErrorKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ItemError {
     pub kind: ErrorKind,
     pub message: String,
@@ -48,6 +49,7 @@ impl ItemError {
 /// A worker's hold on a running item. Completion or heartbeat with another token is
 /// rejected (fencing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Lease {
     pub owner: String,
     pub token: u64,
@@ -56,6 +58,7 @@ pub struct Lease {
 
 /// A checkpoint a plugin recorded: the step name and the state it needs to resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Step {
     pub name: String,
     pub state: Option<String>,
@@ -65,6 +68,7 @@ pub struct Step {
 
 /// One run of an item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Attempt {
     pub number: u32,
     pub owner: String,
@@ -79,6 +83,7 @@ pub struct Attempt {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Item {
     /// `{job_id}-{index}`.
     pub id: String,

@@ -25,6 +25,7 @@ pub enum FailurePolicy {
 // to publish in the spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
 #[serde(default)]
+#[oai(skip_serializing_if_is_none)]
 pub struct JobOptions {
     /// Higher runs first across jobs of the same plugin.
     #[oai(default)]
@@ -59,7 +60,7 @@ pub struct JobOptions {
 /// A pool of resources a job's items are spread over. Each run holds one resource;
 /// a resource that answers "rate limited" rests alone while the others go on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(default)]
+#[oai(skip_serializing_if_is_none, default)]
 #[serde(default)]
 pub struct PoolOptions {
     /// The resources by id, e.g. the devices' ids the plugin sends through.
@@ -91,6 +92,7 @@ pub const RATE_LIMITED: &str = "rate_limited";
 
 /// What one pool resource did for a job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ResourceUse {
     /// Runs on it that succeeded.
     pub succeeded: u64,
@@ -148,6 +150,7 @@ impl Default for JobOptions {
 
 /// Items of a job by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Counts {
     pub pending: u64,
     pub queued: u64,
@@ -205,6 +208,7 @@ impl Counts {
 
 /// A job as stored and as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Job {
     pub id: String,
     pub tenant: String,
@@ -228,6 +232,7 @@ pub struct Job {
 
 /// One item of a new job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct NewItem {
     /// The operation's input for this item.
     pub input: serde_json::Value,
@@ -237,6 +242,7 @@ pub struct NewItem {
 
 /// A job to create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct NewJob {
     pub plugin: String,
     #[oai(default = "default_operation")]

@@ -12,6 +12,7 @@ use super::grants::Grants;
 use super::state::ItemState;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Needs {
     pub browser: bool,
     pub http_hosts: Vec<String>,
@@ -19,6 +20,7 @@ pub struct Needs {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OperationMeta {
     pub name: String,
     pub description: String,
@@ -30,6 +32,7 @@ pub struct OperationMeta {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct GrantsMeta {
     pub browser: bool,
     pub http_hosts: Vec<String>,
@@ -39,6 +42,7 @@ pub struct GrantsMeta {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PluginMeta {
     pub name: String,
     pub version: String,

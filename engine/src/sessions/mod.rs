@@ -52,6 +52,7 @@ pub enum SessionState {
 
 /// A session as stored and as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Session {
     pub id: String,
     pub tenant: String,
@@ -80,6 +81,7 @@ pub struct Session {
 
 /// What a call returned, and the files it saved.
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CallResult {
     pub result: Value,
     pub artifacts: Vec<Artifact>,

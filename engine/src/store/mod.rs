@@ -218,6 +218,10 @@ impl Store {
         Ok(crate::secrets::Secrets::new(self.db.open_tree("secrets")?))
     }
 
+    pub fn keys(&self) -> Result<crate::auth::Keys> {
+        Ok(crate::auth::Keys::new(self.db.open_tree("api_keys")?))
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }

@@ -52,6 +52,7 @@ pub struct ClaimRequest {
 
 /// An item handed to a worker, with what it needs to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClaimedItem {
     pub item: Item,
     pub operation: String,

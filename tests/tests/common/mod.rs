@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faena::api::{self, AppState};
+use faena::auth::{RateLimit, Role};
 use faena::clock::Clock;
 use faena::config::PluginConfig;
 use faena::model::{Item, Job, JobStatus};
@@ -27,6 +28,10 @@ pub struct Engine {
     pub sessions: Sessions,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// An admin key of the `default` tenant.
+    pub key: String,
+    /// A client that sends [`Engine::key`].
+    pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
 }
@@ -52,6 +57,24 @@ pub async fn start_with(
     browser: bool,
     concurrency: usize,
     session_idle: Duration,
+) -> Engine {
+    start_limited(
+        plugins,
+        browser,
+        concurrency,
+        session_idle,
+        RateLimit::default(),
+    )
+    .await
+}
+
+/// [`start_with`], each API key limited to `rate`.
+pub async fn start_limited(
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+    concurrency: usize,
+    session_idle: Duration,
+    rate: RateLimit,
 ) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store"), Clock::new())
@@ -91,12 +114,20 @@ pub async fn start_with(
     .unwrap();
     let state = AppState::new(store.clone(), Some(runtime.clone()))
         .unwrap()
-        .with_sessions(sessions.clone());
+        .with_sessions(sessions.clone())
+        .with_rate_limit(rate);
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", Role::Admin, "tests", 0)
+        .unwrap();
     let stop = shutdown.clone();
     tokio::spawn(api::serve(listener, state, async move {
         stop.cancelled().await
     }));
     Engine {
+        http: client(&key),
+        key,
         store,
         runtime,
         sessions,
@@ -124,14 +155,40 @@ impl Engine {
             .unwrap();
     }
 
+    /// `ws://…{path}` with the key as `token`.
+    pub fn ws_url(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{path}{sep}token={}",
+            self.url.replacen("http://", "ws://", 1),
+            self.key
+        )
+    }
+
+    /// A key of another role or tenant.
+    pub fn new_key(&self, tenant: &str, role: Role) -> String {
+        self.store
+            .keys()
+            .unwrap()
+            .create(tenant, role, "tests", 0)
+            .unwrap()
+            .1
+    }
+
     pub async fn get(&self, path: &str) -> Value {
-        let resp = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
         resp.json().await.unwrap()
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .http
             .delete(format!("{}{path}", self.url))
             .send()
             .await
@@ -141,7 +198,8 @@ impl Engine {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .http
             .post(format!("{}{path}", self.url))
             .json(&body)
             .send()
@@ -182,10 +240,22 @@ impl Engine {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A client that sends `key` as its bearer token.
+pub fn client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// A feed client subscribed to one job from the beginning of the log.
-pub async fn follow_job(engine_url: &str, job: &str) -> Ws {
-    let url = engine_url.replacen("http://", "ws://", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws"))
+pub async fn follow_job(e: &Engine, job: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(e.ws_url("/ws"))
         .await
         .unwrap();
     let sub = serde_json::json!({"type": "subscribe", "jobs": [job], "types": [], "after": 0});
@@ -221,8 +291,11 @@ pub async fn events_until(ws: &mut Ws, secs: u64, last: impl Fn(&Value) -> bool)
 }
 
 /// Fetch an artifact and check that it is a real PNG.
-pub async fn assert_png(engine_url: &str, artifact: &str) {
-    let resp = reqwest::get(format!("{engine_url}/api/v1/artifacts/{artifact}"))
+pub async fn assert_png(e: &Engine, artifact: &str) {
+    let resp = e
+        .http
+        .get(format!("{}/api/v1/artifacts/{artifact}", e.url))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "image/png");
