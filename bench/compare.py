@@ -63,10 +63,16 @@ def du(path):
     return total
 
 
+# The admin key of the engine running now (its first start writes it to the data dir).
+KEY = None
+
+
 def http(method, url, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if KEY:
+        headers["authorization"] = f"Bearer {KEY}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read() or b"null")
 
@@ -83,12 +89,12 @@ def wait_http(url, timeout=60):
 
 
 def faena_benches():
-    """faena's own benchmark rows (engine, feed, gsp), as JSON lines."""
+    """faena's own benchmark rows (engine, feed, overload, gsp), as JSON lines."""
     out = tempfile.mktemp(suffix=".jsonl")
     env = {**os.environ, "FAENA_BENCH_JSON": out, "FAENA_BENCH_RUNS": str(RUNS),
            "FAENA_BENCH_LATENCY_RATE": str(RATE)}
     subprocess.run(["cargo", "bench", "--locked", "-q", "-p", "faena-tests", "--bench", "engine",
-                    "--", "engine", "fanout", "gsp"], cwd=ROOT, env=env, check=True,
+                    "--", "engine", "fanout", "overload", "gsp"], cwd=ROOT, env=env, check=True,
                    stdout=sys.stderr)
     rows = {}
     with open(out) as f:
@@ -136,7 +142,11 @@ def start_faena(data):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
     wait_http(f"http://127.0.0.1:{FAENA_PORT}/health", timeout=300)
-    return p, time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    global KEY
+    with open(os.path.join(data, "admin.key")) as f:
+        KEY = f.read().strip()
+    return p, took
 
 
 def stop(p):
@@ -241,6 +251,7 @@ def main():
     for n in (100, 1000):
         add(f"feed fan-out p50, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p50 (50 events/s)"])
         add(f"feed fan-out p99, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p99"], target="< 50 ms" if n == 1000 else "")
+    add("no-op items/s with 1,000 feed clients / without", "ratio", f["overload: with 1,000 clients / without"])
     add("RSS idle (faena serve)", "MB", idle, celery["rss_idle_mb"], "Celery worker", higher_better=False, target="< 50 MB")
     add("", "MB", idle, bull["rss_idle_mb"], "BullMQ worker", higher_better=False)
     add(f"RSS peak running {ITEMS:,} no-op items", "MB", peak, celery["rss_peak_mb"], "Celery worker", higher_better=False)

@@ -3,6 +3,7 @@
 #   - the wasm32-wasip2 Rust target (plugins are built for it)
 #   - Debian's chromium (the browser capability and its tests)
 #   - openapi-spec-validator from PyPI (the test suite validates /openapi.json)
+#   - schemathesis from PyPI, in target/test-venv (the test suite fuzzes the API)
 
 ensure_prereqs() {
   local sudo=""
@@ -20,4 +21,11 @@ ensure_prereqs() {
     echo "== installing openapi-spec-validator"
     python3 -m pip install -q --disable-pip-version-check openapi-spec-validator
   fi
+  if [ "${1:-}" = "--test" ] && ! target/test-venv/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "== installing schemathesis $SCHEMATHESIS_VERSION into target/test-venv"
+    python3 -m venv target/test-venv
+    target/test-venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
 }
+
+SCHEMATHESIS_VERSION=4.32.5

@@ -8,6 +8,8 @@
 //!   and enqueue → start latency at a steady rate below capacity
 //! - instantiate + run: one fresh instance of the `noop` component and one call
 //! - fan-out: an event published to 100 and 1,000 WebSocket subscribers
+//! - overload: the engine's throughput with 1,000 WebSocket clients following the
+//!   batch, against none, in the same run
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
 //!   concurrency 1, 2 and 4, and where an order's time goes
@@ -284,6 +286,86 @@ async fn instantiate_and_run(calls: usize) -> f64 {
     us
 }
 
+/// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
+/// the feed: 90 % following the job's progress (one event per finished item), 10 %
+/// following every event of the job. Clients read in their own tasks, as a browser
+/// would; the figure is the engine's, timed from start to `completed` in the store.
+async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency: 32 },
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(store.clone(), Some(rt.clone()))
+        .unwrap()
+        .with_rate_limit(faena::auth::RateLimit {
+            per_sec: 1e9,
+            burst: 1e9,
+        });
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", faena::auth::Role::Viewer, "bench", 0)
+        .unwrap();
+    let s = stop.clone();
+    tokio::spawn(api::serve(
+        listener,
+        state,
+        async move { s.cancelled().await },
+    ));
+    let mut pending = job("noop", n);
+    pending.start = false;
+    let j = store.create_job("default", pending, None).await.unwrap();
+    let mut readers = Vec::new();
+    for i in 0..clients {
+        let url = format!("ws://{addr}/ws?token={key}");
+        let types = if i % 10 == 9 {
+            json!([])
+        } else {
+            json!(["item_progress", "job_completed"])
+        };
+        let sub = json!({"type": "subscribe", "jobs": [j.id], "types": types, "after": 0});
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect (raise `ulimit -n`?)");
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m
+                    && t.contains("\"job_completed\"")
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    store
+        .job_action(&j.id, faena::store::JobAction::Start)
+        .await
+        .unwrap();
+    while store.job(&j.id).unwrap().status != JobStatus::Completed {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    for r in readers {
+        r.await.unwrap();
+    }
+    stop.cancel();
+    dispatcher.await.unwrap();
+    store.close().await;
+    rate
+}
+
 /// Fan-out latency (ms) of `events` events published at `rate`/s to `subs` subscribers.
 async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
@@ -292,9 +374,22 @@ async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let s = stop.clone();
+    // One key for every subscriber, so no bucket: this measures the feed.
+    let state =
+        AppState::new(store.clone(), None)
+            .unwrap()
+            .with_rate_limit(faena::auth::RateLimit {
+                per_sec: 1e9,
+                burst: 1e9,
+            });
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", faena::auth::Role::Viewer, "bench", 0)
+        .unwrap();
     tokio::spawn(api::serve(
         listener,
-        AppState::new(store.clone(), None).unwrap(),
+        state,
         async move { s.cancelled().await },
     ));
     let base = Instant::now();
@@ -302,8 +397,9 @@ async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let ready = Arc::new(tokio::sync::Barrier::new(subs + 1));
     for _ in 0..subs {
         let ready = ready.clone();
+        let url = format!("ws://{addr}/ws?token={key}");
         clients.push(tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
                 .await
                 .expect("connect (raise `ulimit -n`?)");
             let sub = json!({"type": "subscribe", "types": ["bench"], "after": u64::MAX / 2});
@@ -643,6 +739,26 @@ fn main() {
                 p50,
             );
             row("engine: enqueue→start p99", "ms", p99);
+        }
+        if want("overload") {
+            let mut quiet = Vec::new();
+            let mut busy = Vec::new();
+            for _ in 0..n {
+                quiet.push(throughput_under_feed(10_000, 0).await);
+                busy.push(throughput_under_feed(10_000, 1_000).await);
+            }
+            let ratio: Vec<f64> = busy.iter().zip(&quiet).map(|(b, q)| b / q).collect();
+            row(
+                "overload: noop items/s, no feed clients (10k items)",
+                "items/s",
+                quiet,
+            );
+            row(
+                "overload: noop items/s, 1,000 feed clients",
+                "items/s",
+                busy,
+            );
+            row("overload: with 1,000 clients / without", "ratio", ratio);
         }
         if want("instantiate") {
             let v = futures_vec(n, || instantiate_and_run(5_000)).await;

@@ -161,16 +161,70 @@ fn cell_text(cell: &calamine::Data) -> Result<String, String> {
     })
 }
 
+/// Most columns a sheet may span (Excel's own limit is 16,384).
+pub const MAX_XLSX_COLUMNS: u32 = 1_000;
+/// Most cells the sheet's bounding box may hold: the reader lays them out densely, so
+/// a file naming two far-apart cells must not get to allocate the space between.
+pub const MAX_XLSX_CELLS: u64 = 5_000_000;
+
+/// The first sheet's cells, streamed with limits before anything dense is allocated:
+/// a small crafted workbook can otherwise name a cell at XFD1048576 and make the reader
+/// lay out 17 billion cells. A panic inside the XLSX parser (the fuzz test found an
+/// arithmetic overflow on cell references that are too long) is a refusal too.
+fn xlsx_range(bytes: &[u8]) -> Result<calamine::Range<calamine::Data>, String> {
+    use calamine::Reader;
+    let parse = || -> Result<calamine::Range<calamine::Data>, String> {
+        let mut book: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
+                .map_err(|e| format!("not a readable XLSX workbook ({e})"))?;
+        let name = book
+            .sheet_names()
+            .first()
+            .cloned()
+            .ok_or("the workbook has no sheet")?;
+        let mut reader = book
+            .worksheet_cells_reader(&name)
+            .map_err(|e| format!("the first sheet cannot be read ({e})"))?;
+        let mut cells = Vec::new();
+        let (mut rows, mut cols) = ((u32::MAX, 0u32), (u32::MAX, 0u32));
+        while let Some(cell) = reader
+            .next_cell()
+            .map_err(|e| format!("the first sheet cannot be read ({e})"))?
+        {
+            let (r, c) = cell.get_position();
+            if c >= MAX_XLSX_COLUMNS {
+                return Err(format!(
+                    "the first sheet has a cell in column {}: at most {MAX_XLSX_COLUMNS} columns are read",
+                    u64::from(c) + 1
+                ));
+            }
+            let value = calamine::Data::from(cell.get_value().clone());
+            if matches!(value, calamine::Data::Empty) {
+                continue;
+            }
+            rows = (rows.0.min(r), rows.1.max(r));
+            cols = (cols.0.min(c), cols.1.max(c));
+            let area = u64::from(rows.1 - rows.0 + 1) * u64::from(cols.1 - cols.0 + 1);
+            if area > MAX_XLSX_CELLS {
+                return Err(format!(
+                    "the first sheet spans more than {MAX_XLSX_CELLS} cells (rows {} to {}); \
+                     split it into smaller files",
+                    u64::from(rows.0) + 1,
+                    u64::from(rows.1) + 1
+                ));
+            }
+            cells.push(calamine::Cell::new((r, c), value));
+        }
+        Ok(calamine::Range::from_sparse(cells))
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .unwrap_or_else(|_| Err("not a readable XLSX workbook (its sheet is malformed)".into()))
+}
+
 /// Read the first sheet of an XLSX workbook; its first row is the header.
 pub fn read_xlsx(bytes: &[u8]) -> Result<Table, ImportError> {
-    use calamine::Reader;
     let fail = |m: String| ImportError(vec![problem(None, None, m)]);
-    let mut book: calamine::Xlsx<_> = calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
-        .map_err(|e| fail(format!("not a readable XLSX workbook ({e})")))?;
-    let range = book
-        .worksheet_range_at(0)
-        .ok_or_else(|| fail("the workbook has no sheet".into()))?
-        .map_err(|e| fail(format!("the first sheet cannot be read ({e})")))?;
+    let range = xlsx_range(bytes).map_err(fail)?;
     let Some((first_row, _)) = range.start() else {
         return Err(fail("the file is empty: a header row is needed".into()));
     };
@@ -260,6 +314,15 @@ pub fn read_csv(bytes: &[u8]) -> Result<Table, ImportError> {
             format!("the file is not UTF-8 text ({e})"),
         )])
     })?;
+    // One line end for all: the csv reader counts a record's line at its first byte, and
+    // after a `\r` it has not yet seen the `\n`, so files from Windows (CRLF) or old
+    // Macs (CR) would name every row one line too early (the fuzz test found it).
+    let text: std::borrow::Cow<'_, str> = if text.contains('\r') {
+        text.replace("\r\n", "\n").replace('\r', "\n").into()
+    } else {
+        text.into()
+    };
+    let text = text.as_ref();
     let first = text.lines().next().unwrap_or("");
     let delimiter = if first.matches(';').count() > first.matches(',').count() {
         b';'
@@ -459,6 +522,76 @@ pub fn to_items(table: &Table, spec: &ImportSpec) -> Result<Vec<NewItem>, Import
     Ok(items)
 }
 
+/// What the importer promises for any bytes at all, checked by the fuzz test
+/// (`engine/tests/import_fuzz.rs`): it returns rather than panics; a refusal names at
+/// least one problem, each with a message; an accepted file is a table with distinct,
+/// named columns and at least one row, every row as wide as the header and numbered
+/// after it in order; and turning that table into items (grouped by `group_by`, with
+/// `positive_integer` columns) either gives items that hold every row once or names its
+/// problems. Panics when a promise is broken.
+pub fn check_invariants(file_name: &str, bytes: &[u8], group_by: &str, positive_integer: &str) {
+    let refused = |e: &ImportError| {
+        assert!(!e.0.is_empty(), "a refusal names a problem");
+        assert!(
+            e.0.iter().all(|p| !p.message.trim().is_empty()),
+            "every problem has a message: {e:?}"
+        );
+        assert!(!e.to_string().is_empty());
+    };
+    let table = match read(file_name, bytes) {
+        Ok(t) => t,
+        Err(e) => return refused(&e),
+    };
+    assert!(!table.columns.is_empty(), "a table has columns");
+    let names: BTreeSet<&String> = table.columns.iter().collect();
+    assert_eq!(
+        names.len(),
+        table.columns.len(),
+        "distinct columns: {table:?}"
+    );
+    assert!(table.columns.iter().all(|c| !c.is_empty()), "named columns");
+    assert!(!table.rows.is_empty(), "a table has rows");
+    let mut last = 1;
+    for (line, cells) in &table.rows {
+        assert_eq!(
+            cells.len(),
+            table.columns.len(),
+            "row {line} as wide as the header"
+        );
+        assert!(*line > last, "rows numbered after the header, in order");
+        last = *line;
+    }
+    let spec = ImportSpec {
+        group_by: table
+            .columns
+            .iter()
+            .any(|c| c == group_by)
+            .then(|| group_by.to_owned()),
+        positive_integer: table
+            .columns
+            .iter()
+            .filter(|c| *c == positive_integer)
+            .cloned()
+            .collect(),
+        ..ImportSpec::default()
+    };
+    match to_items(&table, &spec) {
+        Err(e) => refused(&e),
+        Ok(items) => {
+            assert!(!items.is_empty() && items.len() <= table.rows.len());
+            if spec.group_by.is_some() {
+                let rows: usize = items
+                    .iter()
+                    .map(|i| i.input["rows"].as_array().map_or(0, Vec::len))
+                    .sum();
+                assert_eq!(rows, table.rows.len(), "every row in one item");
+            } else {
+                assert_eq!(items.len(), table.rows.len(), "one item per row");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +650,21 @@ mod tests {
     }
 
     #[test]
+    fn rows_are_named_the_same_whatever_the_line_ends() {
+        for end in ["\n", "\r\n", "\r"] {
+            let csv = ["code,qty", "A,1", "\"a\nb\",3", "B", "C,2"].join(end) + end;
+            let err = read_csv(csv.as_bytes()).unwrap_err().to_string();
+            assert!(
+                err.contains("row 5: has 1 cells where the header has 2"),
+                "{end:?}: {err}"
+            );
+            let table = read_csv(["code,qty", "A,1", "C,2"].join(end).as_bytes()).unwrap();
+            let lines: Vec<usize> = table.rows.iter().map(|(l, _)| *l).collect();
+            assert_eq!(lines, [2, 3], "{end:?}");
+        }
+    }
+
+    #[test]
     fn mapping_renames_and_bad_files_are_refused() {
         let table = read_csv(b"Codigo,Cantidad\nX,4\n").unwrap();
         let spec = ImportSpec {
@@ -563,6 +711,29 @@ mod tests {
             }
         }
         book.save_to_buffer().unwrap()
+    }
+
+    #[test]
+    fn a_sheet_too_wide_or_too_sparse_is_refused_before_it_is_laid_out() {
+        let book = |cells: &[(u32, u16)]| {
+            let mut book = rust_xlsxwriter::Workbook::new();
+            let sheet = book.add_worksheet();
+            for (r, c) in cells {
+                sheet.write_string(*r, *c, format!("c{c}")).unwrap();
+            }
+            book.save_to_buffer().unwrap()
+        };
+        // Two cells a million rows and 900 columns apart: 900 million cells if laid out.
+        let far = read_xlsx(&book(&[(0, 0), (1_048_575, 900)])).unwrap_err();
+        assert!(
+            far.to_string().contains("spans more than 5000000 cells"),
+            "{far}"
+        );
+        let wide = read_xlsx(&book(&[(0, 0), (1, 16_383)])).unwrap_err();
+        assert!(wide.to_string().contains("column 16384"), "{wide}");
+        // Within the limits the same kind of file reads.
+        let fine = read_xlsx(&book(&[(0, 0), (0, 1), (3, 1)])).unwrap();
+        assert_eq!(fine.rows.len(), 1);
     }
 
     fn gsp_spec() -> ImportSpec {
