@@ -377,11 +377,7 @@ fn token_of(req: &Request) -> Option<String> {
 }
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
-    let body = serde_json::json!({"error": code, "message": message});
-    let mut resp = Response::builder()
-        .status(status)
-        .content_type("application/json; charset=utf-8")
-        .body(body.to_string());
+    let mut resp = crate::api::error::json_response(status, code, &message);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,

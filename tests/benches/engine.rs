@@ -286,24 +286,16 @@ async fn instantiate_and_run(calls: usize) -> f64 {
     us
 }
 
-/// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
-/// the feed: 90 % following the job's progress (one event per finished item), 10 %
-/// following every event of the job. Clients read in their own tasks, as a browser
-/// would; the figure is the engine's, timed from start to `completed` in the store.
-async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path()).await;
-    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
-    let stop = CancellationToken::new();
-    let dispatcher = tokio::spawn(scheduler::run(
-        store.clone(),
-        Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency: 32 },
-        stop.clone(),
-    ));
+/// The API of `store` on a 127.0.0.1 listener until `stop`, and a viewer key. One key
+/// serves every subscriber, so no bucket: these measure the feed.
+async fn serve_feed(
+    store: &Store,
+    runtime: Option<Arc<Runtime>>,
+    stop: &CancellationToken,
+) -> (std::net::SocketAddr, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new(store.clone(), Some(rt.clone()))
+    let state = AppState::new(store.clone(), runtime)
         .unwrap()
         .with_rate_limit(faena::auth::RateLimit {
             per_sec: 1e9,
@@ -320,6 +312,25 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
         state,
         async move { s.cancelled().await },
     ));
+    (addr, key)
+}
+
+/// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
+/// the feed: 90 % following the job's progress (one event per finished item), 10 %
+/// following every event of the job. Clients read in their own tasks, as a browser
+/// would; the figure is the engine's, timed from start to `completed` in the store.
+async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(rt.clone())),
+        SchedulerConfig { concurrency: 32 },
+        stop.clone(),
+    ));
+    let (addr, key) = serve_feed(&store, Some(rt.clone()), &stop).await;
     let mut pending = job("noop", n);
     pending.start = false;
     let j = store.create_job("default", pending, None).await.unwrap();
@@ -370,28 +381,8 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
 async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let s = stop.clone();
-    // One key for every subscriber, so no bucket: this measures the feed.
-    let state =
-        AppState::new(store.clone(), None)
-            .unwrap()
-            .with_rate_limit(faena::auth::RateLimit {
-                per_sec: 1e9,
-                burst: 1e9,
-            });
-    let (_, key) = state
-        .auth
-        .keys
-        .create("default", faena::auth::Role::Viewer, "bench", 0)
-        .unwrap();
-    tokio::spawn(api::serve(
-        listener,
-        state,
-        async move { s.cancelled().await },
-    ));
+    let (addr, key) = serve_feed(&store, None, &stop).await;
     let base = Instant::now();
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Barrier::new(subs + 1));

@@ -3,6 +3,8 @@
 //! At the end every item is final, none is lost, and the portal placed each order
 //! exactly once.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,15 +90,7 @@ impl Faena {
     fn client(&self) -> reqwest::Client {
         let key = std::fs::read_to_string(self.data.join("admin.key"))
             .expect("the first start writes an admin key");
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", key.trim()).parse().unwrap(),
-        );
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap()
+        common::client(key.trim())
     }
 
     async fn job(&self, id: &str) -> Value {

@@ -116,6 +116,12 @@ pub async fn json_errors(err: poem::Error) -> poem::Response {
         m if m.is_empty() => status.canonical_reason().unwrap_or("error").to_owned(),
         m => m,
     };
+    json_response(status, code, &message)
+}
+
+/// An error answer in the one shape every error has, for code outside the handlers
+/// (the middleware).
+pub fn json_response(status: poem::http::StatusCode, code: &str, message: &str) -> poem::Response {
     let body = serde_json::json!({"error": code, "message": message});
     poem::Response::builder()
         .status(status)
