@@ -34,6 +34,10 @@ pub struct ApiFileConfig {
     pub rate_limit_per_sec: Option<f64>,
     /// Requests a key may make at once above that rate (default twice the rate).
     pub rate_limit_burst: Option<f64>,
+    /// Threads serving HTTP and the feed (default: one per core).
+    pub threads: Option<usize>,
+    /// Their nice value, 0–19 (default 10): when the machine is busy, jobs come first.
+    pub nice: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +101,8 @@ pub struct Config {
     pub session_idle_timeout: std::time::Duration,
     /// Per-key request rate of the API.
     pub rate_limit: crate::auth::RateLimit,
+    /// The HTTP server's threads.
+    pub api_threads: crate::api::ApiThreads,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +158,19 @@ impl Config {
                     .into(),
             });
         }
+        let defaults = crate::api::ApiThreads::default();
+        let api_threads = crate::api::ApiThreads {
+            threads: api.threads.unwrap_or(defaults.threads),
+            nice: api.nice.unwrap_or(defaults.nice),
+        };
+        if api_threads.threads == 0 || !(0..=19).contains(&api_threads.nice) {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: "[api] threads must be at least 1 and nice between 0 and 19".into(),
+            });
+        }
         Ok(Config {
+            api_threads,
             rate_limit: crate::auth::RateLimit { per_sec, burst },
             data_dir: over
                 .data_dir

@@ -122,17 +122,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
-    let server = tokio::spawn(api::serve(listener, state, {
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled().await }
-    }));
+    // Requests and feed clients on threads of their own: however many there are, the
+    // engine's tasks do not wait behind them.
+    let server = api::ApiServer::start(listener, state, config.api_threads, shutdown.clone())
+        .context("cannot start the HTTP server")?;
     tokio::select! {
         _ = signal() => info!("shutting down"),
         why = store.failed() => error!(%why, "storage failed; shutting down"),
     }
     shutdown.cancel();
     let _ = dispatcher.await;
-    server.await?.context("the HTTP server failed")?;
+    server.wait().await.context("the HTTP server failed")?;
     drop(runtime);
     Ok(())
 }

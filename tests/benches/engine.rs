@@ -217,12 +217,15 @@ async fn enqueue_to_start(count: usize, rate: u64) -> Vec<f64> {
     // Each item carries its submission time (µs since `base`) in its input, so the
     // watcher can match a start to its submission however the two race.
     let base = Instant::now();
-    let mut events = store.subscribe();
+    let mut events = store.follow();
     let reader = store.clone();
     let watcher = tokio::spawn(async move {
         let mut out = Vec::new();
         while out.len() < count {
-            let Ok(e) = events.recv().await else { continue };
+            let Some(Ok(e)) = events.recv().await else {
+                continue;
+            };
+            let e = e.event();
             if e.kind == kind::ITEM_STATUS_CHANGED && e.data["to"] == "running" {
                 let now = base.elapsed().as_micros() as f64;
                 let item = reader.item(e.item_id.as_deref().unwrap()).unwrap();
@@ -286,13 +289,14 @@ async fn instantiate_and_run(calls: usize) -> f64 {
     us
 }
 
-/// The API of `store` on a 127.0.0.1 listener until `stop`, and a viewer key. One key
-/// serves every subscriber, so no bucket: these measure the feed.
+/// The API of `store` on a 127.0.0.1 listener until `stop`, on its own threads as
+/// `faena serve` runs it, and a viewer key. One key serves every subscriber, so no
+/// bucket: these measure the feed.
 async fn serve_feed(
     store: &Store,
     runtime: Option<Arc<Runtime>>,
     stop: &CancellationToken,
-) -> (std::net::SocketAddr, String) {
+) -> (std::net::SocketAddr, String, api::ApiServer) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = AppState::new(store.clone(), runtime)
@@ -306,13 +310,57 @@ async fn serve_feed(
         .keys
         .create("default", faena::auth::Role::Viewer, "bench", 0)
         .unwrap();
-    let s = stop.clone();
-    tokio::spawn(api::serve(
-        listener,
-        state,
-        async move { s.cancelled().await },
-    ));
-    (addr, key)
+    let server =
+        api::ApiServer::start(listener, state, api::ApiThreads::default(), stop.clone()).unwrap();
+    (addr, key, server)
+}
+
+/// Feed clients on threads of their own, as browsers in another process would be:
+/// they share the machine's cores with the engine, not its run queue.
+struct ClientThreads(Option<tokio::runtime::Runtime>);
+
+impl ClientThreads {
+    fn new() -> Self {
+        ClientThreads(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-clients")
+                .enable_all()
+                .build()
+                .unwrap(),
+        ))
+    }
+
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("running").spawn(f)
+    }
+}
+
+impl Drop for ClientThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+type Subscriber =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A feed client as a browser would be: it reads many small messages. tungstenite's
+/// default 128 KiB read buffer is zeroed before every read, which would make the
+/// clients, not the engine, the cost these benches measure.
+async fn subscriber(url: &str) -> Subscriber {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        .await
+        .expect("connect (raise `ulimit -n`?)")
+        .0
 }
 
 /// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
@@ -330,10 +378,12 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
         SchedulerConfig { concurrency: 32 },
         stop.clone(),
     ));
-    let (addr, key) = serve_feed(&store, Some(rt.clone()), &stop).await;
+    let (addr, key, server) = serve_feed(&store, Some(rt.clone()), &stop).await;
     let mut pending = job("noop", n);
     pending.start = false;
     let j = store.create_job("default", pending, None).await.unwrap();
+    let threads = ClientThreads::new();
+    let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut readers = Vec::new();
     for i in 0..clients {
         let url = format!("ws://{addr}/ws?token={key}");
@@ -343,13 +393,14 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
             json!(["item_progress", "job_completed"])
         };
         let sub = json!({"type": "subscribe", "jobs": [j.id], "types": types, "after": 0});
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect (raise `ulimit -n`?)");
-        ws.send(Message::Text(sub.to_string().into()))
-            .await
-            .unwrap();
-        readers.push(tokio::spawn(async move {
+        let ready = ready.clone();
+        readers.push(threads.spawn(async move {
+            let mut ws = subscriber(&url).await;
+            ws.send(Message::Text(sub.to_string().into()))
+                .await
+                .unwrap();
+            ws.next().await.unwrap().unwrap(); // subscribed
+            ready.wait().await;
             while let Some(Ok(m)) = ws.next().await {
                 if let Message::Text(t) = m
                     && t.contains("\"job_completed\"")
@@ -359,6 +410,7 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
             }
         }));
     }
+    ready.wait().await;
     let t0 = Instant::now();
     store
         .job_action(&j.id, faena::store::JobAction::Start)
@@ -373,6 +425,7 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
     }
     stop.cancel();
     dispatcher.await.unwrap();
+    server.wait().await.unwrap();
     store.close().await;
     rate
 }
@@ -382,17 +435,16 @@ async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let stop = CancellationToken::new();
-    let (addr, key) = serve_feed(&store, None, &stop).await;
+    let (addr, key, server) = serve_feed(&store, None, &stop).await;
     let base = Instant::now();
+    let threads = ClientThreads::new();
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Barrier::new(subs + 1));
     for _ in 0..subs {
         let ready = ready.clone();
         let url = format!("ws://{addr}/ws?token={key}");
-        clients.push(tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                .await
-                .expect("connect (raise `ulimit -n`?)");
+        clients.push(threads.spawn(async move {
+            let mut ws = subscriber(&url).await;
             let sub = json!({"type": "subscribe", "types": ["bench"], "after": u64::MAX / 2});
             ws.send(Message::Text(sub.to_string().into()))
                 .await
@@ -427,6 +479,7 @@ async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
         all.extend(c.await.unwrap());
     }
     stop.cancel();
+    server.wait().await.unwrap();
     store.close().await;
     all
 }

@@ -300,6 +300,83 @@ async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Resul
     next.call(req).await.map(poem::IntoResponse::into_response)
 }
 
+/// The HTTP server's threads: how many, and their nice value (0–19). Above 0, when the
+/// machine is busy the engine's threads get the CPU first (at 10 about nine tenths of
+/// it), so a crowd of feed clients slows its own delivery rather than the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiThreads {
+    pub threads: usize,
+    pub nice: i32,
+}
+
+impl Default for ApiThreads {
+    fn default() -> Self {
+        ApiThreads {
+            threads: std::thread::available_parallelism().map_or(2, usize::from),
+            nice: 10,
+        }
+    }
+}
+
+/// The HTTP server on threads of its own. However many requests and feed connections
+/// there are, their tasks never queue in front of the engine's (the store's writer,
+/// the dispatcher, the plugins): the two share the CPU as threads, not one run queue.
+pub struct ApiServer {
+    threads: Option<tokio::runtime::Runtime>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ApiServer {
+    /// Serve on `listener` until `shutdown` is cancelled.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        state: AppState,
+        threads: ApiThreads,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<ApiServer> {
+        let listener = listener.into_std()?;
+        let ApiThreads { threads, nice } = threads;
+        let threads_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("faena-api")
+            .on_thread_start(move || {
+                if nice > 0 {
+                    // Linux: the calling thread's own nice value. Lowering one's own
+                    // priority needs no privilege; should it fail, the threads keep the
+                    // engine's priority.
+                    let _ =
+                        rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+                }
+            })
+            .enable_all()
+            .build()?;
+        let task = threads_rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            serve(listener, state, async move { shutdown.cancelled().await }).await
+        });
+        Ok(ApiServer {
+            threads: Some(threads_rt),
+            task,
+        })
+    }
+
+    /// Wait for the server to stop (after `shutdown`), then let its threads go.
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let result = (&mut self.task).await;
+        drop(self);
+        result.map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // A runtime may not be dropped from async code; its tasks are done or abandoned.
+        if let Some(rt) = self.threads.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Serve `app` on an already bound listener until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -224,6 +224,7 @@ pub async fn screencast(
         .await
         .map_err(|m| api_to_poem(ApiError::Conflict(error_body("conflict", m))))?;
     Ok(ws
+        .config(super::ws::socket_config())
         .on_upgrade(move |socket| async move {
             use futures_util::{SinkExt, StreamExt};
             let (mut sink, mut stream) = socket.split();

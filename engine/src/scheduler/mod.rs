@@ -218,18 +218,28 @@ async fn run_one(
 /// Stop runs whose item left `running` behind their back (job or item cancelled), and
 /// keep the pools in step with their jobs.
 async fn watch_events(store: Store, running: Running, pools: Pools, shutdown: CancellationToken) {
-    let mut rx = store.subscribe();
+    let mut feed = store.follow();
     loop {
-        let event = tokio::select! {
-            e = rx.recv() => e,
+        let published = tokio::select! {
+            e = feed.recv() => e,
             _ = shutdown.cancelled() => return,
         };
-        let event = match event {
-            Ok(e) => e,
+        let published = match published {
+            Some(Ok(p)) => p,
             // Missed some: heartbeats will find any lost lease.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
+            Some(Err(_)) => continue,
+            None => return,
         };
+        if !matches!(
+            &*published.kind,
+            kind::JOB_UPDATED
+                | kind::JOB_COMPLETED
+                | kind::JOB_CANCELLED
+                | kind::ITEM_STATUS_CHANGED
+        ) {
+            continue;
+        }
+        let event = published.event();
         match event.kind.as_str() {
             kind::JOB_UPDATED => {
                 if let (Some(job), Ok(pool)) = (

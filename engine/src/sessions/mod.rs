@@ -139,6 +139,9 @@ struct Inner {
     tree: sled::Tree,
     config: SessionsConfig,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// The engine's threads: a session's plugin instance runs there, not on the API's
+    /// threads that open it.
+    engine: tokio::runtime::Handle,
     /// Per tenant + plugin + account: the open lock (two opens of one account wait
     /// for each other) and the active session's id.
     accounts: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<String>>>>>,
@@ -192,6 +195,7 @@ impl Sessions {
                 tree,
                 config,
                 live: Mutex::default(),
+                engine: tokio::runtime::Handle::current(),
                 accounts: Mutex::default(),
             }),
         };
@@ -293,7 +297,7 @@ impl Sessions {
         };
         self.save(&record).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(serve(instance, rx));
+        self.inner.engine.spawn(serve(instance, rx));
         let live = Arc::new(Live {
             record: Mutex::new(record),
             calls: tx,

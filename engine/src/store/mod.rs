@@ -4,6 +4,7 @@
 //! only after the flush.
 
 mod error;
+pub mod feed;
 pub mod keys;
 mod ops;
 mod ready;
@@ -13,10 +14,11 @@ mod writer;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::info;
 
 pub use error::{Result, StoreError};
+pub use feed::{Feed, FeedLimits, Follower, Published};
 pub use keys::ItemKey;
 pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, JobAction, MAX_ITEMS_PER_JOB, Outcome, backoff_ms,
@@ -27,9 +29,6 @@ use crate::metrics::Metrics;
 use crate::model::{Event, Item, ItemStatus, Job, JobStatus, Lease, NewJob};
 use ready::Ready;
 use writer::{Command, Writer};
-
-/// How many live events a subscriber may fall behind before it is told it lagged.
-const FEED_CAPACITY: usize = 16_384;
 
 /// State shared between the writer, its handle and the dispatchers.
 pub struct Shared {
@@ -54,12 +53,25 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     tx: mpsc::Sender<Command>,
-    hub: broadcast::Sender<Arc<Event>>,
+    feed: Arc<Feed>,
     shared: Arc<Shared>,
     clock: Clock,
     /// Owner name of this process's built-in workers; leases held under an older
     /// instance's name died with that process.
     instance: Arc<str>,
+}
+
+/// How many stored events one [`Store::event_texts`] call looks at, at most.
+pub const SCAN_LIMIT: usize = 10_000;
+
+/// Stored events as text, and how far the scan got.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<String>,
+    /// The seq of the last event looked at (`after` when none was).
+    pub last: u64,
+    /// The scan reached the newest stored event.
+    pub end: bool,
 }
 
 /// A page of a listing and where the next one starts.
@@ -85,9 +97,13 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn matches(&self, e: &Event) -> bool {
-        self.tenant.as_ref().is_none_or(|t| *t == e.tenant)
-            && (self.jobs.is_empty() || e.job_id.as_ref().is_some_and(|j| self.jobs.contains(j)))
-            && (self.types.is_empty() || self.types.contains(&e.kind))
+        self.matches_parts(&e.tenant, &e.kind, e.job_id.as_deref())
+    }
+
+    pub fn matches_parts(&self, tenant: &str, kind: &str, job_id: Option<&str>) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && (self.jobs.is_empty() || job_id.is_some_and(|j| self.jobs.iter().any(|x| x == j)))
+            && (self.types.is_empty() || self.types.iter().any(|t| t == kind))
     }
 }
 
@@ -102,7 +118,6 @@ impl Store {
             .map_err(|e| StoreError::Storage(e.to_string()))??;
         let tree = db.open_tree("faena")?;
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
-        let (hub, _) = broadcast::channel(FEED_CAPACITY);
         let shared = Arc::new(Shared {
             dispatch: Notify::new(),
             metrics: Metrics::default(),
@@ -117,13 +132,14 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Storage(e.to_string()))??
         };
+        let feed = Arc::new(Feed::new(next_seq - 1, FeedLimits::default()));
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
             tree: tree.clone(),
             ready,
             next_seq,
             clock,
-            hub: hub.clone(),
+            feed: feed.clone(),
             shared: shared.clone(),
             wake: false,
         };
@@ -133,7 +149,7 @@ impl Store {
             db,
             tree,
             tx,
-            hub,
+            feed,
             shared,
             clock,
             instance,
@@ -202,8 +218,14 @@ impl Store {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.hub.subscribe()
+    /// The live feed of committed events.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// Follow the events committed from now on.
+    pub fn follow(&self) -> Follower {
+        self.feed.follow(self.feed.head())
     }
 
     /// Artifacts of this store: files under its directory, metadata in its database.
@@ -602,6 +624,46 @@ impl Store {
             }
         }
         Ok((out, last))
+    }
+
+    /// Stored events after `after` matching `filter`, as stored (their JSON text), for
+    /// the feed: only the fields the filter needs are decoded. At most `limit` events,
+    /// and at most [`SCAN_LIMIT`] looked at, so a rare filter cannot hold a thread for
+    /// the whole log; `last` says where to continue.
+    pub fn event_texts(&self, after: u64, filter: &EventFilter, limit: usize) -> Result<EventPage> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'a, str>,
+            #[serde(borrow, rename = "type")]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            job_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let mut page = EventPage {
+            events: Vec::new(),
+            last: after,
+            end: true,
+        };
+        for (scanned, kv) in self
+            .tree
+            .range(keys::event_key(after + 1).to_vec()..vec![keys::EVENT + 1])
+            .enumerate()
+        {
+            if scanned == SCAN_LIMIT || page.events.len() == limit {
+                page.end = false;
+                break;
+            }
+            let (k, v) = kv?;
+            page.last = keys::event_seq(&k).unwrap_or(page.last);
+            let head: Head<'_> = serde_json::from_slice(&v)?;
+            if filter.matches_parts(&head.tenant, &head.kind, head.job_id.as_deref()) {
+                let text = std::str::from_utf8(&v)
+                    .map_err(|e| StoreError::Storage(format!("event {}: {e}", page.last)))?;
+                page.events.push(text.to_owned());
+            }
+        }
+        Ok(page)
     }
 
     /// The newest stored event's seq (0 when there is none).

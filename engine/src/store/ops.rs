@@ -988,7 +988,7 @@ impl Writer {
         data: serde_json::Value,
     ) -> Result<crate::model::Event> {
         tx.emit_session(tenant, event_kind, session_id, data);
-        Ok(tx.events.last().expect("just emitted").clone())
+        Ok(tx.events.last().expect("just emitted").event())
     }
 
     pub(crate) fn log(
@@ -1100,7 +1100,7 @@ impl Writer {
             }
         }
         tx.emit(tenant, event_kind, job_id.as_deref(), None, data);
-        Ok(tx.events.last().expect("just emitted").clone())
+        Ok(tx.events.last().expect("just emitted").event())
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use sled::IVec;
 
 use super::error::{Result, StoreError};
+use super::feed::Published;
 use super::keys::{self, ItemKey};
 use crate::model::{Event, Item, ItemStatus, Job};
 
@@ -16,7 +17,7 @@ pub(crate) struct Tx<'a> {
     tree: &'a sled::Tree,
     base: &'a Overlay,
     pub writes: Overlay,
-    pub events: Vec<Event>,
+    pub events: Vec<Published>,
     /// Jobs read or changed in this command, written once at the end.
     jobs: HashMap<String, (Job, bool)>,
     pub next_seq: u64,
@@ -190,16 +191,15 @@ impl<'a> Tx<'a> {
             session_id: session_id.map(str::to_owned),
             data,
         };
-        self.put(
-            keys::event_key(seq).to_vec(),
-            serde_json::to_vec(&event).expect("event serializes"),
-        );
-        self.events.push(event);
+        // Serialized once: the same text is stored and sent to every subscriber.
+        let published = Published::new(&event);
+        self.put(keys::event_key(seq).to_vec(), &published.json[..]);
+        self.events.push(published);
         seq
     }
 
     /// Write back the jobs this command changed; consumes the transaction's writes.
-    pub fn finish(mut self) -> (Overlay, Vec<Event>, u64, [i64; ItemStatus::ALL.len()]) {
+    pub fn finish(mut self) -> (Overlay, Vec<Published>, u64, [i64; ItemStatus::ALL.len()]) {
         for (id, (job, dirty)) in std::mem::take(&mut self.jobs) {
             if dirty {
                 self.writes.insert(

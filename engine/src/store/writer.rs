@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use super::error::{Result, StoreError};
+use super::feed::{Feed, Published};
 use super::ops::{ClaimRequest, Claimed, JobAction, Outcome};
 use super::ready::Ready;
 use super::tx::{Overlay, Tx};
@@ -117,7 +118,7 @@ struct Flushing {
     flush: tokio::task::JoinHandle<Result<(), sled::Error>>,
     /// The flush's outcome, once it has arrived.
     result: Option<Result<(), StoreError>>,
-    events: Vec<Event>,
+    events: Vec<Published>,
     done: Vec<Done>,
     wake: bool,
     writes: usize,
@@ -143,7 +144,7 @@ async fn flushed(f: &mut Option<Flushing>) {
 #[derive(Default)]
 struct Group {
     writes: Overlay,
-    events: Vec<Event>,
+    events: Vec<Published>,
     done: Vec<Done>,
 }
 
@@ -152,7 +153,7 @@ pub(crate) struct Writer {
     pub ready: Ready,
     pub next_seq: u64,
     pub clock: Clock,
-    pub hub: broadcast::Sender<Arc<Event>>,
+    pub feed: Arc<Feed>,
     pub shared: Arc<Shared>,
     /// Items became claimable in this group: wake the dispatchers after the commit.
     pub wake: bool,
@@ -219,6 +220,7 @@ impl Writer {
                 closing.push(reply);
             }
         }
+        self.feed.close();
         drop(self);
         for reply in closing {
             let _ = reply.send(());
@@ -289,10 +291,7 @@ impl Writer {
         }
         let ok = result.is_ok();
         if ok {
-            for event in events {
-                // No subscriber is not an error.
-                let _ = self.hub.send(Arc::new(event));
-            }
+            self.feed.publish(events);
         }
         for d in done {
             d(ok);
@@ -326,7 +325,7 @@ impl Writer {
                 self.next_seq = next_seq;
                 self.shared.metrics.add_status(&deltas);
                 group.writes.extend(writes);
-                self.shared.metrics.record_events(&events);
+                self.shared.metrics.record_events(events.len());
                 group.events.extend(events);
                 group.done.push(Box::new(move |ok| {
                     let _ = reply.send(if ok {
