@@ -34,7 +34,7 @@ pub struct ApiFileConfig {
     pub rate_limit_per_sec: Option<f64>,
     /// Requests a key may make at once above that rate (default twice the rate).
     pub rate_limit_burst: Option<f64>,
-    /// Threads serving HTTP and the feed (default: one per core).
+    /// Threads serving HTTP and the feed (default: half the cores, at least one).
     pub threads: Option<usize>,
     /// Their nice value, 0–19 (default 10): when the machine is busy, jobs come first.
     pub nice: Option<i32>,

@@ -300,9 +300,10 @@ async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Resul
     next.call(req).await.map(poem::IntoResponse::into_response)
 }
 
-/// The HTTP server's threads: how many, and their nice value (0–19). Above 0, when the
-/// machine is busy the engine's threads get the CPU first (at 10 about nine tenths of
-/// it), so a crowd of feed clients slows its own delivery rather than the jobs.
+/// The HTTP server's threads: how many (default half the cores, at least one), and
+/// their nice value (0–19, default 10). When the machine is busy the engine's threads
+/// get the CPU first (at 10 about nine tenths of it), so a crowd of feed clients slows
+/// its own delivery rather than the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiThreads {
     pub threads: usize,
@@ -312,7 +313,7 @@ pub struct ApiThreads {
 impl Default for ApiThreads {
     fn default() -> Self {
         ApiThreads {
-            threads: std::thread::available_parallelism().map_or(2, usize::from),
+            threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             nice: 10,
         }
     }
