@@ -316,3 +316,44 @@ async fn the_feed_needs_a_key_and_shows_a_tenant_only_its_events() {
     assert!(quiet.is_err(), "acme saw {quiet:?}");
     e.stop().await;
 }
+
+/// A plain request to the feed is refused with a JSON error naming what is expected,
+/// and a client message over the limit closes that connection only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_a_websocket_handshake_is_refused() {
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
+    let http = url.at("/ws").replacen("ws://", "http://", 1);
+    let resp = reqwest::get(&http).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket upgrade"),
+        "{body}"
+    );
+
+    let mut big = connect(&url.at("/ws")).await;
+    let mut fine = connect(&url.at("/ws")).await;
+    send(&mut fine, json!({"type": "subscribe", "after": 0})).await;
+    assert_eq!(next_json(&mut fine).await["type"], "subscribed");
+    let jobs: Vec<String> = (0..20_000).map(|i| format!("job-{i:020}")).collect();
+    // The server may close it while the client is still writing.
+    let sub = json!({"type": "subscribe", "jobs": jobs}).to_string();
+    let _ = big.send(Message::Text(sub.into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match big.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a 500 KB message closes its connection");
+    send(&mut fine, json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut fine).await["type"], "pong");
+    e.stop().await;
+}
