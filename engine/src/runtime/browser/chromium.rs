@@ -97,29 +97,7 @@ impl Chromium {
             Some(url) => Browser::connect(url.clone())
                 .await
                 .map_err(|e| format!("cannot connect to the browser at {url}: {e}"))?,
-            None => {
-                let _ = std::fs::create_dir_all(&self.settings.profile_dir);
-                let profile = self
-                    .settings
-                    .profile_dir
-                    .join(ulid::Ulid::new().to_string());
-                let config = BrowserConfig::builder()
-                    .chrome_executable(&self.settings.executable)
-                    .no_sandbox()
-                    .user_data_dir(&profile)
-                    .args(FLAGS.iter().copied())
-                    .args(self.settings.args.iter().map(String::as_str))
-                    .launch_timeout(Duration::from_secs(30))
-                    .request_timeout(Duration::from_secs(30))
-                    .build()
-                    .map_err(|e| format!("browser settings: {e}"))?;
-                Browser::launch(config).await.map_err(|e| {
-                    format!(
-                        "cannot start Chromium at {}: {e} (install it with `apt-get install chromium`)",
-                        self.settings.executable.display()
-                    )
-                })?
-            }
+            None => self.launch().await?,
         };
         let alive = Arc::new(AtomicBool::new(true));
         let dead = CancellationToken::new();
@@ -159,6 +137,43 @@ impl Chromium {
             dead: dead.clone(),
         });
         Ok((browser, dead))
+    }
+
+    /// Start Chromium with a fresh profile. A start that fails is tried once more: on a
+    /// loaded machine one can stall before it prints its DevTools address.
+    async fn launch(&self) -> Result<(Browser, chromiumoxide::Handler), String> {
+        let _ = std::fs::create_dir_all(&self.settings.profile_dir);
+        let mut attempt = 1;
+        loop {
+            let profile = self
+                .settings
+                .profile_dir
+                .join(ulid::Ulid::new().to_string());
+            let config = BrowserConfig::builder()
+                .chrome_executable(&self.settings.executable)
+                .no_sandbox()
+                .user_data_dir(&profile)
+                .args(FLAGS.iter().copied())
+                .args(self.settings.args.iter().map(String::as_str))
+                .launch_timeout(Duration::from_secs(30))
+                .request_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| format!("browser settings: {e}"))?;
+            match Browser::launch(config).await {
+                Ok(launched) => return Ok(launched),
+                Err(e) if attempt < 2 => {
+                    warn!(error = %e, "Chromium did not start; trying once more");
+                    let _ = std::fs::remove_dir_all(&profile);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot start Chromium at {}: {e} (install it with `apt-get install chromium`)",
+                        self.settings.executable.display()
+                    ));
+                }
+            }
+        }
     }
 
     /// A fresh isolated context (own cookies and storage) for one item.
