@@ -1,8 +1,11 @@
 //! A tiny local web server for runtime tests and benchmarks: a purchase-request form,
 //! its confirmation page, and a `/ping` for HTTP calls. Listens on 127.0.0.1 only.
 
-use poem::web::{Form, Html};
-use poem::{Route, get, handler, post};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use poem::web::{Data, Form, Html};
+use poem::{EndpointExt, Route, get, handler, post};
 use tokio_util::sync::CancellationToken;
 
 #[handler]
@@ -23,7 +26,8 @@ fn form_page() -> Html<&'static str> {
 
 /// The form, after a two-second wait (a slow portal).
 #[handler]
-async fn slow_form() -> Html<&'static str> {
+async fn slow_form(started: Data<&Arc<AtomicUsize>>) -> Html<&'static str> {
+    started.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     Html(FORM)
 }
@@ -52,6 +56,8 @@ fn submit(Form(f): Form<Submitted>) -> Html<String> {
 pub struct PageServer {
     /// `127.0.0.1:PORT`
     pub host: String,
+    /// Loads of `/slow` begun so far.
+    pub slow_loads: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -62,11 +68,13 @@ impl Drop for PageServer {
 }
 
 pub async fn serve() -> PageServer {
+    let slow_loads = Arc::new(AtomicUsize::new(0));
     let app = Route::new()
         .at("/ping", get(ping))
         .at("/form", get(form_page))
         .at("/slow", get(slow_form))
-        .at("/submit", post(submit));
+        .at("/submit", post(submit))
+        .data(slow_loads.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
@@ -79,5 +87,9 @@ pub async fn serve() -> PageServer {
             .run_with_graceful_shutdown(app, async move { s.cancelled().await }, None)
             .await
     });
-    PageServer { host, stop }
+    PageServer {
+        host,
+        slow_loads,
+        stop,
+    }
 }

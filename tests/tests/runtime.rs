@@ -319,7 +319,7 @@ async fn plugins_are_listed_and_uploaded_through_the_api() {
 /// is retried, and the retry runs on a newly launched browser.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_browser_is_replaced_and_the_item_retried() {
-    let (host, _stop) = local_server().await;
+    let (host, pages) = local_server().await;
     let e = engine(
         PluginConfig {
             browser: Some(true),
@@ -346,19 +346,16 @@ async fn a_dead_browser_is_replaced_and_the_item_retried() {
         .await
         .unwrap();
     let id = format!("{}-0", job.id);
-    // Wait until the first attempt is inside the slow page load, then kill the browser.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Wait until the first attempt is inside the slow page load (the page answers after
+    // two seconds), then kill the browser.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &e.chromium_dir()])
-            .output()
-            .unwrap();
-        if e.store.item(&id).unwrap().status == ItemStatus::Running && !out.stdout.is_empty() {
+        if pages.slow_loads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the browser never started"
+            "the first attempt never reached the slow page"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
