@@ -158,7 +158,8 @@ fn upgrade(req: &Request, conn: Connection) -> poem::Result<Response> {
 struct Connection {
     store: Store,
     tenant: String,
-    filter: Option<EventFilter>,
+    /// Shared with `deliver`, which runs at every wake-up: a clone is a count.
+    filter: Option<Arc<EventFilter>>,
     /// Where this connection is in the feed: the seq of the last event sent or passed.
     follower: Follower,
     /// Caught up once since subscribing: falling out of the feed's memory after that is
@@ -181,7 +182,7 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(5);
 impl Connection {
     fn new(state: &AppState, sub: Option<(EventFilter, u64)>) -> Self {
         let (filter, after) = match sub {
-            Some((f, after)) => (Some(f), after),
+            Some((f, after)) => (Some(Arc::new(f)), after),
             None => (None, 0),
         };
         Connection {
@@ -237,11 +238,11 @@ impl Connection {
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Ping) => send_json(sink, json!({"type": "pong"})).await,
             Ok(ClientMessage::Subscribe { jobs, types, after }) => {
-                self.filter = Some(EventFilter {
+                self.filter = Some(Arc::new(EventFilter {
                     tenant: Some(self.tenant.clone()),
                     jobs,
                     types,
-                });
+                }));
                 self.subscribe(sink, after).await.map(drop)
             }
             Err(e) => {
