@@ -233,13 +233,8 @@ impl Follower {
                 return None;
             }
             let mut out = Vec::new();
-            match self.feed.read_after(self.cursor, 256, &mut out) {
-                Ok(()) => {
-                    if let Some(last) = out.last() {
-                        self.cursor = last.seq;
-                    }
-                    self.buf.extend(out);
-                }
+            match self.read(256, &mut out) {
+                Ok(()) => self.buf.extend(out),
                 Err(Behind { start }) => {
                     let missed = Missed {
                         from: self.cursor + 1,
