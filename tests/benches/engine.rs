@@ -348,6 +348,111 @@ impl Drop for ClientThreads {
     }
 }
 
+/// A feed client that costs as little as a client can, so that the figure is the
+/// engine's: it reads its socket 64 KiB at a time and walks the frames, counting
+/// events without parsing them, until the job's `job_completed`. (tungstenite's
+/// client parses and validates every message; with 1,000 of them on the same two
+/// cores they took more CPU than the feed's server side.)
+struct RawFollower {
+    io: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    pos: usize,
+}
+
+impl RawFollower {
+    /// Connect, upgrade, subscribe with `sub` and wait for `subscribed`.
+    async fn connect(addr: std::net::SocketAddr, key: &str, sub: &Value) -> RawFollower {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut io = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect (raise `ulimit -n`?)");
+        io.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET /ws?token={key} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        io.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                io.read_buf(&mut buf).await.unwrap() > 0,
+                "handshake cut short"
+            );
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "no upgrade: {buf:?}");
+        buf.drain(..end);
+        // A client's frame is masked.
+        let payload = sub.to_string().into_bytes();
+        let mask = [0x1f, 0x2e, 0x3d, 0x4c];
+        let mut frame = vec![0x81, 0x80 | 126];
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        io.write_all(&frame).await.unwrap();
+        let mut client = RawFollower { io, buf, pos: 0 };
+        let first = client.next().await;
+        assert!(
+            first.windows(19).any(|w| w == br#""type":"subscribed""#),
+            "{}",
+            String::from_utf8_lossy(&first)
+        );
+        client
+    }
+
+    /// The next message's first bytes (at most 96).
+    async fn next(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let b = &self.buf[self.pos..];
+            if b.len() >= 2 {
+                let (len, header) = match b[1] & 0x7f {
+                    126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                    127 if b.len() >= 10 => (
+                        u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && b.len() >= header + len {
+                    let head = b[header..header + len.min(96)].to_vec();
+                    self.pos += header + len;
+                    return head;
+                }
+            }
+            // Keep the unread part and read more after it.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            assert!(
+                self.io.read_buf(&mut self.buf).await.unwrap() > 0,
+                "feed closed"
+            );
+        }
+    }
+
+    /// Events received up to and including `job_completed`.
+    async fn until_job_completed(&mut self) -> usize {
+        let mut events = 0;
+        loop {
+            let head = self.next().await;
+            if head.starts_with(b"{\"seq\"") {
+                events += 1;
+                if head.windows(22).any(|w| w == br#""type":"job_completed""#) {
+                    return events;
+                }
+            }
+        }
+    }
+}
+
 type Subscriber =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -367,7 +472,7 @@ async fn subscriber(url: &str) -> Subscriber {
 /// the feed: 90 % following the job's progress (one event per finished item), 10 %
 /// following every event of the job. Clients read in their own tasks, as a browser
 /// would; the figure is the engine's, timed from start to `completed` in the store.
-async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
+async fn throughput_under_feed(n: usize, clients: usize) -> FeedRun {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
@@ -386,31 +491,28 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
     let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut readers = Vec::new();
     for i in 0..clients {
-        let url = format!("ws://{addr}/ws?token={key}");
-        let types = if i % 10 == 9 {
+        let every_event = i % 10 == 9;
+        let types = if every_event {
             json!([])
         } else {
             json!(["item_progress", "job_completed"])
         };
         let sub = json!({"type": "subscribe", "jobs": [j.id], "types": types, "after": 0});
         let ready = ready.clone();
+        let key = key.clone();
         readers.push(threads.spawn(async move {
-            let mut ws = subscriber(&url).await;
-            ws.send(Message::Text(sub.to_string().into()))
-                .await
-                .unwrap();
-            ws.next().await.unwrap().unwrap(); // subscribed
+            let mut client = RawFollower::connect(addr, &key, &sub).await;
             ready.wait().await;
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(t) = m
-                    && t.contains("\"job_completed\"")
-                {
-                    break;
-                }
+            let events = client.until_job_completed().await;
+            // Each progress follower gets one event per item and the completion.
+            if !every_event {
+                assert_eq!(events, n + 1, "events received by a progress follower");
             }
         }));
     }
     ready.wait().await;
+    let feed_cpu = || thread_cpu_seconds("faena-api");
+    let cpu0 = feed_cpu();
     let t0 = Instant::now();
     store
         .job_action(&j.id, faena::store::JobAction::Start)
@@ -419,15 +521,29 @@ async fn throughput_under_feed(n: usize, clients: usize) -> f64 {
     while store.job(&j.id).unwrap().status != JobStatus::Completed {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let batch = t0.elapsed();
     for r in readers {
         r.await.unwrap();
     }
+    let run = FeedRun {
+        rate: n as f64 / batch.as_secs_f64(),
+        delivered_late_ms: (t0.elapsed() - batch).as_secs_f64() * 1e3,
+        feed_cpu: feed_cpu() - cpu0,
+    };
     stop.cancel();
     dispatcher.await.unwrap();
     server.wait().await.unwrap();
     store.close().await;
-    rate
+    run
+}
+
+struct FeedRun {
+    /// Items/s from start to `completed` in the store.
+    rate: f64,
+    /// How long after that the last client had every event.
+    delivered_late_ms: f64,
+    /// CPU seconds of the API's threads (the feed's server side) until then.
+    feed_cpu: f64,
 }
 
 /// Fan-out latency (ms) of `events` events published at `rate`/s to `subs` subscribers.
@@ -791,16 +907,30 @@ fn main() {
                 quiet.push(throughput_under_feed(10_000, 0).await);
                 busy.push(throughput_under_feed(10_000, 1_000).await);
             }
-            let ratio: Vec<f64> = busy.iter().zip(&quiet).map(|(b, q)| b / q).collect();
+            let ratio: Vec<f64> = busy
+                .iter()
+                .zip(&quiet)
+                .map(|(b, q)| b.rate / q.rate)
+                .collect();
             row(
                 "overload: noop items/s, no feed clients (10k items)",
                 "items/s",
-                quiet,
+                quiet.iter().map(|r| r.rate).collect(),
             );
             row(
                 "overload: noop items/s, 1,000 feed clients",
                 "items/s",
-                busy,
+                busy.iter().map(|r| r.rate).collect(),
+            );
+            row(
+                "overload: every client has every event, after the batch",
+                "ms",
+                busy.iter().map(|r| r.delivered_late_ms).collect(),
+            );
+            row(
+                "overload: CPU of the feed's server side (1,000 clients)",
+                "core-s",
+                busy.iter().map(|r| r.feed_cpu).collect(),
             );
             row("overload: with 1,000 clients / without", "ratio", ratio);
         }
@@ -905,4 +1035,28 @@ where
         out.push(f().await);
     }
     out
+}
+
+/// CPU seconds (user + system) used so far by this process's threads whose name
+/// starts with `prefix`, from /proc.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        // Fields after the name: state is the 3rd field of the line, utime the 14th.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let utime: f64 = fields[11].parse().unwrap();
+        let stime: f64 = fields[12].parse().unwrap();
+        total += (utime + stime) / ticks_per_s;
+    }
+    total
 }

@@ -5,6 +5,7 @@
 mod body;
 pub mod error;
 mod events;
+mod fanout;
 mod items;
 mod jobs;
 mod keys;
@@ -12,6 +13,7 @@ mod plugins;
 mod sessions;
 mod workers;
 mod ws;
+mod wsproto;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub sessions: Option<crate::sessions::Sessions>,
     /// API keys and their rate limit.
     pub auth: Auth,
+    /// The feed's channels, shared by the WebSocket connections.
+    fanout: Arc<fanout::Fanout>,
 }
 
 impl AppState {
@@ -59,6 +63,7 @@ impl AppState {
                 keys: store.keys()?,
                 limiter: Arc::new(Limiter::new(RateLimit::default())),
             },
+            fanout: fanout::Fanout::new(store.feed().clone()),
             store,
             runtime,
             sessions: None,

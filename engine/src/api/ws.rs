@@ -1,9 +1,9 @@
 //! The WebSocket feed. A client subscribes with filters and `after`; it gets every
 //! stored matching event after that seq, then live ones, with no gap and no duplicate.
-//! Each connection reads the feed at its own pace, in batches of one write each (every
-//! event is serialized once, when it is committed, for all connections); one that
-//! falls out of the feed's memory is told `lagged` and caught up from the store,
-//! without slowing the engine or anyone else.
+//! Connections with the same subscription share a channel of the [`super::fanout`],
+//! where each event is filtered and framed once; each connection writes the channel's
+//! frames at its own pace. One that falls out of the channel's memory is told `lagged`
+//! and caught up from the store, without slowing the engine or anyone else.
 //!
 //! Client messages: `{"type":"subscribe","jobs":[..],"types":[..],"after":SEQ}`,
 //! `{"type":"ping"}`. Server messages: events as stored (they carry `seq`), and
@@ -11,24 +11,22 @@
 //! `{"type":"lagged","next":SEQ}`, `{"type":"error","message":..}`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use poem::http::{StatusCode, header};
 use poem::web::websocket::WebSocketConfig;
 use poem::web::{Data, Path, Query};
 use poem::{Request, Response, handler};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as DataKind, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{self, Role};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use super::AppState;
+use super::fanout::{Channel, Fanout};
+use super::wsproto::{self, Incoming, ReadError};
 use crate::store::feed::Behind;
-use crate::store::{EventFilter, Follower, Published, Store};
+use crate::store::{EventFilter, Store};
 
 /// Message types of the feed; custom events may not use them.
 pub const RESERVED_TYPES: [&str; 6] =
@@ -36,20 +34,13 @@ pub const RESERVED_TYPES: [&str; 6] =
 
 const REPLAY_PAGE: usize = 1_000;
 
-/// The socket settings of every WebSocket the engine serves. Clients only send small
-/// control messages, so the read side is small: tungstenite zeroes its whole read
-/// buffer before each read (128 KiB by default, per connection and per wake-up), and a
-/// message over the limit closes that connection alone.
+/// The socket settings of the other WebSockets the engine serves (a session's
+/// screencast). Clients only send small control messages, so the read side is small:
+/// tungstenite zeroes its whole read buffer before each read (128 KiB by default, per
+/// connection and per wake-up), and a message over the limit closes that connection
+/// alone.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(MAX_CLIENT_MESSAGE))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
-}
-
-/// The same settings for the feed's own sockets.
-fn feed_config() -> protocol::WebSocketConfig {
-    protocol::WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
@@ -82,8 +73,8 @@ pub struct AfterQuery {
 #[handler]
 pub async fn feed(req: &Request, state: Data<&AppState>) -> poem::Result<Response> {
     // The caller's tenant is read here: the upgraded connection runs in its own task.
-    let conn = Connection::new(state.0, None);
-    upgrade(req, conn)
+    let conn = Connection::new(state.0);
+    upgrade(req, conn, None)
 }
 
 /// `/ws/jobs/{id}`: subscribed to one job from the start (or `?after=`).
@@ -101,14 +92,18 @@ pub async fn job_feed(
         types: vec![],
     };
     let after = q.after.unwrap_or(0);
-    let conn = Connection::new(&state, Some((filter, after)));
-    upgrade(req, conn)
+    let conn = Connection::new(&state);
+    upgrade(req, conn, Some((filter, after)))
 }
 
 /// Accept a WebSocket handshake (RFC 6455 §4.2) and serve `conn` on the connection.
 /// Done here rather than with poem's extractor so the feed writes frames itself: an
 /// event's stored text goes to every connection as the same shared bytes.
-fn upgrade(req: &Request, conn: Connection) -> poem::Result<Response> {
+fn upgrade(
+    req: &Request,
+    conn: Connection,
+    sub: Option<(EventFilter, u64)>,
+) -> poem::Result<Response> {
     let has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
@@ -139,13 +134,7 @@ fn upgrade(req: &Request, conn: Connection) -> poem::Result<Response> {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            upgraded,
-            Role::Server,
-            Some(feed_config()),
-        )
-        .await;
-        conn.serve(socket).await;
+        conn.serve(upgraded, sub).await;
     });
     Ok(Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -157,97 +146,100 @@ fn upgrade(req: &Request, conn: Connection) -> poem::Result<Response> {
 
 struct Connection {
     store: Store,
+    fanout: Arc<Fanout>,
     tenant: String,
-    /// Shared with `deliver`, which runs at every wake-up: a clone is a count.
-    filter: Option<Arc<EventFilter>>,
-    /// Where this connection is in the feed: the seq of the last event sent or passed.
-    follower: Follower,
-    /// Caught up once since subscribing: falling out of the feed's memory after that is
-    /// reported as `lagged` (a replay of an old `after` is not).
+    /// The channel of the subscription and a receiver of its progress.
+    channel: Option<(Arc<Channel>, watch::Receiver<u64>)>,
+    /// The seq of the last event sent or passed over.
+    cursor: u64,
+    /// Caught up once since subscribing: falling out of the channel's memory after
+    /// that is reported as `lagged` (a replay of an old `after` is not).
     live: bool,
-    batch: Vec<Arc<Published>>,
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<poem::Upgraded>;
-type Sink = futures_util::stream::SplitSink<Socket, Message>;
+type Writer = tokio::io::WriteHalf<poem::Upgraded>;
 
-/// Events taken from the feed at a time; they go out in one write.
-const BATCH: usize = 512;
-
-/// After sending, a connection lets this much time pass before it looks at the feed
-/// again, so a busy feed reaches each client in a few larger writes rather than one
-/// per commit. It is also the most an event waits for that reason.
-const WRITE_INTERVAL: Duration = Duration::from_millis(5);
+/// Framed events written at a time when catching up.
+const MAX_WRITE: usize = 256 * 1024;
 
 impl Connection {
-    fn new(state: &AppState, sub: Option<(EventFilter, u64)>) -> Self {
-        let (filter, after) = match sub {
-            Some((f, after)) => (Some(Arc::new(f)), after),
-            None => (None, 0),
-        };
+    fn new(state: &AppState) -> Self {
         Connection {
             store: state.store.clone(),
+            fanout: state.fanout.clone(),
             tenant: state.tenant(),
-            filter,
-            follower: state.store.feed().follow(after),
+            channel: None,
+            cursor: 0,
             live: false,
-            batch: Vec::with_capacity(BATCH),
         }
     }
 
-    async fn serve(mut self, socket: Socket) {
-        let (mut sink, mut stream) = socket.split();
-        if self.filter.is_some() {
-            let after = self.follower.cursor();
-            if self.subscribe(&mut sink, after).await.is_err() {
-                return;
-            }
+    async fn serve(mut self, io: poem::Upgraded, sub: Option<(EventFilter, u64)>) {
+        let (rd, mut wr) = tokio::io::split(io);
+        let mut reader = wsproto::Reader::new(rd, MAX_CLIENT_MESSAGE);
+        if let Some((filter, after)) = sub
+            && self.subscribe(&mut wr, filter, after).await.is_err()
+        {
+            return;
         }
-        let mut next_look = Instant::now();
         loop {
+            let cursor = self.cursor;
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(Ok(msg)) = msg else { return };
-                    let text = match msg {
-                        Message::Text(t) => t,
-                        Message::Close(_) => return,
-                        _ => continue,
+                msg = reader.next() => {
+                    let reply = match msg {
+                        Ok(Incoming::Text(text)) => self.on_message(&text, &mut wr).await,
+                        Ok(Incoming::Ping(payload)) => write(&mut wr, &wsproto::pong_frame(&payload)).await,
+                        Ok(Incoming::Binary | Incoming::Pong) => Ok(()),
+                        Ok(Incoming::Close(code)) => {
+                            let _ = write(&mut wr, &wsproto::close_frame(code)).await;
+                            return;
+                        }
+                        Err(ReadError::Protocol(e)) => {
+                            tracing::debug!(reason = e.reason, "feed client broke the protocol");
+                            let _ = write(&mut wr, &wsproto::close_frame(Some(e.code))).await;
+                            return;
+                        }
+                        Err(ReadError::Io) => return,
                     };
-                    if self.on_message(&text, &mut sink).await.is_err() {
+                    if reply.is_err() {
                         return;
                     }
                 }
                 more = async {
-                    tokio::time::sleep_until(next_look).await;
-                    self.follower.ready().await
-                }, if self.filter.is_some() => {
-                    if !more {
+                    let (ch, rx) = self.channel.as_mut().expect("subscribed");
+                    ch.ready(rx, cursor).await
+                }, if self.channel.is_some() => {
+                    if !more || self.deliver(&mut wr).await.is_err() {
                         return;
-                    }
-                    match self.deliver(&mut sink).await {
-                        Ok(0) => {}
-                        Ok(_) => next_look = Instant::now() + WRITE_INTERVAL,
-                        Err(()) => return,
                     }
                 }
             }
         }
     }
 
-    async fn on_message(&mut self, text: &str, sink: &mut Sink) -> Result<(), ()> {
+    async fn on_message(&mut self, text: &str, wr: &mut Writer) -> Result<(), ()> {
         match serde_json::from_str::<ClientMessage>(text) {
-            Ok(ClientMessage::Ping) => send_json(sink, json!({"type": "pong"})).await,
-            Ok(ClientMessage::Subscribe { jobs, types, after }) => {
-                self.filter = Some(Arc::new(EventFilter {
+            Ok(ClientMessage::Ping) => send_json(wr, json!({"type": "pong"})).await,
+            Ok(ClientMessage::Subscribe {
+                mut jobs,
+                mut types,
+                after,
+            }) => {
+                // One channel for every subscription to the same set of jobs and types.
+                jobs.sort_unstable();
+                jobs.dedup();
+                types.sort_unstable();
+                types.dedup();
+                let filter = EventFilter {
                     tenant: Some(self.tenant.clone()),
                     jobs,
                     types,
-                }));
-                self.subscribe(sink, after).await.map(drop)
+                };
+                self.subscribe(wr, filter, after).await
             }
             Err(e) => {
                 send_json(
-                    sink,
+                    wr,
                     json!({"type": "error", "message": format!("unreadable message: {e}")}),
                 )
                 .await
@@ -258,85 +250,78 @@ impl Connection {
     /// Start after `after`: announce it, then send what is stored since. A cursor
     /// beyond the head (a seq from another store, or a guess) starts at the head: live
     /// events follow, none skipped.
-    async fn subscribe(&mut self, sink: &mut Sink, after: u64) -> Result<usize, ()> {
+    async fn subscribe(
+        &mut self,
+        wr: &mut Writer,
+        filter: EventFilter,
+        after: u64,
+    ) -> Result<(), ()> {
         let head = self.store.last_seq().unwrap_or(0);
         let after = after.min(head);
-        self.follower.set_cursor(after);
+        let channel = self.fanout.channel(filter);
+        let rx = channel.watch();
+        self.channel = Some((channel, rx));
+        self.cursor = after;
         self.live = false;
         send_json(
-            sink,
+            wr,
             json!({"type": "subscribed", "after": after, "head": head}),
         )
         .await?;
-        self.deliver(sink).await
+        self.deliver(wr).await
     }
 
-    /// Send every matching event after the cursor that has been committed, from the
-    /// feed's memory, or from the store for what has left it; returns how many.
-    async fn deliver(&mut self, sink: &mut Sink) -> Result<usize, ()> {
-        let filter = self.filter.clone().expect("subscribed");
-        let mut total = 0;
+    /// Send every matching event after the cursor that the channel has, or the store
+    /// for what has left it.
+    async fn deliver(&mut self, wr: &mut Writer) -> Result<(), ()> {
+        let channel = self.channel.as_ref().expect("subscribed").0.clone();
         loop {
-            self.batch.clear();
-            match self.follower.read(BATCH, &mut self.batch) {
-                Ok(()) if self.batch.is_empty() => break,
-                Ok(()) => {
-                    let mut sent = 0;
-                    for p in &self.batch {
-                        if filter.matches_parts(&p.tenant, &p.kind, p.job_id.as_deref()) {
-                            // The stored text, shared: no copy per connection.
-                            let frame =
-                                Frame::message(p.json.clone(), OpCode::Data(DataKind::Text), true);
-                            sink.feed(Message::Frame(frame)).await.map_err(|_| ())?;
-                            sent += 1;
-                        }
+            match channel.read(self.cursor, MAX_WRITE) {
+                Ok(read) => {
+                    self.cursor = read.cursor;
+                    match read.frames.as_slice() {
+                        [] => break,
+                        // Frames built once for the whole channel, written as they are.
+                        [one] => write(wr, one).await?,
+                        many => write(wr, &many.concat()).await?,
                     }
-                    if sent > 0 {
-                        sink.flush().await.map_err(|_| ())?;
-                    }
-                    total += sent;
                 }
                 Err(Behind { start }) => {
                     if self.live {
-                        let next = self.follower.cursor() + 1;
-                        send_json(sink, json!({"type": "lagged", "next": next})).await?;
+                        let next = self.cursor + 1;
+                        send_json(wr, json!({"type": "lagged", "next": next})).await?;
                     }
-                    total += self.replay(sink, &filter, start).await?;
+                    self.replay(wr, channel.filter(), start).await?;
                 }
             }
         }
-        self.batch.clear();
         self.live = true;
-        Ok(total)
+        Ok(())
     }
 
     /// Stored events after the cursor, at least up to `until`, as they are stored.
     async fn replay(
         &mut self,
-        sink: &mut Sink,
+        wr: &mut Writer,
         filter: &EventFilter,
         until: u64,
-    ) -> Result<usize, ()> {
-        let mut cursor = self.follower.cursor();
-        let mut total = 0;
+    ) -> Result<(), ()> {
+        let mut cursor = self.cursor;
         while cursor < until {
             let Ok(page) = self.store.event_texts(cursor, filter, REPLAY_PAGE) else {
                 let _ = send_json(
-                    sink,
+                    wr,
                     json!({"type": "error", "message": "the event log could not be read"}),
                 )
                 .await;
                 return Err(());
             };
-            let n = page.events.len();
-            total += n;
-            for text in page.events {
-                sink.feed(Message::Text(text.into()))
-                    .await
-                    .map_err(|_| ())?;
-            }
-            if n > 0 {
-                sink.flush().await.map_err(|_| ())?;
+            if !page.events.is_empty() {
+                let mut frames = BytesMut::new();
+                for text in &page.events {
+                    wsproto::put_text_frame(&mut frames, text.as_bytes());
+                }
+                write(wr, &frames).await?;
             }
             // Everything up to `until` was stored before it reached the feed.
             cursor = if page.end {
@@ -345,13 +330,15 @@ impl Connection {
                 page.last
             };
         }
-        self.follower.set_cursor(cursor);
-        Ok(total)
+        self.cursor = cursor;
+        Ok(())
     }
 }
 
-async fn send_json(sink: &mut Sink, v: serde_json::Value) -> Result<(), ()> {
-    sink.send(Message::Text(v.to_string().into()))
-        .await
-        .map_err(|_| ())
+async fn write(wr: &mut Writer, bytes: &[u8]) -> Result<(), ()> {
+    wr.write_all(bytes).await.map_err(|_| ())
+}
+
+async fn send_json(wr: &mut Writer, v: serde_json::Value) -> Result<(), ()> {
+    write(wr, &wsproto::text_frame(v.to_string().as_bytes())).await
 }

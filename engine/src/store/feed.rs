@@ -127,6 +127,11 @@ impl Feed {
         self.head.send_modify(|_| {});
     }
 
+    /// Whether the store has closed: no event will follow.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// The newest published seq.
     pub fn head(&self) -> u64 {
         *self.head.borrow()

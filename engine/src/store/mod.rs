@@ -88,7 +88,7 @@ pub struct JobFilter {
     pub plugin: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct EventFilter {
     pub tenant: Option<String>,
     pub jobs: Vec<String>,

@@ -1,0 +1,434 @@
+//! Fan-out of the feed to WebSocket connections. Connections with the same
+//! subscription (tenant, jobs, types) share a [`Channel`]: one pump reads the store's
+//! feed, at most once per [`TICK`], and appends each channel's matching events, framed
+//! as WebSocket text messages, in one chunk of bytes. A connection then writes the
+//! chunks after its cursor as they are: an event is filtered and framed once per
+//! channel, not once per connection, and a connection that keeps up makes one write
+//! per tick.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::wsproto;
+use crate::store::feed::Behind;
+use crate::store::{EventFilter, Feed, Published};
+
+/// The pump looks at the feed at most this often: a busy feed reaches each client in
+/// one write per tick, and no event waits longer than this for that reason. After a
+/// quiet spell the first event goes out at once.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Framed events a channel keeps for connections that are behind; one further behind
+/// reads the store.
+const CHANNEL_BYTES: usize = 16 << 20;
+
+/// Events read from the feed at a time.
+const PUMP_BATCH: usize = 1_024;
+
+/// The channels of one store's feed.
+pub struct Fanout {
+    feed: Arc<Feed>,
+    channels: Mutex<Registry>,
+    /// A channel was made: it may start before what the pump has read.
+    new_channel: Notify,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_filter: HashMap<Arc<EventFilter>, Weak<Channel>>,
+    pump: bool,
+}
+
+/// The events of one subscription, framed, newest last.
+pub struct Channel {
+    filter: Arc<EventFilter>,
+    ring: RwLock<Ring>,
+    /// The seq up to which the feed was read when frames were last added.
+    head: watch::Sender<u64>,
+    closed: AtomicBool,
+}
+
+struct Ring {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    /// Every matching event after this seq is in `chunks`.
+    start: u64,
+    /// The feed has been read up to this seq.
+    scanned: u64,
+}
+
+/// The frames of the matching events of one pump tick.
+struct Chunk {
+    /// The seq of each event and where its frame starts in `frames`.
+    index: Vec<(u64, usize)>,
+    frames: Bytes,
+}
+
+impl Chunk {
+    fn last(&self) -> u64 {
+        self.index.last().map_or(0, |&(seq, _)| seq)
+    }
+
+    /// The frames of the events after `cursor`.
+    fn after(&self, cursor: u64) -> Bytes {
+        let i = self.index.partition_point(|&(seq, _)| seq <= cursor);
+        match self.index.get(i) {
+            Some(&(_, offset)) => self.frames.slice(offset..),
+            None => Bytes::new(),
+        }
+    }
+}
+
+/// What a connection reads from its channel: chunks to write as they are, and where
+/// it is then.
+pub struct ChannelRead {
+    pub frames: Vec<Bytes>,
+    /// How many events `frames` hold.
+    pub events: usize,
+    pub cursor: u64,
+}
+
+impl Fanout {
+    pub fn new(feed: Arc<Feed>) -> Arc<Fanout> {
+        Arc::new(Fanout {
+            feed,
+            channels: Mutex::new(Registry::default()),
+            new_channel: Notify::new(),
+        })
+    }
+
+    /// The channel of `filter`, shared with every connection subscribed alike. The
+    /// first one starts the pump on the calling runtime.
+    pub fn channel(self: &Arc<Self>, filter: EventFilter) -> Arc<Channel> {
+        let filter = Arc::new(filter);
+        let mut reg = self.channels.lock().expect("fanout lock");
+        if let Some(ch) = reg.by_filter.get(&filter).and_then(Weak::upgrade) {
+            return ch;
+        }
+        let at = self.feed.head();
+        let ch = Arc::new(Channel {
+            filter: filter.clone(),
+            ring: RwLock::new(Ring {
+                chunks: VecDeque::new(),
+                bytes: 0,
+                start: at,
+                scanned: at,
+            }),
+            head: watch::Sender::new(at),
+            closed: AtomicBool::new(self.feed.is_closed()),
+        });
+        reg.by_filter.retain(|_, w| w.strong_count() > 0);
+        reg.by_filter.insert(filter, Arc::downgrade(&ch));
+        if !reg.pump {
+            reg.pump = true;
+            tokio::spawn(self.clone().pump());
+        }
+        self.new_channel.notify_one();
+        ch
+    }
+
+    /// Read the feed once per tick at most and append to every live channel.
+    async fn pump(self: Arc<Self>) {
+        let mut follower = self.feed.follow(self.feed.head());
+        let mut last_tick: Option<Instant> = None;
+        let mut batch = Vec::with_capacity(PUMP_BATCH);
+        loop {
+            tokio::select! {
+                more = follower.ready() => if !more { break },
+                () = self.new_channel.notified() => {}
+            }
+            if let Some(t) = last_tick {
+                tokio::time::sleep_until(t + TICK).await;
+            }
+            last_tick = Some(Instant::now());
+            let channels: Vec<Arc<Channel>> = {
+                let reg = self.channels.lock().expect("fanout lock");
+                reg.by_filter.values().filter_map(Weak::upgrade).collect()
+            };
+            // A channel made since the last tick may start before the pump's cursor.
+            let from = channels
+                .iter()
+                .map(|c| c.ring.read().expect("channel lock").scanned)
+                .min()
+                .unwrap_or(follower.cursor())
+                .min(follower.cursor());
+            follower.set_cursor(from);
+            let mut builders: Vec<ChunkBuilder> = channels.iter().map(ChunkBuilder::new).collect();
+            loop {
+                batch.clear();
+                match follower.read(PUMP_BATCH, &mut batch) {
+                    Ok(()) if batch.is_empty() => break,
+                    Ok(()) => {
+                        for b in &mut builders {
+                            b.add(&batch);
+                        }
+                    }
+                    Err(Behind { start }) => {
+                        // Not read for a whole feed's memory: everything before `start`
+                        // must come from the store, for every channel.
+                        for b in &mut builders {
+                            b.gap(start);
+                        }
+                        follower.set_cursor(start);
+                    }
+                }
+            }
+            let read_to = follower.cursor();
+            for (b, ch) in builders.into_iter().zip(&channels) {
+                ch.append(b, read_to);
+            }
+        }
+        let reg = self.channels.lock().expect("fanout lock");
+        for ch in reg.by_filter.values().filter_map(Weak::upgrade) {
+            ch.close();
+        }
+    }
+}
+
+/// One channel's part of a tick.
+struct ChunkBuilder {
+    filter: Arc<EventFilter>,
+    scanned: u64,
+    gap: Option<u64>,
+    index: Vec<(u64, usize)>,
+    frames: BytesMut,
+}
+
+impl ChunkBuilder {
+    fn new(ch: &Arc<Channel>) -> Self {
+        ChunkBuilder {
+            filter: ch.filter.clone(),
+            scanned: ch.ring.read().expect("channel lock").scanned,
+            gap: None,
+            index: Vec::new(),
+            frames: BytesMut::new(),
+        }
+    }
+
+    fn add(&mut self, events: &[Arc<Published>]) {
+        for p in events {
+            if p.seq > self.scanned
+                && self
+                    .filter
+                    .matches_parts(&p.tenant, &p.kind, p.job_id.as_deref())
+            {
+                self.index.push((p.seq, self.frames.len()));
+                wsproto::put_text_frame(&mut self.frames, &p.json);
+            }
+        }
+    }
+
+    fn gap(&mut self, start: u64) {
+        if start > self.scanned {
+            self.gap = Some(start);
+            self.scanned = start;
+            self.index.clear();
+            self.frames.clear();
+        }
+    }
+}
+
+impl Channel {
+    /// Add a tick's frames; the feed was read up to `read_to`.
+    fn append(&self, b: ChunkBuilder, read_to: u64) {
+        let mut ring = self.ring.write().expect("channel lock");
+        if let Some(start) = b.gap {
+            ring.chunks.clear();
+            ring.bytes = 0;
+            ring.start = start;
+        }
+        if read_to > ring.scanned {
+            ring.scanned = read_to;
+        }
+        if b.index.is_empty() {
+            return;
+        }
+        ring.bytes += b.frames.len();
+        ring.chunks.push_back(Chunk {
+            index: b.index,
+            frames: b.frames.freeze(),
+        });
+        while ring.bytes > CHANNEL_BYTES && ring.chunks.len() > 1 {
+            let gone = ring.chunks.pop_front().expect("not empty");
+            ring.bytes -= gone.frames.len();
+            ring.start = gone.last();
+        }
+        let scanned = ring.scanned;
+        drop(ring);
+        self.head.send_replace(scanned);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.head.send_modify(|_| {});
+    }
+
+    pub fn filter(&self) -> &Arc<EventFilter> {
+        &self.filter
+    }
+
+    /// A receiver of this channel's progress, for [`Channel::ready`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Resolves when the channel has frames after `cursor`; `false` once the feed has
+    /// ended. Cancel-safe.
+    pub async fn ready(&self, rx: &mut watch::Receiver<u64>, cursor: u64) -> bool {
+        loop {
+            if *rx.borrow_and_update() > cursor {
+                return true;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The frames after `cursor`, at most about `max_bytes` of them (at least one
+    /// chunk); `Err` when some of them are no longer kept.
+    pub fn read(&self, cursor: u64, max_bytes: usize) -> Result<ChannelRead, Behind> {
+        let ring = self.ring.read().expect("channel lock");
+        if cursor < ring.start {
+            return Err(Behind { start: ring.start });
+        }
+        let from = ring.chunks.partition_point(|c| c.last() <= cursor);
+        let mut out = ChannelRead {
+            frames: Vec::new(),
+            events: 0,
+            cursor: cursor.max(ring.scanned),
+        };
+        let mut bytes = 0;
+        let mut taken = cursor;
+        for chunk in ring.chunks.range(from..) {
+            if bytes >= max_bytes {
+                // The rest on the next read: the cursor stops at what was taken.
+                out.cursor = taken;
+                break;
+            }
+            let first = chunk.index.partition_point(|&(seq, _)| seq <= cursor);
+            let frames = chunk.after(cursor);
+            out.events += chunk.index.len() - first;
+            bytes += frames.len();
+            out.frames.push(frames);
+            taken = chunk.last();
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+    use crate::store::FeedLimits;
+
+    fn event(seq: u64, job: &str, kind: &str) -> Published {
+        Published::new(&Event {
+            seq,
+            ts: 0,
+            tenant: "t".into(),
+            kind: kind.into(),
+            job_id: Some(job.into()),
+            item_id: None,
+            session_id: None,
+            data: serde_json::json!({}),
+        })
+    }
+
+    fn filter(jobs: &[&str]) -> EventFilter {
+        EventFilter {
+            tenant: Some("t".into()),
+            jobs: jobs.iter().map(|j| j.to_string()).collect(),
+            types: vec![],
+        }
+    }
+
+    /// The seqs of the frames in `read`, parsed back as a client would.
+    fn seqs(read: &ChannelRead) -> Vec<u64> {
+        let bytes: Vec<u8> = read.frames.concat();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(bytes[at], 0x81, "a final text frame");
+            let (len, header) = match bytes[at + 1] {
+                126 => (
+                    u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                    4,
+                ),
+                n => (n as usize, 2),
+            };
+            let json = &bytes[at + header..at + header + len];
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            out.push(v["seq"].as_u64().unwrap());
+            at += header + len;
+        }
+        assert_eq!(out.len(), read.events);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_subscription_is_filtered_and_framed_once_for_all_its_connections() {
+        let feed = Arc::new(Feed::new(0, FeedLimits::default()));
+        let fanout = Fanout::new(feed.clone());
+        let a = fanout.channel(filter(&["a"]));
+        let same = fanout.channel(filter(&["a"]));
+        let b = fanout.channel(filter(&["b"]));
+        assert!(Arc::ptr_eq(&a, &same));
+        assert!(!Arc::ptr_eq(&a, &b));
+
+        let mut rx = a.watch();
+        feed.publish(vec![
+            event(1, "a", "x"),
+            event(2, "b", "x"),
+            event(3, "a", "y"),
+        ]);
+        assert!(a.ready(&mut rx, 0).await);
+        let read = a.read(0, usize::MAX).unwrap();
+        assert_eq!(seqs(&read), [1, 3]);
+        assert_eq!(read.cursor, 3);
+        // From inside the chunk, and past everything.
+        assert_eq!(seqs(&a.read(1, usize::MAX).unwrap()), [3]);
+        assert!(a.read(3, usize::MAX).unwrap().frames.is_empty());
+
+        // The next tick's frames come as their own chunk; a byte budget stops at a chunk.
+        feed.publish(vec![event(4, "b", "x"), event(5, "a", "x")]);
+        assert!(a.ready(&mut rx, 3).await);
+        let first = a.read(0, 1).unwrap();
+        assert_eq!((seqs(&first), first.cursor), (vec![1, 3], 3));
+        assert_eq!(seqs(&a.read(first.cursor, usize::MAX).unwrap()), [5]);
+        let mut rx_b = b.watch();
+        assert!(b.ready(&mut rx_b, 0).await);
+        assert_eq!(seqs(&b.read(0, usize::MAX).unwrap()), [2, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_channel_made_later_starts_at_the_feed_and_the_end_of_the_feed_ends_it() {
+        let feed = Arc::new(Feed::new(10, FeedLimits::default()));
+        let fanout = Fanout::new(feed.clone());
+        let early = fanout.channel(filter(&[]));
+        feed.publish(vec![event(11, "a", "x")]);
+        let late = fanout.channel(filter(&["a"]));
+        // What the feed published before the channel existed comes from the store.
+        assert_eq!(late.read(10, usize::MAX).err(), Some(Behind { start: 11 }));
+        feed.publish(vec![event(12, "a", "x")]);
+        let mut rx = late.watch();
+        assert!(late.ready(&mut rx, 11).await);
+        assert_eq!(seqs(&late.read(11, usize::MAX).unwrap()), [12]);
+        let mut rx = early.watch();
+        assert!(early.ready(&mut rx, 11).await);
+        assert_eq!(seqs(&early.read(10, usize::MAX).unwrap()), [11, 12]);
+
+        feed.close();
+        assert!(!late.ready(&mut late.watch(), 12).await);
+    }
+}
