@@ -42,7 +42,9 @@ pub struct Fanout {
 #[derive(Default)]
 struct Registry {
     by_filter: HashMap<Arc<EventFilter>, Weak<Channel>>,
-    pump: bool,
+    /// The pump, on the runtime of the connection that started it; started again if
+    /// that runtime went away (an API server stopped, another serving the same state).
+    pump: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The events of one subscription, framed, newest last.
@@ -104,7 +106,8 @@ impl Fanout {
     }
 
     /// The channel of `filter`, shared with every connection subscribed alike. The
-    /// first one starts the pump on the calling runtime.
+    /// first one starts the pump on the calling runtime, and so does the first after
+    /// that runtime went away.
     pub fn channel(self: &Arc<Self>, filter: EventFilter) -> Arc<Channel> {
         let filter = Arc::new(filter);
         let mut reg = self.channels.lock().expect("fanout lock");
@@ -125,9 +128,8 @@ impl Fanout {
         });
         reg.by_filter.retain(|_, w| w.strong_count() > 0);
         reg.by_filter.insert(filter, Arc::downgrade(&ch));
-        if !reg.pump {
-            reg.pump = true;
-            tokio::spawn(self.clone().pump());
+        if reg.pump.as_ref().is_none_or(|p| p.is_finished()) && !self.feed.is_closed() {
+            reg.pump = Some(tokio::spawn(self.clone().pump()));
         }
         self.new_channel.notify_one();
         ch
@@ -430,5 +432,33 @@ mod tests {
 
         feed.close();
         assert!(!late.ready(&mut late.watch(), 12).await);
+    }
+
+    #[test]
+    fn a_pump_whose_runtime_went_away_is_started_again() {
+        let feed = Arc::new(Feed::new(0, FeedLimits::default()));
+        let fanout = Fanout::new(feed.clone());
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let kept = first.block_on(async { fanout.channel(filter(&["a"])) });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let other = fanout.channel(filter(&["b"]));
+            feed.publish(vec![event(1, "a", "x"), event(2, "b", "x")]);
+            let (mut rx_a, mut rx_b) = (kept.watch(), other.watch());
+            let wait = Duration::from_secs(10);
+            let woke = tokio::time::timeout(wait, kept.ready(&mut rx_a, 0)).await;
+            assert_eq!(woke, Ok(true), "the old channel is fed by the new pump");
+            let woke = tokio::time::timeout(wait, other.ready(&mut rx_b, 0)).await;
+            assert_eq!(woke, Ok(true));
+            assert_eq!(seqs(&kept.read(0, usize::MAX).unwrap()), [1]);
+            assert_eq!(seqs(&other.read(0, usize::MAX).unwrap()), [2]);
+        });
     }
 }
