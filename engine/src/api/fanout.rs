@@ -154,14 +154,12 @@ impl Fanout {
                 reg.by_filter.values().filter_map(Weak::upgrade).collect()
             };
             // A channel made since the last tick may start before the pump's cursor.
-            let from = channels
-                .iter()
-                .map(|c| c.ring.read().expect("channel lock").scanned)
-                .min()
-                .unwrap_or(follower.cursor())
-                .min(follower.cursor());
-            follower.set_cursor(from);
             let mut builders: Vec<ChunkBuilder> = channels.iter().map(ChunkBuilder::new).collect();
+            let from = builders
+                .iter()
+                .map(|b| b.scanned)
+                .fold(follower.cursor(), u64::min);
+            follower.set_cursor(from);
             loop {
                 batch.clear();
                 match follower.read(PUMP_BATCH, &mut batch) {

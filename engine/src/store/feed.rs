@@ -217,7 +217,7 @@ impl Follower {
             if *self.head.borrow_and_update() > self.cursor {
                 return true;
             }
-            if self.feed.closed.load(Ordering::Acquire) {
+            if self.feed.is_closed() {
                 return false;
             }
             if self.head.changed().await.is_err() {
