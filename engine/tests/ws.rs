@@ -357,3 +357,215 @@ async fn a_request_that_is_not_a_websocket_handshake_is_refused() {
     assert_eq!(next_json(&mut fine).await["type"], "pong");
     e.stop().await;
 }
+
+/// A browser's side of permessage-deflate, over a plain socket: it offers the
+/// extension, compresses its own messages, and inflates the server's compressed ones
+/// through one inflater kept for the connection (context takeover).
+struct DeflateClient {
+    io: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    inflate: flate2::Decompress,
+    /// Server messages that came compressed.
+    compressed: usize,
+}
+
+const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
+
+impl DeflateClient {
+    async fn connect(server: &Server, path: &str) -> DeflateClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = server.base.trim_start_matches("ws://");
+        let mut io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET {path}?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+            server.key
+        );
+        io.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(io.read_buf(&mut buf).await.unwrap() > 0, "handshake cut short");
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains(
+                "sec-websocket-extensions: permessage-deflate; client_no_context_takeover"
+            ),
+            "{head}"
+        );
+        buf.drain(..end);
+        DeflateClient {
+            io,
+            buf,
+            inflate: flate2::Decompress::new(false),
+            compressed: 0,
+        }
+    }
+
+    /// Send `v` compressed, masked, as a browser does.
+    async fn send(&mut self, v: Value) {
+        use flate2::{Compress, Compression, FlushCompress};
+        use tokio::io::AsyncWriteExt;
+        let mut body = Vec::with_capacity(1024);
+        Compress::new(Compression::default(), false)
+            .compress_vec(v.to_string().as_bytes(), &mut body, FlushCompress::Sync)
+            .unwrap();
+        body.truncate(body.len() - SYNC_TAIL.len());
+        let mask = [7, 1, 8, 2];
+        assert!(body.len() < 126);
+        let mut frame = vec![0xC1, 0x80 | body.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.io.write_all(&frame).await.unwrap();
+    }
+
+    async fn next_json(&mut self) -> Value {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((first, payload)) = self.frame() {
+                assert_eq!(first & 0xBF, 0x81, "a final text frame from the server");
+                let text = if first & 0x40 != 0 {
+                    self.compressed += 1;
+                    self.inflated(&payload)
+                } else {
+                    payload
+                };
+                return serde_json::from_slice(&text).unwrap();
+            }
+            let read = tokio::time::timeout(Duration::from_secs(30), self.io.read_buf(&mut self.buf))
+                .await
+                .expect("feed went quiet")
+                .unwrap();
+            assert!(read > 0, "feed closed");
+        }
+    }
+
+    /// One whole frame from the buffer: its first byte and payload.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let (len, header) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return None,
+            n => (usize::from(n), 2),
+        };
+        if b.len() < header + len {
+            return None;
+        }
+        let first = b[0];
+        let payload = b[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        Some((first, payload))
+    }
+
+    fn inflated(&mut self, body: &[u8]) -> Vec<u8> {
+        let input = [body, &SYNC_TAIL[..]].concat();
+        let start = self.inflate.total_in();
+        let mut out = Vec::with_capacity(body.len() * 8 + 64);
+        while ((self.inflate.total_in() - start) as usize) < input.len() {
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity());
+            }
+            let done = (self.inflate.total_in() - start) as usize;
+            self.inflate
+                .decompress_vec(&input[done..], &mut out, flate2::FlushDecompress::Sync)
+                .expect("the server's compressed message inflates");
+        }
+        out
+    }
+}
+
+/// A client that offers permessage-deflate, as browsers do, gets the job's events
+/// compressed, through one inflater, in order and complete: from before the job
+/// starts, and when it joins in the middle with `after` (the rest of what it joined
+/// plain, then compressed). Its own messages may come compressed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_offers_compression_gets_every_event_compressed_in_order() {
+    let exec = executor("slow", |_, ctx| async move {
+        ctx.step("working", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Outcome::Succeeded(json!(null))
+    });
+    let e = engine(Some(exec), 8).await;
+    let url = serve(&e).await;
+    let mut new = new_job("slow", (0..300).map(|i| json!(i)).collect());
+    new.start = false;
+    let job = e.store.create_job("default", new, None).await.unwrap();
+
+    let mut early = DeflateClient::connect(&url, "/ws").await;
+    early
+        .send(json!({"type": "subscribe", "jobs": [job.id], "after": 0}))
+        .await;
+    assert_eq!(early.next_json().await["type"], "subscribed");
+    e.store.job_action(&job.id, JobAction::Start).await.unwrap();
+    let mut got = Vec::new();
+    let mut late: Option<(DeflateClient, u64)> = None;
+    let mut pongs = 0;
+    loop {
+        let m = early.next_json().await;
+        if m["type"] == "pong" {
+            pongs += 1;
+            continue;
+        }
+        got.push(m["seq"].as_u64().expect("an event"));
+        if got.len() == 200 {
+            // A ping in the middle of the stream is answered plain.
+            early.send(json!({"type": "ping"})).await;
+            let mut c = DeflateClient::connect(&url, "/ws").await;
+            let after = got[got.len() - 1];
+            c.send(json!({"type": "subscribe", "jobs": [job.id], "after": after}))
+                .await;
+            late = Some((c, after));
+        }
+        if m["type"] == "job_completed" {
+            break;
+        }
+    }
+    let stored: Vec<u64> = e
+        .store
+        .events(
+            0,
+            &EventFilter {
+                jobs: vec![job.id.clone()],
+                ..Default::default()
+            },
+            usize::MAX,
+        )
+        .unwrap()
+        .0
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, stored, "every event of the job exactly once, in order");
+    assert_eq!(pongs, 1);
+    assert!(
+        early.compressed > stored.len() / 2,
+        "{} of {} events came compressed",
+        early.compressed,
+        stored.len()
+    );
+
+    let (mut late, after) = late.expect("joined");
+    assert_eq!(late.next_json().await["type"], "subscribed");
+    let mut rest = Vec::new();
+    loop {
+        let m = late.next_json().await;
+        rest.push(m["seq"].as_u64().expect("an event"));
+        if m["type"] == "job_completed" {
+            break;
+        }
+    }
+    let want: Vec<u64> = stored.iter().copied().filter(|&s| s > after).collect();
+    assert_eq!(rest, want, "the late client: the rest, exactly once, in order");
+    assert!(late.compressed > 0, "the late client got compressed events too");
+    e.stop().await;
+}

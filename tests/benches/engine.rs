@@ -350,28 +350,52 @@ impl Drop for ClientThreads {
 
 /// A feed client that costs as little as a client can, so that the figure is the
 /// engine's: it reads its socket 64 KiB at a time and walks the frames, counting
-/// events without parsing them, until the job's `job_completed`. (tungstenite's
-/// client parses and validates every message; with 1,000 of them on the same two
-/// cores they took more CPU than the feed's server side.)
+/// events without parsing them. (tungstenite's client parses and validates every
+/// message; with 1,000 of them on the same two cores they took more CPU than the feed's
+/// server side.) With `deflate` it offers permessage-deflate as browsers do and counts
+/// compressed frames as events without inflating them: inflating is the browser's
+/// work, on its own machine. (That the compressed events are right is for the tests:
+/// `engine/tests/ws.rs` and the dashboard's in Chromium.)
 struct RawFollower {
     io: tokio::net::TcpStream,
     buf: Vec<u8>,
     /// Where the unread part of `buf` starts.
     pos: usize,
+    /// Bytes read from the socket.
+    received: u64,
+}
+
+/// What [`RawFollower::frame`] found.
+#[derive(PartialEq)]
+enum Frame {
+    /// An event; whether it is known to be `job_completed` (compressed ones are not
+    /// looked into).
+    Event { completed: bool },
+    Other,
 }
 
 impl RawFollower {
     /// Connect, upgrade, subscribe with `sub` and wait for `subscribed`.
-    async fn connect(addr: std::net::SocketAddr, key: &str, sub: &Value) -> RawFollower {
+    async fn connect(
+        addr: std::net::SocketAddr,
+        key: &str,
+        sub: &Value,
+        deflate: bool,
+    ) -> RawFollower {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut io = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect (raise `ulimit -n`?)");
         io.set_nodelay(true).unwrap();
+        let offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET /ws?token={key} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         io.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -385,8 +409,12 @@ impl RawFollower {
             );
         };
         assert!(buf.starts_with(b"HTTP/1.1 101"), "no upgrade: {buf:?}");
+        let agreed = buf[..end]
+            .windows(18)
+            .any(|w| w == b"permessage-deflate");
+        assert_eq!(agreed, deflate, "permessage-deflate agreed on");
         buf.drain(..end);
-        // A client's frame is masked.
+        // A client's frame is masked (and may go uncompressed).
         let payload = sub.to_string().into_bytes();
         let mask = [0x1f, 0x2e, 0x3d, 0x4c];
         let mut frame = vec![0x81, 0x80 | 126];
@@ -394,60 +422,103 @@ impl RawFollower {
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         io.write_all(&frame).await.unwrap();
-        let mut client = RawFollower { io, buf, pos: 0 };
-        let first = client.next().await;
-        assert!(
-            first.windows(19).any(|w| w == br#""type":"subscribed""#),
-            "{}",
-            String::from_utf8_lossy(&first)
-        );
-        client
-    }
-
-    /// The next message's first bytes (at most 96).
-    async fn next(&mut self) -> Vec<u8> {
-        use tokio::io::AsyncReadExt;
+        let mut client = RawFollower {
+            io,
+            buf,
+            pos: 0,
+            received: 0,
+        };
         loop {
-            let b = &self.buf[self.pos..];
-            if b.len() >= 2 {
-                let (len, header) = match b[1] & 0x7f {
-                    126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                    127 if b.len() >= 10 => (
-                        u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && b.len() >= header + len {
-                    let head = b[header..header + len.min(96)].to_vec();
-                    self.pos += header + len;
-                    return head;
-                }
+            if let Some(head) = client.subscribed() {
+                assert!(head, "the first message is `subscribed`");
+                return client;
             }
-            // Keep the unread part and read more after it.
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            assert!(
-                self.io.read_buf(&mut self.buf).await.unwrap() > 0,
-                "feed closed"
-            );
+            client.read_more().await;
         }
     }
 
-    /// Events received up to and including `job_completed`.
-    async fn until_job_completed(&mut self) -> usize {
+    /// Whether the first message is whole and is `subscribed`.
+    fn subscribed(&mut self) -> Option<bool> {
+        let (header, len) = self.next_len()?;
+        let body = &self.buf[self.pos + header..self.pos + header + len];
+        let ok = body.windows(19).any(|w| w == br#""type":"subscribed""#);
+        self.pos += header + len;
+        Some(ok)
+    }
+
+    /// The header length and payload length of the next frame, if it is all here.
+    fn next_len(&self) -> Option<(usize, usize)> {
+        let b = &self.buf[self.pos..];
+        if b.len() < 2 {
+            return None;
+        }
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        (b.len() >= header + len).then_some((header, len))
+    }
+
+    /// The next whole frame in the buffer, if there is one.
+    fn frame(&mut self) -> Option<Frame> {
+        let (header, len) = self.next_len()?;
+        let at = self.pos;
+        self.pos += header + len;
+        if self.buf[at] & 0x40 != 0 {
+            // Compressed: only the channel's events are.
+            return Some(Frame::Event { completed: false });
+        }
+        let body = &self.buf[at + header..at + header + len.min(96)];
+        Some(if body.starts_with(b"{\"seq\"") {
+            Frame::Event {
+                completed: body.windows(22).any(|w| w == br#""type":"job_completed""#),
+            }
+        } else {
+            Frame::Other
+        })
+    }
+
+    async fn read_more(&mut self) {
+        use tokio::io::AsyncReadExt;
+        // Keep the unread part and read more after it.
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        let n = self.io.read_buf(&mut self.buf).await.unwrap();
+        assert!(n > 0, "feed closed");
+        self.received += n as u64;
+    }
+
+    /// Read until `target` events came (a number that may only be known later), or a
+    /// plain `job_completed`: how many came, whether the last was `job_completed`,
+    /// and when the last one arrived.
+    async fn until(&mut self, mut target: tokio::sync::watch::Receiver<usize>) -> (usize, bool, Instant) {
         let mut events = 0;
+        let mut completed = false;
+        let mut at = Instant::now();
         loop {
-            let head = self.next().await;
-            if head.starts_with(b"{\"seq\"") {
-                events += 1;
-                if head.windows(22).any(|w| w == br#""type":"job_completed""#) {
-                    return events;
+            while let Some(f) = self.frame() {
+                if let Frame::Event { completed: c } = f {
+                    events += 1;
+                    completed = c;
+                    if c {
+                        return (events, true, at);
+                    }
                 }
+            }
+            if events >= *target.borrow_and_update() {
+                return (events, completed, at);
+            }
+            tokio::select! {
+                () = self.read_more() => at = Instant::now(),
+                _ = target.changed() => {}
             }
         }
     }
@@ -470,9 +541,10 @@ async fn subscriber(url: &str) -> Subscriber {
 
 /// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
 /// the feed: 90 % following the job's progress (one event per finished item), 10 %
-/// following every event of the job. Clients read in their own tasks, as a browser
-/// would; the figure is the engine's, timed from start to `completed` in the store.
-async fn throughput_under_feed(n: usize, clients: usize) -> FeedRun {
+/// following every event of the job; with `deflate` they agree on permessage-deflate,
+/// as browsers do. Clients read in their own tasks, as a browser would; the figure is
+/// the engine's, timed from start to `completed` in the store.
+async fn throughput_under_feed(n: usize, clients: usize, deflate: bool) -> FeedRun {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
@@ -489,25 +561,32 @@ async fn throughput_under_feed(n: usize, clients: usize) -> FeedRun {
     let j = store.create_job("default", pending, None).await.unwrap();
     let threads = ClientThreads::new();
     let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    // How many events a follower of every event of the job gets: known at the end.
+    let (every_event_total, every_event_target) = tokio::sync::watch::channel(usize::MAX);
     let mut readers = Vec::new();
     for i in 0..clients {
         let every_event = i % 10 == 9;
-        let types = if every_event {
-            json!([])
+        let (types, target) = if every_event {
+            (json!([]), every_event_target.clone())
         } else {
-            json!(["item_progress", "job_completed"])
+            // One event per item and the completion.
+            (
+                json!(["item_progress", "job_completed"]),
+                tokio::sync::watch::channel(n + 1).1,
+            )
         };
         let sub = json!({"type": "subscribe", "jobs": [j.id], "types": types, "after": 0});
         let ready = ready.clone();
         let key = key.clone();
         readers.push(threads.spawn(async move {
-            let mut client = RawFollower::connect(addr, &key, &sub).await;
+            let mut client = RawFollower::connect(addr, &key, &sub, deflate).await;
             ready.wait().await;
-            let events = client.until_job_completed().await;
-            // Each progress follower gets one event per item and the completion.
+            let (events, completed, at) = client.until(target).await;
             if !every_event {
                 assert_eq!(events, n + 1, "events received by a progress follower");
+                assert!(deflate || completed, "a plain follower ends at job_completed");
             }
+            (at, client.received)
         }));
     }
     ready.wait().await;
@@ -522,13 +601,26 @@ async fn throughput_under_feed(n: usize, clients: usize) -> FeedRun {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let batch = t0.elapsed();
+    if clients > 0 {
+        let filter = faena::store::EventFilter {
+            jobs: vec![j.id.clone()],
+            ..Default::default()
+        };
+        let total = store.events(0, &filter, usize::MAX).unwrap().0.len();
+        every_event_total.send_replace(total);
+    }
+    let mut last = t0 + batch;
+    let mut received = 0;
     for r in readers {
-        r.await.unwrap();
+        let (at, bytes) = r.await.unwrap();
+        last = last.max(at);
+        received += bytes;
     }
     let run = FeedRun {
         rate: n as f64 / batch.as_secs_f64(),
-        delivered_late_ms: (t0.elapsed() - batch).as_secs_f64() * 1e3,
+        delivered_late_ms: (last - (t0 + batch)).as_secs_f64() * 1e3,
         feed_cpu: feed_cpu() - cpu0,
+        received_mb: received as f64 / 1e6,
     };
     stop.cancel();
     dispatcher.await.unwrap();
@@ -544,6 +636,8 @@ struct FeedRun {
     delivered_late_ms: f64,
     /// CPU seconds of the API's threads (the feed's server side) until then.
     feed_cpu: f64,
+    /// What the clients read from their sockets, all together.
+    received_mb: f64,
 }
 
 /// Fan-out latency (ms) of `events` events published at `rate`/s to `subs` subscribers.
@@ -901,38 +995,56 @@ fn main() {
             row("engine: enqueue→start p99", "ms", p99);
         }
         if want("overload") {
-            let mut quiet = Vec::new();
-            let mut busy = Vec::new();
+            let (mut quiet, mut packed, mut plain) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..n {
-                quiet.push(throughput_under_feed(10_000, 0).await);
-                busy.push(throughput_under_feed(10_000, 1_000).await);
+                quiet.push(throughput_under_feed(10_000, 0, false).await);
+                packed.push(throughput_under_feed(10_000, 1_000, true).await);
+                plain.push(throughput_under_feed(10_000, 1_000, false).await);
             }
-            let ratio: Vec<f64> = busy
-                .iter()
-                .zip(&quiet)
-                .map(|(b, q)| b.rate / q.rate)
-                .collect();
+            let ratio = |busy: &[FeedRun]| -> Vec<f64> {
+                busy.iter()
+                    .zip(&quiet)
+                    .map(|(b, q)| b.rate / q.rate)
+                    .collect()
+            };
+            let figures = |runs: &[FeedRun], f: fn(&FeedRun) -> f64| -> Vec<f64> {
+                runs.iter().map(f).collect()
+            };
             row(
                 "overload: noop items/s, no feed clients (10k items)",
                 "items/s",
-                quiet.iter().map(|r| r.rate).collect(),
+                figures(&quiet, |r| r.rate),
             );
-            row(
-                "overload: noop items/s, 1,000 feed clients",
-                "items/s",
-                busy.iter().map(|r| r.rate).collect(),
-            );
-            row(
-                "overload: every client has every event, after the batch",
-                "ms",
-                busy.iter().map(|r| r.delivered_late_ms).collect(),
-            );
-            row(
-                "overload: CPU of the feed's server side (1,000 clients)",
-                "core-s",
-                busy.iter().map(|r| r.feed_cpu).collect(),
-            );
-            row("overload: with 1,000 clients / without", "ratio", ratio);
+            for (runs, clients) in [
+                (&packed, "1,000 clients, compressed"),
+                (&plain, "1,000 clients, uncompressed"),
+            ] {
+                row(
+                    &format!("overload: noop items/s, {clients}"),
+                    "items/s",
+                    figures(runs, |r| r.rate),
+                );
+                row(
+                    &format!("overload: {clients}: all delivered, after the batch"),
+                    "ms",
+                    figures(runs, |r| r.delivered_late_ms),
+                );
+                row(
+                    &format!("overload: {clients}: CPU of the feed's server side"),
+                    "core-s",
+                    figures(runs, |r| r.feed_cpu),
+                );
+                row(
+                    &format!("overload: {clients}: bytes the clients read"),
+                    "MB",
+                    figures(runs, |r| r.received_mb),
+                );
+                row(
+                    &format!("overload: {clients} / none"),
+                    "ratio",
+                    ratio(runs),
+                );
+            }
         }
         if want("instantiate") {
             let v = futures_vec(n, || instantiate_and_run(5_000)).await;

@@ -329,6 +329,11 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         stats.contains("reconnects 1") && stats.contains("gaps 0"),
         "{stats}"
     );
+    // Chromium agreed on permessage-deflate: the events above came compressed.
+    assert_eq!(
+        eval(&page, "feed.ws.extensions").await,
+        json!("permessage-deflate; client_no_context_takeover")
+    );
     visit(
         &page,
         "#/events",

@@ -5,6 +5,12 @@
 //! chunks after its cursor as they are: an event is filtered and framed once per
 //! channel, not once per connection, and a connection that keeps up makes one write
 //! per tick.
+//!
+//! Once a connection that agreed on permessage-deflate joins a channel, each chunk is
+//! also kept compressed, as one run of a [`wsproto::Deflater`] (each event referring
+//! to those before it in the chunk: a few times smaller than the events alone). Such a
+//! connection is sent a chunk compressed when it reads it from its start, and the
+//! rest of a chunk it joined in the middle as it is.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +60,8 @@ pub struct Channel {
     /// The seq up to which the feed was read when frames were last added.
     head: watch::Sender<u64>,
     closed: AtomicBool,
+    /// A connection that takes compressed frames has joined.
+    deflate: AtomicBool,
 }
 
 struct Ring {
@@ -70,9 +78,16 @@ struct Chunk {
     /// The seq of each event and where its frame starts in `frames`.
     index: Vec<(u64, usize)>,
     frames: Bytes,
+    /// The same events as one run of compressed frames, when the channel has a
+    /// connection that takes them.
+    deflated: Option<Bytes>,
 }
 
 impl Chunk {
+    fn size(&self) -> usize {
+        self.frames.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+    }
+
     fn last(&self) -> u64 {
         self.index.last().map_or(0, |&(seq, _)| seq)
     }
@@ -125,6 +140,7 @@ impl Fanout {
             }),
             head: watch::Sender::new(at),
             closed: AtomicBool::new(self.feed.is_closed()),
+            deflate: AtomicBool::new(false),
         });
         reg.by_filter.retain(|_, w| w.strong_count() > 0);
         reg.by_filter.insert(filter, Arc::downgrade(&ch));
@@ -140,6 +156,7 @@ impl Fanout {
         let mut follower = self.feed.follow(self.feed.head());
         let mut last_tick: Option<Instant> = None;
         let mut batch = Vec::with_capacity(PUMP_BATCH);
+        let mut deflater = wsproto::Deflater::default();
         loop {
             tokio::select! {
                 more = follower.ready() => if !more { break },
@@ -181,7 +198,7 @@ impl Fanout {
             }
             let read_to = follower.cursor();
             for (b, ch) in builders.into_iter().zip(&channels) {
-                ch.append(b, read_to);
+                ch.append(b, read_to, &mut deflater);
             }
         }
         let reg = self.channels.lock().expect("fanout lock");
@@ -235,8 +252,19 @@ impl ChunkBuilder {
 }
 
 impl Channel {
-    /// Add a tick's frames; the feed was read up to `read_to`.
-    fn append(&self, b: ChunkBuilder, read_to: u64) {
+    /// Add a tick's frames, and their compressed run if wanted; the feed was read up
+    /// to `read_to`.
+    fn append(&self, b: ChunkBuilder, read_to: u64, deflater: &mut wsproto::Deflater) {
+        let deflated = (!b.index.is_empty() && self.deflate.load(Ordering::Relaxed)).then(|| {
+            deflater.reset();
+            let mut out = BytesMut::with_capacity(b.frames.len() / 2);
+            for (i, &(_, start)) in b.index.iter().enumerate() {
+                let end = b.index.get(i + 1).map_or(b.frames.len(), |&(_, e)| e);
+                let payload = start + wsproto::header_len(b.frames[start + 1]);
+                deflater.put_text_frame(&mut out, &b.frames[payload..end]);
+            }
+            out.freeze()
+        });
         let mut ring = self.ring.write().expect("channel lock");
         if let Some(start) = b.gap {
             ring.chunks.clear();
@@ -249,14 +277,16 @@ impl Channel {
         if b.index.is_empty() {
             return;
         }
-        ring.bytes += b.frames.len();
-        ring.chunks.push_back(Chunk {
+        let chunk = Chunk {
             index: b.index,
             frames: b.frames.freeze(),
-        });
+            deflated,
+        };
+        ring.bytes += chunk.size();
+        ring.chunks.push_back(chunk);
         while ring.bytes > CHANNEL_BYTES && ring.chunks.len() > 1 {
             let gone = ring.chunks.pop_front().expect("not empty");
-            ring.bytes -= gone.frames.len();
+            ring.bytes -= gone.size();
             ring.start = gone.last();
         }
         let scanned = ring.scanned;
@@ -271,6 +301,11 @@ impl Channel {
 
     pub fn filter(&self) -> &Arc<EventFilter> {
         &self.filter
+    }
+
+    /// Keep the chunks from the next tick on compressed too.
+    pub fn want_deflated(&self) {
+        self.deflate.store(true, Ordering::Relaxed);
     }
 
     /// A receiver of this channel's progress, for [`Channel::ready`].
@@ -295,8 +330,14 @@ impl Channel {
     }
 
     /// The frames after `cursor`, at most about `max_bytes` of them (at least one
-    /// chunk); `Err` when some of them are no longer kept.
-    pub fn read(&self, cursor: u64, max_bytes: usize) -> Result<ChannelRead, Behind> {
+    /// chunk); `Err` when some of them are no longer kept. With `deflated`, a chunk
+    /// read from its start is its compressed run where there is one.
+    pub fn read(
+        &self,
+        cursor: u64,
+        max_bytes: usize,
+        deflated: bool,
+    ) -> Result<ChannelRead, Behind> {
         let ring = self.ring.read().expect("channel lock");
         if cursor < ring.start {
             return Err(Behind { start: ring.start });
@@ -316,7 +357,10 @@ impl Channel {
                 break;
             }
             let first = chunk.index.partition_point(|&(seq, _)| seq <= cursor);
-            let frames = chunk.after(cursor);
+            let frames = match &chunk.deflated {
+                Some(run) if deflated && first == 0 => run.clone(),
+                _ => chunk.after(cursor),
+            };
             out.events += chunk.index.len() - first;
             bytes += frames.len();
             out.frames.push(frames);
@@ -393,22 +437,22 @@ mod tests {
             event(3, "a", "y"),
         ]);
         assert!(a.ready(&mut rx, 0).await);
-        let read = a.read(0, usize::MAX).unwrap();
+        let read = a.read(0, usize::MAX, false).unwrap();
         assert_eq!(seqs(&read), [1, 3]);
         assert_eq!(read.cursor, 3);
         // From inside the chunk, and past everything.
-        assert_eq!(seqs(&a.read(1, usize::MAX).unwrap()), [3]);
-        assert!(a.read(3, usize::MAX).unwrap().frames.is_empty());
+        assert_eq!(seqs(&a.read(1, usize::MAX, false).unwrap()), [3]);
+        assert!(a.read(3, usize::MAX, false).unwrap().frames.is_empty());
 
         // The next tick's frames come as their own chunk; a byte budget stops at a chunk.
         feed.publish(vec![event(4, "b", "x"), event(5, "a", "x")]);
         assert!(a.ready(&mut rx, 3).await);
-        let first = a.read(0, 1).unwrap();
+        let first = a.read(0, 1, false).unwrap();
         assert_eq!((seqs(&first), first.cursor), (vec![1, 3], 3));
-        assert_eq!(seqs(&a.read(first.cursor, usize::MAX).unwrap()), [5]);
+        assert_eq!(seqs(&a.read(first.cursor, usize::MAX, false).unwrap()), [5]);
         let mut rx_b = b.watch();
         assert!(b.ready(&mut rx_b, 0).await);
-        assert_eq!(seqs(&b.read(0, usize::MAX).unwrap()), [2, 4]);
+        assert_eq!(seqs(&b.read(0, usize::MAX, false).unwrap()), [2, 4]);
     }
 
     #[tokio::test]
@@ -419,17 +463,71 @@ mod tests {
         feed.publish(vec![event(11, "a", "x")]);
         let late = fanout.channel(filter(&["a"]));
         // What the feed published before the channel existed comes from the store.
-        assert_eq!(late.read(10, usize::MAX).err(), Some(Behind { start: 11 }));
+        assert_eq!(late.read(10, usize::MAX, false).err(), Some(Behind { start: 11 }));
         feed.publish(vec![event(12, "a", "x")]);
         let mut rx = late.watch();
         assert!(late.ready(&mut rx, 11).await);
-        assert_eq!(seqs(&late.read(11, usize::MAX).unwrap()), [12]);
+        assert_eq!(seqs(&late.read(11, usize::MAX, false).unwrap()), [12]);
         let mut rx = early.watch();
         assert!(early.ready(&mut rx, 11).await);
-        assert_eq!(seqs(&early.read(10, usize::MAX).unwrap()), [11, 12]);
+        assert_eq!(seqs(&early.read(10, usize::MAX, false).unwrap()), [11, 12]);
 
         feed.close();
         assert!(!late.ready(&mut late.watch(), 12).await);
+    }
+
+    /// The seqs of the frames in `read` as a browser that agreed on permessage-deflate
+    /// sees them: compressed ones through its one inflater, the others as they are.
+    /// Also how many came compressed.
+    fn seqs_inflated(read: &ChannelRead, client: &mut flate2::Decompress) -> (Vec<u64>, usize) {
+        use wsproto::tests::{inflate_with_context, server_frames};
+        let frames = server_frames(&read.frames.concat());
+        let compressed = frames.iter().filter(|(c, _)| *c).count();
+        let seqs = frames
+            .into_iter()
+            .map(|(c, body)| {
+                let json = if c { inflate_with_context(client, &body) } else { body };
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                v["seq"].as_u64().unwrap()
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(seqs.len(), read.events);
+        (seqs, compressed)
+    }
+
+    #[tokio::test]
+    async fn a_chunk_read_from_its_start_goes_compressed_and_one_joined_midway_goes_plain() {
+        let feed = Arc::new(Feed::new(0, FeedLimits::default()));
+        let fanout = Fanout::new(feed.clone());
+        let ch = fanout.channel(filter(&["a"]));
+        let mut rx = ch.watch();
+        // Before any connection wants compression, chunks are kept plain only.
+        feed.publish(vec![event(1, "a", "x")]);
+        assert!(ch.ready(&mut rx, 0).await);
+        ch.want_deflated();
+        feed.publish((2..=30).map(|s| event(s, "a", "item_progress")).collect());
+        assert!(ch.ready(&mut rx, 1).await);
+        feed.publish((31..=40).map(|s| event(s, "a", "item_progress")).collect());
+        assert!(ch.ready(&mut rx, 30).await);
+
+        // From the start: the first chunk plain, the others compressed and smaller.
+        let mut browser = flate2::Decompress::new(false);
+        let all = ch.read(0, usize::MAX, true).unwrap();
+        let (seqs, compressed) = seqs_inflated(&all, &mut browser);
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        assert_eq!(compressed, 39);
+        let plain = ch.read(0, usize::MAX, false).unwrap();
+        let size = |r: &ChannelRead| r.frames.iter().map(Bytes::len).sum::<usize>();
+        assert!(size(&all) * 2 < size(&plain), "{} vs {}", size(&all), size(&plain));
+
+        // Joined inside the second chunk: its rest plain, the third compressed.
+        let mut late = flate2::Decompress::new(false);
+        let (seqs, compressed) = seqs_inflated(&ch.read(15, usize::MAX, true).unwrap(), &mut late);
+        assert_eq!(seqs, (16..=40).collect::<Vec<_>>());
+        assert_eq!(compressed, 10);
+        // One that does not take compression gets every frame plain.
+        let (seqs, compressed) = seqs_inflated(&plain, &mut flate2::Decompress::new(false));
+        assert_eq!((seqs.len(), compressed), (40, 0));
     }
 
     #[test]
@@ -455,8 +553,8 @@ mod tests {
             assert_eq!(woke, Ok(true), "the old channel is fed by the new pump");
             let woke = tokio::time::timeout(wait, other.ready(&mut rx_b, 0)).await;
             assert_eq!(woke, Ok(true));
-            assert_eq!(seqs(&kept.read(0, usize::MAX).unwrap()), [1]);
-            assert_eq!(seqs(&other.read(0, usize::MAX).unwrap()), [2]);
+            assert_eq!(seqs(&kept.read(0, usize::MAX, false).unwrap()), [1]);
+            assert_eq!(seqs(&other.read(0, usize::MAX, false).unwrap()), [2]);
         });
     }
 }

@@ -4,6 +4,9 @@
 //! where each event is filtered and framed once; each connection writes the channel's
 //! frames at its own pace. One that falls out of the channel's memory is told `lagged`
 //! and caught up from the store, without slowing the engine or anyone else.
+//! A client that offers permessage-deflate (browsers do) gets the channel's events
+//! compressed, once per channel (see [`super::fanout`]); replies and catching up from
+//! the store go uncompressed.
 //!
 //! Client messages: `{"type":"subscribe","jobs":[..],"types":[..],"after":SEQ}`,
 //! `{"type":"ping"}`. Server messages: events as stored (they carry `seq`), and
@@ -101,7 +104,7 @@ pub async fn job_feed(
 /// event's stored text goes to every connection as the same shared bytes.
 fn upgrade(
     req: &Request,
-    conn: Connection,
+    mut conn: Connection,
     sub: Option<(EventFilter, u64)>,
 ) -> poem::Result<Response> {
     let has = |name: header::HeaderName, token: &str| {
@@ -127,21 +130,33 @@ fn upgrade(
         ));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    conn.deflate = wsproto::accepts_deflate(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let on_upgrade = req.take_upgrade().map_err(|e| {
         poem::Error::from_string(format!("cannot upgrade: {e}"), StatusCode::BAD_REQUEST)
     })?;
+    let deflate = conn.deflate;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         conn.serve(upgraded, sub).await;
     });
-    Ok(Response::builder()
+    let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .finish())
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(if deflate {
+        response.header(header::SEC_WEBSOCKET_EXTENSIONS, wsproto::DEFLATE_RESPONSE)
+    } else {
+        response
+    }
+    .finish())
 }
 
 struct Connection {
@@ -155,6 +170,8 @@ struct Connection {
     /// Caught up once since subscribing: falling out of the channel's memory after
     /// that is reported as `lagged` (a replay of an old `after` is not).
     live: bool,
+    /// permessage-deflate was agreed on.
+    deflate: bool,
 }
 
 type Writer = tokio::io::WriteHalf<poem::Upgraded>;
@@ -171,12 +188,16 @@ impl Connection {
             channel: None,
             cursor: 0,
             live: false,
+            deflate: false,
         }
     }
 
     async fn serve(mut self, io: poem::Upgraded, sub: Option<(EventFilter, u64)>) {
         let (rd, mut wr) = tokio::io::split(io);
         let mut reader = wsproto::Reader::new(rd, MAX_CLIENT_MESSAGE);
+        if self.deflate {
+            reader = reader.with_deflate();
+        }
         if let Some((filter, after)) = sub
             && self.subscribe(&mut wr, filter, after).await.is_err()
         {
@@ -259,6 +280,9 @@ impl Connection {
         let head = self.store.last_seq().unwrap_or(0);
         let after = after.min(head);
         let channel = self.fanout.channel(filter);
+        if self.deflate {
+            channel.want_deflated();
+        }
         let rx = channel.watch();
         self.channel = Some((channel, rx));
         self.cursor = after;
@@ -276,7 +300,7 @@ impl Connection {
     async fn deliver(&mut self, wr: &mut Writer) -> Result<(), ()> {
         let channel = self.channel.as_ref().expect("subscribed").0.clone();
         loop {
-            match channel.read(self.cursor, MAX_WRITE) {
+            match channel.read(self.cursor, MAX_WRITE, self.deflate) {
                 Ok(read) => {
                     self.cursor = read.cursor;
                     match read.frames.as_slice() {
