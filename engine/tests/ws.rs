@@ -389,7 +389,10 @@ impl DeflateClient {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            assert!(io.read_buf(&mut buf).await.unwrap() > 0, "handshake cut short");
+            assert!(
+                io.read_buf(&mut buf).await.unwrap() > 0,
+                "handshake cut short"
+            );
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "{head}");
@@ -438,10 +441,11 @@ impl DeflateClient {
                 };
                 return serde_json::from_slice(&text).unwrap();
             }
-            let read = tokio::time::timeout(Duration::from_secs(30), self.io.read_buf(&mut self.buf))
-                .await
-                .expect("feed went quiet")
-                .unwrap();
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), self.io.read_buf(&mut self.buf))
+                    .await
+                    .expect("feed went quiet")
+                    .unwrap();
             assert!(read > 0, "feed closed");
         }
     }
@@ -454,7 +458,10 @@ impl DeflateClient {
         }
         let (len, header) = match b[1] & 0x7F {
             126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => return None,
             n => (usize::from(n), 2),
         };
@@ -565,7 +572,13 @@ async fn a_client_that_offers_compression_gets_every_event_compressed_in_order()
         }
     }
     let want: Vec<u64> = stored.iter().copied().filter(|&s| s > after).collect();
-    assert_eq!(rest, want, "the late client: the rest, exactly once, in order");
-    assert!(late.compressed > 0, "the late client got compressed events too");
+    assert_eq!(
+        rest, want,
+        "the late client: the rest, exactly once, in order"
+    );
+    assert!(
+        late.compressed > 0,
+        "the late client got compressed events too"
+    );
     e.stop().await;
 }

@@ -370,7 +370,9 @@ struct RawFollower {
 enum Frame {
     /// An event; whether it is known to be `job_completed` (compressed ones are not
     /// looked into).
-    Event { completed: bool },
+    Event {
+        completed: bool,
+    },
     Other,
 }
 
@@ -409,9 +411,7 @@ impl RawFollower {
             );
         };
         assert!(buf.starts_with(b"HTTP/1.1 101"), "no upgrade: {buf:?}");
-        let agreed = buf[..end]
-            .windows(18)
-            .any(|w| w == b"permessage-deflate");
+        let agreed = buf[..end].windows(18).any(|w| w == b"permessage-deflate");
         assert_eq!(agreed, deflate, "permessage-deflate agreed on");
         buf.drain(..end);
         // A client's frame is masked (and may go uncompressed).
@@ -499,10 +499,15 @@ impl RawFollower {
     /// Read until `target` events came (a number that may only be known later), or a
     /// plain `job_completed`: how many came, whether the last was `job_completed`,
     /// and when the last one arrived.
-    async fn until(&mut self, mut target: tokio::sync::watch::Receiver<usize>) -> (usize, bool, Instant) {
+    async fn until(
+        &mut self,
+        mut target: tokio::sync::watch::Receiver<usize>,
+    ) -> (usize, bool, Instant) {
         let mut events = 0;
         let mut completed = false;
         let mut at = Instant::now();
+        // A fixed target comes with its sender gone.
+        let mut may_change = target.has_changed().is_ok();
         loop {
             while let Some(f) = self.frame() {
                 if let Frame::Event { completed: c } = f {
@@ -518,7 +523,7 @@ impl RawFollower {
             }
             tokio::select! {
                 () = self.read_more() => at = Instant::now(),
-                _ = target.changed() => {}
+                changed = target.changed(), if may_change => may_change = changed.is_ok(),
             }
         }
     }
@@ -584,14 +589,18 @@ async fn throughput_under_feed(n: usize, clients: usize, deflate: bool) -> FeedR
             let (events, completed, at) = client.until(target).await;
             if !every_event {
                 assert_eq!(events, n + 1, "events received by a progress follower");
-                assert!(deflate || completed, "a plain follower ends at job_completed");
+                assert!(
+                    deflate || completed,
+                    "a plain follower ends at job_completed"
+                );
             }
             (at, client.received)
         }));
     }
     ready.wait().await;
     let feed_cpu = || thread_cpu_seconds("faena-api");
-    let cpu0 = feed_cpu();
+    let clients_cpu = || thread_cpu_seconds("bench-clients");
+    let (cpu0, clients0, all0) = (feed_cpu(), clients_cpu(), thread_cpu_seconds(""));
     let t0 = Instant::now();
     store
         .job_action(&j.id, faena::store::JobAction::Start)
@@ -620,6 +629,13 @@ async fn throughput_under_feed(n: usize, clients: usize, deflate: bool) -> FeedR
         rate: n as f64 / batch.as_secs_f64(),
         delivered_late_ms: (last - (t0 + batch)).as_secs_f64() * 1e3,
         feed_cpu: feed_cpu() - cpu0,
+        clients_cpu: clients_cpu() - clients0,
+        engine_cpu_us: (thread_cpu_seconds("")
+            - all0
+            - (feed_cpu() - cpu0)
+            - (clients_cpu() - clients0))
+            * 1e6
+            / n as f64,
         received_mb: received as f64 / 1e6,
     };
     stop.cancel();
@@ -636,6 +652,11 @@ struct FeedRun {
     delivered_late_ms: f64,
     /// CPU seconds of the API's threads (the feed's server side) until then.
     feed_cpu: f64,
+    /// CPU seconds of the clients' threads (the browsers' side, here on the same
+    /// cores).
+    clients_cpu: f64,
+    /// CPU µs per item of every other thread: the engine's.
+    engine_cpu_us: f64,
     /// What the clients read from their sockets, all together.
     received_mb: f64,
 }
@@ -1015,6 +1036,11 @@ fn main() {
                 "items/s",
                 figures(&quiet, |r| r.rate),
             );
+            row(
+                "overload: engine CPU per item, no feed clients",
+                "µs",
+                figures(&quiet, |r| r.engine_cpu_us),
+            );
             for (runs, clients) in [
                 (&packed, "1,000 clients, compressed"),
                 (&plain, "1,000 clients, uncompressed"),
@@ -1035,15 +1061,21 @@ fn main() {
                     figures(runs, |r| r.feed_cpu),
                 );
                 row(
+                    &format!("overload: {clients}: engine CPU per item"),
+                    "µs",
+                    figures(runs, |r| r.engine_cpu_us),
+                );
+                row(
+                    &format!("overload: {clients}: CPU of the clients"),
+                    "core-s",
+                    figures(runs, |r| r.clients_cpu),
+                );
+                row(
                     &format!("overload: {clients}: bytes the clients read"),
                     "MB",
                     figures(runs, |r| r.received_mb),
                 );
-                row(
-                    &format!("overload: {clients} / none"),
-                    "ratio",
-                    ratio(runs),
-                );
+                row(&format!("overload: {clients} / none"), "ratio", ratio(runs));
             }
         }
         if want("instantiate") {

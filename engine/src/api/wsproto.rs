@@ -95,39 +95,36 @@ const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 /// compressed once, each referring to those before it, for every connection. An offer
 /// with an unknown or repeated parameter is declined, as RFC 7692 §5 asks.
 pub fn accepts_deflate<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .any(|offer| {
-            let mut parts = offer.split(';').map(str::trim);
-            if !parts
-                .next()
-                .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
-            {
+    values.into_iter().flat_map(|v| v.split(',')).any(|offer| {
+        let mut parts = offer.split(';').map(str::trim);
+        if !parts
+            .next()
+            .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
+        {
+            return false;
+        }
+        let mut seen: Vec<String> = Vec::new();
+        parts.all(|param| {
+            let (name, value) = match param.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (param, None),
+            };
+            let name = name.to_ascii_lowercase();
+            if seen.contains(&name) {
                 return false;
             }
-            let mut seen: Vec<String> = Vec::new();
-            parts.all(|param| {
-                let (name, value) = match param.split_once('=') {
-                    Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-                    None => (param, None),
-                };
-                let name = name.to_ascii_lowercase();
-                if seen.contains(&name) {
-                    return false;
-                }
-                let bits_ok = |v: &str| v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b));
-                let ok = match (name.as_str(), value) {
-                    ("client_no_context_takeover", None) => true,
-                    ("client_max_window_bits", None) => true,
-                    ("client_max_window_bits", Some(v)) => bits_ok(v),
-                    ("server_max_window_bits", Some(v)) => v == "15",
-                    _ => false,
-                };
-                seen.push(name);
-                ok
-            })
+            let bits_ok = |v: &str| v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b));
+            let ok = match (name.as_str(), value) {
+                ("client_no_context_takeover", None) => true,
+                ("client_max_window_bits", None) => true,
+                ("client_max_window_bits", Some(v)) => bits_ok(v),
+                ("server_max_window_bits", Some(v)) => v == "15",
+                _ => false,
+            };
+            seen.push(name);
+            ok
         })
+    })
 }
 
 /// Compresses text messages into permessage-deflate frames. Messages put between two
@@ -404,7 +401,12 @@ fn inflate_message(
                 &mut out,
                 FlushDecompress::Sync,
             )
-            .map_err(|_| fail(CLOSE_INVALID_DATA, "a compressed message that does not inflate"))?;
+            .map_err(|_| {
+                fail(
+                    CLOSE_INVALID_DATA,
+                    "a compressed message that does not inflate",
+                )
+            })?;
         if out.len() > max {
             return Err(fail(CLOSE_TOO_BIG, "message too big"));
         }
@@ -571,7 +573,10 @@ pub(crate) mod tests {
         assert!(accepts_deflate([
             "permessage-deflate; server_no_context_takeover, permessage-deflate"
         ]));
-        assert!(accepts_deflate(["x-webkit-deflate-frame", "permessage-deflate"]));
+        assert!(accepts_deflate([
+            "x-webkit-deflate-frame",
+            "permessage-deflate"
+        ]));
         for declined in [
             "permessage-deflate; server_no_context_takeover",
             "permessage-deflate; server_max_window_bits=10",
@@ -617,7 +622,11 @@ pub(crate) mod tests {
                 "1002 RSV1 on a control or continuation frame",
             ),
             (
-                [client_frame(0x41, &packed[..3]), client_frame(0xC0, &packed[3..])].concat(),
+                [
+                    client_frame(0x41, &packed[..3]),
+                    client_frame(0xC0, &packed[3..]),
+                ]
+                .concat(),
                 "1002 RSV1 on a control or continuation frame",
             ),
             (client_frame(0xA1, b"x"), "1002 reserved bits set"),
@@ -655,7 +664,10 @@ pub(crate) mod tests {
                 _ => u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
             };
             assert_eq!(bytes[at] & 0xBF, 0x81, "a final text frame");
-            out.push((bytes[at] & 0x40 != 0, bytes[at + header..at + header + len].to_vec()));
+            out.push((
+                bytes[at] & 0x40 != 0,
+                bytes[at + header..at + header + len].to_vec(),
+            ));
             at += header + len;
         }
         out
@@ -676,7 +688,9 @@ pub(crate) mod tests {
     #[test]
     fn a_run_of_compressed_messages_inflates_in_order_and_a_reset_starts_afresh() {
         let messages: Vec<String> = (0..40)
-            .map(|i| format!(r#"{{"seq":{i},"type":"item_progress","data":{{"done":{i},"total":40}}}}"#))
+            .map(|i| {
+                format!(r#"{{"seq":{i},"type":"item_progress","data":{{"done":{i},"total":40}}}}"#)
+            })
             .collect();
         let mut d = Deflater::default();
         let mut first = BytesMut::new();
