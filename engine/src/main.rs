@@ -35,6 +35,7 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    faena::no_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {

@@ -970,6 +970,7 @@ fn machine() -> String {
 }
 
 fn main() {
+    faena::no_transparent_huge_pages();
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
