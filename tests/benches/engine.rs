@@ -316,15 +316,23 @@ async fn serve_feed(
 }
 
 /// Feed clients on threads of their own, as browsers in another process would be:
-/// they share the machine's cores with the engine, not its run queue.
+/// they share the machine's cores with the engine, not its run queue. With `nice` above
+/// 0 they take the CPU the engine leaves, as browsers on other machines take none.
 struct ClientThreads(Option<tokio::runtime::Runtime>);
 
 impl ClientThreads {
-    fn new() -> Self {
+    fn new(nice: i32) -> Self {
         ClientThreads(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("bench-clients")
+                .on_thread_start(move || {
+                    if nice > 0 {
+                        // The calling thread's own nice value (Linux).
+                        let me = Some(rustix::thread::gettid());
+                        rustix::process::setpriority_process(me, nice).expect("renice");
+                    }
+                })
                 .enable_all()
                 .build()
                 .unwrap(),
@@ -544,12 +552,32 @@ async fn subscriber(url: &str) -> Subscriber {
         .0
 }
 
-/// Items/s of `n` noop items through the engine with `clients` WebSocket clients on
-/// the feed: 90 % following the job's progress (one event per finished item), 10 %
-/// following every event of the job; with `deflate` they agree on permessage-deflate,
-/// as browsers do. Clients read in their own tasks, as a browser would; the figure is
-/// the engine's, timed from start to `completed` in the store.
-async fn throughput_under_feed(n: usize, clients: usize, deflate: bool) -> FeedRun {
+/// The feed clients of an overload run.
+#[derive(Clone, Copy)]
+struct FeedClients {
+    count: usize,
+    /// They agree on permessage-deflate, as browsers do.
+    deflate: bool,
+    /// The nice value of their threads.
+    nice: i32,
+}
+
+const NO_CLIENTS: FeedClients = FeedClients {
+    count: 0,
+    deflate: false,
+    nice: 0,
+};
+
+/// Items/s of `n` noop items through the engine with WebSocket clients on the feed:
+/// 90 % following the job's progress (one event per finished item), 10 % following
+/// every event of the job. Clients read in their own tasks, as a browser would; the
+/// figure is the engine's, timed from start to `completed` in the store.
+async fn throughput_under_feed(n: usize, feed_clients: FeedClients) -> FeedRun {
+    let FeedClients {
+        count: clients,
+        deflate,
+        nice,
+    } = feed_clients;
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let rt = runtime(dir.path(), &store, BTreeMap::new(), false).await;
@@ -564,7 +592,7 @@ async fn throughput_under_feed(n: usize, clients: usize, deflate: bool) -> FeedR
     let mut pending = job("noop", n);
     pending.start = false;
     let j = store.create_job("default", pending, None).await.unwrap();
-    let threads = ClientThreads::new();
+    let threads = ClientThreads::new(nice);
     let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
     // How many events a follower of every event of the job gets: known at the end.
     let (every_event_total, every_event_target) = tokio::sync::watch::channel(usize::MAX);
@@ -668,7 +696,7 @@ async fn fanout(subs: usize, events: usize, rate: u64) -> Vec<f64> {
     let stop = CancellationToken::new();
     let (addr, key, server) = serve_feed(&store, None, &stop).await;
     let base = Instant::now();
-    let threads = ClientThreads::new();
+    let threads = ClientThreads::new(0);
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Barrier::new(subs + 1));
     for _ in 0..subs {
@@ -1017,18 +1045,27 @@ fn main() {
             row("engine: enqueue→start p99", "ms", p99);
         }
         if want("overload") {
-            let (mut quiet, mut packed, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+            // Browsers, elsewhere: compressed, and at nice 19 here so they take only
+            // the CPU the engine leaves. Then clients that do not compress, and
+            // compressing ones competing with the engine at its own priority.
+            let configs = [
+                ("1,000 browsers (compressed, nice 19)", true, 19),
+                ("1,000 uncompressed clients (nice 19)", false, 19),
+                ("1,000 browsers at the engine's priority", true, 0),
+            ];
+            let mut quiet = Vec::new();
+            let mut busy: Vec<Vec<FeedRun>> = configs.iter().map(|_| Vec::new()).collect();
             for _ in 0..n {
-                quiet.push(throughput_under_feed(10_000, 0, false).await);
-                packed.push(throughput_under_feed(10_000, 1_000, true).await);
-                plain.push(throughput_under_feed(10_000, 1_000, false).await);
+                quiet.push(throughput_under_feed(10_000, NO_CLIENTS).await);
+                for (runs, &(_, deflate, nice)) in busy.iter_mut().zip(&configs) {
+                    let clients = FeedClients {
+                        count: 1_000,
+                        deflate,
+                        nice,
+                    };
+                    runs.push(throughput_under_feed(10_000, clients).await);
+                }
             }
-            let ratio = |busy: &[FeedRun]| -> Vec<f64> {
-                busy.iter()
-                    .zip(&quiet)
-                    .map(|(b, q)| b.rate / q.rate)
-                    .collect()
-            };
             let figures = |runs: &[FeedRun], f: fn(&FeedRun) -> f64| -> Vec<f64> {
                 runs.iter().map(f).collect()
             };
@@ -1042,15 +1079,21 @@ fn main() {
                 "µs",
                 figures(&quiet, |r| r.engine_cpu_us),
             );
-            for (runs, clients) in [
-                (&packed, "1,000 clients, compressed"),
-                (&plain, "1,000 clients, uncompressed"),
-            ] {
+            for (i, (runs, &(clients, ..))) in busy.iter().zip(&configs).enumerate() {
                 row(
                     &format!("overload: noop items/s, {clients}"),
                     "items/s",
                     figures(runs, |r| r.rate),
                 );
+                let ratio = runs.iter().zip(&quiet).map(|(b, q)| b.rate / q.rate);
+                row(
+                    &format!("overload: {clients} / none"),
+                    "ratio",
+                    ratio.collect(),
+                );
+                if i == configs.len() - 1 {
+                    break;
+                }
                 row(
                     &format!("overload: {clients}: all delivered, after the batch"),
                     "ms",
@@ -1076,7 +1119,6 @@ fn main() {
                     "MB",
                     figures(runs, |r| r.received_mb),
                 );
-                row(&format!("overload: {clients} / none"), "ratio", ratio(runs));
             }
         }
         if want("instantiate") {
