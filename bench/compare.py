@@ -251,7 +251,10 @@ def main():
     for n in (100, 1000):
         add(f"feed fan-out p50, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p50 (50 events/s)"])
         add(f"feed fan-out p99, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p99"], target="< 50 ms" if n == 1000 else "")
-    add("no-op items/s with 1,000 feed clients / without", "ratio", f["overload: with 1,000 clients / without"])
+    add("no-op items/s with 1,000 browser-like feed clients / without", "ratio",
+        f["overload: 1,000 browsers (compressed, nice 19) / none"], target="keep throughput")
+    add("no-op items/s with 1,000 uncompressed feed clients / without", "ratio",
+        f["overload: 1,000 uncompressed clients (nice 19) / none"])
     add("RSS idle (faena serve)", "MB", idle, celery["rss_idle_mb"], "Celery worker", higher_better=False, target="< 50 MB")
     add("", "MB", idle, bull["rss_idle_mb"], "BullMQ worker", higher_better=False)
     add(f"RSS peak running {ITEMS:,} no-op items", "MB", peak, celery["rss_peak_mb"], "Celery worker", higher_better=False)

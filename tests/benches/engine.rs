@@ -9,7 +9,9 @@
 //! - instantiate + run: one fresh instance of the `noop` component and one call
 //! - fan-out: an event published to 100 and 1,000 WebSocket subscribers
 //! - overload: the engine's throughput with 1,000 WebSocket clients following the
-//!   batch, against none, in the same run
+//!   batch, against none, in the same run: browser-like clients (permessage-deflate)
+//!   at nice 19 as browsers elsewhere would take none of the engine's CPU, clients that
+//!   do not compress, and browser-like ones at the engine's own priority
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
 //!   concurrency 1, 2 and 4, and where an order's time goes
