@@ -217,8 +217,10 @@ pub struct Reader<R> {
     /// and what came so far.
     partial: Option<(u8, bool, BytesMut)>,
     max_message: usize,
-    /// Set when permessage-deflate was agreed on: client messages may be compressed,
-    /// each on its own.
+    /// permessage-deflate was agreed on: client messages may be compressed, each on
+    /// its own.
+    deflate: bool,
+    /// Made at the first compressed message (a few KiB a connection otherwise).
     inflate: Option<Decompress>,
 }
 
@@ -229,13 +231,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             buf: BytesMut::with_capacity(4096),
             partial: None,
             max_message,
+            deflate: false,
             inflate: None,
         }
     }
 
     /// Accept compressed messages (permessage-deflate was agreed on).
     pub fn with_deflate(mut self) -> Self {
-        self.inflate = Some(Decompress::new(false));
+        self.deflate = true;
         self
     }
 
@@ -317,7 +320,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let fin = b[0] & 0x80 != 0;
         let rsv1 = b[0] & 0x40 != 0;
         let opcode = b[0] & 0x0F;
-        let reserved = if self.inflate.is_some() { 0x30 } else { 0x70 };
+        let reserved = if self.deflate { 0x30 } else { 0x70 };
         if b[0] & reserved != 0 {
             return Err(fail(CLOSE_PROTOCOL, "reserved bits set"));
         }
@@ -370,9 +373,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         compressed: bool,
         payload: BytesMut,
     ) -> Result<Incoming, ReadError> {
-        let payload = match (compressed, self.inflate.as_mut()) {
-            (true, Some(inflate)) => inflate_message(inflate, &payload, self.max_message)?,
-            _ => payload.to_vec(),
+        let payload = if compressed {
+            let inflate = self.inflate.get_or_insert_with(|| Decompress::new(false));
+            inflate_message(inflate, &payload, self.max_message)?
+        } else {
+            payload.to_vec()
         };
         if opcode == OP_BINARY {
             return Ok(Incoming::Binary);
