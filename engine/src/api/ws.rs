@@ -130,16 +130,16 @@ fn upgrade(
         ));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    conn.deflate = wsproto::accepts_deflate(
+    let deflate = wsproto::accepts_deflate(
         req.headers()
             .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
+    conn.deflate = deflate;
     let on_upgrade = req.take_upgrade().map_err(|e| {
         poem::Error::from_string(format!("cannot upgrade: {e}"), StatusCode::BAD_REQUEST)
     })?;
-    let deflate = conn.deflate;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
