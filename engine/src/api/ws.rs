@@ -130,13 +130,13 @@ fn upgrade(
         ));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let deflate = wsproto::accepts_deflate(
+    let deflate = wsproto::deflate_answer(
         req.headers()
             .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    conn.deflate = deflate;
+    conn.deflate = deflate.is_some();
     let on_upgrade = req.take_upgrade().map_err(|e| {
         poem::Error::from_string(format!("cannot upgrade: {e}"), StatusCode::BAD_REQUEST)
     })?;
@@ -151,10 +151,9 @@ fn upgrade(
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept);
-    Ok(if deflate {
-        response.header(header::SEC_WEBSOCKET_EXTENSIONS, wsproto::DEFLATE_RESPONSE)
-    } else {
-        response
+    Ok(match deflate {
+        Some(answer) => response.header(header::SEC_WEBSOCKET_EXTENSIONS, answer),
+        None => response,
     }
     .finish())
 }

@@ -83,48 +83,63 @@ fn put_frame_with(out: &mut BytesMut, first_byte: u8, payload: &[u8]) {
 }
 
 /// The `Sec-WebSocket-Extensions` answer when the feed compresses.
-pub const DEFLATE_RESPONSE: &str = "permessage-deflate; client_no_context_takeover";
+const DEFLATE_RESPONSE: &str = "permessage-deflate; client_no_context_takeover";
+
+/// The same, to an offer that named the server's window: accepting one repeats it
+/// (RFC 7692 §7.1.2.1).
+const DEFLATE_RESPONSE_WINDOW: &str =
+    "permessage-deflate; client_no_context_takeover; server_max_window_bits=15";
 
 /// The empty stored block that ends a flushed deflate stream: left off the wire
 /// (RFC 7692 §7.2.1) and put back before inflating.
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
-/// Whether one of the client's `Sec-WebSocket-Extensions` offers (header values, in
-/// order) is a permessage-deflate the feed can accept. It cannot accept
-/// `server_no_context_takeover` or a window under 15 bits: a batch of messages is
-/// compressed once, each referring to those before it, for every connection. An offer
-/// with an unknown or repeated parameter is declined, as RFC 7692 §5 asks.
-pub fn accepts_deflate<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
-    values.into_iter().flat_map(|v| v.split(',')).any(|offer| {
-        let mut parts = offer.split(';').map(str::trim);
-        if !parts
-            .next()
-            .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
-        {
-            return false;
-        }
-        let mut seen: Vec<String> = Vec::new();
-        parts.all(|param| {
-            let (name, value) = match param.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-                None => (param, None),
-            };
-            let name = name.to_ascii_lowercase();
-            if seen.contains(&name) {
-                return false;
+/// The `Sec-WebSocket-Extensions` answer to the first of the client's offers (header
+/// values, in order) that is a permessage-deflate the feed can accept, if one is. It
+/// cannot accept `server_no_context_takeover` or a window under 15 bits: a batch of
+/// messages is compressed once, each referring to those before it, for every
+/// connection. An offer with an unknown or repeated parameter is declined, as RFC 7692
+/// §5 asks.
+pub fn deflate_answer<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .find_map(|offer| {
+            let mut parts = offer.split(';').map(str::trim);
+            if !parts
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
+            {
+                return None;
             }
-            let bits_ok = |v: &str| v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b));
-            let ok = match (name.as_str(), value) {
-                ("client_no_context_takeover", None) => true,
-                ("client_max_window_bits", None) => true,
-                ("client_max_window_bits", Some(v)) => bits_ok(v),
-                ("server_max_window_bits", Some(v)) => v == "15",
-                _ => false,
+            let mut seen: Vec<String> = Vec::new();
+            let acceptable = parts.all(|param| {
+                let (name, value) = match param.split_once('=') {
+                    Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                    None => (param, None),
+                };
+                let name = name.to_ascii_lowercase();
+                if seen.contains(&name) {
+                    return false;
+                }
+                let bits_ok = |v: &str| v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b));
+                let ok = match (name.as_str(), value) {
+                    ("client_no_context_takeover", None) => true,
+                    ("client_max_window_bits", None) => true,
+                    ("client_max_window_bits", Some(v)) => bits_ok(v),
+                    ("server_max_window_bits", Some(v)) => v == "15",
+                    _ => false,
+                };
+                seen.push(name);
+                ok
+            });
+            let answer = if seen.iter().any(|p| p == "server_max_window_bits") {
+                DEFLATE_RESPONSE_WINDOW
+            } else {
+                DEFLATE_RESPONSE
             };
-            seen.push(name);
-            ok
+            acceptable.then_some(answer)
         })
-    })
 }
 
 /// Compresses text messages into permessage-deflate frames. Messages put between two
@@ -566,22 +581,29 @@ pub(crate) mod tests {
 
     #[test]
     fn permessage_deflate_is_accepted_only_in_a_form_the_feed_can_keep() {
+        let plain = Some(DEFLATE_RESPONSE);
         // What Chromium and Firefox send.
-        assert!(accepts_deflate([
-            "permessage-deflate; client_max_window_bits"
-        ]));
-        assert!(accepts_deflate(["permessage-deflate"]));
-        assert!(accepts_deflate([
-            "Permessage-Deflate; client_no_context_takeover; client_max_window_bits=10; server_max_window_bits=15"
-        ]));
+        assert_eq!(
+            deflate_answer(["permessage-deflate; client_max_window_bits"]),
+            plain
+        );
+        assert_eq!(deflate_answer(["permessage-deflate"]), plain);
+        // An offer naming the server's window is answered with it.
+        assert_eq!(
+            deflate_answer([
+                "Permessage-Deflate; client_no_context_takeover; client_max_window_bits=10; server_max_window_bits=15"
+            ]),
+            Some(DEFLATE_RESPONSE_WINDOW)
+        );
         // A later offer, or another header line, may be the acceptable one.
-        assert!(accepts_deflate([
-            "permessage-deflate; server_no_context_takeover, permessage-deflate"
-        ]));
-        assert!(accepts_deflate([
-            "x-webkit-deflate-frame",
-            "permessage-deflate"
-        ]));
+        assert_eq!(
+            deflate_answer(["permessage-deflate; server_no_context_takeover, permessage-deflate"]),
+            plain
+        );
+        assert_eq!(
+            deflate_answer(["x-webkit-deflate-frame", "permessage-deflate"]),
+            plain
+        );
         for declined in [
             "permessage-deflate; server_no_context_takeover",
             "permessage-deflate; server_max_window_bits=10",
@@ -592,7 +614,7 @@ pub(crate) mod tests {
             "x-webkit-deflate-frame",
             "",
         ] {
-            assert!(!accepts_deflate([declined]), "{declined}");
+            assert_eq!(deflate_answer([declined]), None, "{declined}");
         }
     }
 
