@@ -49,6 +49,16 @@ async fn serve(e: &Engine) -> Server {
     }
 }
 
+/// The seqs of every stored event of `job`, in order.
+fn stored_seqs(e: &Engine, job: &str) -> Vec<u64> {
+    let filter = EventFilter {
+        jobs: vec![job.to_owned()],
+        ..Default::default()
+    };
+    let (events, _) = e.store.events(0, &filter, usize::MAX).unwrap();
+    events.iter().map(|e| e.seq).collect()
+}
+
 async fn connect(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
@@ -117,21 +127,7 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
             break;
         }
     }
-    let stored: Vec<u64> = e
-        .store
-        .events(
-            0,
-            &EventFilter {
-                jobs: vec![job.id.clone()],
-                ..Default::default()
-            },
-            usize::MAX,
-        )
-        .unwrap()
-        .0
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let stored = stored_seqs(&e, &job.id);
     assert_eq!(got, stored, "every event of the job exactly once, in order");
     assert_eq!(e.store.job(&job.id).unwrap().status, JobStatus::Completed);
     // The one-job shorthand replays the same history.
@@ -537,21 +533,7 @@ async fn a_client_that_offers_compression_gets_every_event_compressed_in_order()
             break;
         }
     }
-    let stored: Vec<u64> = e
-        .store
-        .events(
-            0,
-            &EventFilter {
-                jobs: vec![job.id.clone()],
-                ..Default::default()
-            },
-            usize::MAX,
-        )
-        .unwrap()
-        .0
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let stored = stored_seqs(&e, &job.id);
     assert_eq!(got, stored, "every event of the job exactly once, in order");
     assert_eq!(pongs, 1);
     assert!(

@@ -470,7 +470,15 @@ pub(crate) mod tests {
     }
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, String>> {
-        let mut r = Reader::new(&bytes[..], max);
+        read_from(Reader::new(&bytes[..], max)).await
+    }
+
+    async fn read_all_deflate(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, String>> {
+        read_from(Reader::new(&bytes[..], max).with_deflate()).await
+    }
+
+    /// Every message `r` reads, and the protocol error that ended them if one did.
+    async fn read_from(mut r: Reader<&[u8]>) -> Vec<Result<Incoming, String>> {
         let mut out = Vec::new();
         loop {
             match r.next().await {
@@ -562,21 +570,6 @@ pub(crate) mod tests {
         assert!(out.ends_with(&SYNC_TAIL));
         out.truncate(out.len() - 4);
         out
-    }
-
-    async fn read_all_deflate(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, String>> {
-        let mut r = Reader::new(&bytes[..], max).with_deflate();
-        let mut out = Vec::new();
-        loop {
-            match r.next().await {
-                Ok(m) => out.push(Ok(m)),
-                Err(ReadError::Io) => return out,
-                Err(ReadError::Protocol(p)) => {
-                    out.push(Err(format!("{} {}", p.code, p.reason)));
-                    return out;
-                }
-            }
-        }
     }
 
     #[test]
