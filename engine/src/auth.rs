@@ -341,6 +341,7 @@ pub struct Auth {
 /// The role a request needs, or `None` for the public routes.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let public = path == "/health"
+        || path == "/ready"
         || path == "/openapi.json"
         || path == "/docs"
         || path.starts_with("/docs/");
@@ -560,6 +561,7 @@ mod tests {
     fn roles_by_route() {
         let r = |m: Method, p: &str| required_role(&m, p);
         assert_eq!(r(Method::GET, "/health"), None);
+        assert_eq!(r(Method::GET, "/ready"), None);
         assert_eq!(r(Method::GET, "/openapi.json"), None);
         assert_eq!(r(Method::GET, "/api/v1/jobs"), Some(Role::Viewer));
         assert_eq!(r(Method::GET, "/ws"), Some(Role::Viewer));

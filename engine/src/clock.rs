@@ -5,6 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+/// The furthest a timer is set: a wake-up later than this is re-armed when it fires.
+pub const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     base_ms: i64,
@@ -34,15 +37,13 @@ impl Clock {
         self.base_ms + self.base.elapsed().as_millis() as i64
     }
 
-    /// The tokio instant at which the wall clock reads `ms`.
+    /// The tokio instant at which the wall clock reads `ms`; a time further away than
+    /// [`FAR`] (or beyond what an `Instant` holds) is read as `FAR` from now.
     pub fn instant_at(&self, ms: i64) -> Instant {
         let now_ms = self.now_ms();
         let now = Instant::now();
-        if ms <= now_ms {
-            now
-        } else {
-            now + Duration::from_millis((ms - now_ms) as u64)
-        }
+        let ahead = Duration::from_millis(u64::try_from(ms.saturating_sub(now_ms)).unwrap_or(0));
+        now.checked_add(ahead.min(FAR)).unwrap_or(now)
     }
 }
 

@@ -25,6 +25,27 @@ pub struct FileConfig {
     pub secrets: BTreeMap<String, String>,
     pub sessions: Option<SessionsFileConfig>,
     pub api: Option<ApiFileConfig>,
+    pub store: Option<StoreFileConfig>,
+    /// How a shutdown (SIGTERM, Ctrl-C) lets running items finish.
+    pub shutdown: Option<ShutdownFileConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    /// Free space (MiB) the store keeps on its disk: below it, new work is refused with
+    /// 507 until space is freed (default 256).
+    pub reserve_mib: Option<u64>,
+    /// Free space (MiB) below which the log warns (default 1024).
+    pub warn_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFileConfig {
+    /// Seconds running items get to finish after SIGTERM before they are stopped and
+    /// put back in the queue (default 30).
+    pub grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -103,6 +124,10 @@ pub struct Config {
     pub rate_limit: crate::auth::RateLimit,
     /// The HTTP server's threads.
     pub api_threads: crate::api::ApiThreads,
+    /// Free space the store keeps on its disk.
+    pub space: crate::store::SpaceLimits,
+    /// Time running items get to finish at a shutdown.
+    pub shutdown_grace: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +194,27 @@ impl Config {
                 message: "[api] threads must be at least 1 and nice between 0 and 19".into(),
             });
         }
+        let space = {
+            let defaults = crate::store::SpaceLimits::default();
+            let st = file_cfg.store.unwrap_or_default();
+            crate::store::SpaceLimits {
+                reserve_bytes: st
+                    .reserve_mib
+                    .map_or(defaults.reserve_bytes, |m| m.saturating_mul(1 << 20)),
+                warn_bytes: st
+                    .warn_mib
+                    .map_or(defaults.warn_bytes, |m| m.saturating_mul(1 << 20)),
+            }
+        };
+        let shutdown_grace = std::time::Duration::from_secs(
+            file_cfg
+                .shutdown
+                .and_then(|s| s.grace_secs)
+                .unwrap_or(crate::scheduler::SchedulerConfig::default().grace.as_secs()),
+        );
         Ok(Config {
+            space,
+            shutdown_grace,
             api_threads,
             rate_limit: crate::auth::RateLimit { per_sec, burst },
             data_dir: over

@@ -14,7 +14,7 @@ use faena::clock::Clock;
 use faena::config::{Config, Overrides};
 use faena::runtime::WasmExecutor;
 use faena::scheduler::{self, SchedulerConfig};
-use faena::store::Store;
+use faena::store::{Store, StoreOptions};
 
 // sled copies and frees node buffers on every write; glibc's allocator spent a third of
 // the store's time there (perf), mimalloc makes the durable path ~1.4× faster.
@@ -80,21 +80,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: std::fs::canonicalize(&config.data_dir)?,
         ..config
     };
-    let store = Store::open(&config.data_dir.join("store"), Clock::new())
-        .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = Store::open_with(
+        &config.data_dir.join("store"),
+        Clock::new(),
+        StoreOptions {
+            space: config.space,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     for (name, plugin) in &config.plugins {
         store.set_plugin_limit(name, plugin.concurrency).await;
     }
+    // Two stops: the dispatcher's first (it drains), the HTTP server's after it, so
+    // that clients see the running items finish.
+    let stop_claiming = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let runtime = faena::runtime::start(&config, &store).await?;
-    let dispatcher = tokio::spawn(scheduler::run(
+    let mut dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(runtime.clone())),
         SchedulerConfig {
             concurrency: config.concurrency,
+            grace: config.shutdown_grace,
         },
-        shutdown.clone(),
+        stop_claiming.clone(),
     ));
     let sessions = faena::sessions::Sessions::start(
         store.clone(),
@@ -127,15 +137,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // engine's tasks do not wait behind them.
     let server = api::ApiServer::start(listener, state, config.api_threads, shutdown.clone())
         .context("cannot start the HTTP server")?;
-    tokio::select! {
-        _ = signal() => info!("shutting down"),
-        why = store.failed() => error!(%why, "storage failed; shutting down"),
+    let failure = tokio::select! {
+        _ = signal() => {
+            info!(grace_secs = config.shutdown_grace.as_secs(), "shutting down: running items may finish");
+            None
+        }
+        why = store.failed() => Some(why),
+        end = &mut dispatcher => Some(match end {
+            Err(e) if e.is_panic() => "the dispatcher panicked".to_owned(),
+            _ => "the dispatcher stopped".to_owned(),
+        }),
+    };
+    if let Some(why) = &failure {
+        // Not half-alive: /health answers 503 until the process is gone, and the exit
+        // status tells a supervisor to restart it.
+        error!(%why, "the engine cannot go on; stopping");
+        store.shared().set_fatal(why.clone());
+    }
+    store.shared().set_draining();
+    stop_claiming.cancel();
+    if failure.is_none() && !dispatcher.is_finished() {
+        tokio::select! {
+            _ = &mut dispatcher => {}
+            _ = signal() => warn!("second signal: stopping without waiting for running items"),
+        }
     }
     shutdown.cancel();
-    let _ = dispatcher.await;
     server.wait().await.context("the HTTP server failed")?;
     drop(runtime);
-    Ok(())
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 async fn signal() {

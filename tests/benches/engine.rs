@@ -183,7 +183,10 @@ async fn engine_throughput(n: usize, concurrency: usize) -> f64 {
     let dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency },
+        SchedulerConfig {
+            concurrency,
+            ..Default::default()
+        },
         stop.clone(),
     ));
     let t0 = Instant::now();
@@ -213,7 +216,10 @@ async fn enqueue_to_start(count: usize, rate: u64) -> Vec<f64> {
     let dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency: 16 },
+        SchedulerConfig {
+            concurrency: 16,
+            ..Default::default()
+        },
         stop.clone(),
     ));
     // Each item carries its submission time (µs since `base`) in its input, so the
@@ -587,7 +593,10 @@ async fn throughput_under_feed(n: usize, feed_clients: FeedClients) -> FeedRun {
     let dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency: 32 },
+        SchedulerConfig {
+            concurrency: 32,
+            ..Default::default()
+        },
         stop.clone(),
     ));
     let (addr, key, server) = serve_feed(&store, Some(rt.clone()), &stop).await;
@@ -852,7 +861,10 @@ async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64
     let dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency },
+        SchedulerConfig {
+            concurrency,
+            ..Default::default()
+        },
         stop.clone(),
     ));
     let version = rt.version_for_new_job("gsp", "run").unwrap();
@@ -932,7 +944,10 @@ async fn bulk_send(messages: usize, devices: usize, latency_ms: u64) -> f64 {
     let dispatcher = tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(rt.clone())),
-        SchedulerConfig { concurrency: 32 },
+        SchedulerConfig {
+            concurrency: 32,
+            ..Default::default()
+        },
         stop.clone(),
     ));
     let version = rt.version_for_new_job("whatsapp", "send").unwrap();

@@ -6,120 +6,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::{Faena, free_port, kill_chromium};
 use faena_tests::portals::{self, gsp};
 use rand::Rng;
 use serde_json::{Value, json};
 
 const ORDERS: usize = 150;
 const KILLS: usize = 5;
-
-/// The `faena` binary the workspace's test build made (an integration test of the
-/// engine crate makes cargo build it).
-fn faena_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("faena");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p faena` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Faena {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Faena {
-    fn start(config: &Path, data: &Path, port: u16) -> Faena {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("faena.log"))
-            .unwrap();
-        let child = Command::new(faena_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Faena {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            data: data.to_owned(),
-        }
-    }
-
-    async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while reqwest::get(format!("{}/health", self.url)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "faena did not start; see {}",
-                self.data.join("faena.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, and the Chromium it launched (which SIGKILL leaves behind).
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        kill_chromium(&self.data);
-    }
-
-    /// A client with the admin key the first start wrote to the data directory.
-    fn client(&self) -> reqwest::Client {
-        let key = std::fs::read_to_string(self.data.join("admin.key"))
-            .expect("the first start writes an admin key");
-        common::client(key.trim())
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        self.client()
-            .get(format!("{}/api/v1/jobs/{id}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Faena {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        kill_chromium(&self.data);
-    }
-}
-
-/// Kill the Chromium processes whose profile lives in this data directory.
-fn kill_chromium(data: &Path) {
-    let _ = Command::new("pkill")
-        .args(["-9", "-f"])
-        .arg(data.join("chromium").display().to_string())
-        .status();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_again_and_again_no_order_is_lost_or_placed_twice() {

@@ -193,3 +193,58 @@ async fn bodies_over_the_limit_get_413_and_write_nothing() {
     let plugins = e.get("/api/v1/plugins").await;
     assert_eq!(plugins["plugins"].as_array().unwrap().len(), 1, "{plugins}");
 }
+
+/// An item whose input does not match its operation's JSON Schema is refused before
+/// anything is stored, naming the item and the field; the job's shared `input` counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_break_the_operation_schema_are_refused() {
+    let grants = BTreeMap::from([(
+        "whatsapp".to_owned(),
+        faena::config::PluginConfig {
+            secrets: Some(vec!["whatsapp_token".into()]),
+            ..Default::default()
+        },
+    )]);
+    let e = common::start(grants, false, 1).await;
+    e.load(faena::runtime::builtin_component("whatsapp").unwrap())
+        .await;
+    let send = |items: Value, input: Value| json!({"plugin": "whatsapp", "operation": "send", "items": items, "input": input});
+    for (body, names) in [
+        (
+            send(
+                json!([{"input": {"phone": "+51900000001", "text": "hi"}},
+                       {"input": {"phone": 51900000002u64, "text": "hi"}}]),
+                Value::Null,
+            ),
+            "items[1].input.phone",
+        ),
+        (
+            send(json!([{"input": {"phone": "+51900000001"}}]), Value::Null),
+            "items[0].input",
+        ),
+        (
+            send(
+                json!([{"input": {"phone": "+51900000001"}}]),
+                json!({"text": ""}),
+            ),
+            "items[0].input.text",
+        ),
+    ] {
+        let (status, err) = e.post("/api/v1/jobs", body).await;
+        assert_eq!(status, 422, "{err}");
+        let msg = err["message"].as_str().unwrap();
+        assert!(msg.starts_with(names), "`{msg}` should name {names}");
+    }
+    let (status, ok) = e
+        .post(
+            "/api/v1/jobs",
+            send(
+                json!([{"input": {"phone": "+51900000001"}}]),
+                json!({"text": "hello"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{ok}");
+    let jobs = e.get("/api/v1/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+}

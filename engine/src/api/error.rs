@@ -11,7 +11,7 @@ use crate::store::StoreError;
 #[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `not_found`, `conflict`, `stale_lease`, `invalid`,
-    /// `payload_too_large`, `unavailable`, `internal`.
+    /// `payload_too_large`, `unavailable`, `insufficient_storage`, `internal`.
     pub error: String,
     pub message: String,
 }
@@ -41,6 +41,9 @@ pub enum ApiError {
     BadGateway(Json<ErrorBody>),
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+    /// The store's disk is full: reads go on, writes resume once space is freed.
+    #[oai(status = 507)]
+    InsufficientStorage(Json<ErrorBody>),
 }
 
 pub fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -81,6 +84,9 @@ impl From<StoreError> for ApiError {
             StoreError::StaleLease { .. } => ApiError::Conflict(body("stale_lease", message)),
             StoreError::Invalid(_) => ApiError::Invalid(body("invalid", message)),
             StoreError::Closed => ApiError::Unavailable(body("unavailable", message)),
+            StoreError::DiskFull { .. } => {
+                ApiError::InsufficientStorage(body("insufficient_storage", message))
+            }
             StoreError::Storage(_) => {
                 tracing::error!(error = %message, "storage error answering a request");
                 ApiError::Internal(body("internal", message))

@@ -21,7 +21,8 @@ pub struct EventPage {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct PublishBody {
     /// A type of your own (not one the engine emits), e.g. `invoice_sent`.
     #[oai(rename = "type", validator(min_length = 1, max_length = 64))]

@@ -24,7 +24,8 @@ pub struct ItemDetail {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct TransitionRequest {
     /// The status to move to. Allowed: any unfinished item to `cancelled`;
     /// `failed` or `needs_review` to `queued`; `needs_review` to `failed`.

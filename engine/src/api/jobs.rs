@@ -103,6 +103,7 @@ impl JobsApi {
         let version = self
             .state
             .plugin_version(&body.0.plugin, &body.0.operation)?;
+        self.state.check_inputs(&body.0)?;
         let job = self
             .state
             .store
@@ -176,6 +177,7 @@ impl JobsApi {
             items,
         };
         let version = self.state.plugin_version(&job.plugin, &job.operation)?;
+        self.state.check_inputs(&job)?;
         let job = self
             .state
             .store
@@ -297,6 +299,16 @@ impl JobsApi {
     #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retry_job")]
     async fn retry(&self, id: Path<String>) -> ApiResult<Json<Job>> {
         self.action(&id.0, JobAction::RetryFailed).await
+    }
+
+    /// Delete a job that is completed, cancelled or was never started, with its items
+    /// and their logs (its events stay in the log, closed by `job_deleted`). A job
+    /// that may still run answers 409: cancel it first (cancelling stops its running
+    /// items).
+    #[oai(path = "/jobs/:id", method = "delete", operation_id = "delete_job")]
+    async fn delete(&self, id: Path<String>) -> ApiResult<Json<Job>> {
+        self.state.job(&id.0)?;
+        Ok(Json(self.state.store.delete_job(&id.0).await?))
     }
 
     /// Change the pool of a job that has one — its resources, per-resource

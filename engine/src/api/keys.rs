@@ -13,7 +13,7 @@ use crate::auth::{ApiKey, Role};
 
 #[derive(Debug, Object, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[oai(skip_serializing_if_is_none)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NewKey {
     /// What the key is for, e.g. `purchasing robot`.
     pub name: String,
@@ -66,6 +66,7 @@ impl KeysApi {
                 caller.tenant
             )));
         }
+        self.state.store.writable()?;
         let now = self.state.store.clock().now_ms();
         let (key, token) = self
             .state

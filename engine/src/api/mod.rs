@@ -118,6 +118,32 @@ impl AppState {
         Ok(item)
     }
 
+    /// 422 naming the item and the field when an item's input (with the job's shared
+    /// fields) does not match its operation's JSON Schema.
+    pub fn check_inputs(&self, job: &crate::model::NewJob) -> ApiResult<()> {
+        let Some(schemas) = self
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.input_schemas(&job.plugin))
+        else {
+            return Ok(());
+        };
+        for (i, item) in job.items.iter().enumerate() {
+            let label = || format!("items[{i}]");
+            let input = match &job.input {
+                None => std::borrow::Cow::Borrowed(&item.input),
+                Some(shared) => std::borrow::Cow::Owned(
+                    crate::store::with_defaults(i, item.input.clone(), Some(shared))
+                        .map_err(|e| ApiError::invalid(e.to_string()))?,
+                ),
+            };
+            schemas
+                .check(&job.operation, label, &input)
+                .map_err(ApiError::invalid)?;
+        }
+        Ok(())
+    }
+
     /// The plugin version a new job runs with; 422 when it cannot run here.
     pub fn plugin_version(&self, plugin: &str, operation: &str) -> ApiResult<Option<String>> {
         match &self.runtime {
@@ -132,40 +158,93 @@ impl AppState {
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Health {
+    /// `ok`; `read_only` while the store's disk is below its reserve (reads go on,
+    /// new work is refused); `draining` while a shutdown lets running items finish;
+    /// `failed` when the engine can no longer write (it exits to be restarted).
     pub status: String,
     pub version: String,
     /// The newest event's seq.
     pub last_seq: u64,
+    /// Free bytes on the store's disk at the last reading.
+    pub disk_free_bytes: u64,
+    /// Why the engine is not `ok`.
+    pub reason: Option<String>,
 }
 
 #[derive(ApiResponse)]
 enum HealthResponse {
+    /// Alive (`/health`) or ready to take work (`/ready`).
     #[oai(status = 200)]
     Ok(Json<Health>),
+    /// Failed (`/health`), or not taking work now (`/ready`).
+    #[oai(status = 503)]
+    Unavailable(Json<Health>),
 }
 
 struct HealthApi {
     state: AppState,
 }
 
+impl HealthApi {
+    fn health(&self) -> Health {
+        let shared = self.state.store.shared();
+        let space = &shared.space;
+        let (status, reason) = if let Some(why) = shared.fatal() {
+            ("failed", Some(why))
+        } else if shared.is_draining() {
+            (
+                "draining",
+                Some("shutting down: running items finish, none start".into()),
+            )
+        } else if space.is_read_only() {
+            ("read_only", space.check().err().map(|e| e.to_string()))
+        } else {
+            ("ok", None)
+        };
+        Health {
+            status: status.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            last_seq: self.state.store.last_seq().unwrap_or(0),
+            disk_free_bytes: space.free_bytes(),
+            reason,
+        }
+    }
+}
+
 #[OpenApi(tag = "jobs::Tag::Health")]
 impl HealthApi {
-    /// Liveness and the head of the event log.
+    /// Liveness and the head of the event log: 503 once the engine can no longer
+    /// write (a supervisor restarts it). A full disk or a drain is still alive.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> ApiResult<HealthResponse> {
-        Ok(HealthResponse::Ok(Json(Health {
-            status: "ok".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            last_seq: self.state.store.last_seq()?,
-        })))
+    async fn health_route(&self) -> HealthResponse {
+        let h = self.health();
+        if h.status == "failed" {
+            HealthResponse::Unavailable(Json(h))
+        } else {
+            HealthResponse::Ok(Json(h))
+        }
+    }
+
+    /// Readiness for a load balancer: 200 only while the engine takes new work (not
+    /// failed, not draining, disk not full).
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self) -> HealthResponse {
+        let h = self.health();
+        if h.status == "ok" {
+            HealthResponse::Ok(Json(h))
+        } else {
+            HealthResponse::Unavailable(Json(h))
+        }
     }
 }
 
 #[handler]
 fn metrics(state: Data<&AppState>) -> Response {
+    let mut text = state.store.metrics().render();
+    state.store.shared().space.render(&mut text);
     Response::builder()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.store.metrics().render())
+        .body(text)
 }
 
 /// Largest request body accepted (a 100,000-item job is about 10 MB of JSON).
@@ -220,6 +299,24 @@ pub fn app(state: AppState) -> impl Endpoint {
         .data(state)
 }
 
+/// Request bodies parsed with `deny_unknown_fields`, by schema name.
+const STRICT_BODIES: &[&str] = &[
+    "NewJob",
+    "NewItem",
+    "JobOptions",
+    "PoolOptions",
+    "ClaimBody",
+    "HeartbeatBody",
+    "StepBody",
+    "CompleteBody",
+    "PublishBody",
+    "NewKey",
+    "TransitionRequest",
+    "SecretValue",
+    "OpenSession",
+    "Invoke",
+];
+
 /// The generated document plus what the middleware adds to every route: the bearer
 /// scheme (so generated clients send the key), the 401, 403 and 429 answers of
 /// [`auth::authenticate`], and 413/415 for bodies too large or of the wrong type.
@@ -231,6 +328,15 @@ fn spec_with_security(spec: &str) -> String {
                    "description": "An API key (`fk_…`). The first start writes an admin key to `<data dir>/admin.key`."}
     });
     doc["security"] = json!([{"bearer": []}]);
+    // Request bodies refuse unknown fields (a misspelled option is an error, not a
+    // silent default); the generated schemas do not say so by themselves.
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        for name in STRICT_BODIES {
+            if let Some(schema) = schemas.get_mut(*name) {
+                schema["additionalProperties"] = json!(false);
+            }
+        }
+    }
     let error = |what: &str| {
         json!({"description": what,
                "content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})

@@ -36,7 +36,8 @@ pub enum ArtifactBody {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct SecretValue {
     pub value: String,
 }
@@ -110,6 +111,7 @@ impl PluginsApi {
                 "the body must be a WebAssembly component",
             ));
         }
+        self.state.store.writable()?;
         let meta = self.runtime()?.install(&component.0).await?;
         Ok(Installed::Created(Json(meta)))
     }
@@ -179,6 +181,7 @@ impl PluginsApi {
         name: Path<String>,
         value: JsonBody<SecretValue>,
     ) -> ApiResult<Done> {
+        self.state.store.writable()?;
         self.state
             .secrets
             .set(&self.state.tenant(), &name.0, &value.0.value)?;

@@ -19,7 +19,8 @@ use crate::sessions::{CallResult, Session, SessionError, Sessions};
 
 /// A session to open: the plugin's login operation runs with `input`.
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct OpenSession {
     pub plugin: String,
     /// Whose login (a RUC and user, say); one active session per tenant, plugin and
@@ -33,7 +34,8 @@ pub struct OpenSession {
 }
 
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct Invoke {
     pub operation: String,
     #[oai(default)]

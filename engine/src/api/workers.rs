@@ -15,7 +15,8 @@ use crate::model::{Item, ItemError, Lease};
 use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome};
 
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct ClaimBody {
     /// The worker's name; it owns the lease.
     #[oai(validator(min_length = 1, max_length = 128))]
@@ -40,7 +41,8 @@ pub struct ClaimResponse {
 }
 
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct HeartbeatBody {
     pub token: u64,
     /// New lease length from now, in milliseconds (default: the job's `lease_ms`).
@@ -57,7 +59,8 @@ pub enum CompleteStatus {
 }
 
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct CompleteBody {
     pub token: u64,
     pub status: CompleteStatus,
@@ -68,7 +71,8 @@ pub struct CompleteBody {
 }
 
 #[derive(Debug, Object, Deserialize)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct StepBody {
     pub token: u64,
     #[oai(validator(min_length = 1, max_length = 128))]
@@ -77,9 +81,12 @@ pub struct StepBody {
 }
 
 fn check_lease(field: &str, ms: Option<u64>) -> ApiResult<()> {
+    let range = crate::model::limits::LEASE_MS;
     match ms {
-        Some(ms) if !(100..=3_600_000).contains(&ms) => Err(ApiError::invalid(format!(
-            "{field}: {ms} is not between 100 and 3600000"
+        Some(ms) if !range.contains(&ms) => Err(ApiError::invalid(format!(
+            "{field}: {ms} is not between {} and {}",
+            range.start(),
+            range.end()
         ))),
         _ => Ok(()),
     }

@@ -194,6 +194,12 @@ impl Client {
             .await
     }
 
+    /// Delete a finished or cancelled job with its items.
+    pub async fn delete(&self, id: &str) -> Result<Job, CliError> {
+        self.send_as(self.http.delete(format!("{}/api/v1/jobs/{id}", self.base)))
+            .await
+    }
+
     pub async fn action(&self, id: &str, action: &str) -> Result<Job, CliError> {
         let url = format!("{}/api/v1/jobs/{id}/{action}", self.base);
         self.send_as(self.http.post(url)).await

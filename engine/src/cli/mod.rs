@@ -233,6 +233,11 @@ pub enum JobsCommand {
     Cancel {
         id: String,
     },
+    /// Delete a completed or cancelled job (cancel it first) with its items and logs;
+    /// its events stay in the log.
+    Delete {
+        id: String,
+    },
 }
 
 /// Run a `faena keys …` command, printing to stdout.
@@ -358,6 +363,10 @@ pub async fn run_jobs(client: &Client, cmd: JobsCommand) -> Result<(), CliError>
         JobsCommand::Pause { id } => print_job(&client.action(&id, "pause").await?),
         JobsCommand::Resume { id } => print_job(&client.action(&id, "resume").await?),
         JobsCommand::Cancel { id } => print_job(&client.action(&id, "cancel").await?),
+        JobsCommand::Delete { id } => {
+            let job = client.delete(&id).await?;
+            println!("deleted job {} ({} items)", job.id, job.counts.total());
+        }
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ pub mod kind {
     pub const JOB_CANCELLED: &str = "job_cancelled";
     /// A running job's options changed (its pool's limits).
     pub const JOB_UPDATED: &str = "job_updated";
+    /// An operator deleted a finished or never-started job with its items.
+    pub const JOB_DELETED: &str = "job_deleted";
     pub const ITEM_STATUS_CHANGED: &str = "item_status_changed";
     pub const ITEM_STEP: &str = "item_step";
     pub const ITEM_PROGRESS: &str = "item_progress";
@@ -22,7 +24,7 @@ pub mod kind {
     pub const SESSION_CLOSED: &str = "session_closed";
 
     /// Types the engine emits itself; a published custom event may not use them.
-    pub const BUILTIN: [&str; 14] = [
+    pub const BUILTIN: [&str; 15] = [
         JOB_CREATED,
         JOB_STARTED,
         JOB_PAUSED,
@@ -30,6 +32,7 @@ pub mod kind {
         JOB_COMPLETED,
         JOB_CANCELLED,
         JOB_UPDATED,
+        JOB_DELETED,
         ITEM_STATUS_CHANGED,
         ITEM_STEP,
         ITEM_PROGRESS,

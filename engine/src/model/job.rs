@@ -20,18 +20,38 @@ pub enum FailurePolicy {
     Review,
 }
 
-/// Scheduling options of a job. Every field has a default, so `{}` is valid.
+/// The ranges job options must fall in. A request outside them is refused (422 naming
+/// the field); a value stored by an older version that did not check them is clamped
+/// into them where it is used, so no stored record can overflow the engine's clock
+/// arithmetic. The OpenAPI validators on [`JobOptions`] state the same numbers.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const PRIORITY: RangeInclusive<i32> = -1_000..=1_000;
+    /// Per-job concurrency (0 means no per-job limit).
+    pub const CONCURRENCY: RangeInclusive<u32> = 0..=10_000;
+    pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=100;
+    /// Retry delays, and a plugin's `retry_after_ms`: at most a day.
+    pub const BACKOFF_MS: RangeInclusive<u64> = 0..=86_400_000;
+    /// A lease without a heartbeat: 100 ms to an hour.
+    pub const LEASE_MS: RangeInclusive<u64> = 100..=3_600_000;
+    /// Items one pool resource starts per minute (0: no limit).
+    pub const RATE_PER_MINUTE: RangeInclusive<u32> = 0..=1_000_000;
+}
+
+/// Scheduling options of a job. Every field has a default, so `{}` is valid; an
+/// unknown field is refused, so a misspelled option does not pass silently.
 // Defaults per field (not for the whole struct): an absent pool has no default value
 // to publish in the spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[serde(default)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(default, deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct JobOptions {
-    /// Higher runs first across jobs of the same plugin.
-    #[oai(default)]
+    /// Higher runs first among the jobs of a tenant (-1000 to 1000).
+    #[oai(default, validator(minimum(value = "-1000"), maximum(value = "1000")))]
     pub priority: i32,
     /// At most this many items of this job run at once (0: no per-job limit).
-    #[oai(default)]
+    #[oai(default, validator(maximum(value = "10000")))]
     pub concurrency: u32,
     /// Attempts per item, the first included; application errors are retried until then.
     #[oai(
@@ -39,16 +59,27 @@ pub struct JobOptions {
         validator(minimum(value = "1"), maximum(value = "100"))
     )]
     pub max_attempts: u32,
-    /// First retry delay in milliseconds; each next one doubles, with jitter.
-    #[oai(default = "defaults::backoff_ms")]
+    /// First retry delay in milliseconds; each next one doubles, with jitter (at most a
+    /// day, and no more than `max_backoff_ms`).
+    #[oai(
+        default = "defaults::backoff_ms",
+        validator(maximum(value = "86400000"))
+    )]
     pub backoff_ms: u64,
-    /// Longest retry delay in milliseconds.
-    #[oai(default = "defaults::max_backoff_ms")]
+    /// Longest retry delay in milliseconds (at most a day).
+    #[oai(
+        default = "defaults::max_backoff_ms",
+        validator(maximum(value = "86400000"))
+    )]
     pub max_backoff_ms: u64,
     #[oai(default)]
     pub on_failure: FailurePolicy,
-    /// How long a worker's lease on an item lasts without a heartbeat, in milliseconds.
-    #[oai(default = "defaults::lease_ms", validator(minimum(value = "100")))]
+    /// How long a worker's lease on an item lasts without a heartbeat, in milliseconds
+    /// (100 ms to an hour).
+    #[oai(
+        default = "defaults::lease_ms",
+        validator(minimum(value = "100"), maximum(value = "3600000"))
+    )]
     pub lease_ms: u64,
     /// Spread the items over these resources (sending devices, accounts), each with
     /// its own concurrency and rate limit.
@@ -60,8 +91,8 @@ pub struct JobOptions {
 /// A pool of resources a job's items are spread over. Each run holds one resource;
 /// a resource that answers "rate limited" rests alone while the others go on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(skip_serializing_if_is_none, default)]
-#[serde(default)]
+#[oai(skip_serializing_if_is_none, default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolOptions {
     /// The resources by id, e.g. the devices' ids the plugin sends through.
     pub resources: Vec<String>,
@@ -69,9 +100,11 @@ pub struct PoolOptions {
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub concurrency: u32,
     /// Items one resource starts per minute (0: no limit).
+    #[oai(validator(maximum(value = "1000000")))]
     pub rate_per_minute: u32,
     /// How long a resource rests after "rate limited" when the plugin does not say, in
-    /// milliseconds.
+    /// milliseconds (at most a day).
+    #[oai(validator(maximum(value = "86400000")))]
     pub rate_limit_backoff_ms: u64,
 }
 
@@ -118,6 +151,32 @@ mod defaults {
 }
 
 impl JobOptions {
+    /// These options with every value inside [`limits`]: what the engine uses when it
+    /// computes lease expiries and retry times from a stored record.
+    pub fn clamped(&self) -> JobOptions {
+        let ms = |v: u64| v.clamp(*limits::BACKOFF_MS.start(), *limits::BACKOFF_MS.end());
+        JobOptions {
+            priority: self
+                .priority
+                .clamp(*limits::PRIORITY.start(), *limits::PRIORITY.end()),
+            concurrency: self.concurrency.min(*limits::CONCURRENCY.end()),
+            max_attempts: self
+                .max_attempts
+                .clamp(*limits::MAX_ATTEMPTS.start(), *limits::MAX_ATTEMPTS.end()),
+            backoff_ms: ms(self.backoff_ms),
+            max_backoff_ms: ms(self.max_backoff_ms),
+            on_failure: self.on_failure,
+            lease_ms: self
+                .lease_ms
+                .clamp(*limits::LEASE_MS.start(), *limits::LEASE_MS.end()),
+            pool: self.pool.as_ref().map(|p| PoolOptions {
+                rate_limit_backoff_ms: ms(p.rate_limit_backoff_ms),
+                rate_per_minute: p.rate_per_minute.min(*limits::RATE_PER_MINUTE.end()),
+                ..p.clone()
+            }),
+        }
+    }
+
     /// Items of the job that may run at once: its own limit, and no more than its
     /// pool can serve.
     pub fn effective_concurrency(&self) -> u32 {
@@ -232,7 +291,8 @@ pub struct Job {
 
 /// One item of a new job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NewItem {
     /// The operation's input for this item.
     pub input: serde_json::Value,
@@ -240,9 +300,10 @@ pub struct NewItem {
     pub reference: Option<String>,
 }
 
-/// A job to create.
+/// A job to create. Unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(skip_serializing_if_is_none)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NewJob {
     pub plugin: String,
     #[oai(default = "default_operation")]

@@ -9,7 +9,8 @@ mod status;
 pub use event::{Event, kind};
 pub use item::{Attempt, ErrorKind, Item, ItemError, Lease, Step};
 pub use job::{
-    Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob, PoolOptions, RATE_LIMITED, ResourceUse,
+    Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob, PoolOptions, RATE_LIMITED,
+    ResourceUse, limits,
 };
 pub use status::{Actor, ItemStatus, JobStatus, UnknownStatus};
 

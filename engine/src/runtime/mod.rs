@@ -12,6 +12,7 @@ pub mod browser;
 pub mod grants;
 pub mod host;
 pub mod http;
+pub mod inputs;
 pub mod plugin;
 mod state;
 
@@ -285,9 +286,16 @@ impl Runtime {
             },
             versions: vec![info.version],
         };
+        let inputs = inputs::InputSchemas::compile(
+            &meta.name,
+            meta.operations
+                .iter()
+                .map(|o| (o.name.as_str(), &o.input_schema)),
+        )?;
         info!(plugin = %meta.name, version = %meta.version, builtin, "plugin loaded");
         self.registry.insert(LoadedPlugin {
             meta: meta.clone(),
+            inputs,
             pre,
             http: http::client_for(grants.clone()),
             grants,
@@ -411,6 +419,12 @@ impl Runtime {
     pub fn operation_schema(&self, plugin: &str, operation: &str) -> Option<serde_json::Value> {
         let p = self.registry.get(plugin, None)?;
         p.operation(operation).map(|o| o.input_schema.clone())
+    }
+
+    /// The compiled input schemas of the current version of `plugin`; `None` when it
+    /// is not installed here (external workers serve it and check their own).
+    pub fn input_schemas(&self, plugin: &str) -> Option<inputs::InputSchemas> {
+        self.registry.get(plugin, None).map(|p| p.inputs.clone())
     }
 
     pub fn version_for_new_job(

@@ -59,6 +59,8 @@ pub struct PluginMeta {
 
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
+    /// Its operations' input schemas, compiled.
+    pub inputs: super::inputs::InputSchemas,
     pub pre: FlowPre<ItemState>,
     pub grants: Arc<Grants>,
     pub http: reqwest::Client,

@@ -35,18 +35,31 @@ pub trait Executor: Send + Sync + 'static {
 pub struct SchedulerConfig {
     /// Items run at once by this engine, across all plugins.
     pub concurrency: usize,
+    /// After a shutdown is asked for, running items get this long to finish; the
+    /// ones still running then are stopped and go back to the queue without using
+    /// up an attempt.
+    pub grace: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { concurrency: 8 }
+        SchedulerConfig {
+            concurrency: 8,
+            grace: Duration::from_secs(30),
+        }
     }
 }
 
+/// Why a run stopped early: its item left `running` (cancelled, lease lost), or the
+/// engine is shutting down and the grace period is over.
+const SHUTDOWN_REASON: &str = "the engine shut down before the item finished";
+
 type Running = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
 
-/// Start dispatching until `shutdown` is cancelled. Resolves when every item it started
-/// has finished or been stopped.
+/// Start dispatching until `shutdown` is cancelled, then drain: nothing new is
+/// claimed, running items get [`SchedulerConfig::grace`] to finish, and the rest are
+/// stopped and given back to the queue. Resolves when every item it started has
+/// finished or been given back.
 pub async fn run(
     store: Store,
     executor: Arc<dyn Executor>,
@@ -57,11 +70,13 @@ pub async fn run(
     let pools = Pools::default();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let freed = Arc::new(Notify::new());
+    // Cancelled when the grace period is over: stops the runs still going.
+    let stop_runs = CancellationToken::new();
     let watcher = tokio::spawn(watch_events(
         store.clone(),
         running.clone(),
         pools.clone(),
-        shutdown.clone(),
+        stop_runs.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
     info!(concurrency = config.concurrency, plugins = ?executor.plugins(), "dispatcher started");
@@ -92,26 +107,35 @@ pub async fn run(
                             .clone()
                             .try_acquire_owned()
                             .expect("a free slot was counted");
-                        let cancel = shutdown.child_token();
+                        let cancel = stop_runs.child_token();
                         running
                             .lock()
                             .expect("running lock")
                             .insert(task.item.id.clone(), (task.lease_token, cancel.clone()));
-                        let (store, executor, running, freed, pools) = (
+                        let (store, executor, running, freed, pools, stop_runs) = (
                             store.clone(),
                             executor.clone(),
                             running.clone(),
                             freed.clone(),
                             pools.clone(),
+                            stop_runs.clone(),
                         );
                         tasks.spawn(async move {
-                            run_one(&store, &*executor, task, cancel, &running, &pools).await;
+                            let run = Run {
+                                store: &store,
+                                running: &running,
+                                pools: &pools,
+                                shutdown: &stop_runs,
+                            };
+                            run.one(&*executor, task, cancel).await;
                             drop(permit);
                             freed.notify_one();
                         });
                     }
                 }
                 Err(StoreError::Closed) => break,
+                // Claims resume when the disk has room again (the store wakes us).
+                Err(e @ StoreError::DiskFull { .. }) => debug!(error = %e, "not claiming"),
                 Err(e) => warn!(error = %e, "claim failed"),
             }
         }
@@ -127,102 +151,143 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    // Items still running were cancelled with `shutdown`: wait for them to wind down.
-    while tasks.join_next().await.is_some() {}
+    store.shared().set_draining();
+    if !tasks.is_empty() {
+        info!(
+            items = tasks.len(),
+            grace_secs = config.grace.as_secs_f64(),
+            "draining: running items may finish, nothing new starts"
+        );
+    }
+    let drained = tokio::time::timeout(config.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            items = tasks.len(),
+            "grace period over: stopping the items still running; they go back to the queue"
+        );
+        stop_runs.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
     watcher.abort();
     info!("dispatcher stopped");
 }
 
-async fn run_one(
-    store: &Store,
-    executor: &dyn Executor,
-    task: ClaimedItem,
-    cancel: CancellationToken,
-    running: &Running,
-    pools: &Pools,
-) {
-    let id = task.item.id.clone();
-    let token = task.lease_token;
-    let plugin = task.item.plugin.clone();
-    let pool = task
-        .pool
-        .as_ref()
-        .map(|p: &PoolOptions| pools.of(&task.item.job_id, p));
-    let lease_left = (task.lease_expires_at - store.clock().now_ms()).max(300) as u64;
-    let heartbeat = {
-        let (store, id, cancel) = (store.clone(), id.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let every = Duration::from_millis(lease_left / 3);
-            loop {
-                tokio::time::sleep(every).await;
-                match store.heartbeat(&id, token, None).await {
-                    Ok(_) => {}
-                    Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
-                        debug!(item = %id, "lease lost; stopping the run");
-                        cancel.cancel();
-                        break;
+/// What one run shares with the dispatcher.
+struct Run<'a> {
+    store: &'a Store,
+    running: &'a Running,
+    pools: &'a Pools,
+    /// Cancelled when a shutdown's grace period is over.
+    shutdown: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    async fn one(&self, executor: &dyn Executor, task: ClaimedItem, cancel: CancellationToken) {
+        let store = self.store;
+        let id = task.item.id.clone();
+        let token = task.lease_token;
+        let plugin = task.item.plugin.clone();
+        let pool = task
+            .pool
+            .as_ref()
+            .map(|p: &PoolOptions| self.pools.of(&task.item.job_id, p));
+        let lease_left = (task.lease_expires_at - store.clock().now_ms()).max(300) as u64;
+        let heartbeat = {
+            let (store, id, cancel) = (store.clone(), id.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let every = Duration::from_millis(lease_left / 3);
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store.heartbeat(&id, token, None).await {
+                        Ok(_) => {}
+                        Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
+                            debug!(item = %id, "lease lost; stopping the run");
+                            cancel.cancel();
+                            break;
+                        }
+                        Err(e) => warn!(item = %id, error = %e, "heartbeat failed"),
                     }
-                    Err(e) => warn!(item = %id, error = %e, "heartbeat failed"),
                 }
+            })
+        };
+        // A pool job's run waits (its lease kept alive) for one of the pool's resources.
+        let held = match &pool {
+            None => None,
+            Some(p) => tokio::select! {
+                h = p.acquire() => Some(h),
+                _ = cancel.cancelled() => {
+                    heartbeat.abort();
+                    self.stopped(&id, token).await;
+                    return;
+                }
+            },
+        };
+        let resource = held.as_ref().map(|h| h.resource.clone());
+        let ctx =
+            RunContext::new(store.clone(), &task, cancel.clone()).with_resource(resource.clone());
+        let started = std::time::Instant::now();
+        let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
+        let outcome = tokio::select! {
+            out = run => Some(out.unwrap_or_else(|_| Outcome::Failed(ItemError::application("the executor panicked")))),
+            _ = cancel.cancelled() => None,
+        };
+        let outcome = match (outcome, &pool, &resource) {
+            // The resource refused the run: it rests alone; the item goes straight back to
+            // the queue for another resource, so the plugin's wait is the resource's.
+            (Some(Outcome::Failed(mut e)), Some(p), Some(r))
+                if e.code.as_deref() == Some(RATE_LIMITED) =>
+            {
+                p.rest(r, e.retry_after_ms.take());
+                Some(Outcome::Failed(e))
             }
-        })
-    };
-    // A pool job's run waits (its lease kept alive) for one of the pool's resources.
-    let held = match &pool {
-        None => None,
-        Some(p) => tokio::select! {
-            h = p.acquire() => Some(h),
-            _ = cancel.cancelled() => {
-                heartbeat.abort();
-                running.lock().expect("running lock").remove(&id);
-                return;
+            (o, _, _) => o,
+        };
+        drop(held);
+        heartbeat.abort();
+        store.metrics().record_run(&plugin, started.elapsed());
+        let Some(outcome) = outcome else {
+            self.stopped(&id, token).await;
+            return;
+        };
+        self.running.lock().expect("running lock").remove(&id);
+        match store.complete_on(&id, token, outcome, resource).await {
+            Ok(item) => debug!(item = %id, status = %item.status, "item finished"),
+            Err(StoreError::StaleLease { reason, .. }) => {
+                info!(item = %id, %reason, "result discarded: the lease was lost")
             }
-        },
-    };
-    let resource = held.as_ref().map(|h| h.resource.clone());
-    let ctx = RunContext::new(store.clone(), &task, cancel.clone()).with_resource(resource.clone());
-    let started = std::time::Instant::now();
-    let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
-    let outcome = tokio::select! {
-        out = run => Some(out.unwrap_or_else(|_| Outcome::Failed(ItemError::application("the executor panicked")))),
-        _ = cancel.cancelled() => None,
-    };
-    let outcome = match (outcome, &pool, &resource) {
-        // The resource refused the run: it rests alone; the item goes straight back to
-        // the queue for another resource, so the plugin's wait is the resource's.
-        (Some(Outcome::Failed(mut e)), Some(p), Some(r))
-            if e.code.as_deref() == Some(RATE_LIMITED) =>
-        {
-            p.rest(r, e.retry_after_ms.take());
-            Some(Outcome::Failed(e))
+            Err(e) => warn!(item = %id, error = %e, "could not record the outcome"),
         }
-        (o, _, _) => o,
-    };
-    drop(held);
-    heartbeat.abort();
-    store.metrics().record_run(&plugin, started.elapsed());
-    running.lock().expect("running lock").remove(&id);
-    let Some(outcome) = outcome else {
-        debug!(item = %id, "run stopped");
-        return;
-    };
-    match store.complete_on(&id, token, outcome, resource).await {
-        Ok(item) => debug!(item = %id, status = %item.status, "item finished"),
-        Err(StoreError::StaleLease { reason, .. }) => {
-            info!(item = %id, %reason, "result discarded: the lease was lost")
+    }
+
+    /// The run was stopped before it finished. A shutdown gives the item back to the
+    /// queue (the attempt does not count); otherwise its item already left `running`.
+    async fn stopped(&self, id: &str, token: u64) {
+        self.running.lock().expect("running lock").remove(id);
+        if !self.shutdown.is_cancelled() {
+            debug!(item = %id, "run stopped");
+            return;
         }
-        Err(e) => warn!(item = %id, error = %e, "could not record the outcome"),
+        match self.store.release(id, token, SHUTDOWN_REASON).await {
+            Ok(_) => info!(item = %id, "stopped by the shutdown; back in the queue"),
+            Err(StoreError::StaleLease { .. }) => debug!(item = %id, "run stopped"),
+            Err(e) => {
+                warn!(item = %id, error = %e, "could not give the item back; its lease will expire")
+            }
+        }
     }
 }
 
 /// Stop runs whose item left `running` behind their back (job or item cancelled), and
 /// keep the pools in step with their jobs.
-async fn watch_events(store: Store, running: Running, pools: Pools, shutdown: CancellationToken) {
+async fn watch_events(store: Store, running: Running, pools: Pools, stop: CancellationToken) {
     let mut feed = store.follow();
     loop {
         let published = tokio::select! {
             e = feed.recv() => e,
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let published = match published {
             Some(Ok(p)) => p,

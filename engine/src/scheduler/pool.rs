@@ -148,7 +148,10 @@ impl Pool {
     /// the plugin did not say).
     pub fn rest(&self, resource: &str, ms: Option<u64>) {
         let mut st = self.state.lock().expect("pool lock");
-        let ms = ms.unwrap_or(st.options.rate_limit_backoff_ms);
+        // A plugin's figure is clamped like the job's own: no rest overflows the clock.
+        let ms = ms
+            .unwrap_or(st.options.rate_limit_backoff_ms)
+            .min(*crate::model::limits::BACKOFF_MS.end());
         let until = Instant::now() + Duration::from_millis(ms);
         let r = st.resources.entry(resource.to_owned()).or_default();
         r.resting_until = Some(r.resting_until.map_or(until, |t| t.max(until)));

@@ -19,6 +19,14 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The store's disk is below its free-space reserve: new work waits until space
+    /// is freed (reads go on).
+    #[error(
+        "the store's disk is full ({} MiB free, {} MiB kept in reserve): new work is refused until space is freed",
+        free >> 20,
+        reserve >> 20
+    )]
+    DiskFull { free: u64, reserve: u64 },
     #[error("the engine is shutting down")]
     Closed,
 }

@@ -134,6 +134,14 @@ pub fn log_key(job: &str, index: u64, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Every log line of every item of `job`.
+pub fn job_log_prefix(job: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN);
+    k.push(LOG);
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
 pub fn log_prefix(job: &str, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + JOB_ID_LEN + 8);
     k.push(LOG);

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod keys;
 mod ops;
 mod ready;
+pub mod space;
 mod tx;
 mod writer;
 
@@ -21,8 +22,10 @@ pub use error::{Result, StoreError};
 pub use feed::{Feed, FeedLimits, Follower, Published};
 pub use keys::ItemKey;
 pub use ops::{
-    ClaimRequest, Claimed, ClaimedItem, JobAction, MAX_ITEMS_PER_JOB, Outcome, backoff_ms,
+    ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
+    backoff_ms, with_defaults,
 };
+pub use space::{Space, SpaceLimits};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -35,15 +38,41 @@ pub struct Shared {
     /// Notified after a commit that made items claimable or freed a slot.
     pub dispatch: Notify,
     pub metrics: Metrics,
+    /// Free space of the store's disk; below the reserve the store is read-only.
+    pub space: Arc<Space>,
+    /// A shutdown is letting running items finish; nothing new starts.
+    draining: std::sync::atomic::AtomicBool,
     fatal: Mutex<Option<String>>,
     fatal_notify: Notify,
 }
 
 impl Shared {
-    pub(crate) fn set_fatal(&self, why: String) {
-        *self.fatal.lock().expect("fatal lock") = Some(why);
+    /// The engine can no longer write: health turns unhealthy and `faena serve` exits
+    /// with a failure status. The first reason is kept.
+    pub fn set_fatal(&self, why: String) {
+        self.fatal.lock().expect("fatal lock").get_or_insert(why);
         self.fatal_notify.notify_waiters();
     }
+
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the engine stopped writing, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
+    }
+}
+
+/// Settings of the store that come from the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreOptions {
+    pub space: SpaceLimits,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -112,15 +141,28 @@ impl Store {
     /// a previous process of this engine are put back in the queue (as a failed
     /// attempt); leases of external workers keep running until they expire.
     pub async fn open(dir: &Path, clock: Clock) -> Result<Store> {
+        Self::open_with(dir, clock, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with settings from the configuration.
+    pub async fn open_with(dir: &Path, clock: Clock, options: StoreOptions) -> Result<Store> {
         let path = dir.to_owned();
-        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(path).open())
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let db = tokio::task::spawn_blocking(move || {
+            space::set_aside_stale_snapshots(&path)
+                .map_err(|e| StoreError::Storage(format!("{}: {e}", path.display())))?;
+            Ok::<_, StoreError>(sled::Config::new().path(path).open()?)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
         let tree = db.open_tree("faena")?;
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
+        let space = Arc::new(Space::default());
+        space.set_limits(options.space);
         let shared = Arc::new(Shared {
             dispatch: Notify::new(),
             metrics: Metrics::default(),
+            space: space.clone(),
+            draining: Default::default(),
             fatal: Mutex::new(None),
             fatal_notify: Notify::new(),
         });
@@ -143,7 +185,31 @@ impl Store {
             shared: shared.clone(),
             wake: false,
         };
-        tokio::spawn(writer.run(rx));
+        let writing = tokio::spawn(writer.run(rx));
+        {
+            // A writer that dies (a panic) must not leave a half-alive engine that
+            // answers reads and refuses every write: it is fatal.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = writing.await
+                    && e.is_panic()
+                {
+                    let why = panic_message(e.into_panic());
+                    tracing::error!(%why, "the store's writer panicked");
+                    shared.set_fatal(format!("the store's writer panicked: {why}"));
+                }
+            });
+        }
+        {
+            let shared = Arc::downgrade(&shared);
+            space::watch(dir.to_owned(), &space, move |full| {
+                if let (false, Some(shared)) = (full, shared.upgrade()) {
+                    // Claims refused while the disk was full can go ahead now.
+                    shared.dispatch.notify_waiters();
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
+        }
         let store = Store {
             dir: dir.into(),
             db,
@@ -207,7 +273,13 @@ impl Store {
         &self.shared.metrics
     }
 
-    /// Resolves when the store can no longer write (disk failure).
+    /// `Err(DiskFull)` while the disk is below its reserve. Routes that write outside
+    /// the writer (keys, secrets) ask this first.
+    pub fn writable(&self) -> Result<()> {
+        self.shared.space.check()
+    }
+
+    /// Resolves when the store can no longer write (disk failure, a writer that died).
     pub async fn failed(&self) -> String {
         loop {
             let notified = self.shared.fatal_notify.notified();
@@ -269,6 +341,7 @@ impl Store {
         job: NewJob,
         plugin_version: Option<String>,
     ) -> Result<Job> {
+        self.writable()?;
         let tenant = tenant.to_owned();
         self.send(|reply| Command::CreateJob {
             tenant,
@@ -283,12 +356,27 @@ impl Store {
         if !keys::valid_job_id(job) {
             return Err(StoreError::not_found("job", job));
         }
+        // Pausing and cancelling stay possible on a full disk: they stop work.
+        if !matches!(action, JobAction::Pause | JobAction::Cancel) {
+            self.writable()?;
+        }
         let job = job.to_owned();
         self.send(|reply| Command::JobAction { job, action, reply })
             .await
     }
 
+    /// Delete a finished, cancelled or never-started job with its items (409 for a
+    /// job that may still run). Deleting frees space, so it works on a full disk.
+    pub async fn delete_job(&self, job: &str) -> Result<Job> {
+        if !keys::valid_job_id(job) {
+            return Err(StoreError::not_found("job", job));
+        }
+        let job = job.to_owned();
+        self.send(|reply| Command::DeleteJob { job, reply }).await
+    }
+
     pub async fn claim(&self, req: ClaimRequest) -> Result<Claimed> {
+        self.writable()?;
         self.send(|reply| Command::Claim { req, reply }).await
     }
 
@@ -326,11 +414,26 @@ impl Store {
         .await
     }
 
+    /// Give a running item back to the queue because this engine is shutting down;
+    /// the interrupted attempt does not count.
+    pub async fn release(&self, item: &str, token: u64, why: &str) -> Result<Item> {
+        let item = Self::item_key(item)?;
+        let why = why.to_owned();
+        self.send(|reply| Command::Release {
+            item,
+            token,
+            why,
+            reply,
+        })
+        .await
+    }
+
     /// Change the pool of a job that has one; durable when it returns.
     pub async fn update_pool(&self, job: &str, pool: crate::model::PoolOptions) -> Result<Job> {
         if !keys::valid_job_id(job) {
             return Err(StoreError::not_found("job", job));
         }
+        self.writable()?;
         let job = job.to_owned();
         self.send(|reply| Command::UpdatePool { job, pool, reply })
             .await
@@ -418,6 +521,10 @@ impl Store {
         input: Option<serde_json::Value>,
     ) -> Result<Item> {
         let item = Self::item_key(item)?;
+        // Cancelling an item stops work and stays possible on a full disk.
+        if to != ItemStatus::Cancelled {
+            self.writable()?;
+        }
         self.send(|reply| Command::Transition {
             item,
             to,
@@ -435,6 +542,7 @@ impl Store {
         job_id: Option<String>,
         data: serde_json::Value,
     ) -> Result<Event> {
+        self.writable()?;
         let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
         self.send(|reply| Command::Publish {
             tenant,
@@ -706,6 +814,14 @@ fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
 
 /// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
 /// next event seq and the items whose lease belonged to a previous engine process.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
     let mut ready = Ready::default();
     let next_seq = last_event_seq(tree)? + 1;

@@ -13,11 +13,13 @@ use super::tx::Tx;
 use super::writer::Writer;
 use crate::model::{
     Actor, Attempt, ErrorKind, FailurePolicy, Item, ItemError, ItemStatus, Job, JobOptions,
-    JobStatus, Lease, NewJob, PoolOptions, RATE_LIMITED, Step, kind,
+    JobStatus, Lease, NewJob, PoolOptions, RATE_LIMITED, Step, kind, limits,
 };
 
 /// Largest job accepted in one request.
 pub const MAX_ITEMS_PER_JOB: usize = 1_000_000;
+/// The error code of an attempt a shutdown interrupted (it does not count).
+pub const ENGINE_SHUTDOWN: &str = "engine_shutdown";
 /// Largest checkpoint state, progress payload or log line.
 pub const MAX_SMALL_PAYLOAD: usize = 64 * 1024;
 
@@ -88,19 +90,34 @@ fn check_name(field: &str, value: &str) -> Result<()> {
     }
 }
 
+/// `field` must lie in `range`; the message names the field, the value and the range.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{field}: {value} is not between {} and {}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 fn check_options(o: &JobOptions) -> Result<()> {
-    if o.max_attempts == 0 || o.max_attempts > 100 {
-        return Err(StoreError::Invalid(format!(
-            "options.max_attempts: {} is not between 1 and 100",
-            o.max_attempts
-        )));
-    }
-    if o.lease_ms < 100 {
-        return Err(StoreError::Invalid(format!(
-            "options.lease_ms: {} is below the minimum of 100",
-            o.lease_ms
-        )));
-    }
+    check_range("options.priority", o.priority, limits::PRIORITY)?;
+    check_range("options.concurrency", o.concurrency, limits::CONCURRENCY)?;
+    check_range("options.max_attempts", o.max_attempts, limits::MAX_ATTEMPTS)?;
+    check_range("options.backoff_ms", o.backoff_ms, limits::BACKOFF_MS)?;
+    check_range(
+        "options.max_backoff_ms",
+        o.max_backoff_ms,
+        limits::BACKOFF_MS,
+    )?;
+    check_range("options.lease_ms", o.lease_ms, limits::LEASE_MS)?;
     if o.backoff_ms > o.max_backoff_ms {
         return Err(StoreError::Invalid(format!(
             "options.backoff_ms: {} is above options.max_backoff_ms ({})",
@@ -111,6 +128,11 @@ fn check_options(o: &JobOptions) -> Result<()> {
         check_pool(pool)?;
     }
     Ok(())
+}
+
+/// `now` plus `ms`, saturating: stored durations never overflow the clock arithmetic.
+pub(crate) fn after(now: i64, ms: u64) -> i64 {
+    now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// Most resources one pool may have.
@@ -137,17 +159,22 @@ fn check_pool(p: &PoolOptions) -> Result<()> {
             )));
         }
     }
-    if p.concurrency == 0 || p.concurrency > 1_000 {
-        return Err(StoreError::Invalid(format!(
-            "options.pool.concurrency: {} is not between 1 and 1000",
-            p.concurrency
-        )));
-    }
+    check_range("options.pool.concurrency", p.concurrency, 1..=1_000)?;
+    check_range(
+        "options.pool.rate_per_minute",
+        p.rate_per_minute,
+        limits::RATE_PER_MINUTE,
+    )?;
+    check_range(
+        "options.pool.rate_limit_backoff_ms",
+        p.rate_limit_backoff_ms,
+        limits::BACKOFF_MS,
+    )?;
     Ok(())
 }
 
 /// An item's input with the job's shared fields under it (the item's own win).
-fn with_defaults(
+pub fn with_defaults(
     index: usize,
     input: serde_json::Value,
     defaults: Option<&serde_json::Value>,
@@ -173,13 +200,15 @@ fn with_defaults(
 
 /// Delay before retry number `attempt` (the attempt that just failed): exponential from
 /// `backoff_ms`, capped, with jitter in the upper half so retries of a batch spread out,
-/// and never shorter than what the plugin asked for.
+/// and never shorter than what the plugin asked for. Every figure is clamped into
+/// [`limits::BACKOFF_MS`], whatever an older record or a plugin says.
 pub fn backoff_ms(
     opts: &JobOptions,
     attempt: u32,
     retry_after: Option<u64>,
     rng: &mut impl Rng,
 ) -> u64 {
+    let opts = opts.clamped();
     let exp = opts
         .backoff_ms
         .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
@@ -189,7 +218,9 @@ pub fn backoff_ms(
     } else {
         rng.random_range(exp / 2..=exp)
     };
-    jittered.max(retry_after.unwrap_or(0))
+    jittered
+        .max(retry_after.unwrap_or(0))
+        .min(*limits::BACKOFF_MS.end())
 }
 
 fn percentage(done: u64, total: u64) -> f64 {
@@ -488,6 +519,44 @@ impl Writer {
         Ok(())
     }
 
+    /// Remove a job that is finished, cancelled or was never started, with its items,
+    /// their indexes and logs. A job with items that may still run must be cancelled
+    /// first (cancelling stops them). Its events stay in the log: they are the audit
+    /// trail, and `job_deleted` closes it.
+    pub(crate) fn delete_job(&mut self, tx: &mut Tx<'_>, id: &str) -> Result<Job> {
+        let job = tx.job(id)?;
+        if !matches!(
+            job.status,
+            JobStatus::Completed | JobStatus::Cancelled | JobStatus::Pending
+        ) {
+            return Err(StoreError::Conflict(format!(
+                "job `{id}` is {}: cancel it before deleting it",
+                job.status
+            )));
+        }
+        let mut items = 0u64;
+        for st in ItemStatus::ALL {
+            for k in tx.scan_keys(&keys::status_prefix(st, Some(id)))? {
+                let key = keys::split_item_suffix(&k).expect("status key");
+                tx.remove_item(&key, st);
+                items += 1;
+            }
+        }
+        for k in tx.scan_keys(&keys::job_log_prefix(id))? {
+            tx.del(k);
+        }
+        tx.remove_job(id);
+        tx.emit(
+            &job.tenant,
+            kind::JOB_DELETED,
+            Some(id),
+            None,
+            json!({"items": items, "status": job.status, "counts": job.counts}),
+        );
+        self.ready.remove_job(id);
+        Ok(job)
+    }
+
     /// Put a failed, reviewed or cancelled-then-retried item back in the queue with a
     /// fresh budget of attempts; reopens the job if it had completed.
     fn requeue(
@@ -599,7 +668,10 @@ impl Writer {
         req: &ClaimRequest,
     ) -> Result<ClaimedItem> {
         let job = tx.job(&item.job_id)?;
-        let lease_ms = req.lease_ms.unwrap_or(job.options.lease_ms).max(100);
+        let lease_ms = req
+            .lease_ms
+            .unwrap_or(job.options.lease_ms)
+            .clamp(*limits::LEASE_MS.start(), *limits::LEASE_MS.end());
         item.attempt += 1;
         item.not_before = None;
         tx.set_status(&mut item, ItemStatus::Running)?;
@@ -610,7 +682,7 @@ impl Writer {
             Some(&item.id),
             json!({"from": ItemStatus::Queued, "to": ItemStatus::Running, "attempt": item.attempt, "owner": req.owner}),
         );
-        let expires_at = tx.now + lease_ms as i64;
+        let expires_at = after(tx.now, lease_ms);
         item.lease = Some(Lease {
             owner: req.owner.clone(),
             token,
@@ -673,9 +745,9 @@ impl Writer {
         let job = tx.job(&item.job_id)?;
         let ms = extend_ms
             .unwrap_or(job.options.lease_ms)
-            .clamp(100, 3_600_000);
+            .clamp(*limits::LEASE_MS.start(), *limits::LEASE_MS.end());
         let lease = item.lease.as_mut().expect("leased");
-        lease.expires_at = tx.now + ms as i64;
+        lease.expires_at = after(tx.now, ms);
         let lease = lease.clone();
         tx.put_item(&item);
         self.ready.set_lease(key.clone(), lease.expires_at);
@@ -717,6 +789,42 @@ impl Writer {
         ));
         err.code = Some("lease_expired".into());
         self.settle(tx, item, Outcome::Failed(err), None)
+    }
+
+    /// A run the engine stopped because it is shutting down: the item goes back to
+    /// the queue at once and the interrupted attempt is given back (it stays in the
+    /// item's history, marked `engine_shutdown`), so a deploy never uses up attempts.
+    pub(crate) fn release(
+        &mut self,
+        tx: &mut Tx<'_>,
+        key: &ItemKey,
+        token: u64,
+        why: &str,
+    ) -> Result<Item> {
+        let mut item = self.leased(tx, key, token)?;
+        let mut err = ItemError::application(why);
+        err.code = Some(ENGINE_SHUTDOWN.into());
+        if let Some(a) = item.attempts.last_mut() {
+            a.finished_at = Some(tx.now);
+            a.outcome = Some(ItemStatus::Queued);
+            a.error = Some(err);
+        }
+        item.max_attempts = item.max_attempts.saturating_add(1);
+        item.lease = None;
+        item.not_before = None;
+        tx.set_status(&mut item, ItemStatus::Queued)?;
+        tx.emit(
+            &item.tenant,
+            kind::ITEM_STATUS_CHANGED,
+            Some(&item.job_id),
+            Some(&item.id),
+            json!({"from": ItemStatus::Running, "to": ItemStatus::Queued, "attempt": item.attempt,
+                   "reason": why, "code": ENGINE_SHUTDOWN}),
+        );
+        self.ready.finished(key);
+        self.ready.push(key.clone(), None, tx.now);
+        self.wake = true;
+        Ok(item)
     }
 
     /// Close the running attempt with `outcome`: success, retry with backoff, or the
@@ -762,7 +870,7 @@ impl Writer {
                         err.retry_after_ms,
                         &mut rand::rng(),
                     );
-                    item.not_before = Some(tx.now + delay as i64);
+                    item.not_before = Some(after(tx.now, delay));
                 }
                 item.error = Some(err.clone());
                 (to, Some(err))

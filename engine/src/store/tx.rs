@@ -104,6 +104,19 @@ impl<'a> Tx<'a> {
         Ok(self.load_job(id)?.0.clone())
     }
 
+    /// Delete the job record (its items are removed with [`Tx::remove_item`]).
+    pub fn remove_job(&mut self, id: &str) {
+        self.jobs.remove(id);
+        self.del(keys::job_key(id));
+    }
+
+    /// Delete an item and its status index entry.
+    pub fn remove_item(&mut self, key: &ItemKey, status: ItemStatus) {
+        self.status_deltas[status.code() as usize] -= 1;
+        self.del(key.status_key(status));
+        self.del(key.item_key());
+    }
+
     pub fn insert_job(&mut self, job: Job) {
         self.jobs.insert(job.id.clone(), (job, true));
     }

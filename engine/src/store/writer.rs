@@ -37,6 +37,10 @@ pub(crate) enum Command {
         action: JobAction,
         reply: Reply<Job>,
     },
+    DeleteJob {
+        job: String,
+        reply: Reply<Job>,
+    },
     Claim {
         req: ClaimRequest,
         reply: Reply<Claimed>,
@@ -52,6 +56,12 @@ pub(crate) enum Command {
         token: u64,
         outcome: Outcome,
         resource: Option<String>,
+        reply: Reply<Item>,
+    },
+    Release {
+        item: ItemKey,
+        token: u64,
+        why: String,
         reply: Reply<Item>,
     },
     Step {
@@ -357,6 +367,9 @@ impl Writer {
             Command::JobAction { job, action, reply } => {
                 self.run_tx(group, reply, |w, tx| w.job_action(tx, &job, action))
             }
+            Command::DeleteJob { job, reply } => {
+                self.run_tx(group, reply, |w, tx| w.delete_job(tx, &job))
+            }
             Command::Claim { req, reply } => self.run_tx(group, reply, |w, tx| w.claim(tx, req)),
             Command::Heartbeat {
                 item,
@@ -375,6 +388,12 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.complete(tx, &item, token, outcome, resource)
             }),
+            Command::Release {
+                item,
+                token,
+                why,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| w.release(tx, &item, token, &why)),
             Command::Step {
                 item,
                 token,

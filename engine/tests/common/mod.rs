@@ -2,6 +2,8 @@
 //! executor built from a closure, and waiting for a job to finish.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +62,10 @@ pub async fn engine(executor: Option<Arc<dyn Executor>>, concurrency: usize) -> 
         tokio::spawn(scheduler::run(
             store.clone(),
             e,
-            SchedulerConfig { concurrency },
+            SchedulerConfig {
+                concurrency,
+                grace: Duration::ZERO,
+            },
             shutdown.clone(),
         ))
     });

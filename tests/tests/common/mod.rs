@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +100,10 @@ pub async fn start_limited(
     tokio::spawn(scheduler::run(
         store.clone(),
         Arc::new(WasmExecutor(runtime.clone())),
-        SchedulerConfig { concurrency },
+        SchedulerConfig {
+            concurrency,
+            grace: std::time::Duration::ZERO,
+        },
         shutdown.clone(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,134 @@
+//! A real `faena serve` process, for tests about what happens to the process itself:
+//! kills, signals, a full disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The `faena` binary the workspace's test build made (an integration test of the
+/// engine crate makes cargo build it).
+pub fn faena_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("faena");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p faena` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Faena {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+}
+
+impl Faena {
+    pub fn start(config: &Path, data: &Path, port: u16) -> Faena {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("faena.log"))
+            .unwrap();
+        let child = Command::new(faena_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Faena {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data: data.to_owned(),
+        }
+    }
+
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while reqwest::get(format!("{}/health", self.url)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "faena did not start; see {}",
+                self.data.join("faena.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and the Chromium it launched (which SIGKILL leaves behind).
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        kill_chromium(&self.data);
+    }
+
+    /// SIGTERM, as systemd and Kubernetes stop a service; then wait (up to `secs`)
+    /// for the process to exit and return its status.
+    pub async fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child pid"),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "faena did not exit {secs}s after SIGTERM; see {}",
+                self.data.join("faena.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client with the admin key the first start wrote to the data directory.
+    pub fn client(&self) -> reqwest::Client {
+        let key = std::fs::read_to_string(self.data.join("admin.key"))
+            .expect("the first start writes an admin key");
+        super::client(key.trim())
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.client()
+            .get(format!("{}/api/v1/jobs/{id}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Faena {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_chromium(&self.data);
+    }
+}
+
+/// Kill the Chromium processes whose profile lives in this data directory.
+pub fn kill_chromium(data: &Path) {
+    let _ = Command::new("pkill")
+        .args(["-9", "-f"])
+        .arg(data.join("chromium").display().to_string())
+        .status();
+}
