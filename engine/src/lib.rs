@@ -15,7 +15,8 @@
 //!   item on one of its resources ([`scheduler::pool`]).
 //! - [`runtime`]: the wasmtime host that runs each item in a fresh instance of its
 //!   plugin's component, with the capabilities it is granted (`host`, `browser` on one
-//!   Chromium with a context per item, `http` to allowlisted hosts).
+//!   Chromium with a context per item, which dies with the engine and leaves no
+//!   profile behind, `http` to allowlisted hosts).
 //! - [`sessions`]: long-lived plugin instances with their own browser context, opened
 //!   by a login operation and called one call at a time.
 //! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and

@@ -163,7 +163,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     shutdown.cancel();
-    server.wait().await.context("the HTTP server failed")?;
+    let served = server.wait().await.context("the HTTP server failed");
+    // Sessions and the API may still hold the runtime: the browser goes explicitly,
+    // so that its profile goes too.
+    runtime.stop_browser().await;
+    served?;
     drop(runtime);
     match failure {
         Some(why) => Err(anyhow::anyhow!(why)),

@@ -316,7 +316,8 @@ async fn plugins_are_listed_and_uploaded_through_the_api() {
 }
 
 /// Chromium dies in the middle of a flow: the item fails with an application error,
-/// is retried, and the retry runs on a newly launched browser.
+/// is retried, and the retry runs on a newly launched browser; the dead one's profile
+/// is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_browser_is_replaced_and_the_item_retried() {
     let (host, pages) = local_server().await;
@@ -385,6 +386,9 @@ async fn a_dead_browser_is_replaced_and_the_item_retried() {
         .as_ref()
         .expect("the first attempt failed");
     assert_eq!(first.kind, ErrorKind::Application, "{}", first.message);
+    // The dead browser's profile went with it: only the new one's is left.
+    let profiles = std::fs::read_dir(e.chromium_dir()).unwrap().count();
+    assert_eq!(profiles, 1, "profiles in {}", e.chromium_dir());
 }
 
 /// The example plugin, installed through the API like a team would, runs: a good

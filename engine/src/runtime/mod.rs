@@ -184,6 +184,13 @@ impl Runtime {
         &self.artifacts
     }
 
+    /// Stop the browser this engine launched and remove its profile (a clean stop).
+    pub async fn stop_browser(&self) {
+        if let Some(chromium) = &self.chromium {
+            chromium.stop().await;
+        }
+    }
+
     fn new_store(&self, state: ItemState) -> WasmStore<ItemState> {
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

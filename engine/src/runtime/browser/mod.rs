@@ -3,6 +3,7 @@
 
 mod chromium;
 mod host;
+mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
