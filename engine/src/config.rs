@@ -59,6 +59,12 @@ pub struct ApiFileConfig {
     pub threads: Option<usize>,
     /// Their nice value, 0–19 (default 10): when the machine is busy, jobs come first.
     pub nice: Option<i32>,
+    /// Feed (WebSocket) connections one API key may hold open (default 1,000).
+    pub feed_connections_per_key: Option<usize>,
+    /// Feed connections the engine holds open in all (default 10,000).
+    pub feed_connections: Option<usize>,
+    /// A feed client whose socket takes nothing for this long is disconnected (default 30).
+    pub feed_stall_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +134,8 @@ pub struct Config {
     pub space: crate::store::SpaceLimits,
     /// Time running items get to finish at a shutdown.
     pub shutdown_grace: std::time::Duration,
+    /// Caps on the feed's connections.
+    pub feed_limits: crate::api::FeedConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,10 +220,28 @@ impl Config {
                 .and_then(|s| s.grace_secs)
                 .unwrap_or(crate::scheduler::SchedulerConfig::default().grace.as_secs()),
         );
+        let defaults = crate::api::FeedConnectionLimits::default();
+        let feed_limits = crate::api::FeedConnectionLimits {
+            per_key: api.feed_connections_per_key.unwrap_or(defaults.per_key),
+            total: api.feed_connections.unwrap_or(defaults.total),
+            stall_timeout: api
+                .feed_stall_timeout_secs
+                .map_or(defaults.stall_timeout, std::time::Duration::from_secs),
+        };
+        if feed_limits.per_key == 0 || feed_limits.total == 0 || feed_limits.stall_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: "[api] feed_connections_per_key, feed_connections and \
+                          feed_stall_timeout_secs must each be at least 1"
+                    .into(),
+            });
+        }
         Ok(Config {
             space,
             shutdown_grace,
             api_threads,
+            feed_limits,
             rate_limit: crate::auth::RateLimit { per_sec, burst },
             data_dir: over
                 .data_dir
@@ -280,6 +306,36 @@ mod tests {
         let defaults = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(defaults.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(defaults.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn feed_caps_are_read_and_a_zero_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        std::fs::write(
+            &path,
+            "[api]\nfeed_connections_per_key = 50\nfeed_connections = 400\nfeed_stall_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.feed_limits,
+            crate::api::FeedConnectionLimits {
+                per_key: 50,
+                total: 400,
+                stall_timeout: std::time::Duration::from_secs(5),
+            }
+        );
+        let defaults = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(
+            defaults.feed_limits,
+            crate::api::FeedConnectionLimits::default()
+        );
+        std::fs::write(&path, "[api]\nfeed_connections_per_key = 0\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("feed_connections_per_key"), "{err}");
     }
 
     #[test]

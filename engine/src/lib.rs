@@ -54,3 +54,26 @@ pub mod store;
 pub fn no_transparent_huge_pages() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
+
+/// Raise the soft limit on open files to the hard one (Linux, where the soft one is
+/// lower), and return the soft limit in force afterwards (`None`: unlimited). Every
+/// feed connection and request is a file descriptor, and the soft limit is often
+/// 1,024 while the hard one is far higher: past it the server can accept no
+/// connection at all, whatever the feed's own caps say. The binary calls this at start.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(max) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < max)
+    {
+        // Should it fail, the soft limit stays as it was; the caller reports it.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current
+}

@@ -69,6 +69,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             no_browser: args.no_browser,
         },
     )?;
+    let open_files = faena::raise_open_files_limit();
+    let feed_cap = config.feed_limits.total as u64;
+    match open_files {
+        // Room for the feed's connections plus requests, the store and Chromium's pipes.
+        Some(limit) if limit < feed_cap + 256 => warn!(
+            open_files = limit,
+            feed_connections = feed_cap,
+            "the open-files limit is below [api] feed_connections plus what the engine \
+             itself needs: past it no connection is accepted; raise `ulimit -n` (or \
+             LimitNOFILE=) or lower feed_connections"
+        ),
+        Some(limit) => info!(open_files = limit, "open-files limit"),
+        None => {}
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -116,7 +130,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let state = AppState::new(store.clone(), Some(runtime.clone()))?
         .with_sessions(sessions)
-        .with_rate_limit(config.rate_limit);
+        .with_rate_limit(config.rate_limit)
+        .with_feed_limits(config.feed_limits);
     if let Some(path) = state
         .auth
         .keys

@@ -6,6 +6,7 @@ mod body;
 pub mod error;
 mod events;
 mod fanout;
+mod feed_limits;
 mod items;
 mod jobs;
 mod keys;
@@ -19,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
+use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::Data;
 use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 use poem_openapi::payload::Json;
@@ -27,6 +28,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 
 pub use error::{ApiError, ApiResult, ErrorBody};
 pub use events::EventPage;
+pub use feed_limits::{FeedConnectionLimits, Refused as FeedConnectionRefused};
 pub use items::{ItemDetail, TransitionRequest};
 pub use jobs::{ItemPage, JobPage};
 pub use workers::{ClaimResponse, CompleteStatus};
@@ -52,6 +54,8 @@ pub struct AppState {
     pub auth: Auth,
     /// The feed's channels, shared by the WebSocket connections.
     fanout: Arc<fanout::Fanout>,
+    /// The feed's open connections, under their caps.
+    feed_slots: Arc<feed_limits::FeedSlots>,
 }
 
 impl AppState {
@@ -64,6 +68,7 @@ impl AppState {
                 limiter: Arc::new(Limiter::new(RateLimit::default())),
             },
             fanout: fanout::Fanout::new(store.feed().clone()),
+            feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             store,
             runtime,
             sessions: None,
@@ -74,6 +79,17 @@ impl AppState {
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.auth.limiter = Arc::new(Limiter::new(limit));
         self
+    }
+
+    /// Cap the feed's connections (per key and in all) and its stalled writes.
+    pub fn with_feed_limits(mut self, limits: FeedConnectionLimits) -> Self {
+        self.feed_slots = feed_limits::FeedSlots::new(limits);
+        self
+    }
+
+    /// The feed's connections open now: of the API key `key_id`, and in all.
+    pub fn feed_connections(&self, key_id: &str) -> (usize, usize) {
+        self.feed_slots.open(key_id)
     }
 
     pub fn with_sessions(mut self, sessions: crate::sessions::Sessions) -> Self {
@@ -242,6 +258,11 @@ impl HealthApi {
 fn metrics(state: Data<&AppState>) -> Response {
     let mut text = state.store.metrics().render();
     state.store.shared().space.render(&mut text);
+    let (_, feed) = state.feed_slots.open("");
+    text.push_str(&format!(
+        "# HELP faena_feed_connections Open feed (WebSocket) connections.\n\
+         # TYPE faena_feed_connections gauge\nfaena_feed_connections {feed}\n"
+    ));
     Response::builder()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)
@@ -495,8 +516,74 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = PatientAcceptor {
+        inner: TcpAcceptor::from_tokio(listener)?,
+        warned: None,
+    };
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(5)))
         .await
+}
+
+/// How long the server waits after a failed `accept` before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Bytes a connection's socket may hold that were not sent yet (`TCP_NOTSENT_LOWAT`).
+/// Without it the kernel grows a socket's send buffer to megabytes for a client that
+/// does not read, and the engine's write completes into it: the bytes sit in kernel
+/// memory and the engine never learns that the client stalled. With it a write to
+/// such a client waits, and the feed's stall timeout lets the client go. What is in
+/// flight (sent, not yet acknowledged) is not counted, so a fast link stays fast.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Accepts the server's connections. poem's server retries a failed `accept` at once:
+/// out of file descriptors (EMFILE), the connection stays in the listen backlog and the
+/// accept loop spins a whole core. This one waits [`ACCEPT_BACKOFF`] after a failure,
+/// as hyper's and axum's servers do: the engine keeps its CPU and takes the connection
+/// once a descriptor is free. Each accepted socket gets [`NOTSENT_LOWAT`].
+struct PatientAcceptor {
+    inner: TcpAcceptor,
+    /// When the last failure was logged: once in a while is enough.
+    warned: Option<std::time::Instant>,
+}
+
+impl Acceptor for PatientAcceptor {
+    type Io = <TcpAcceptor as Acceptor>::Io;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(
+        Self::Io,
+        poem::web::LocalAddr,
+        poem::web::RemoteAddr,
+        poem::http::uri::Scheme,
+    )> {
+        loop {
+            match self.inner.accept().await {
+                Ok(conn) => {
+                    // Should it fail, the socket keeps the kernel's default.
+                    let _ = socket2::SockRef::from(&conn.0).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    if self
+                        .warned
+                        .is_none_or(|at| at.elapsed() > Duration::from_secs(10))
+                    {
+                        self.warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            error = %e,
+                            "cannot accept connections (out of file descriptors? see \
+                             `ulimit -n` and [api] feed_connections); retrying"
+                        );
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
 }

@@ -8,12 +8,19 @@
 //! compressed, once per channel (see [`super::fanout`]); replies and catching up from
 //! the store go uncompressed.
 //!
+//! A connection holds a slot of [`super::feed_limits`] while it is open; past a cap
+//! the upgrade is answered 429. It keeps no copy of what it sends while a channel
+//! holds it: a client that stops reading pins at most the chunks of its last read (or
+//! one replay page) until its socket has taken nothing for the stall timeout, and is
+//! then closed.
+//!
 //! Client messages: `{"type":"subscribe","jobs":[..],"types":[..],"after":SEQ}`,
 //! `{"type":"ping"}`. Server messages: events as stored (they carry `seq`), and
 //! `{"type":"subscribed","after":SEQ,"head":SEQ}`, `{"type":"pong"}`,
 //! `{"type":"lagged","next":SEQ}`, `{"type":"error","message":..}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use poem::http::{StatusCode, header};
@@ -27,6 +34,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use super::fanout::{Channel, Fanout};
+use super::feed_limits::FeedSlot;
 use super::wsproto::{self, Incoming, ReadError};
 use crate::store::feed::Behind;
 use crate::store::{EventFilter, Store};
@@ -35,7 +43,9 @@ use crate::store::{EventFilter, Store};
 pub const RESERVED_TYPES: [&str; 6] =
     ["subscribe", "subscribed", "ping", "pong", "lagged", "error"];
 
-const REPLAY_PAGE: usize = 1_000;
+/// Stored events read, framed and written at a time when catching up: what a client
+/// that stops reading during a replay holds for the stall timeout.
+const REPLAY_PAGE: usize = 256;
 
 /// The socket settings of the other WebSockets the engine serves (a session's
 /// screencast). Clients only send small control messages, so the read side is small:
@@ -75,9 +85,8 @@ pub struct AfterQuery {
 
 #[handler]
 pub async fn feed(req: &Request, state: Data<&AppState>) -> poem::Result<Response> {
-    // The caller's tenant is read here: the upgraded connection runs in its own task.
-    let conn = Connection::new(state.0);
-    upgrade(req, conn, None)
+    // The caller is read here: the upgraded connection runs in its own task.
+    upgrade(req, state.0, None)
 }
 
 /// `/ws/jobs/{id}`: subscribed to one job from the start (or `?after=`).
@@ -95,16 +104,16 @@ pub async fn job_feed(
         types: vec![],
     };
     let after = q.after.unwrap_or(0);
-    let conn = Connection::new(&state);
-    upgrade(req, conn, Some((filter, after)))
+    upgrade(req, &state, Some((filter, after)))
 }
 
-/// Accept a WebSocket handshake (RFC 6455 §4.2) and serve `conn` on the connection.
-/// Done here rather than with poem's extractor so the feed writes frames itself: an
-/// event's stored text goes to every connection as the same shared bytes.
+/// Accept a WebSocket handshake (RFC 6455 §4.2), within the caller's and the engine's
+/// caps on connections, and serve the feed on the connection. Done here rather than
+/// with poem's extractor so the feed writes frames itself: an event's stored text goes
+/// to every connection as the same shared bytes.
 fn upgrade(
     req: &Request,
-    mut conn: Connection,
+    state: &AppState,
     sub: Option<(EventFilter, u64)>,
 ) -> poem::Result<Response> {
     let has = |name: header::HeaderName, token: &str| {
@@ -129,6 +138,18 @@ fn upgrade(
             StatusCode::BAD_REQUEST,
         ));
     };
+    let key_id = crate::auth::caller().map(|c| c.key_id).unwrap_or_default();
+    let slot = match state.feed_slots.take(&key_id) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            return Ok(super::error::json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                &refused.to_string(),
+            ));
+        }
+    };
+    let mut conn = Connection::new(state, slot);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let deflate = wsproto::deflate_answer(
         req.headers()
@@ -171,15 +192,17 @@ struct Connection {
     live: bool,
     /// permessage-deflate was agreed on.
     deflate: bool,
+    /// How long a write may make no progress.
+    stall: Duration,
+    /// This connection's place under the caps, given back when it ends.
+    _slot: FeedSlot,
 }
-
-type Writer = tokio::io::WriteHalf<poem::Upgraded>;
 
 /// Framed events written at a time when catching up.
 const MAX_WRITE: usize = 256 * 1024;
 
 impl Connection {
-    fn new(state: &AppState) -> Self {
+    fn new(state: &AppState, slot: FeedSlot) -> Self {
         Connection {
             store: state.store.clone(),
             fanout: state.fanout.clone(),
@@ -188,11 +211,17 @@ impl Connection {
             cursor: 0,
             live: false,
             deflate: false,
+            stall: state.feed_slots.limits().stall_timeout,
+            _slot: slot,
         }
     }
 
     async fn serve(mut self, io: poem::Upgraded, sub: Option<(EventFilter, u64)>) {
-        let (rd, mut wr) = tokio::io::split(io);
+        let (rd, wr) = tokio::io::split(io);
+        let mut wr = Writer {
+            io: wr,
+            stall: self.stall,
+        };
         let mut reader = wsproto::Reader::new(rd, MAX_CLIENT_MESSAGE);
         if self.deflate {
             reader = reader.with_deflate();
@@ -208,15 +237,15 @@ impl Connection {
                 msg = reader.next() => {
                     let reply = match msg {
                         Ok(Incoming::Text(text)) => self.on_message(&text, &mut wr).await,
-                        Ok(Incoming::Ping(payload)) => write(&mut wr, &wsproto::pong_frame(&payload)).await,
+                        Ok(Incoming::Ping(payload)) => wr.write(&wsproto::pong_frame(&payload)).await,
                         Ok(Incoming::Binary | Incoming::Pong) => Ok(()),
                         Ok(Incoming::Close(code)) => {
-                            let _ = write(&mut wr, &wsproto::close_frame(code)).await;
+                            let _ = wr.write(&wsproto::close_frame(code)).await;
                             return;
                         }
                         Err(ReadError::Protocol(e)) => {
                             tracing::debug!(reason = e.reason, "feed client broke the protocol");
-                            let _ = write(&mut wr, &wsproto::close_frame(Some(e.code))).await;
+                            let _ = wr.write(&wsproto::close_frame(Some(e.code))).await;
                             return;
                         }
                         Err(ReadError::Io) => return,
@@ -239,7 +268,7 @@ impl Connection {
 
     async fn on_message(&mut self, text: &str, wr: &mut Writer) -> Result<(), ()> {
         match serde_json::from_str::<ClientMessage>(text) {
-            Ok(ClientMessage::Ping) => send_json(wr, json!({"type": "pong"})).await,
+            Ok(ClientMessage::Ping) => wr.send_json(json!({"type": "pong"})).await,
             Ok(ClientMessage::Subscribe {
                 mut jobs,
                 mut types,
@@ -258,8 +287,7 @@ impl Connection {
                 self.subscribe(wr, filter, after).await
             }
             Err(e) => {
-                send_json(
-                    wr,
+                wr.send_json(
                     json!({"type": "error", "message": format!("unreadable message: {e}")}),
                 )
                 .await
@@ -286,11 +314,8 @@ impl Connection {
         self.channel = Some((channel, rx));
         self.cursor = after;
         self.live = false;
-        send_json(
-            wr,
-            json!({"type": "subscribed", "after": after, "head": head}),
-        )
-        .await?;
+        wr.send_json(json!({"type": "subscribed", "after": after, "head": head}))
+            .await?;
         self.deliver(wr).await
     }
 
@@ -302,17 +327,20 @@ impl Connection {
             match channel.read(self.cursor, MAX_WRITE, self.deflate) {
                 Ok(read) => {
                     self.cursor = read.cursor;
-                    match read.frames.as_slice() {
-                        [] => break,
-                        // Frames built once for the whole channel, written as they are.
-                        [one] => write(wr, one).await?,
-                        many => write(wr, &many.concat()).await?,
+                    if read.frames.is_empty() {
+                        break;
+                    }
+                    // Frames built once for the whole channel, written as they are: a
+                    // chunk is let go once written, and none is copied.
+                    for frames in read.frames {
+                        wr.write(&frames).await?;
                     }
                 }
                 Err(Behind { start }) => {
                     if self.live {
                         let next = self.cursor + 1;
-                        send_json(wr, json!({"type": "lagged", "next": next})).await?;
+                        wr.send_json(json!({"type": "lagged", "next": next}))
+                            .await?;
                     }
                     self.replay(wr, channel.filter(), start).await?;
                 }
@@ -332,19 +360,19 @@ impl Connection {
         let mut cursor = self.cursor;
         while cursor < until {
             let Ok(page) = self.store.event_texts(cursor, filter, REPLAY_PAGE) else {
-                let _ = send_json(
-                    wr,
-                    json!({"type": "error", "message": "the event log could not be read"}),
-                )
-                .await;
+                let _ = wr
+                    .send_json(
+                        json!({"type": "error", "message": "the event log could not be read"}),
+                    )
+                    .await;
                 return Err(());
             };
             if !page.events.is_empty() {
                 let mut frames = BytesMut::new();
-                for text in &page.events {
+                for text in page.events {
                     wsproto::put_text_frame(&mut frames, text.as_bytes());
                 }
-                write(wr, &frames).await?;
+                wr.write(&frames).await?;
             }
             // Everything up to `until` was stored before it reached the feed.
             cursor = if page.end {
@@ -358,10 +386,37 @@ impl Connection {
     }
 }
 
-async fn write(wr: &mut Writer, bytes: &[u8]) -> Result<(), ()> {
-    wr.write_all(bytes).await.map_err(|_| ())
+/// The sending half of a connection.
+struct Writer {
+    io: tokio::io::WriteHalf<poem::Upgraded>,
+    /// A write the socket takes no byte of for this long ends the connection.
+    stall: Duration,
 }
 
-async fn send_json(wr: &mut Writer, v: serde_json::Value) -> Result<(), ()> {
-    write(wr, &wsproto::text_frame(v.to_string().as_bytes())).await
+impl Writer {
+    /// Write all of `bytes`. A client that reads slowly is waited for as long as its
+    /// socket takes something within the stall timeout; one that stopped reading is
+    /// let go (nothing more can reach it: its socket is full, maybe mid-frame).
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match tokio::time::timeout(self.stall, self.io.write(&bytes[at..])).await {
+                Ok(Ok(n)) if n > 0 => at += n,
+                Ok(_) => return Err(()),
+                Err(_) => {
+                    tracing::debug!(
+                        stall = ?self.stall,
+                        "a feed client stopped reading; closing its connection"
+                    );
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_json(&mut self, v: serde_json::Value) -> Result<(), ()> {
+        self.write(&wsproto::text_frame(v.to_string().as_bytes()))
+            .await
+    }
 }
