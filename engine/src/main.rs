@@ -86,6 +86,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for (name, plugin) in &config.plugins {
         store.set_plugin_limit(name, plugin.concurrency).await;
     }
+    for (name, tenant) in &config.tenants {
+        store.set_tenant_limit(name, tenant.concurrency).await;
+    }
     let shutdown = CancellationToken::new();
     let runtime = faena::runtime::start(&config, &store).await?;
     let dispatcher = tokio::spawn(scheduler::run(

@@ -27,7 +27,8 @@ pub enum FailurePolicy {
 #[serde(default)]
 #[oai(skip_serializing_if_is_none)]
 pub struct JobOptions {
-    /// Higher runs first across jobs of the same plugin.
+    /// Higher runs first among the same tenant's jobs of one plugin; tenants share the
+    /// engine in turn whatever their jobs' priorities.
     #[oai(default)]
     pub priority: i32,
     /// At most this many items of this job run at once (0: no per-job limit).
