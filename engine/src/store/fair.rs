@@ -78,6 +78,22 @@ impl Lanes {
         }
     }
 
+    /// Move a job that was just served behind the other jobs of its priority.
+    pub fn reseat(&mut self, seat: &mut Seat) {
+        let turn = self.next_turn();
+        let Some(lane) = self
+            .rings
+            .get_mut(&seat.plugin)
+            .and_then(|r| r.lanes.get_mut(&seat.tenant))
+        else {
+            return;
+        };
+        if lane.jobs.remove(&seat.slot) {
+            seat.slot.1 = turn;
+            lane.jobs.insert(seat.slot.clone());
+        }
+    }
+
     pub fn unseat(&mut self, seat: &Seat) {
         let Some(ring) = self.rings.get_mut(&seat.plugin) else {
             return;
@@ -143,7 +159,7 @@ impl Lanes {
 
     /// The job to serve next for `plugin`: the best job of the tenant whose turn it is
     /// (or of `only`, if given). That tenant goes to the back of the ring; the caller
-    /// unseats the job and seats it again if it can be served further.
+    /// reseats the job if it can be served further, or unseats it.
     pub fn next(&mut self, plugin: &str, only: Option<&str>) -> Option<String> {
         let turn = self.turn + 1;
         let ring = self.rings.get_mut(plugin)?;
@@ -172,10 +188,7 @@ mod tests {
             let Some(job) = l.next(plugin, None) else {
                 break;
             };
-            let seat = seats.remove(&job).expect("seated");
-            l.unseat(&seat);
-            let again = l.seat(&seat.plugin, &seat.tenant, &job, seat.slot.0.0);
-            seats.insert(job.clone(), again);
+            l.reseat(seats.get_mut(&job).expect("seated"));
             out.push_str(&job);
         }
         out

@@ -238,15 +238,18 @@ impl Ready {
                 let Some(q) = self.jobs.get_mut(&job) else {
                     break;
                 };
-                // Served: it goes behind the jobs of its priority (seated again below
-                // if it can be served further).
-                if let Some(seat) = q.seat.take() {
-                    self.lanes.unseat(&seat);
-                }
                 let Some(index) = q.ready.pop_first() else {
+                    self.relink(&job);
                     continue;
                 };
                 q.running += 1;
+                // Served: it goes behind the jobs of its priority, or out of the lanes
+                // if it cannot be served further.
+                if q.servable()
+                    && let Some(seat) = q.seat.as_mut()
+                {
+                    self.lanes.reseat(seat);
+                }
                 let (job_plugin, job_tenant) = (q.plugin.clone(), q.tenant.clone());
                 self.add_running(&job_plugin, &job_tenant, 1);
                 self.relink(&job);
