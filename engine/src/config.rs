@@ -25,6 +25,9 @@ pub struct FileConfig {
     pub secrets: BTreeMap<String, String>,
     pub sessions: Option<SessionsFileConfig>,
     pub api: Option<ApiFileConfig>,
+    /// Per-tenant settings (a cap on their running items), by tenant name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, crate::store::TenantConfig>,
     pub store: Option<StoreFileConfig>,
     /// How a shutdown (SIGTERM, Ctrl-C) lets running items finish.
     pub shutdown: Option<ShutdownFileConfig>,
@@ -122,6 +125,8 @@ pub struct Config {
     pub addr: SocketAddr,
     pub concurrency: usize,
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Per-tenant caps, by tenant name.
+    pub tenants: BTreeMap<String, crate::store::TenantConfig>,
     pub browser: BrowserSettings,
     pub secrets: BTreeMap<String, String>,
     /// Sessions close after this long without a call.
@@ -237,6 +242,18 @@ impl Config {
                     .into(),
             });
         }
+        if let Some((name, _)) = file_cfg
+            .tenants
+            .iter()
+            .find(|(name, t)| name.is_empty() || t.concurrency == Some(0))
+        {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: format!(
+                    "[tenants.{name:?}] concurrency must be at least 1 (leave it out for no cap), and a tenant needs a name"
+                ),
+            });
+        }
         Ok(Config {
             space,
             shutdown_grace,
@@ -267,6 +284,7 @@ impl Config {
                 }
             },
             plugins: file_cfg.plugins,
+            tenants: file_cfg.tenants,
             secrets: file_cfg.secrets,
             session_idle_timeout: std::time::Duration::from_secs(
                 file_cfg
@@ -336,6 +354,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("feed_connections_per_key"), "{err}");
+    }
+
+    #[test]
+    fn tenant_caps_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        std::fs::write(&path, "[tenants.acme]\nconcurrency = 3\n[tenants.other]\n").unwrap();
+        let cfg = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(cfg.tenants["acme"].concurrency, Some(3));
+        assert_eq!(cfg.tenants["other"].concurrency, None);
+        std::fs::write(&path, "[tenants.acme]\nconcurrency = 0\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tenants.\"acme\"") && err.contains("at least 1"),
+            "{err}"
+        );
+        std::fs::write(&path, "[tenants.acme]\nconcurency = 2\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   a [`store::Store::create_job`] call; `/ws` replays and streams [`model::Event`]s.
 //! - [`store`]: sled. One writer task owns every change and commits concurrent changes
 //!   as one batch and one flush (group commit); it also keeps the in-memory ready
-//!   queues and leases. Each change appends its events in the same batch.
+//!   queues (tenants served in turn, each within its cap) and leases. Each change
+//!   appends its events in the same batch.
 //! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
 //!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
 //!   which decides retries with backoff, review or failure. A job with a pool runs each

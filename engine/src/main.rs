@@ -106,6 +106,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for (name, plugin) in &config.plugins {
         store.set_plugin_limit(name, plugin.concurrency).await;
     }
+    for (name, tenant) in &config.tenants {
+        store.set_tenant_limit(name, tenant.concurrency).await;
+    }
     // Two stops: the dispatcher's first (it drains), the HTTP server's after it, so
     // that clients see the running items finish.
     let stop_claiming = CancellationToken::new();

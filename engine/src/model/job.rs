@@ -47,7 +47,8 @@ pub mod limits {
 #[serde(default, deny_unknown_fields)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct JobOptions {
-    /// Higher runs first among the jobs of a tenant (-1000 to 1000).
+    /// Higher runs first among the same tenant's jobs of one plugin (-1000 to 1000);
+    /// tenants share the engine in turn whatever their jobs' priorities.
     #[oai(default, validator(minimum(value = "-1000"), maximum(value = "1000")))]
     pub priority: i32,
     /// At most this many items of this job run at once (0: no per-job limit).

@@ -4,6 +4,7 @@
 //! only after the flush.
 
 mod error;
+mod fair;
 pub mod feed;
 pub mod keys;
 mod ops;
@@ -19,6 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::info;
 
 pub use error::{Result, StoreError};
+pub use fair::TenantConfig;
 pub use feed::{Feed, FeedLimits, Follower, Published};
 pub use keys::ItemKey;
 pub use ops::{
@@ -565,6 +567,17 @@ impl Store {
             .await;
     }
 
+    /// At most `limit` items of `tenant` run at once, across plugins and workers.
+    pub async fn set_tenant_limit(&self, tenant: &str, limit: Option<u32>) {
+        let _ = self
+            .tx
+            .send(Command::SetTenantLimit {
+                tenant: tenant.to_owned(),
+                limit,
+            })
+            .await;
+    }
+
     // ---- reads --------------------------------------------------------------------
 
     pub fn job(&self, id: &str) -> Result<Job> {
@@ -831,6 +844,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
             ready.add_job(
                 &job.id,
                 &job.plugin,
+                &job.tenant,
                 job.options.priority,
                 job.options.effective_concurrency(),
                 job.status == JobStatus::Paused,

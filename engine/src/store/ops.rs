@@ -343,6 +343,7 @@ impl Writer {
             self.ready.add_job(
                 &id,
                 &job.plugin,
+                tenant,
                 job.options.priority,
                 job.options.effective_concurrency(),
                 false,
@@ -403,6 +404,7 @@ impl Writer {
                 self.ready.add_job(
                     id,
                     &j.plugin,
+                    &j.tenant,
                     j.options.priority,
                     j.options.effective_concurrency(),
                     false,
@@ -595,6 +597,7 @@ impl Writer {
             self.ready.add_job(
                 &job.id,
                 &job.plugin,
+                &job.tenant,
                 job.options.priority,
                 job.options.effective_concurrency(),
                 paused,
@@ -642,11 +645,15 @@ impl Writer {
             self.ready.count_running(key);
             out.items.push(self.start(tx, item, &req)?);
         } else {
-            for picked in self.ready.take(&req.plugins, req.max, tx.now) {
+            for picked in self
+                .ready
+                .take(&req.plugins, req.tenant.as_deref(), req.max, tx.now)
+            {
                 let item = tx.item(&picked.key)?;
                 let tenant_ok = req.tenant.as_ref().is_none_or(|t| *t == item.tenant);
                 if item.status != ItemStatus::Queued || !tenant_ok {
-                    // The in-memory queue was behind (or another tenant's): undo its count.
+                    // The in-memory queue was behind (or, against its own filter, handed
+                    // out another tenant's item): undo its count.
                     self.ready.finished(&picked.key);
                     if tenant_ok {
                         continue;

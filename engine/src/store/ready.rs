@@ -1,34 +1,45 @@
 //! The in-memory side of scheduling, owned by the writer: which items may be claimed
-//! now, which wait for a backoff, who holds which lease, and how many run per job and
-//! per plugin. Rebuilt from the status indexes at start-up; never the source of truth
-//! (every claim re-reads the item it picked).
+//! now, which wait for a backoff, who holds which lease, and how many run per job, per
+//! tenant and per plugin. Rebuilt from the status indexes at start-up; never the source
+//! of truth (every claim re-reads the item it picked). The order of claims across
+//! tenants and jobs is [`super::fair`]'s.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
+use super::fair::{Lanes, Seat};
 use super::keys::ItemKey;
 
 #[derive(Debug)]
 struct JobQueue {
     plugin: String,
+    tenant: String,
     priority: i32,
     /// 0: no per-job limit.
     concurrency: u32,
     running: u32,
     paused: bool,
     ready: BTreeSet<u64>,
+    /// Its place in the lanes while it can be served.
+    seat: Option<Seat>,
 }
 
-type JobOrder = (Reverse<i32>, String);
+impl JobQueue {
+    fn servable(&self) -> bool {
+        !self.ready.is_empty()
+            && !self.paused
+            && (self.concurrency == 0 || self.running < self.concurrency)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Ready {
     jobs: HashMap<String, JobQueue>,
-    /// Per plugin, the jobs that have ready items and are not paused, best first.
-    by_plugin: HashMap<String, BTreeSet<JobOrder>>,
+    lanes: Lanes,
     delayed: BTreeSet<(i64, ItemKey)>,
     plugin_running: HashMap<String, u32>,
     plugin_limits: HashMap<String, u32>,
+    tenant_running: HashMap<String, u32>,
+    tenant_limits: HashMap<String, u32>,
     leases: BTreeSet<(i64, ItemKey)>,
     lease_of: HashMap<ItemKey, i64>,
 }
@@ -43,35 +54,38 @@ impl Ready {
         &mut self,
         job: &str,
         plugin: &str,
+        tenant: &str,
         priority: i32,
         concurrency: u32,
         paused: bool,
     ) {
         self.jobs.entry(job.to_owned()).or_insert_with(|| JobQueue {
             plugin: plugin.to_owned(),
+            tenant: tenant.to_owned(),
             priority,
             concurrency,
             running: 0,
             paused,
             ready: BTreeSet::new(),
+            seat: None,
         });
     }
 
-    fn order(&self, job: &str) -> Option<(String, JobOrder)> {
-        let q = self.jobs.get(job)?;
-        Some((q.plugin.clone(), (Reverse(q.priority), job.to_owned())))
-    }
-
+    /// Keep a job in the lanes exactly while it can be served.
     fn relink(&mut self, job: &str) {
-        let Some((plugin, order)) = self.order(job) else {
+        let Some(q) = self.jobs.get_mut(job) else {
             return;
         };
-        let q = &self.jobs[job];
-        let set = self.by_plugin.entry(plugin).or_default();
-        if q.ready.is_empty() || q.paused {
-            set.remove(&order);
-        } else {
-            set.insert(order);
+        match (q.seat.is_some(), q.servable()) {
+            (false, true) => {
+                q.seat = Some(self.lanes.seat(&q.plugin, &q.tenant, job, q.priority));
+            }
+            (true, false) => {
+                if let Some(seat) = q.seat.take() {
+                    self.lanes.unseat(&seat);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -80,6 +94,7 @@ impl Ready {
         if let Some(q) = self.jobs.get_mut(job) {
             q.concurrency = concurrency;
         }
+        self.relink(job);
     }
 
     pub fn set_paused(&mut self, job: &str, paused: bool) {
@@ -89,16 +104,29 @@ impl Ready {
         self.relink(job);
     }
 
+    /// Count `delta` more (or fewer) running items for a job's plugin and tenant, and
+    /// take the tenant out of the lanes while it is at its cap.
+    fn add_running(&mut self, plugin: &str, tenant: &str, delta: i64) {
+        bump(&mut self.plugin_running, plugin, delta);
+        let running = bump(&mut self.tenant_running, tenant, delta);
+        self.recap(tenant, running);
+    }
+
+    fn recap(&mut self, tenant: &str, running: u32) {
+        let capped = self
+            .tenant_limits
+            .get(tenant)
+            .is_some_and(|limit| running >= *limit);
+        self.lanes.set_capped(tenant, capped);
+    }
+
     /// Forget a job (cancelled, or finished with nothing queued).
     pub fn remove_job(&mut self, job: &str) {
-        if let Some((plugin, order)) = self.order(job) {
-            if let Some(set) = self.by_plugin.get_mut(&plugin) {
-                set.remove(&order);
+        if let Some(mut q) = self.jobs.remove(job) {
+            if let Some(seat) = q.seat.take() {
+                self.lanes.unseat(&seat);
             }
-            if let Some(q) = self.jobs.remove(job) {
-                let r = self.plugin_running.entry(plugin).or_default();
-                *r = r.saturating_sub(q.running);
-            }
+            self.add_running(&q.plugin, &q.tenant, -(q.running as i64));
         }
         self.delayed.retain(|(_, k)| k.job != job);
         let keys: Vec<ItemKey> = self
@@ -119,10 +147,9 @@ impl Ready {
                 self.delayed.insert((t, key));
             }
             _ => {
-                let job = key.job.clone();
-                if let Some(q) = self.jobs.get_mut(&job) {
+                if let Some(q) = self.jobs.get_mut(&key.job) {
                     q.ready.insert(key.index);
-                    self.relink(&job);
+                    self.relink(&key.job);
                 }
             }
         }
@@ -136,7 +163,7 @@ impl Ready {
         if let Some(q) = self.jobs.get_mut(&key.job)
             && q.ready.remove(&key.index)
         {
-            self.relink(&key.job.clone());
+            self.relink(&key.job);
         }
     }
 
@@ -174,49 +201,62 @@ impl Ready {
         }
     }
 
-    /// Take up to `max` claimable items of the given plugins, respecting job priority,
-    /// per-job and per-plugin limits. The items leave the ready sets; the caller marks
-    /// them running with [`Ready::started`] or puts them back with [`Ready::push`].
-    pub fn take(&mut self, plugins: &[String], max: usize, now: i64) -> Vec<Picked> {
+    /// At most `limit` items of `tenant` run at once, across plugins and workers.
+    pub fn set_tenant_limit(&mut self, tenant: &str, limit: Option<u32>) {
+        match limit {
+            Some(l) if l > 0 => {
+                self.tenant_limits.insert(tenant.to_owned(), l);
+            }
+            _ => {
+                self.tenant_limits.remove(tenant);
+            }
+        }
+        let running = self.tenant_running.get(tenant).copied().unwrap_or(0);
+        self.recap(tenant, running);
+    }
+
+    /// Take up to `max` claimable items of the given plugins (of one tenant's jobs, if
+    /// `tenant` is given): tenants in turn, a tenant's jobs by priority and then in
+    /// turn, within the per-job, per-tenant and per-plugin limits. The items leave the
+    /// ready sets and count as running; the caller puts one back with [`Ready::push`]
+    /// after [`Ready::finished`].
+    pub fn take(
+        &mut self,
+        plugins: &[String],
+        tenant: Option<&str>,
+        max: usize,
+        now: i64,
+    ) -> Vec<Picked> {
         self.promote(now);
         let mut out = Vec::new();
         for plugin in plugins {
             let mut budget = (self.plugin_free(plugin) as usize).min(max - out.len());
-            if budget == 0 {
-                continue;
-            }
-            let jobs: Vec<String> = match self.by_plugin.get(plugin) {
-                Some(set) => set.iter().map(|(_, j)| j.clone()).collect(),
-                None => continue,
-            };
-            for job in jobs {
-                let q = self.jobs.get_mut(&job).expect("linked job exists");
-                let job_free = if q.concurrency == 0 {
-                    usize::MAX
-                } else {
-                    q.concurrency.saturating_sub(q.running) as usize
-                };
-                let n = budget.min(job_free);
-                for _ in 0..n {
-                    let Some(index) = q.ready.pop_first() else {
-                        break;
-                    };
-                    out.push(Picked {
-                        key: ItemKey {
-                            job: job.clone(),
-                            index,
-                        },
-                    });
-                    // Count it as running now so later jobs see the limits; `started`
-                    // confirms, `push`/`finished` undo.
-                    q.running += 1;
-                    budget -= 1;
-                    *self.plugin_running.entry(plugin.clone()).or_default() += 1;
-                }
-                self.relink(&job);
-                if budget == 0 {
+            while budget > 0 {
+                let Some(job) = self.lanes.next(plugin, tenant) else {
                     break;
+                };
+                let Some(q) = self.jobs.get_mut(&job) else {
+                    break;
+                };
+                let Some(index) = q.ready.pop_first() else {
+                    self.relink(&job);
+                    continue;
+                };
+                q.running += 1;
+                // Served: it goes behind the jobs of its priority, or out of the lanes
+                // if it cannot be served further.
+                if q.servable()
+                    && let Some(seat) = q.seat.as_mut()
+                {
+                    self.lanes.reseat(seat);
                 }
+                let (job_plugin, job_tenant) = (q.plugin.clone(), q.tenant.clone());
+                self.add_running(&job_plugin, &job_tenant, 1);
+                self.relink(&job);
+                out.push(Picked {
+                    key: ItemKey { job, index },
+                });
+                budget -= 1;
             }
             if out.len() == max {
                 break;
@@ -227,20 +267,23 @@ impl Ready {
 
     /// Count an item claimed outside [`Ready::take`] (claimed by id) as running.
     pub fn count_running(&mut self, key: &ItemKey) {
-        if let Some(q) = self.jobs.get_mut(&key.job) {
-            q.running += 1;
-            *self.plugin_running.entry(q.plugin.clone()).or_default() += 1;
-        }
+        self.change_running(&key.job, 1);
     }
 
     /// An item stopped running (finished, requeued, cancelled, lease lost).
     pub fn finished(&mut self, key: &ItemKey) {
         self.clear_lease(key);
-        if let Some(q) = self.jobs.get_mut(&key.job) {
-            q.running = q.running.saturating_sub(1);
-            let r = self.plugin_running.entry(q.plugin.clone()).or_default();
-            *r = r.saturating_sub(1);
-        }
+        self.change_running(&key.job, -1);
+    }
+
+    fn change_running(&mut self, job: &str, delta: i64) {
+        let Some(q) = self.jobs.get_mut(job) else {
+            return;
+        };
+        q.running = (q.running as i64 + delta).max(0) as u32;
+        let (plugin, tenant) = (q.plugin.clone(), q.tenant.clone());
+        self.add_running(&plugin, &tenant, delta);
+        self.relink(job);
     }
 
     pub fn set_lease(&mut self, key: ItemKey, expires_at: i64) {
@@ -281,6 +324,16 @@ impl Ready {
     }
 }
 
+/// Add `delta` to a counter, never below zero; returns the new value.
+fn bump(counts: &mut HashMap<String, u32>, name: &str, delta: i64) -> u32 {
+    let r = match counts.get_mut(name) {
+        Some(r) => r,
+        None => counts.entry(name.to_owned()).or_default(),
+    };
+    *r = (*r as i64 + delta).max(0) as u32;
+    *r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +346,7 @@ mod tests {
     }
 
     fn take(r: &mut Ready, plugin: &str, max: usize, now: i64) -> Vec<(String, u64)> {
-        r.take(&[plugin.to_owned()], max, now)
+        r.take(&[plugin.to_owned()], None, max, now)
             .into_iter()
             .map(|p| (p.key.job, p.key.index))
             .collect()
@@ -302,8 +355,8 @@ mod tests {
     #[test]
     fn priority_then_age_then_index() {
         let mut r = Ready::default();
-        r.add_job("A", "p", 0, 0, false);
-        r.add_job("B", "p", 5, 0, false);
+        r.add_job("A", "p", "t", 0, 0, false);
+        r.add_job("B", "p", "t", 5, 0, false);
         for i in [2, 0, 1] {
             r.push(key("A", i), None, 0);
         }
@@ -322,25 +375,27 @@ mod tests {
     #[test]
     fn job_and_plugin_limits_and_pause() {
         let mut r = Ready::default();
-        r.add_job("A", "p", 0, 2, false);
-        r.add_job("B", "p", 0, 0, false);
+        r.add_job("A", "p", "t", 0, 2, false);
+        r.add_job("B", "p", "t", 0, 0, false);
         for i in 0..5 {
             r.push(key("A", i), None, 0);
             r.push(key("B", i), None, 0);
         }
         r.set_plugin_limit("p", Some(3));
+        // Jobs of equal priority take turns, A up to its own limit of two.
         let got = take(&mut r, "p", 10, 0);
-        assert_eq!(got, vec![("A".into(), 0), ("A".into(), 1), ("B".into(), 0)]);
+        assert_eq!(got, vec![("A".into(), 0), ("B".into(), 0), ("A".into(), 1)]);
         assert!(take(&mut r, "p", 10, 0).is_empty(), "plugin limit reached");
         r.finished(&key("A", 0));
-        assert_eq!(take(&mut r, "p", 10, 0), vec![("A".into(), 2)]);
+        // A came back below its limit behind B, which had waited.
+        assert_eq!(take(&mut r, "p", 10, 0), vec![("B".into(), 1)]);
         r.finished(&key("B", 0));
         r.set_paused("A", true);
         r.finished(&key("A", 1));
-        // A2 still runs: two plugin slots are free, and paused A gets none of them.
+        // B1 still runs: two plugin slots are free, and paused A gets none of them.
         assert_eq!(
             take(&mut r, "p", 10, 0),
-            vec![("B".into(), 1), ("B".into(), 2)]
+            vec![("B".into(), 2), ("B".into(), 3)]
         );
         assert!(
             take(&mut r, "p", 10, 0).is_empty(),
@@ -352,12 +407,51 @@ mod tests {
     #[test]
     fn delayed_items_wait_for_their_time() {
         let mut r = Ready::default();
-        r.add_job("A", "p", 0, 0, false);
+        r.add_job("A", "p", "t", 0, 0, false);
         r.push(key("A", 0), Some(100), 0);
         assert!(take(&mut r, "p", 10, 99).is_empty());
         assert_eq!(r.next_due(), Some(100));
         assert_eq!(take(&mut r, "p", 10, 100), vec![("A".into(), 0)]);
         assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn tenants_take_turns_within_their_caps() {
+        let mut r = Ready::default();
+        r.add_job("big", "p", "A", 100, 0, false);
+        for i in 0..1000 {
+            r.push(key("big", i), None, 0);
+        }
+        r.add_job("small", "p", "B", 0, 0, false);
+        for i in 0..3 {
+            r.push(key("small", i), None, 0);
+        }
+        // A's priority orders A's own jobs only: B is served every other item.
+        let got = take(&mut r, "p", 6, 0);
+        let jobs: Vec<&str> = got.iter().map(|(j, _)| j.as_str()).collect();
+        assert_eq!(jobs, ["big", "small", "big", "small", "big", "small"]);
+        // A tenant-scoped claim sees only that tenant's work.
+        let only: Vec<(String, u64)> = r
+            .take(&["p".to_owned()], Some("B"), 5, 0)
+            .into_iter()
+            .map(|p| (p.key.job, p.key.index))
+            .collect();
+        assert!(only.is_empty(), "B has nothing left: {only:?}");
+        // A cap of 4 for A: one more A item runs, then none until one stops.
+        r.set_tenant_limit("A", Some(4));
+        assert_eq!(take(&mut r, "p", 10, 0), vec![("big".into(), 3)]);
+        assert!(take(&mut r, "p", 10, 0).is_empty(), "A is at its cap");
+        r.finished(&key("big", 0));
+        assert_eq!(take(&mut r, "p", 10, 0), vec![("big".into(), 4)]);
+        // Removing the cap opens A again.
+        r.set_tenant_limit("A", None);
+        assert_eq!(take(&mut r, "p", 2, 0).len(), 2);
+        // A cancelled job gives its tenant's running count back.
+        r.set_tenant_limit("A", Some(1));
+        r.remove_job("big");
+        r.add_job("next", "p", "A", 0, 0, false);
+        r.push(key("next", 0), None, 0);
+        assert_eq!(take(&mut r, "p", 10, 0), vec![("next".into(), 0)]);
     }
 
     #[test]

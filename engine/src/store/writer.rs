@@ -115,6 +115,10 @@ pub(crate) enum Command {
         plugin: String,
         limit: Option<u32>,
     },
+    SetTenantLimit {
+        tenant: String,
+        limit: Option<u32>,
+    },
     /// Commit what is pending, stop, and release the database.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -451,6 +455,10 @@ impl Writer {
             }),
             Command::SetPluginLimit { plugin, limit } => {
                 self.ready.set_plugin_limit(&plugin, limit);
+                self.wake = true;
+            }
+            Command::SetTenantLimit { tenant, limit } => {
+                self.ready.set_tenant_limit(&tenant, limit);
                 self.wake = true;
             }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
