@@ -32,8 +32,10 @@ pub fn private_dir(dir: &Path) -> io::Result<usize> {
     }
     #[cfg(unix)]
     {
-        if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
-            return narrow(dir);
+        // The directory itself, even when `dir` is a link to it.
+        let dir = dir.canonicalize()?;
+        if std::fs::metadata(&dir)?.permissions().mode() & 0o077 != 0 {
+            return narrow(&dir);
         }
     }
     Ok(0)
