@@ -24,6 +24,8 @@
 //!   column.
 //! - [`model`]: jobs, items, events and the legal status transitions.
 //! - [`auth`]: API keys (hashed), tenants, roles and per-key rate limits.
+//! - [`secrets`]: per-tenant secrets, encrypted at rest, handed to the plugins granted
+//!   them and redacted (in their common shapes) from whatever those report.
 //! - [`metrics`], [`clock`]: Prometheus counters; wall time that follows tokio's clock.
 //! - [`cli`], [`config`]: the `faena` command line and its configuration.
 

@@ -83,22 +83,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(limit) => info!(open_files = limit, "open-files limit"),
         None => {}
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    // Everything this process creates (store, keys, artifacts, profiles) is its user's only.
+    faena::secrets::private_umask();
+    let narrowed = faena::secrets::private_dir(&config.data_dir).with_context(|| {
         format!(
-            "cannot create the data directory {}",
+            "cannot create the data directory {} (or make it private)",
             config.data_dir.display()
         )
     })?;
+    if narrowed > 0 {
+        warn!(
+            data_dir = %config.data_dir.display(),
+            entries = narrowed,
+            "the data directory was open to other users; took their access away (0700 directories, 0600 files)"
+        );
+    }
     // Absolute from here on: the compile cache and Chromium's profile need it.
     let config = Config {
         data_dir: std::fs::canonicalize(&config.data_dir)?,
         ..config
     };
+    let key = faena::secrets::SecretKey::load(&config.data_dir)?;
+    if let faena::secrets::KeySource::Created(path) = &key.source {
+        warn!(
+            path = %path.display(),
+            "created the key secrets are encrypted with; back it up (without it the stored secrets are lost), or set {} instead",
+            faena::secrets::KEY_ENV
+        );
+    }
     let store = Store::open_with(
         &config.data_dir.join("store"),
         Clock::new(),
         StoreOptions {
             space: config.space,
+            key: Some(key),
         },
     )
     .await

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::process::{Faena, free_port};
 use faena::clock::Clock;
 use faena::model::ItemStatus;
-use faena::store::Store;
+use faena::store::{Store, StoreOptions};
 use faena_tests::portals;
 use serde_json::{Value, json};
 

@@ -117,6 +117,13 @@ async fn a_plugin_uses_every_granted_capability() {
         logs.iter().any(|l| l["message"] == "using token ***"),
         "{logs:?}"
     );
+    // So are its upper-cased and dash-stripped copies, in logs and in the result.
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "shouted ***, stripped ***"),
+        "{logs:?}"
+    );
+    assert_eq!(r["copies"], json!(["***", "***"]));
     let events = e
         .store
         .events(0, &EventFilter::default(), usize::MAX)

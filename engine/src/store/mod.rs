@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::{Result, StoreError};
 pub use fair::TenantConfig;
@@ -72,9 +72,11 @@ impl Shared {
 }
 
 /// Settings of the store that come from the configuration.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Default)]
 pub struct StoreOptions {
     pub space: SpaceLimits,
+    /// The key secrets are sealed with (`None`: a key file in the store's directory).
+    pub key: Option<crate::secrets::SecretKey>,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -90,6 +92,7 @@ pub struct Store {
     /// Owner name of this process's built-in workers; leases held under an older
     /// instance's name died with that process.
     instance: Arc<str>,
+    secrets: crate::secrets::Secrets,
 }
 
 /// How many stored events one [`Store::event_texts`] call looks at, at most.
@@ -142,11 +145,15 @@ impl Store {
     /// Open (or create) the store in `dir` and start its writer. Items left running by
     /// a previous process of this engine are put back in the queue (as a failed
     /// attempt); leases of external workers keep running until they expire.
+    ///
+    /// Secrets are sealed with the key in `dir`'s own key file (created on first open);
+    /// `faena serve` passes the key of its data directory with [`Store::open_with`].
     pub async fn open(dir: &Path, clock: Clock) -> Result<Store> {
         Self::open_with(dir, clock, StoreOptions::default()).await
     }
 
-    /// [`Store::open`] with settings from the configuration.
+    /// [`Store::open`] with settings from the configuration. A secrets key that is not
+    /// the one the stored secrets were sealed with is refused (`None`: `dir`'s key file).
     pub async fn open_with(dir: &Path, clock: Clock, options: StoreOptions) -> Result<Store> {
         let path = dir.to_owned();
         let db = tokio::task::spawn_blocking(move || {
@@ -156,6 +163,24 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let key = match options.key {
+            Some(key) => key,
+            None => crate::secrets::SecretKey::from_file(&dir.join(crate::secrets::KEY_FILE))
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+        };
+        let (secrets, sealed) = crate::secrets::Secrets::open(db.open_tree("secrets")?, key)
+            .map_err(|e| match e {
+                crate::secrets::KeyError::Storage(e) => StoreError::from(e),
+                other => StoreError::Invalid(other.to_string()),
+            })?;
+        if sealed > 0 {
+            warn!(
+                secrets = sealed,
+                "encrypted {sealed} secret(s) that an older engine stored in plain text; \
+                 older copies may remain in the store's free space until sled reuses it: \
+                 rotate those secrets"
+            );
+        }
         let tree = db.open_tree("faena")?;
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
         let space = Arc::new(Space::default());
@@ -221,6 +246,7 @@ impl Store {
             shared,
             clock,
             instance,
+            secrets,
         };
         if !dead.is_empty() {
             info!(
@@ -310,8 +336,9 @@ impl Store {
         )
     }
 
+    /// Secrets of this store, sealed with the key it was opened with.
     pub fn secrets(&self) -> Result<crate::secrets::Secrets> {
-        Ok(crate::secrets::Secrets::new(self.db.open_tree("secrets")?))
+        Ok(self.secrets.clone())
     }
 
     pub fn keys(&self) -> Result<crate::auth::Keys> {

@@ -128,9 +128,10 @@ impl Host for ItemState {
                 self.host.plugin
             ))));
         }
-        match self.host.secrets.get(&self.host.tenant, &name) {
-            Ok(Some(value)) => {
-                self.host.revealed.push(value.clone());
+        match self.host.secrets.reveal(&self.host.tenant, &name) {
+            Ok(Some(revealed)) => {
+                let value = revealed.value().to_owned();
+                self.host.revealed.add(revealed);
                 Ok(Ok(value))
             }
             Ok(None) => Ok(Err(PluginError::business(format!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::grants::Grants;
 use crate::artifacts::{Artifact, Artifacts};
 use crate::scheduler::RunContext;
-use crate::secrets::Secrets;
+use crate::secrets::{Redactor, Secrets};
 
 pub struct HostCtx {
     pub plugin: String,
@@ -27,7 +27,7 @@ pub struct HostCtx {
     /// The session this instance serves, if it is a session's.
     pub session_id: Option<String>,
     /// Secret values handed to the guest in this run, redacted from what it reports.
-    revealed: Vec<String>,
+    revealed: Redactor,
 }
 
 impl HostCtx {
@@ -49,7 +49,7 @@ impl HostCtx {
             artifacts,
             run,
             session_id: None,
-            revealed: Vec::new(),
+            revealed: Redactor::default(),
         }
     }
 
@@ -59,15 +59,10 @@ impl HostCtx {
         self
     }
 
-    /// Replace every secret value this run has seen with `***`.
+    /// Replace every secret value this run has seen, in its common shapes (case,
+    /// separators, base64, …; see [`crate::secrets::redact`]), with `***`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in &self.revealed {
-            if !secret.is_empty() {
-                out = out.replace(secret.as_str(), "***");
-            }
-        }
-        out
+        self.revealed.redact(text)
     }
 
     /// Save an artifact of the running item (also used for failure screenshots). Text

@@ -47,12 +47,17 @@ impl Plugin for Probe {
                 faena_plugin_sdk::progress(&json!({"stage": "halfway"}))?;
                 let token = faena_plugin_sdk::secret("probe_token")?;
                 faena_plugin_sdk::log(&format!("using token {token}"));
+                // Careless copies a plugin might report: they are redacted too.
+                let shouted = token.to_uppercase();
+                let stripped = token.replace('-', "");
+                faena_plugin_sdk::log(&format!("shouted {shouted}, stripped {stripped}"));
                 let note = format!("hello; the token was {token}");
                 let artifact =
                     faena_plugin_sdk::save_artifact("note.txt", "text/plain", note.as_bytes())?;
                 let resp = http::get(s(&input, "url"))?;
                 Ok(json!({
                     "token_len": token.len(),
+                    "copies": [shouted, stripped],
                     "artifact": artifact,
                     "status": resp.status,
                     "body": String::from_utf8_lossy(&resp.body),
