@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub secrets: BTreeMap<String, String>,
     pub sessions: Option<SessionsFileConfig>,
     pub api: Option<ApiFileConfig>,
+    /// Limits of a spreadsheet import: `max_bytes`, `max_rows`, `max_cells`.
+    pub import: Option<crate::import::ImportLimits>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -103,6 +105,8 @@ pub struct Config {
     pub rate_limit: crate::auth::RateLimit,
     /// The HTTP server's threads.
     pub api_threads: crate::api::ApiThreads,
+    /// How large a spreadsheet import may be.
+    pub import: crate::import::ImportLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +173,15 @@ impl Config {
                 message: "[api] threads must be at least 1 and nice between 0 and 19".into(),
             });
         }
+        let import = file_cfg.import.unwrap_or_default();
+        if import.max_bytes == 0 || import.max_rows == 0 || import.max_cells == 0 {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: "[import] max_bytes, max_rows and max_cells must be above 0".into(),
+            });
+        }
         Ok(Config {
+            import,
             api_threads,
             rate_limit: crate::auth::RateLimit { per_sec, burst },
             data_dir: over
@@ -232,6 +244,13 @@ mod tests {
         assert_eq!(cfg.addr.port(), 9100);
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/faena"));
         assert_eq!(cfg.plugins["gsp"].browser, Some(true));
+        std::fs::write(&path, "[import]\nmax_rows = 5000\n").unwrap();
+        let cfg = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(cfg.import.max_rows, 5000);
+        assert_eq!(
+            cfg.import.max_bytes,
+            crate::import::ImportLimits::default().max_bytes
+        );
         let defaults = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(defaults.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(defaults.data_dir, PathBuf::from("./data"));

@@ -106,7 +106,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let state = AppState::new(store.clone(), Some(runtime.clone()))?
         .with_sessions(sessions)
-        .with_rate_limit(config.rate_limit);
+        .with_rate_limit(config.rate_limit)
+        .with_import_limits(config.import);
     if let Some(path) = state
         .auth
         .keys

@@ -50,6 +50,8 @@ pub struct AppState {
     pub sessions: Option<crate::sessions::Sessions>,
     /// API keys and their rate limit.
     pub auth: Auth,
+    /// How large a spreadsheet import may be.
+    pub import: crate::import::ImportLimits,
     /// The feed's channels, shared by the WebSocket connections.
     fanout: Arc<fanout::Fanout>,
 }
@@ -64,6 +66,7 @@ impl AppState {
                 limiter: Arc::new(Limiter::new(RateLimit::default())),
             },
             fanout: fanout::Fanout::new(store.feed().clone()),
+            import: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -73,6 +76,11 @@ impl AppState {
     /// Limit each key to `limit`.
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.auth.limiter = Arc::new(Limiter::new(limit));
+        self
+    }
+
+    pub fn with_import_limits(mut self, limits: crate::import::ImportLimits) -> Self {
+        self.import = limits;
         self
     }
 
@@ -263,30 +271,53 @@ fn spec_with_security(spec: &str) -> String {
     doc.to_string()
 }
 
-/// Refuse a body over [`MAX_BODY`] with 413: a declared one before reading it, a chunked
-/// one (no `Content-Length`) as soon as it passes the limit.
+/// The route that takes spreadsheets, under its own limit (`[import] max_bytes`).
+const IMPORT_PATH: &str = "/api/v1/jobs/import";
+
+/// Refuse a body over its limit with 413: a declared one before reading it, a chunked
+/// one (no `Content-Length`) as soon as it passes the limit. JSON bodies are held in
+/// memory, up to [`MAX_BODY`]; an import is spooled to a file by the multipart reader,
+/// so it is counted as it streams through instead of buffered here.
 async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Result<Response> {
     use tokio::io::AsyncReadExt;
-    let too_large = || {
-        poem::Error::from_string(
-            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        )
+    let import = (req.uri().path() == IMPORT_PATH)
+        .then(|| req.data::<AppState>().map(|s| s.import.max_bytes))
+        .flatten();
+    let limit = import.unwrap_or(MAX_BODY as u64);
+    let too_large = move || {
+        let message = match import {
+            Some(_) => format!(
+                "the upload is larger than the {} MiB an import may be (the `[import] max_bytes` setting)",
+                limit >> 20
+            ),
+            None => format!("the request body is larger than {} MiB", limit >> 20),
+        };
+        poem::Error::from_string(message, poem::http::StatusCode::PAYLOAD_TOO_LARGE)
     };
     let declared = req
         .header(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
-        Some(_) => {}
-        None if req
+    let chunked = declared.is_none()
+        && req
             .headers()
-            .contains_key(poem::http::header::TRANSFER_ENCODING) =>
-        {
+            .contains_key(poem::http::header::TRANSFER_ENCODING);
+    match declared {
+        Some(n) if n > limit => return Err(too_large()),
+        _ if chunked && import.is_some() => {
+            let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = counted(req.take_body(), limit, over.clone());
+            req.set_body(body);
+            let answer = next.call(req).await;
+            if over.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(too_large());
+            }
+            return answer.map(poem::IntoResponse::into_response);
+        }
+        _ if chunked => {
             let mut body = Vec::new();
             req.take_body()
                 .into_async_read()
-                .take(MAX_BODY as u64 + 1)
+                .take(limit + 1)
                 .read_to_end(&mut body)
                 .await
                 .map_err(|e| {
@@ -295,14 +326,34 @@ async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Resul
                         poem::http::StatusCode::BAD_REQUEST,
                     )
                 })?;
-            if body.len() > MAX_BODY {
+            if body.len() as u64 > limit {
                 return Err(too_large());
             }
             req.set_body(body);
         }
-        None => {}
+        _ => {}
     }
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+/// `body`, failing once more than `limit` bytes have come through (and saying so in
+/// `over`, for the 413).
+fn counted(
+    body: poem::Body,
+    limit: u64,
+    over: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> poem::Body {
+    use futures_util::StreamExt;
+    let mut seen = 0u64;
+    poem::Body::from_bytes_stream(body.into_bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            over.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("the upload is over its limit"));
+        }
+        Ok(chunk)
+    }))
 }
 
 /// The HTTP server's threads: how many (default half the cores, at least one), and

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod keys;
 mod ops;
 mod ready;
+mod staging;
 mod tx;
 mod writer;
 
@@ -23,6 +24,7 @@ pub use keys::ItemKey;
 pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, JobAction, MAX_ITEMS_PER_JOB, Outcome, backoff_ms,
 };
+pub use staging::CHUNK as STAGE_CHUNK;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -580,12 +582,21 @@ impl Store {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
+        // Items of a job still being created (`staging`) are nobody's yet.
+        let mut staged: Option<(String, bool)> = None;
         for kv in self.tree.range(lower..) {
             let (k, _) = kv?;
             if !k.starts_with(&prefix) || out.len() == limit {
                 break;
             }
             let key = keys::split_item_suffix(&k).expect("status key");
+            if staged.as_ref().is_none_or(|(job, _)| *job != key.job) {
+                let hidden = self.tree.contains_key(keys::staged_key(&key.job))?;
+                staged = Some((key.job.clone(), hidden));
+            }
+            if staged.as_ref().is_some_and(|(_, hidden)| *hidden) {
+                continue;
+            }
             if let Some(raw) = self.tree.get(key.item_key())? {
                 let item: Item = serde_json::from_slice(&raw)?;
                 if tenant.is_none_or(|t| t == item.tenant) {
@@ -707,6 +718,13 @@ fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
 /// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
 /// next event seq and the items whose lease belonged to a previous engine process.
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
+    let unfinished = staging::discard_unfinished(tree)?;
+    if unfinished > 0 {
+        info!(
+            jobs = unfinished,
+            "removed jobs a previous process was still creating"
+        );
+    }
     let mut ready = Ready::default();
     let next_seq = last_event_seq(tree)? + 1;
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {

@@ -1,0 +1,359 @@
+//! Spreadsheet imports as a stream: a million-row CSV through the real HTTP server
+//! (its own threads, a 127.0.0.1 listener) while `/health` and the job list are polled,
+//! the limits that refuse a file with 413 and write nothing, and a job left half
+//! created by a process that died, removed at the next start.
+//!
+//! `cargo test -p faena --test import_stream -- --nocapture` prints the figures; the
+//! row count can be lowered with `FAENA_IMPORT_ROWS` for a quick run.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use faena::api::{ApiServer, ApiThreads, AppState};
+use faena::auth::Role;
+use faena::import::ImportLimits;
+use faena::model::{NewItem, NewJob};
+use faena::store::Store;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    store: Store,
+    url: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<ApiServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(limits: ImportLimits) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = common::open_store(&dir.path().join("store")).await;
+        let state = AppState::new(store.clone(), None)
+            .unwrap()
+            .with_import_limits(limits);
+        let (_, key) = state
+            .auth
+            .keys
+            .create("default", Role::Admin, "tests", 0)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let server =
+            ApiServer::start(listener, state, ApiThreads::default(), shutdown.clone()).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        Server {
+            store,
+            url,
+            http,
+            shutdown,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// Upload `path` as `name`; `chunked` sends it without a declared length.
+    async fn import(&self, path: &std::path::Path, name: &str, chunked: bool) -> (u16, Value) {
+        let file = tokio::fs::File::open(path).await.unwrap();
+        let len = file.metadata().await.unwrap().len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let part = if chunked {
+            reqwest::multipart::Part::stream(body)
+        } else {
+            reqwest::multipart::Part::stream_with_length(body, len)
+        };
+        let form = reqwest::multipart::Form::new()
+            .part("file", part.file_name(name.to_owned()))
+            .text("plugin", "whatsapp")
+            .text("input", r#"{"text": "hola"}"#);
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/jobs/import", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn jobs(&self) -> Vec<Value> {
+        let page: Value = self
+            .http
+            .get(format!("{}/api/v1/jobs", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["jobs"].as_array().unwrap().clone()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            s.wait().await.unwrap();
+        }
+        self.store.close().await;
+    }
+}
+
+/// A CSV of `rows` orders, written to disk row by row.
+fn orders_csv(dir: &std::path::Path, rows: usize, last: Option<&str>) -> std::path::PathBuf {
+    let path = dir.join("orders.csv");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(out, "order,phone,amount").unwrap();
+    for i in 0..rows {
+        writeln!(out, "OC-{i},+51{i:09},{}", i % 997 + 1).unwrap();
+    }
+    if let Some(line) = last {
+        writeln!(out, "{line}").unwrap();
+    }
+    out.flush().unwrap();
+    path
+}
+
+/// `VmHWM` (peak resident memory) and `VmRSS` of this process, in MiB: the engine
+/// runs inside the test process.
+fn memory_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_rows_become_a_million_items_while_health_keeps_answering() {
+    let rows: usize = std::env::var("FAENA_IMPORT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let s = Server::start(ImportLimits::default()).await;
+    let files = tempfile::tempdir().unwrap();
+    let path = orders_csv(files.path(), rows, None);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let (hwm_before, _) = memory_mib();
+
+    // Health and the job list, polled throughout from another client.
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (http, url, done) = (s.http.clone(), s.url.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut polls, mut worst, mut partial) = (0u32, Duration::ZERO, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let health = http.get(format!("{url}/health")).send().await.unwrap();
+                assert_eq!(health.status(), 200, "health answers during the import");
+                worst = worst.max(t.elapsed());
+                polls += 1;
+                let page: Value = http
+                    .get(format!("{url}/api/v1/jobs"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for job in page["jobs"].as_array().unwrap() {
+                    if job["counts"]["queued"] != json!(rows) {
+                        partial.push(job.clone());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (polls, worst, partial)
+        })
+    };
+    let started = Instant::now();
+    let (status, job) = s.import(&path, "orders.csv", false).await;
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let (polls, worst, partial) = poller.await.unwrap();
+    let (hwm, rss) = memory_mib();
+
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(
+        job["counts"]["queued"],
+        json!(rows),
+        "every row became an item"
+    );
+    assert!(polls > 0, "health was asked during the import");
+    assert!(
+        partial.is_empty(),
+        "a job seen before it was whole: {partial:?}"
+    );
+    let id = job["id"].as_str().unwrap();
+    let last = s
+        .store
+        .items(id, None, None, Some(rows as u64 - 2), 10)
+        .unwrap();
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.items[0].input["order"], format!("OC-{}", rows - 1));
+    assert_eq!(
+        last.items[0].input["text"], "hola",
+        "the job's shared input"
+    );
+    assert_eq!(s.jobs().await.len(), 1);
+    eprintln!(
+        "import: {rows} rows ({} MiB CSV) in {:.1} s; test process (engine in-process) \
+         VmHWM {hwm} MiB (before the import {hwm_before} MiB), VmRSS after {rss} MiB; \
+         /health asked {polls} times, worst {} ms",
+        size >> 20,
+        took.as_secs_f64(),
+        worst.as_millis()
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_past_a_limit_are_refused_with_413_and_leave_nothing() {
+    let s = Server::start(ImportLimits {
+        max_bytes: 256 * 1024,
+        max_rows: 2_500,
+        max_cells: 1_000_000,
+    })
+    .await;
+    let files = tempfile::tempdir().unwrap();
+    // 3,000 rows: past the row limit, under the byte limit.
+    let path = orders_csv(files.path(), 3_000, None);
+    assert!(std::fs::metadata(&path).unwrap().len() < 256 * 1024);
+    let (status, body) = s.import(&path, "orders.csv", false).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 2500 rows (the `[import] max_rows` setting)"),
+        "{body}"
+    );
+    // Past the byte limit, declared or streamed without a length.
+    let path = orders_csv(files.path(), 12_000, None);
+    assert!(std::fs::metadata(&path).unwrap().len() > 256 * 1024);
+    for chunked in [false, true] {
+        let (status, body) = s.import(&path, "orders.csv", chunked).await;
+        assert_eq!(status, 413, "chunked {chunked}: {body}");
+        assert_eq!(body["error"], "payload_too_large");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("`[import] max_bytes`"),
+            "{body}"
+        );
+    }
+    // Under the limits, a bad last row refuses everything before it too.
+    let path = orders_csv(files.path(), 2_400, Some("OC-x,+51,1,extra"));
+    let (status, body) = s.import(&path, "orders.csv", true).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("row 2402: has 4 cells where the header has 3"),
+        "{body}"
+    );
+    assert!(s.jobs().await.is_empty(), "nothing was created");
+    let queued = s
+        .store
+        .items_by_status(None, faena::model::ItemStatus::Queued, None, 10)
+        .unwrap();
+    assert!(queued.items.is_empty(), "no item was left behind");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_left_half_created_is_invisible_and_gone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open_store(dir.path()).await;
+    let new = NewJob {
+        plugin: "whatsapp".into(),
+        operation: "run".into(),
+        name: None,
+        options: Default::default(),
+        input: None,
+        start: true,
+        items: Vec::new(),
+    };
+    let item = |i: u64| NewItem {
+        input: json!({"phone": format!("+51{i:09}")}),
+        reference: None,
+    };
+    let id = store.stage_job("default", new.clone(), None).await.unwrap();
+    store
+        .stage_items(&id, 0, (0..1_500).map(item).collect())
+        .await
+        .unwrap();
+    store
+        .stage_items(&id, 1_500, (1_500..2_000).map(item).collect())
+        .await
+        .unwrap();
+    assert!(store.job(&id).is_err(), "no job before the commit");
+    let filter = faena::store::JobFilter::default();
+    assert!(store.jobs(&filter, None, 10).unwrap().items.is_empty());
+    let queued = store
+        .items_by_status(None, faena::model::ItemStatus::Queued, None, 10)
+        .unwrap();
+    assert!(queued.items.is_empty(), "staged items are nobody's");
+    // A commit that does not match what was written is refused.
+    assert!(store.commit_staged(&id, 2_001).await.is_err());
+    // The process dies here: nothing commits the job.
+    store.close().await;
+
+    let store = common::open_store(dir.path()).await;
+    assert!(store.job(&id).is_err());
+    assert!(
+        store.item(&format!("{id}-0")).is_err(),
+        "its items went with it"
+    );
+    assert!(
+        store.commit_staged(&id, 2_000).await.is_err(),
+        "nothing is left to commit"
+    );
+    // A whole one commits, and a refused one is discarded by its creator.
+    let id = store.stage_job("default", new.clone(), None).await.unwrap();
+    store
+        .stage_items(&id, 0, (0..3).map(item).collect())
+        .await
+        .unwrap();
+    let job = store.commit_staged(&id, 3).await.unwrap();
+    assert_eq!(job.counts.queued, 3);
+    assert_eq!(store.job(&id).unwrap().counts.queued, 3);
+    let gone = store.stage_job("default", new, None).await.unwrap();
+    store
+        .stage_items(&gone, 0, (0..2_500).map(item).collect())
+        .await
+        .unwrap();
+    store.discard_staged(&gone, 2_500).await.unwrap();
+    assert!(store.item(&format!("{gone}-2499")).is_err());
+    assert!(store.commit_staged(&gone, 2_500).await.is_err());
+    let counts = store.count_by_status().unwrap();
+    let queued = counts
+        .iter()
+        .find(|(s, _)| *s == faena::model::ItemStatus::Queued)
+        .unwrap()
+        .1;
+    assert_eq!(queued, 3, "only the committed job's items are counted");
+    store.close().await;
+}
