@@ -63,6 +63,11 @@ pub struct Store {
     instance: Arc<str>,
 }
 
+/// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
+/// process, grow with everything written: a million-item import alone would fill it.
+/// Recent items and events, the ones the engine reads, fit in far less.
+const CACHE_CAPACITY: u64 = 128 << 20;
+
 /// How many stored events one [`Store::event_texts`] call looks at, at most.
 pub const SCAN_LIMIT: usize = 10_000;
 
@@ -115,9 +120,14 @@ impl Store {
     /// attempt); leases of external workers keep running until they expire.
     pub async fn open(dir: &Path, clock: Clock) -> Result<Store> {
         let path = dir.to_owned();
-        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(path).open())
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let db = tokio::task::spawn_blocking(move || {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_CAPACITY)
+                .open()
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
         let tree = db.open_tree("faena")?;
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
         let shared = Arc::new(Shared {

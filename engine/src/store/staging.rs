@@ -56,28 +56,18 @@ impl Writer {
         Ok(id)
     }
 
-    /// Store items `first..` of a job being created, with their status index entries.
-    /// The status counts move only at the commit: until then nothing counts them.
+    /// Store a chunk of a job being created: its items and status index entries, made
+    /// and serialized by the caller ([`Store::stage_items`]), so the writer only checks
+    /// the marker is there and copies them. The status counts move only at the commit.
     pub(crate) fn stage_items(
         &mut self,
         tx: &mut Tx<'_>,
         id: &str,
-        first: u64,
-        items: Vec<NewItem>,
+        writes: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<()> {
-        let marker = staged(tx, id)?;
-        let end = first + items.len() as u64;
-        if end > MAX_ITEMS_PER_JOB as u64 {
-            return Err(StoreError::Invalid(format!(
-                "items: more than the {MAX_ITEMS_PER_JOB} one job may hold"
-            )));
-        }
-        let status = initial_status(&marker.job);
-        for (i, it) in items.into_iter().enumerate() {
-            let index = first + i as u64;
-            let item = new_item(&marker.job, index, it, marker.input.as_ref(), tx.now)?;
-            tx.put_item(&item);
-            tx.put(keys::status_key(status, id, index), Vec::new());
+        staged(tx, id)?;
+        for (k, v) in writes {
+            tx.put(k, v);
         }
         Ok(())
     }
@@ -144,16 +134,40 @@ impl Store {
     }
 
     /// Store the next chunk of a job being created, its items numbered from `first`
-    /// (at most [`CHUNK`] a call keeps other writers waiting least).
+    /// (at most [`CHUNK`] a call keeps other writers waiting least). The items are made
+    /// and serialized on a blocking thread of the caller's, not by the writer, which
+    /// every tenant's changes wait for.
     pub async fn stage_items(&self, job: &str, first: u64, items: Vec<NewItem>) -> Result<()> {
-        let job = job.to_owned();
-        self.send(|reply| Command::StageItems {
-            job,
-            first,
-            items,
-            reply,
+        let raw = self
+            .tree
+            .get(keys::staged_key(job))?
+            .ok_or_else(|| StoreError::not_found("job being created", job))?;
+        let marker: Staged = serde_json::from_slice(&raw)?;
+        if first + items.len() as u64 > MAX_ITEMS_PER_JOB as u64 {
+            return Err(StoreError::Invalid(format!(
+                "items: more than the {MAX_ITEMS_PER_JOB} one job may hold"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let writes = tokio::task::spawn_blocking(move || {
+            let status = initial_status(&marker.job);
+            let mut writes = Vec::with_capacity(items.len() * 2);
+            for (i, it) in items.into_iter().enumerate() {
+                let index = first + i as u64;
+                let item = new_item(&marker.job, index, it, marker.input.as_ref(), now)?;
+                writes.push((
+                    keys::item_key(&item.job_id, index),
+                    serde_json::to_vec(&item)?,
+                ));
+                writes.push((keys::status_key(status, &item.job_id, index), Vec::new()));
+            }
+            Ok::<_, StoreError>(writes)
         })
         .await
+        .map_err(|e| StoreError::Storage(format!("making a chunk of items failed: {e}")))??;
+        let job = job.to_owned();
+        self.send(|reply| Command::StageItems { job, writes, reply })
+            .await
     }
 
     /// The job with its `total` items, visible and (if it starts now) queued.

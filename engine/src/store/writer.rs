@@ -109,8 +109,8 @@ pub(crate) enum Command {
     },
     StageItems {
         job: String,
-        first: u64,
-        items: Vec<crate::model::NewItem>,
+        /// Item records and status index entries, keys and values.
+        writes: Vec<(Vec<u8>, Vec<u8>)>,
         reply: Reply<()>,
     },
     CommitStaged {
@@ -462,12 +462,9 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.stage_job(tx, &tenant, job, plugin_version)
             }),
-            Command::StageItems {
-                job,
-                first,
-                items,
-                reply,
-            } => self.run_tx(group, reply, |w, tx| w.stage_items(tx, &job, first, items)),
+            Command::StageItems { job, writes, reply } => {
+                self.run_tx(group, reply, |w, tx| w.stage_items(tx, &job, writes))
+            }
             Command::CommitStaged { job, total, reply } => {
                 self.run_tx(group, reply, |w, tx| w.commit_staged(tx, &job, total))
             }
