@@ -280,9 +280,10 @@ const IMPORT_PATH: &str = "/api/v1/jobs/import";
 /// so it is counted as it streams through instead of buffered here.
 async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Result<Response> {
     use tokio::io::AsyncReadExt;
-    let import = (req.uri().path() == IMPORT_PATH)
-        .then(|| req.data::<AppState>().map(|s| s.import.max_bytes))
-        .flatten();
+    let import = match req.uri().path() {
+        IMPORT_PATH => req.data::<AppState>().map(|s| s.import.max_bytes),
+        _ => None,
+    };
     let limit = import.unwrap_or(MAX_BODY as u64);
     let too_large = move || {
         let message = match import {
