@@ -413,6 +413,16 @@ async fn a_job_left_half_created_is_invisible_and_gone_after_a_restart() {
     store.close().await;
 }
 
+/// A child process that dies with the test, even one that fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real binary, killed with SIGKILL while it writes a 200,000-row import: the next
 /// start finds the job's marker and removes it with every chunk under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,15 +433,17 @@ async fn sigkill_mid_import_leaves_no_partial_job() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut faena = std::process::Command::new(env!("CARGO_BIN_EXE_faena"))
-        .args(["serve", "--no-browser", "--port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("FAENA_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut faena = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_faena"))
+            .args(["serve", "--no-browser", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("FAENA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(120);
     while reqwest::get(format!("{url}/health")).await.is_err() {
@@ -482,8 +494,8 @@ async fn sigkill_mid_import_leaves_no_partial_job() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    faena.kill().unwrap();
-    faena.wait().unwrap();
+    faena.0.kill().unwrap();
+    faena.0.wait().unwrap();
     let _ = upload.await;
 
     let store_dir = data.join("store");
