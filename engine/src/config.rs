@@ -28,6 +28,8 @@ pub struct FileConfig {
     /// Per-tenant settings (a cap on their running items), by tenant name.
     #[serde(default)]
     pub tenants: BTreeMap<String, crate::store::TenantConfig>,
+    /// Limits of a spreadsheet import: `max_bytes`, `max_rows`, `max_cells`.
+    pub import: Option<crate::import::ImportLimits>,
     pub store: Option<StoreFileConfig>,
     /// How a shutdown (SIGTERM, Ctrl-C) lets running items finish.
     pub shutdown: Option<ShutdownFileConfig>,
@@ -141,6 +143,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Caps on the feed's connections.
     pub feed_limits: crate::api::FeedConnectionLimits,
+    /// How large a spreadsheet import may be.
+    pub import: crate::import::ImportLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +258,15 @@ impl Config {
                 ),
             });
         }
+        let import = file_cfg.import.unwrap_or_default();
+        if import.max_bytes == 0 || import.max_rows == 0 || import.max_cells == 0 {
+            return Err(ConfigError::Invalid {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: "[import] max_bytes, max_rows and max_cells must be above 0".into(),
+            });
+        }
         Ok(Config {
+            import,
             space,
             shutdown_grace,
             api_threads,
@@ -321,6 +333,13 @@ mod tests {
         assert_eq!(cfg.addr.port(), 9100);
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/faena"));
         assert_eq!(cfg.plugins["gsp"].browser, Some(true));
+        std::fs::write(&path, "[import]\nmax_rows = 5000\n").unwrap();
+        let cfg = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(cfg.import.max_rows, 5000);
+        assert_eq!(
+            cfg.import.max_bytes,
+            crate::import::ImportLimits::default().max_bytes
+        );
         let defaults = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(defaults.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(defaults.data_dir, PathBuf::from("./data"));

@@ -21,7 +21,9 @@
 //! - [`sessions`]: long-lived plugin instances with their own browser context, opened
 //!   by a login operation and called one call at a time.
 //! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and
-//!   column.
+//!   column. `POST /api/v1/jobs/import` reads the file as a stream on a blocking
+//!   thread and hands items to the store in chunks under a "being created" marker
+//!   (`Store::stage_items`); the job appears whole with `Store::commit_staged`.
 //! - [`model`]: jobs, items, events and the legal status transitions.
 //! - [`auth`]: API keys (hashed), tenants, roles and per-key rate limits.
 //! - [`secrets`]: per-tenant secrets, encrypted at rest, handed to the plugins granted

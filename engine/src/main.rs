@@ -152,7 +152,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(store.clone(), Some(runtime.clone()))?
         .with_sessions(sessions)
         .with_rate_limit(config.rate_limit)
-        .with_feed_limits(config.feed_limits);
+        .with_feed_limits(config.feed_limits)
+        .with_import_limits(config.import);
     if let Some(path) = state
         .auth
         .keys

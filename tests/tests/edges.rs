@@ -72,9 +72,15 @@ async fn wait_job(f: &Faena, id: &str, secs: u64, done: impl Fn(&Value) -> bool)
     }
 }
 
-/// The store of a stopped engine, opened directly to look at what it left.
+/// The store of a stopped engine, opened directly (with its secrets key) to look at
+/// what it left.
 async fn open_store(data: &Path) -> Store {
-    Store::open(&data.join("store"), Clock::new())
+    let key = faena::secrets::SecretKey::from_file(&data.join("secret.key")).unwrap();
+    let options = StoreOptions {
+        key: Some(key),
+        ..Default::default()
+    };
+    Store::open_with(&data.join("store"), Clock::new(), options)
         .await
         .unwrap()
 }

@@ -62,6 +62,10 @@ impl ApiError {
         ApiError::Invalid(body("invalid", message))
     }
 
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError::PayloadTooLarge(body("payload_too_large", message))
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::NotFound(body("not_found", message))
     }

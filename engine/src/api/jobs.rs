@@ -10,7 +10,7 @@ use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use crate::import;
-use crate::model::{Item, ItemStatus, Job, JobStatus, NewJob, PoolOptions};
+use crate::model::{Item, ItemStatus, Job, JobStatus, NewItem, NewJob, PoolOptions};
 use crate::store::{JobAction, JobFilter};
 
 #[derive(Tags)]
@@ -116,9 +116,12 @@ impl JobsApi {
     /// per group of rows. The operation may declare its grouping, required columns and
     /// whole-number columns (`x-faena-import` in its input schema; `group_by` and
     /// `reference` here override it). Every problem is reported by row and column,
-    /// and a file with any creates nothing.
+    /// and a file with any creates nothing (422). The file is read as a stream, within
+    /// the `[import]` limits on bytes, rows and cells (413 past them); the job appears
+    /// whole once every row is stored.
     #[oai(path = "/jobs/import", method = "post", operation_id = "import_job")]
     async fn import(&self, form: ImportForm) -> ApiResult<Created> {
+        self.state.store.writable()?;
         let json_field = |field: &str, text: &Option<String>| -> ApiResult<serde_json::Value> {
             match text {
                 None => Ok(serde_json::Value::Null),
@@ -138,13 +141,6 @@ impl JobsApi {
             })?,
         };
         let file_name = form.file.file_name().unwrap_or("upload").to_owned();
-        let bytes = form
-            .file
-            .into_vec()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("file: {e}")))?;
-        let table = import::read(&file_name, &bytes)
-            .map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
         let operation = form.operation.clone().unwrap_or_else(|| "run".into());
         // What the plugin's operation declares (`x-faena-import`), unless the form
         // says otherwise.
@@ -162,28 +158,45 @@ impl JobsApi {
             reference: form.reference.or(defaults.reference),
             positive_integer: defaults.positive_integer,
         };
-        let items = import::to_items(&table, &spec)
-            .map_err(|e| ApiError::invalid(format!("{file_name}: {e}")))?;
         let job = NewJob {
             plugin: form.plugin,
             operation,
-            name: form.name.or(Some(file_name)),
+            name: form.name.or(Some(file_name.clone())),
             options,
             input: match json_field("input", &form.input)? {
                 serde_json::Value::Null => None,
                 v => Some(v),
             },
             start: form.start.unwrap_or(true),
-            items,
+            items: Vec::new(),
         };
-        let version = self.state.plugin_version(&job.plugin, &job.operation)?;
-        self.state.check_inputs(&job)?;
-        let job = self
-            .state
-            .store
-            .create_job(&self.state.tenant(), job, version)
-            .await?;
-        Ok(Created::Created(Json(job)))
+        let plugin_version = self.state.plugin_version(&job.plugin, &job.operation)?;
+        let check = self.state.input_check(&job);
+        // The upload is already on disk (a temporary file); it is read from there as
+        // a stream, on a blocking thread.
+        let file = form.file.into_file().into_std().await;
+        let request = import::Request {
+            tenant: self.state.tenant(),
+            job,
+            plugin_version,
+            upload: import::Upload {
+                file_name: file_name.clone(),
+                file,
+            },
+            spec,
+            limits: self.state.import,
+            check: std::sync::Arc::new(move |item: &NewItem| check("", item)),
+        };
+        match import::create_job(self.state.store.clone(), request).await {
+            Ok(job) => Ok(Created::Created(Json(job))),
+            Err(import::ImportFailed::Invalid(e)) => {
+                Err(ApiError::invalid(format!("{file_name}: {e}")))
+            }
+            Err(import::ImportFailed::TooLarge(e)) => {
+                Err(ApiError::too_large(format!("{file_name}: {e}")))
+            }
+            Err(import::ImportFailed::Store(e)) => Err(e.into()),
+        }
     }
 
     /// List jobs, newest first.

@@ -52,6 +52,8 @@ pub struct AppState {
     pub sessions: Option<crate::sessions::Sessions>,
     /// API keys and their rate limit.
     pub auth: Auth,
+    /// How large a spreadsheet import may be.
+    pub import: crate::import::ImportLimits,
     /// The feed's channels, shared by the WebSocket connections.
     fanout: Arc<fanout::Fanout>,
     /// The feed's open connections, under their caps.
@@ -69,6 +71,7 @@ impl AppState {
             },
             fanout: fanout::Fanout::new(store.feed().clone()),
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
+            import: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -90,6 +93,11 @@ impl AppState {
     /// The feed's connections open now: of the API key `key_id`, and in all.
     pub fn feed_connections(&self, key_id: &str) -> (usize, usize) {
         self.feed_slots.open(key_id)
+    }
+
+    pub fn with_import_limits(mut self, limits: crate::import::ImportLimits) -> Self {
+        self.import = limits;
+        self
     }
 
     pub fn with_sessions(mut self, sessions: crate::sessions::Sessions) -> Self {
@@ -137,27 +145,38 @@ impl AppState {
     /// 422 naming the item and the field when an item's input (with the job's shared
     /// fields) does not match its operation's JSON Schema.
     pub fn check_inputs(&self, job: &crate::model::NewJob) -> ApiResult<()> {
-        let Some(schemas) = self
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.input_schemas(&job.plugin))
-        else {
-            return Ok(());
-        };
+        let check = self.input_check(job);
         for (i, item) in job.items.iter().enumerate() {
-            let label = || format!("items[{i}]");
-            let input = match &job.input {
-                None => std::borrow::Cow::Borrowed(&item.input),
-                Some(shared) => std::borrow::Cow::Owned(
-                    crate::store::with_defaults(i, item.input.clone(), Some(shared))
-                        .map_err(|e| ApiError::invalid(e.to_string()))?,
-                ),
-            };
-            schemas
-                .check(&job.operation, label, &input)
-                .map_err(ApiError::invalid)?;
+            check(&format!("items[{i}]"), item).map_err(ApiError::invalid)?;
         }
         Ok(())
+    }
+
+    /// The check of one item of `job` against its operation's JSON Schema, with the
+    /// job's shared fields merged in first; the message starts with `label` (empty:
+    /// `input…`, for an importer that names the row itself).
+    pub fn input_check(
+        &self,
+        job: &crate::model::NewJob,
+    ) -> impl Fn(&str, &crate::model::NewItem) -> Result<(), String> + Send + Sync + 'static {
+        let schemas = self
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.input_schemas(&job.plugin));
+        let (operation, shared) = (job.operation.clone(), job.input.clone());
+        move |label, item| {
+            let Some(schemas) = &schemas else {
+                return Ok(());
+            };
+            let input = match &shared {
+                None => std::borrow::Cow::Borrowed(&item.input),
+                Some(shared) => std::borrow::Cow::Owned(
+                    crate::store::with_defaults(0, item.input.clone(), Some(shared))
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            schemas.check(&operation, || label.to_owned(), &input)
+        }
     }
 
     /// The plugin version a new job runs with; 422 when it cannot run here.
@@ -390,30 +409,54 @@ fn spec_with_security(spec: &str) -> String {
     doc.to_string()
 }
 
-/// Refuse a body over [`MAX_BODY`] with 413: a declared one before reading it, a chunked
-/// one (no `Content-Length`) as soon as it passes the limit.
+/// The route that takes spreadsheets, under its own limit (`[import] max_bytes`).
+const IMPORT_PATH: &str = "/api/v1/jobs/import";
+
+/// Refuse a body over its limit with 413: a declared one before reading it, a chunked
+/// one (no `Content-Length`) as soon as it passes the limit. JSON bodies are held in
+/// memory, up to [`MAX_BODY`]; an import is spooled to a file by the multipart reader,
+/// so it is counted as it streams through instead of buffered here.
 async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Result<Response> {
     use tokio::io::AsyncReadExt;
-    let too_large = || {
-        poem::Error::from_string(
-            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        )
+    let import = match req.uri().path() {
+        IMPORT_PATH => req.data::<AppState>().map(|s| s.import.max_bytes),
+        _ => None,
+    };
+    let limit = import.unwrap_or(MAX_BODY as u64);
+    let too_large = move || {
+        let message = match import {
+            Some(_) => format!(
+                "the upload is larger than the {} MiB an import may be (the `[import] max_bytes` setting)",
+                limit >> 20
+            ),
+            None => format!("the request body is larger than {} MiB", limit >> 20),
+        };
+        poem::Error::from_string(message, poem::http::StatusCode::PAYLOAD_TOO_LARGE)
     };
     let declared = req
         .header(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
-        Some(_) => {}
-        None if req
+    let chunked = declared.is_none()
+        && req
             .headers()
-            .contains_key(poem::http::header::TRANSFER_ENCODING) =>
-        {
+            .contains_key(poem::http::header::TRANSFER_ENCODING);
+    match declared {
+        Some(n) if n > limit => return Err(too_large()),
+        _ if chunked && import.is_some() => {
+            let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = counted(req.take_body(), limit, over.clone());
+            req.set_body(body);
+            let answer = next.call(req).await;
+            if over.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(too_large());
+            }
+            return answer.map(poem::IntoResponse::into_response);
+        }
+        _ if chunked => {
             let mut body = Vec::new();
             req.take_body()
                 .into_async_read()
-                .take(MAX_BODY as u64 + 1)
+                .take(limit + 1)
                 .read_to_end(&mut body)
                 .await
                 .map_err(|e| {
@@ -422,14 +465,34 @@ async fn limit_body<E: Endpoint>(next: E, mut req: poem::Request) -> poem::Resul
                         poem::http::StatusCode::BAD_REQUEST,
                     )
                 })?;
-            if body.len() > MAX_BODY {
+            if body.len() as u64 > limit {
                 return Err(too_large());
             }
             req.set_body(body);
         }
-        None => {}
+        _ => {}
     }
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+/// `body`, failing once more than `limit` bytes have come through (and saying so in
+/// `over`, for the 413).
+fn counted(
+    body: poem::Body,
+    limit: u64,
+    over: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> poem::Body {
+    use futures_util::StreamExt;
+    let mut seen = 0u64;
+    poem::Body::from_bytes_stream(body.into_bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            over.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("the upload is over its limit"));
+        }
+        Ok(chunk)
+    }))
 }
 
 /// The HTTP server's threads: how many (default half the cores, at least one), and

@@ -49,11 +49,18 @@ impl InputSchemas {
         };
         match validator.iter_errors(input).next() {
             None => Ok(()),
-            Some(e) => Err(format!(
-                "{}.input{}: {e}",
-                label(),
-                dotted(&e.instance_path().to_string())
-            )),
+            Some(e) => {
+                let label = label();
+                let head = if label.is_empty() {
+                    "input".to_owned()
+                } else {
+                    format!("{label}.input")
+                };
+                Err(format!(
+                    "{head}{}: {e}",
+                    dotted(&e.instance_path().to_string())
+                ))
+            }
         }
     }
 }
@@ -128,6 +135,10 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.starts_with("row 7.input.lines[1].qty: "), "{e}");
+        let e = s
+            .check("send", String::new, &json!({"phone": 1, "text": "x"}))
+            .unwrap_err();
+        assert!(e.starts_with("input.phone: "), "{e}");
         // An operation without a compiled schema takes anything.
         assert!(s.check("other", || "items[0]".into(), &json!(1)).is_ok());
     }

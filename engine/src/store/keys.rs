@@ -8,6 +8,7 @@
 //! | `s`    | status byte, job id, item index    | `not_before` (i64 BE) or ""  |
 //! | `e`    | seq (u64 BE)                       | event JSON                   |
 //! | `l`    | job id, item index, seq (u64 BE)   | log line JSON                |
+//! | `c`    | job id                             | a job being created in chunks (`staging`) |
 
 use crate::model::ItemStatus;
 
@@ -16,6 +17,7 @@ pub const ITEM: u8 = b'i';
 pub const STATUS: u8 = b's';
 pub const EVENT: u8 = b'e';
 pub const LOG: u8 = b'l';
+pub const STAGED: u8 = b'c';
 
 pub const JOB_ID_LEN: usize = 26;
 
@@ -70,6 +72,13 @@ pub fn valid_job_id(id: &str) -> bool {
 pub fn job_key(job: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + JOB_ID_LEN);
     k.push(JOB);
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
+pub fn staged_key(job: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN);
+    k.push(STAGED);
     k.extend_from_slice(job.as_bytes());
     k
 }

@@ -10,6 +10,7 @@ pub mod keys;
 mod ops;
 mod ready;
 pub mod space;
+mod staging;
 mod tx;
 mod writer;
 
@@ -28,6 +29,7 @@ pub use ops::{
     backoff_ms, with_defaults,
 };
 pub use space::{Space, SpaceLimits};
+pub use staging::CHUNK as STAGE_CHUNK;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -95,6 +97,11 @@ pub struct Store {
     secrets: crate::secrets::Secrets,
 }
 
+/// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
+/// process, grow with everything written: a million-item import alone would fill it.
+/// Recent items and events, the ones the engine reads, fit in far less.
+const CACHE_CAPACITY: u64 = 128 << 20;
+
 /// How many stored events one [`Store::event_texts`] call looks at, at most.
 pub const SCAN_LIMIT: usize = 10_000;
 
@@ -159,7 +166,12 @@ impl Store {
         let db = tokio::task::spawn_blocking(move || {
             space::set_aside_stale_snapshots(&path)
                 .map_err(|e| StoreError::Storage(format!("{}: {e}", path.display())))?;
-            Ok::<_, StoreError>(sled::Config::new().path(path).open()?)
+            Ok::<_, StoreError>(
+                sled::Config::new()
+                    .path(path)
+                    .cache_capacity(CACHE_CAPACITY)
+                    .open()?,
+            )
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
@@ -728,12 +740,21 @@ impl Store {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
+        // Items of a job still being created (`staging`) are nobody's yet.
+        let mut staged: Option<(String, bool)> = None;
         for kv in self.tree.range(lower..) {
             let (k, _) = kv?;
             if !k.starts_with(&prefix) || out.len() == limit {
                 break;
             }
             let key = keys::split_item_suffix(&k).expect("status key");
+            if staged.as_ref().is_none_or(|(job, _)| *job != key.job) {
+                let hidden = self.tree.contains_key(keys::staged_key(&key.job))?;
+                staged = Some((key.job.clone(), hidden));
+            }
+            if staged.as_ref().is_some_and(|(_, hidden)| *hidden) {
+                continue;
+            }
             if let Some(raw) = self.tree.get(key.item_key())? {
                 let item: Item = serde_json::from_slice(&raw)?;
                 if tenant.is_none_or(|t| t == item.tenant) {
@@ -863,6 +884,13 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
+    let unfinished = staging::discard_unfinished(tree)?;
+    if unfinished > 0 {
+        info!(
+            jobs = unfinished,
+            "removed jobs a previous process was still creating"
+        );
+    }
     let mut ready = Ready::default();
     let next_seq = last_event_seq(tree)? + 1;
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {

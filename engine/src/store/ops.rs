@@ -13,7 +13,7 @@ use super::tx::Tx;
 use super::writer::Writer;
 use crate::model::{
     Actor, Attempt, ErrorKind, FailurePolicy, Item, ItemError, ItemStatus, Job, JobOptions,
-    JobStatus, Lease, NewJob, PoolOptions, RATE_LIMITED, Step, kind, limits,
+    JobStatus, Lease, NewItem, NewJob, PoolOptions, RATE_LIMITED, Step, kind, limits,
 };
 
 /// Largest job accepted in one request.
@@ -198,6 +198,92 @@ pub fn with_defaults(
     }
 }
 
+/// A new job's record, checked (name, operation, options, shared input) but without
+/// items or counts: [`Writer::create_job`] and the staged creation of big imports
+/// (`store::staging`) both start from it.
+pub(super) fn new_job(
+    now: i64,
+    tenant: &str,
+    new: &NewJob,
+    plugin_version: Option<String>,
+) -> Result<Job> {
+    check_name("plugin", &new.plugin)?;
+    check_name("operation", &new.operation)?;
+    check_options(&new.options)?;
+    if let Some(d) = &new.input
+        && !d.is_object()
+    {
+        return Err(StoreError::Invalid(
+            "input: the job's shared input must be a JSON object".into(),
+        ));
+    }
+    Ok(Job {
+        id: keys::new_job_id(),
+        tenant: tenant.to_owned(),
+        plugin: new.plugin.clone(),
+        operation: new.operation.clone(),
+        plugin_version,
+        name: new.name.clone(),
+        status: if new.start {
+            JobStatus::Running
+        } else {
+            JobStatus::Pending
+        },
+        options: new.options.clone(),
+        counts: Default::default(),
+        created_at: now,
+        started_at: new.start.then_some(now),
+        finished_at: None,
+        updated_at: now,
+        resources: Default::default(),
+    })
+}
+
+/// The status a new job's items start in: queued when it starts at once.
+pub(super) fn initial_status(job: &Job) -> ItemStatus {
+    if job.status == JobStatus::Pending {
+        ItemStatus::Pending
+    } else {
+        ItemStatus::Queued
+    }
+}
+
+/// Item `index` of `job`, as it is first stored: every item of every job is made here.
+pub(super) fn new_item(
+    job: &Job,
+    index: u64,
+    it: NewItem,
+    defaults: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<Item> {
+    if it.reference.as_ref().is_some_and(|r| r.len() > 256) {
+        return Err(StoreError::Invalid(format!(
+            "items[{index}].reference: longer than 256 characters"
+        )));
+    }
+    Ok(Item {
+        id: format!("{}-{index}", job.id),
+        job_id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        index,
+        plugin: job.plugin.clone(),
+        reference: it.reference,
+        input: with_defaults(index as usize, it.input, defaults)?,
+        status: initial_status(job),
+        attempt: 0,
+        max_attempts: job.options.max_attempts,
+        not_before: None,
+        lease: None,
+        attempts: Vec::new(),
+        steps: Vec::new(),
+        error: None,
+        result: None,
+        resource: None,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
 /// Delay before retry number `attempt` (the attempt that just failed): exponential from
 /// `backoff_ms`, capped, with jitter in the upper half so retries of a batch spread out,
 /// and never shorter than what the plugin asked for. Every figure is clamped into
@@ -239,9 +325,7 @@ impl Writer {
         new: NewJob,
         plugin_version: Option<String>,
     ) -> Result<Job> {
-        check_name("plugin", &new.plugin)?;
-        check_name("operation", &new.operation)?;
-        check_options(&new.options)?;
+        let mut job = new_job(tx.now, tenant, &new, plugin_version)?;
         if new.items.is_empty() {
             return Err(StoreError::Invalid(
                 "items: a job needs at least one item".into(),
@@ -253,114 +337,46 @@ impl Writer {
                 new.items.len()
             )));
         }
-        if let Some((i, _)) = new
-            .items
-            .iter()
-            .enumerate()
-            .find(|(_, it)| it.reference.as_ref().is_some_and(|r| r.len() > 256))
-        {
-            return Err(StoreError::Invalid(format!(
-                "items[{i}].reference: longer than 256 characters"
-            )));
-        }
-        if let Some(d) = &new.input
-            && !d.is_object()
-        {
-            return Err(StoreError::Invalid(
-                "input: the job's shared input must be a JSON object".into(),
-            ));
-        }
-        let now = tx.now;
-        let id = keys::new_job_id();
-        let status = if new.start {
-            JobStatus::Running
-        } else {
-            JobStatus::Pending
-        };
-        let item_status = if new.start {
-            ItemStatus::Queued
-        } else {
-            ItemStatus::Pending
-        };
+        let item_status = initial_status(&job);
         let n = new.items.len() as u64;
-        let mut job = Job {
-            id: id.clone(),
-            tenant: tenant.to_owned(),
-            plugin: new.plugin.clone(),
-            operation: new.operation.clone(),
-            plugin_version,
-            name: new.name.clone(),
-            status,
-            options: new.options.clone(),
-            counts: Default::default(),
-            created_at: now,
-            started_at: new.start.then_some(now),
-            finished_at: None,
-            updated_at: now,
-            resources: Default::default(),
-        };
         *job.counts.get_mut(item_status) = n;
         for (index, it) in new.items.into_iter().enumerate() {
-            let item = Item {
-                id: format!("{id}-{index}"),
-                job_id: id.clone(),
-                tenant: tenant.to_owned(),
-                index: index as u64,
-                plugin: new.plugin.clone(),
-                reference: it.reference,
-                input: with_defaults(index, it.input, new.input.as_ref())?,
-                status: item_status,
-                attempt: 0,
-                max_attempts: new.options.max_attempts,
-                not_before: None,
-                lease: None,
-                attempts: Vec::new(),
-                steps: Vec::new(),
-                error: None,
-                result: None,
-                resource: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let item = new_item(&job, index as u64, it, new.input.as_ref(), tx.now)?;
             tx.insert_item(&item);
         }
         tx.insert_job(job.clone());
+        self.announce_job(tx, &job, n);
+        Ok(job)
+    }
+
+    /// A job's items are all stored: tell the feed, and queue them if it starts now.
+    pub(super) fn announce_job(&mut self, tx: &mut Tx<'_>, job: &Job, n: u64) {
         tx.emit(
-            tenant,
+            &job.tenant,
             kind::JOB_CREATED,
-            Some(&id),
+            Some(&job.id),
             None,
             json!({"plugin": job.plugin, "operation": job.operation, "name": job.name, "total": n}),
         );
-        if new.start {
+        if job.status == JobStatus::Running {
             tx.emit(
-                tenant,
+                &job.tenant,
                 kind::JOB_STARTED,
-                Some(&id),
+                Some(&job.id),
                 None,
                 json!({"queued": n, "total": n}),
             );
             self.ready.add_job(
-                &id,
+                &job.id,
                 &job.plugin,
-                tenant,
+                &job.tenant,
                 job.options.priority,
                 job.options.effective_concurrency(),
                 false,
             );
-            for index in 0..n {
-                self.ready.push(
-                    ItemKey {
-                        job: id.clone(),
-                        index,
-                    },
-                    None,
-                    now,
-                );
-            }
+            self.ready.push_all(&job.id, n);
             self.wake = true;
         }
-        Ok(job)
     }
 
     pub(crate) fn job_action(

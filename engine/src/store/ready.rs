@@ -155,6 +155,14 @@ impl Ready {
         }
     }
 
+    /// Make items `0..n` of `job` claimable at once (a job just created).
+    pub fn push_all(&mut self, job: &str, n: u64) {
+        if let Some(q) = self.jobs.get_mut(job) {
+            q.ready.extend(0..n);
+            self.relink(job);
+        }
+    }
+
     /// Drop an item from the ready and delayed sets (cancelled or claimed by id).
     pub fn unqueue(&mut self, key: &ItemKey, not_before: Option<i64>) {
         if let Some(t) = not_before {

@@ -111,6 +111,30 @@ pub(crate) enum Command {
         data: serde_json::Value,
         reply: Reply<Event>,
     },
+    StageJob {
+        tenant: String,
+        job: NewJob,
+        plugin_version: Option<String>,
+        reply: Reply<String>,
+    },
+    StageItems {
+        job: String,
+        /// Item records and status index entries, keys and values.
+        writes: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: Reply<()>,
+    },
+    CommitStaged {
+        job: String,
+        total: u64,
+        reply: Reply<Job>,
+    },
+    DiscardStaged {
+        job: String,
+        from: u64,
+        to: u64,
+        last: bool,
+        reply: Reply<()>,
+    },
     SetPluginLimit {
         plugin: String,
         limit: Option<u32>,
@@ -452,6 +476,29 @@ impl Writer {
                 reply,
             } => self.run_tx(group, reply, |w, tx| {
                 w.publish(tx, &tenant, &kind, job_id, data)
+            }),
+            Command::StageJob {
+                tenant,
+                job,
+                plugin_version,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.stage_job(tx, &tenant, job, plugin_version)
+            }),
+            Command::StageItems { job, writes, reply } => {
+                self.run_tx(group, reply, |w, tx| w.stage_items(tx, &job, writes))
+            }
+            Command::CommitStaged { job, total, reply } => {
+                self.run_tx(group, reply, |w, tx| w.commit_staged(tx, &job, total))
+            }
+            Command::DiscardStaged {
+                job,
+                from,
+                to,
+                last,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.discard_staged(tx, &job, from, to, last)
             }),
             Command::SetPluginLimit { plugin, limit } => {
                 self.ready.set_plugin_limit(&plugin, limit);

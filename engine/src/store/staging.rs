@@ -1,0 +1,234 @@
+//! Jobs too big for one command (a spreadsheet of a million rows): the job is written in
+//! chunks under a "being created" marker (`c` + job id), so other writes interleave
+//! between the chunks, and it becomes a job — listed, claimable, on the feed — only with
+//! its final commit. Until then its items are reachable by nobody: no job record points
+//! at them, no event names them and the ready queues do not hold them. A refused import
+//! is discarded chunk by chunk; a process that dies midway leaves the marker, and the
+//! next start removes what it guards ([`discard_unfinished`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+use super::error::{Result, StoreError};
+use super::keys;
+use super::ops::{MAX_ITEMS_PER_JOB, initial_status, new_item, new_job};
+use super::tx::Tx;
+use super::writer::{Command, Writer};
+use crate::model::{Job, NewItem, NewJob};
+
+/// Items written or removed per command, so that one import never holds the writer
+/// for long.
+pub const CHUNK: usize = 1_000;
+
+/// What the marker keeps: the job as it will be, and the shared input its items get.
+#[derive(Debug, Serialize, Deserialize)]
+struct Staged {
+    job: Job,
+    input: Option<serde_json::Value>,
+}
+
+fn staged(tx: &Tx<'_>, id: &str) -> Result<Staged> {
+    let raw = tx
+        .get(&keys::staged_key(id))?
+        .ok_or_else(|| StoreError::not_found("job being created", id))?;
+    Ok(serde_json::from_slice(&raw)?)
+}
+
+impl Writer {
+    /// Check the job and leave its marker; its items follow with [`Writer::stage_items`].
+    pub(crate) fn stage_job(
+        &mut self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        new: NewJob,
+        plugin_version: Option<String>,
+    ) -> Result<String> {
+        let job = new_job(tx.now, tenant, &new, plugin_version)?;
+        let id = job.id.clone();
+        let marker = Staged {
+            job,
+            input: new.input,
+        };
+        tx.put(
+            keys::staged_key(&id),
+            serde_json::to_vec(&marker).expect("job serializes"),
+        );
+        Ok(id)
+    }
+
+    /// Store a chunk of a job being created: its items and status index entries, made
+    /// and serialized by the caller ([`Store::stage_items`]), so the writer only checks
+    /// the marker is there and copies them. The status counts move only at the commit.
+    pub(crate) fn stage_items(
+        &mut self,
+        tx: &mut Tx<'_>,
+        id: &str,
+        writes: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        staged(tx, id)?;
+        for (k, v) in writes {
+            tx.put(k, v);
+        }
+        Ok(())
+    }
+
+    /// Make the job real: its record, its counts, its events, its queue — one write.
+    pub(crate) fn commit_staged(&mut self, tx: &mut Tx<'_>, id: &str, total: u64) -> Result<Job> {
+        let Staged { mut job, .. } = staged(tx, id)?;
+        let complete = total > 0
+            && tx.get(&keys::item_key(id, total - 1))?.is_some()
+            && tx.get(&keys::item_key(id, total))?.is_none();
+        if !complete {
+            return Err(StoreError::Conflict(format!(
+                "job `{id}`: the {total} items to commit are not the ones written"
+            )));
+        }
+        let status = initial_status(&job);
+        *job.counts.get_mut(status) = total;
+        job.updated_at = tx.now;
+        tx.status_deltas[status.code() as usize] += total as i64;
+        tx.del(keys::staged_key(id));
+        tx.insert_job(job.clone());
+        self.announce_job(tx, &job, total);
+        Ok(job)
+    }
+
+    /// Remove items `from..to` of a job being created, and with `last` its marker.
+    pub(crate) fn discard_staged(
+        &mut self,
+        tx: &mut Tx<'_>,
+        id: &str,
+        from: u64,
+        to: u64,
+        last: bool,
+    ) -> Result<()> {
+        let status = initial_status(&staged(tx, id)?.job);
+        for index in from..to {
+            tx.del(keys::item_key(id, index));
+            tx.del(keys::status_key(status, id, index));
+        }
+        if last {
+            tx.del(keys::staged_key(id));
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Begin a job whose items come in chunks; nobody sees it before
+    /// [`Store::commit_staged`]. Answers its id.
+    pub async fn stage_job(
+        &self,
+        tenant: &str,
+        job: NewJob,
+        plugin_version: Option<String>,
+    ) -> Result<String> {
+        let tenant = tenant.to_owned();
+        self.send(|reply| Command::StageJob {
+            tenant,
+            job,
+            plugin_version,
+            reply,
+        })
+        .await
+    }
+
+    /// Store the next chunk of a job being created, its items numbered from `first`
+    /// (at most [`CHUNK`] a call keeps other writers waiting least). The items are made
+    /// and serialized on a blocking thread of the caller's, not by the writer, which
+    /// every tenant's changes wait for.
+    pub async fn stage_items(&self, job: &str, first: u64, items: Vec<NewItem>) -> Result<()> {
+        let raw = self
+            .tree
+            .get(keys::staged_key(job))?
+            .ok_or_else(|| StoreError::not_found("job being created", job))?;
+        let marker: Staged = serde_json::from_slice(&raw)?;
+        if first + items.len() as u64 > MAX_ITEMS_PER_JOB as u64 {
+            return Err(StoreError::Invalid(format!(
+                "items: more than the {MAX_ITEMS_PER_JOB} one job may hold"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let writes = tokio::task::spawn_blocking(move || {
+            let status = initial_status(&marker.job);
+            let mut writes = Vec::with_capacity(items.len() * 2);
+            for (i, it) in items.into_iter().enumerate() {
+                let index = first + i as u64;
+                let item = new_item(&marker.job, index, it, marker.input.as_ref(), now)?;
+                writes.push((
+                    keys::item_key(&item.job_id, index),
+                    serde_json::to_vec(&item)?,
+                ));
+                writes.push((keys::status_key(status, &item.job_id, index), Vec::new()));
+            }
+            Ok::<_, StoreError>(writes)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("making a chunk of items failed: {e}")))??;
+        let job = job.to_owned();
+        self.send(|reply| Command::StageItems { job, writes, reply })
+            .await
+    }
+
+    /// The job with its `total` items, visible and (if it starts now) queued.
+    pub async fn commit_staged(&self, job: &str, total: u64) -> Result<Job> {
+        let job = job.to_owned();
+        self.send(|reply| Command::CommitStaged { job, total, reply })
+            .await
+    }
+
+    /// Remove a job being created and the `written` items it has, chunk by chunk.
+    pub async fn discard_staged(&self, job: &str, written: u64) -> Result<()> {
+        let mut from = 0;
+        loop {
+            let to = (from + CHUNK as u64).min(written);
+            let last = to == written;
+            let job = job.to_owned();
+            self.send(|reply| Command::DiscardStaged {
+                job,
+                from,
+                to,
+                last,
+                reply,
+            })
+            .await?;
+            if last {
+                return Ok(());
+            }
+            from = to;
+        }
+    }
+}
+
+/// At start-up, before the queues are rebuilt: remove every job a previous process was
+/// still creating, and its items. Answers how many there were.
+pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
+    let mut markers = Vec::new();
+    for kv in tree.scan_prefix([keys::STAGED]) {
+        let (k, v) = kv?;
+        let marker: Staged = serde_json::from_slice(&v)?;
+        markers.push((k, marker.job));
+    }
+    for (marker, job) in &markers {
+        let status = initial_status(job);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in tree.scan_prefix(keys::item_prefix(&job.id)).keys() {
+            let k = k?;
+            if let Some(key) = keys::split_item_suffix(&k) {
+                batch.remove(keys::status_key(status, &key.job, key.index));
+            }
+            batch.remove(k);
+            n += 1;
+            if n % (CHUNK * 10) == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.remove(marker.clone());
+        tree.apply_batch(batch)?;
+    }
+    if !markers.is_empty() {
+        tree.flush()?;
+    }
+    Ok(markers.len())
+}
