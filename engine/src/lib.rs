@@ -4,16 +4,20 @@
 //! # Layout
 //! Follow one job from the HTTP request to the plugin call and back:
 //!
-//! - [`api`]: REST (poem-openapi) and the WebSocket feed. A `POST /api/v1/jobs` becomes
-//!   a [`store::Store::create_job`] call; `/ws` replays and streams [`model::Event`]s.
+//! - [`api`]: REST (poem-openapi) and the WebSocket feed. A `POST /api/v1/jobs` is
+//!   checked (bounded options, each item's input against its operation's JSON Schema,
+//!   [`runtime::inputs`]) and becomes a [`store::Store::create_job`] call; `/ws` replays
+//!   and streams [`model::Event`]s.
 //! - [`store`]: sled. One writer task owns every change and commits concurrent changes
 //!   as one batch and one flush (group commit); it also keeps the in-memory ready
 //!   queues (tenants served in turn, each within its cap) and leases. Each change
-//!   appends its events in the same batch.
+//!   appends its events in the same batch. Below a free-space reserve the store is
+//!   read-only ([`store::space`]): new work waits, reads and running items go on.
 //! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
 //!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
 //!   which decides retries with backoff, review or failure. A job with a pool runs each
-//!   item on one of its resources ([`scheduler::pool`]).
+//!   item on one of its resources ([`scheduler::pool`]). On shutdown it drains: running
+//!   items get a grace period, the rest go back to the queue with their attempt.
 //! - [`runtime`]: the wasmtime host that runs each item in a fresh instance of its
 //!   plugin's component, with the capabilities it is granted (`host`, `browser` on one
 //!   Chromium with a context per item, which dies with the engine and leaves no

@@ -521,7 +521,13 @@ async fn sigkill_mid_import_leaves_no_partial_job() {
     }
     let mut store = None;
     for _ in 0..100 {
-        match Store::open(&store_dir, faena::clock::Clock::new()).await {
+        // With the key `faena serve` sealed its secrets with, in the data directory.
+        let key = faena::secrets::SecretKey::from_file(&data.join("secret.key")).unwrap();
+        let options = faena::store::StoreOptions {
+            key: Some(key),
+            ..Default::default()
+        };
+        match Store::open_with(&store_dir, faena::clock::Clock::new(), options).await {
             Ok(s) => {
                 store = Some(s);
                 break;
