@@ -132,15 +132,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop_claiming = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let runtime = faena::runtime::start(&config, &store).await?;
-    let mut dispatcher = tokio::spawn(scheduler::run(
-        store.clone(),
-        Arc::new(WasmExecutor(runtime.clone())),
-        SchedulerConfig {
-            concurrency: config.concurrency,
-            grace: config.shutdown_grace,
-        },
-        stop_claiming.clone(),
-    ));
     let sessions = faena::sessions::Sessions::start(
         store.clone(),
         runtime.clone(),
@@ -169,6 +160,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
+    // Claims start once everything that can fail at start-up has not: an item claimed
+    // and then abandoned by a failed start would cost an attempt.
+    let mut dispatcher = tokio::spawn(scheduler::run(
+        store.clone(),
+        Arc::new(WasmExecutor(runtime.clone())),
+        SchedulerConfig {
+            concurrency: config.concurrency,
+            grace: config.shutdown_grace,
+        },
+        stop_claiming.clone(),
+    ));
     info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
     // Requests and feed clients on threads of their own: however many there are, the
     // engine's tasks do not wait behind them.
@@ -199,6 +201,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = signal() => warn!("second signal: stopping without waiting for running items"),
         }
     }
+    // A failure during the drain is a failure too: the exit status says so.
+    let failure = failure.or_else(|| store.shared().fatal());
     shutdown.cancel();
     let served = server.wait().await.context("the HTTP server failed");
     // Sessions and the API may still hold the runtime: the browser goes explicitly,

@@ -287,8 +287,11 @@ async fn a_full_disk_is_read_only_until_space_returns() {
     );
     let (status, events) = get(&f, &format!("/api/v1/events?after=0&job={first}")).await;
     assert_eq!(status, 200, "{events}");
+    // Still ready: operators need the API on a full disk (to cancel, to delete).
     let ready = reqwest::get(format!("{}/ready", f.url)).await.unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "read_only", "{ready}");
     let metrics = f
         .client()
         .get(format!("{}/metrics", f.url))

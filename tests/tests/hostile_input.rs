@@ -247,4 +247,15 @@ async fn inputs_that_break_the_operation_schema_are_refused() {
     assert_eq!(status, 201, "{ok}");
     let jobs = e.get("/api/v1/jobs").await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    // An operator's fixed input is checked the same way.
+    let item = format!("{}-0", ok["id"].as_str().unwrap());
+    let (status, err) = e
+        .post(
+            &format!("/api/v1/items/{item}/transition"),
+            json!({"to": "queued", "input": {"phone": 5, "text": "x"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.starts_with("input.phone: "), "{msg}");
 }

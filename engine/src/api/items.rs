@@ -107,6 +107,29 @@ impl ItemsApi {
             return Err(ApiError::invalid("reason: longer than 2048 characters"));
         }
         let TransitionRequest { to, reason, input } = body.0;
+        if let Some(input) = &input {
+            // A fixed input is checked like a new one (the job's shared fields were
+            // merged into each item when it was created, so this is the whole input).
+            let item = self.state.item(&id.0)?;
+            let job = self.state.job(&item.job_id)?;
+            let probe = crate::model::NewJob {
+                plugin: job.plugin,
+                operation: job.operation,
+                name: None,
+                options: Default::default(),
+                input: None,
+                start: false,
+                items: Vec::new(),
+            };
+            self.state.input_check(&probe)(
+                "input",
+                &crate::model::NewItem {
+                    input: input.clone(),
+                    reference: None,
+                },
+            )
+            .map_err(|e| ApiError::invalid(e.replacen("input.input", "input", 1)))?;
+        }
         Ok(Json(
             self.state
                 .store

@@ -171,8 +171,13 @@ impl AppState {
             let input = match &shared {
                 None => std::borrow::Cow::Borrowed(&item.input),
                 Some(shared) => std::borrow::Cow::Owned(
-                    crate::store::with_defaults(0, item.input.clone(), Some(shared))
-                        .map_err(|e| e.to_string())?,
+                    crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(
+                        |_| {
+                            format!(
+                                "{label}.input: must be an object to take the job's `input` fields"
+                            )
+                        },
+                    )?,
                 ),
             };
             schemas.check(&operation, || label.to_owned(), &input)
@@ -211,7 +216,7 @@ enum HealthResponse {
     /// Alive (`/health`) or ready to take work (`/ready`).
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// Failed (`/health`), or not taking work now (`/ready`).
+    /// Failed (`/health`), or draining or failed (`/ready`).
     #[oai(status = 503)]
     Unavailable(Json<Health>),
 }
@@ -260,12 +265,13 @@ impl HealthApi {
         }
     }
 
-    /// Readiness for a load balancer: 200 only while the engine takes new work (not
-    /// failed, not draining, disk not full).
+    /// Readiness for a load balancer: 503 while the engine drains or has failed. A full
+    /// disk stays ready (status `read_only`): operators need the API then, to cancel and
+    /// delete, and there is no other coordinator to send them to.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> HealthResponse {
         let h = self.health();
-        if h.status == "ok" {
+        if h.status == "ok" || h.status == "read_only" {
             HealthResponse::Ok(Json(h))
         } else {
             HealthResponse::Unavailable(Json(h))

@@ -873,8 +873,7 @@ fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
         .unwrap_or(0))
 }
 
-/// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
-/// next event seq and the items whose lease belonged to a previous engine process.
+/// What a panicking task said, for the log and `/health`.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
@@ -883,6 +882,8 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
+/// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
+/// next event seq and the items whose lease belonged to a previous engine process.
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
     let unfinished = staging::discard_unfinished(tree)?;
     if unfinished > 0 {

@@ -110,9 +110,9 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Read the free space now, then every second until `stop` is dropped; `changed` is
-/// called when the store turns read-only (`true`) or writable again (`false`).
-/// It stops once the store that owns `space` is gone.
+/// Read the free space now, then every second until the store that owns `space` is
+/// gone; `changed` is called when the store turns read-only (`true`) or writable again
+/// (`false`).
 pub(crate) fn watch(
     dir: PathBuf,
     space: &Arc<Space>,

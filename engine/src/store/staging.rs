@@ -138,6 +138,9 @@ impl Store {
     /// and serialized on a blocking thread of the caller's, not by the writer, which
     /// every tenant's changes wait for.
     pub async fn stage_items(&self, job: &str, first: u64, items: Vec<NewItem>) -> Result<()> {
+        // A disk that fills during a long import stops it (and the staged chunks are
+        // discarded) before sled meets ENOSPC.
+        self.writable()?;
         let raw = self
             .tree
             .get(keys::staged_key(job))?
@@ -172,6 +175,7 @@ impl Store {
 
     /// The job with its `total` items, visible and (if it starts now) queued.
     pub async fn commit_staged(&self, job: &str, total: u64) -> Result<Job> {
+        self.writable()?;
         let job = job.to_owned();
         self.send(|reply| Command::CommitStaged { job, total, reply })
             .await
@@ -212,7 +216,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
     for (marker, job) in &markers {
         let status = initial_status(job);
         let mut batch = sled::Batch::default();
-        let mut n = 0;
+        let mut n: usize = 0;
         for k in tree.scan_prefix(keys::item_prefix(&job.id)).keys() {
             let k = k?;
             if let Some(key) = keys::split_item_suffix(&k) {
@@ -220,7 +224,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
             }
             batch.remove(k);
             n += 1;
-            if n % (CHUNK * 10) == 0 {
+            if n.is_multiple_of(CHUNK * 10) {
                 tree.apply_batch(std::mem::take(&mut batch))?;
             }
         }
