@@ -172,10 +172,12 @@ impl AppState {
                 None => std::borrow::Cow::Borrowed(&item.input),
                 Some(shared) => std::borrow::Cow::Owned(
                     crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(
-                        |_| {
-                            format!(
+                        |e| match e {
+                            // The job's own `input` is wrong: that message names it.
+                            crate::store::StoreError::Invalid(m) if m.starts_with("input") => m,
+                            _ => format!(
                                 "{label}.input: must be an object to take the job's `input` fields"
-                            )
+                            ),
                         },
                     )?,
                 ),
