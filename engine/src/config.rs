@@ -43,6 +43,8 @@ pub struct StoreFileConfig {
     pub reserve_mib: Option<u64>,
     /// Free space (MiB) below which the log warns (default 1024).
     pub warn_mib: Option<u64>,
+    /// Hours an `Idempotency-Key` is remembered (default 24, 1 to 8760).
+    pub idempotency_keep_hours: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -139,6 +141,8 @@ pub struct Config {
     pub api_threads: crate::api::ApiThreads,
     /// Free space the store keeps on its disk.
     pub space: crate::store::SpaceLimits,
+    /// How long an idempotency key is remembered.
+    pub idempotency_keep: std::time::Duration,
     /// Time running items get to finish at a shutdown.
     pub shutdown_grace: std::time::Duration,
     /// Caps on the feed's connections.
@@ -211,9 +215,20 @@ impl Config {
                 message: "[api] threads must be at least 1 and nice between 0 and 19".into(),
             });
         }
+        let store_cfg = file_cfg.store.clone().unwrap_or_default();
+        let idempotency_keep = match store_cfg.idempotency_keep_hours {
+            None => crate::store::IDEMPOTENCY_KEEP,
+            Some(h @ 1..=8760) => std::time::Duration::from_secs(h * 3600),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    path: file.map(Path::to_owned).unwrap_or_default(),
+                    message: "[store] idempotency_keep_hours must be between 1 and 8760".into(),
+                });
+            }
+        };
         let space = {
             let defaults = crate::store::SpaceLimits::default();
-            let st = file_cfg.store.unwrap_or_default();
+            let st = store_cfg;
             crate::store::SpaceLimits {
                 reserve_bytes: st
                     .reserve_mib
@@ -268,6 +283,7 @@ impl Config {
         Ok(Config {
             import,
             space,
+            idempotency_keep,
             shutdown_grace,
             api_threads,
             feed_limits,

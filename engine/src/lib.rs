@@ -12,7 +12,10 @@
 //!   as one batch and one flush (group commit); it also keeps the in-memory ready
 //!   queues (tenants served in turn, each within its cap) and leases. Each change
 //!   appends its events in the same batch. Below a free-space reserve the store is
-//!   read-only ([`store::space`]): new work waits, reads and running items go on.
+//!   read-only ([`store::space`]): new work waits, reads and running items go on. A
+//!   request's `Idempotency-Key` is recorded in the same write as what it created
+//!   ([`store::idempotency`]), and items' references can be held unique per tenant,
+//!   plugin and operation ([`store::references`]).
 //! - [`scheduler`]: the dispatcher claims ready items (leases), runs them through an
 //!   [`scheduler::Executor`] with heartbeats, and reports outcomes back to the store,
 //!   which decides retries with backoff, review or failure. A job with a pool runs each

@@ -117,6 +117,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StoreOptions {
             space: config.space,
             key: Some(key),
+            idempotency_keep: config.idempotency_keep,
         },
     )
     .await

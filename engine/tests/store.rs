@@ -61,8 +61,10 @@ async fn event_log_agrees_with_state() {
         ..Default::default()
     };
     let job = e.store.create_job("default", job, None).await.unwrap();
-    let done = wait_finished(&e.store, &job.id, 30).await;
-    assert_eq!(done.status, JobStatus::Completed);
+    // Items waiting for review keep the job open: it waits for a person.
+    let done = wait_job(&e.store, &job.id, 30, |j| j.awaiting_review).await;
+    assert_eq!(done.status, JobStatus::Running);
+    assert_eq!(done.counts.open(), 0);
     assert_eq!(done.counts.succeeded, 20);
     assert_eq!(done.counts.needs_review, 20);
 
@@ -93,11 +95,12 @@ async fn event_log_agrees_with_state() {
         let item = e.store.item(&format!("{}-{i}", job.id)).unwrap();
         assert_eq!(item.status, *st, "item {i}");
     }
-    let last = events
+    assert!(!events.iter().any(|e| e.kind == kind::JOB_COMPLETED));
+    let waiting = events
         .iter()
-        .rfind(|e| e.kind == kind::JOB_COMPLETED)
+        .rfind(|e| e.kind == kind::JOB_AWAITING_REVIEW)
         .unwrap();
-    assert_eq!(last.data["results"]["succeeded"], 20);
+    assert_eq!(waiting.data["needs_review"], 20);
     // Item 2 failed once then succeeded; its attempts and error history show it.
     let item2 = e.store.item(&format!("{}-2", job.id)).unwrap();
     assert_eq!(item2.attempts.len(), 2);

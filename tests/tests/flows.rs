@@ -167,6 +167,7 @@ async fn ultimus_review_then_fix_then_success() {
         "→running",
         "item_failed",
         "→needs_review",
+        "job_awaiting_review",
         "→queued",
         "→running",
         "→succeeded",

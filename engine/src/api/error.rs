@@ -10,10 +10,13 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
-    /// A stable code: `bad_request`, `not_found`, `conflict`, `stale_lease`, `invalid`,
-    /// `payload_too_large`, `unavailable`, `insufficient_storage`, `internal`.
+    /// A stable code: `bad_request`, `not_found`, `conflict`, `reference_taken`,
+    /// `stale_lease`, `invalid`, `payload_too_large`, `unavailable`,
+    /// `insufficient_storage`, `internal`.
     pub error: String,
     pub message: String,
+    /// With `reference_taken`: the references already taken (the first 100).
+    pub references: Option<Vec<String>>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -50,6 +53,7 @@ pub fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         error: code.to_owned(),
         message: message.into(),
+        references: None,
     })
 }
 
@@ -87,6 +91,11 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => ApiError::Conflict(body("conflict", message)),
             StoreError::StaleLease { .. } => ApiError::Conflict(body("stale_lease", message)),
             StoreError::Invalid(_) => ApiError::Invalid(body("invalid", message)),
+            StoreError::ReferencesTaken { references, .. } => {
+                let mut b = body("reference_taken", message);
+                b.0.references = Some(references);
+                ApiError::Conflict(b)
+            }
             StoreError::Closed => ApiError::Unavailable(body("unavailable", message)),
             StoreError::DiskFull { .. } => {
                 ApiError::InsufficientStorage(body("insufficient_storage", message))

@@ -1,12 +1,13 @@
 //! `/api/v1/events`: query the stored event log, and publish custom events into it.
 
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
+use super::idempotency::Fingerprint;
 use super::jobs::{Tag, limit};
 use super::ws::RESERVED_TYPES;
 use crate::model::Event;
@@ -20,7 +21,7 @@ pub struct EventPage {
     pub next_after: u64,
 }
 
-#[derive(Debug, Object, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct PublishBody {
@@ -36,8 +37,13 @@ pub struct PublishBody {
 
 #[derive(ApiResponse)]
 pub enum Published {
+    /// The event. With `Idempotency-Replayed: true` it is the one an earlier request
+    /// with the same `Idempotency-Key` published, and nothing new was written.
     #[oai(status = 201)]
-    Created(Json<Event>),
+    Created(
+        Json<Event>,
+        #[oai(header = "Idempotency-Replayed")] Option<bool>,
+    ),
 }
 
 pub struct EventsApi {
@@ -73,9 +79,22 @@ impl EventsApi {
         Ok(Json(EventPage { events, next_after }))
     }
 
-    /// Append a custom event to the log; it is fanned out like any other.
+    /// Append a custom event to the log; it is fanned out like any other. A retry
+    /// with the same `Idempotency-Key` answers the event the first request published.
     #[oai(path = "/events", method = "post", operation_id = "publish_event")]
-    async fn publish(&self, body: JsonBody<PublishBody>) -> ApiResult<Published> {
+    async fn publish(
+        &self,
+        body: JsonBody<PublishBody>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Published> {
+        let (idem, _claim) = self
+            .state
+            .idempotency(idempotency_key.0, || {
+                Fingerprint::new("POST /api/v1/events")
+                    .json(&body.0)
+                    .finish()
+            })?
+            .unzip();
         if RESERVED_TYPES.contains(&body.0.kind.as_str()) {
             return Err(ApiError::invalid(format!(
                 "type: `{}` is a message type of the feed itself",
@@ -83,11 +102,11 @@ impl EventsApi {
             )));
         }
         let PublishBody { kind, job_id, data } = body.0;
-        let event = self
+        let (event, replayed) = self
             .state
             .store
-            .publish(&self.state.tenant(), &kind, job_id, data)
+            .publish_once(&self.state.tenant(), &kind, job_id, data, idem)
             .await?;
-        Ok(Published::Created(Json(event)))
+        Ok(Published::Created(Json(event), replayed.then_some(true)))
     }
 }

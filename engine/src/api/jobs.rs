@@ -1,7 +1,7 @@
 //! `/api/v1/jobs`: create (with items, in one atomic write), list, inspect, and the
 //! job-level actions.
 
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Multipart, Object, OpenApi, Tags};
@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Multipart, Object, OpenApi, Tags};
 use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
+use super::idempotency::Fingerprint;
 use crate::import;
 use crate::model::{Item, ItemStatus, Job, JobStatus, NewItem, NewJob, PoolOptions};
 use crate::store::{JobAction, JobFilter};
@@ -52,8 +53,13 @@ pub struct ItemPage {
 
 #[derive(ApiResponse)]
 pub enum Created {
+    /// The job. With `Idempotency-Replayed: true` it is the job an earlier request
+    /// with the same `Idempotency-Key` created, and nothing new was written.
     #[oai(status = 201)]
-    Created(Json<Job>),
+    Created(
+        Json<Job>,
+        #[oai(header = "Idempotency-Replayed")] Option<bool>,
+    ),
 }
 
 /// A spreadsheet to turn into a job.
@@ -84,6 +90,24 @@ pub struct JobsApi {
     pub state: AppState,
 }
 
+/// The answer an earlier request with the same idempotency key got.
+fn replay(earlier: serde_json::Value) -> ApiResult<Created> {
+    let job = serde_json::from_value(earlier)
+        .map_err(|e| ApiError::internal(format!("a recorded answer cannot be read: {e}")))?;
+    Ok(Created::Created(Json(job), Some(true)))
+}
+
+/// SHA-256 of a whole file, read from its start; the file is left at its start.
+fn file_digest(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    use sha2::Digest;
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(file, &mut hasher)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(hasher.finalize().to_vec())
+}
+
 pub(super) fn limit(limit: Option<u32>, max: u32) -> ApiResult<usize> {
     match limit {
         None => Ok(100.min(max) as usize),
@@ -97,19 +121,42 @@ pub(super) fn limit(limit: Option<u32>, max: u32) -> ApiResult<usize> {
 impl JobsApi {
     /// Create a job with its items. All items are written in one atomic, durable
     /// write; the job starts at once unless `start` is false.
+    ///
+    /// With an `Idempotency-Key` header (1-255 visible ASCII characters, kept a day by
+    /// default), a retry of the same request answers the job the first one created
+    /// (`Idempotency-Replayed: true`) instead of creating another; the same key with a
+    /// different request is refused (422), and while the first is still being answered
+    /// a second one gets 409. With `options.unique_references` (or the operation's
+    /// default) an item whose `reference` is already taken refuses the request (409
+    /// `reference_taken`, listing them) or is left out (listed in `skipped`).
     #[oai(path = "/jobs", method = "post", operation_id = "create_job")]
-    async fn create(&self, body: JsonBody<NewJob>) -> ApiResult<Created> {
-        let tenant = self.state.tenant();
-        let version = self
+    async fn create(
+        &self,
+        body: JsonBody<NewJob>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Created> {
+        let (idem, _claim) = self
             .state
-            .plugin_version(&body.0.plugin, &body.0.operation)?;
-        self.state.check_inputs(&body.0)?;
-        let job = self
+            .idempotency(idempotency_key.0, || {
+                Fingerprint::new("POST /api/v1/jobs").json(&body.0).finish()
+            })?
+            .unzip();
+        if let Some(idem) = &idem
+            && let Some(earlier) = self.state.store.replayed(idem)?
+        {
+            return Ok(replay(earlier)?);
+        }
+        let tenant = self.state.tenant();
+        let mut job = body.0;
+        let version = self.state.plugin_version(&job.plugin, &job.operation)?;
+        self.state.check_inputs(&job)?;
+        self.state.reference_default(&mut job);
+        let (job, replayed) = self
             .state
             .store
-            .create_job(&tenant, body.0, version)
+            .create_job_once(&tenant, job, version, idem)
             .await?;
-        Ok(Created::Created(Json(job)))
+        Ok(Created::Created(Json(job), replayed.then_some(true)))
     }
 
     /// Create a job from a spreadsheet (CSV or XLSX, first sheet): one item per row, or
@@ -119,8 +166,50 @@ impl JobsApi {
     /// and a file with any creates nothing (422). The file is read as a stream, within
     /// the `[import]` limits on bytes, rows and cells (413 past them); the job appears
     /// whole once every row is stored.
+    ///
+    /// `Idempotency-Key` and `options.unique_references` work as they do when a job is
+    /// created from JSON; the key covers the file and every field of the form.
     #[oai(path = "/jobs/import", method = "post", operation_id = "import_job")]
-    async fn import(&self, form: ImportForm) -> ApiResult<Created> {
+    async fn import(
+        &self,
+        form: ImportForm,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Created> {
+        // The upload is already on disk (a temporary file); it is read from there as
+        // a stream, on a blocking thread.
+        let file_name = form.file.file_name().unwrap_or("upload").to_owned();
+        let mut file = form.file.into_file().into_std().await;
+        let fingerprint = match &idempotency_key.0 {
+            None => String::new(),
+            Some(_) => {
+                let fields = serde_json::json!([
+                    form.plugin, form.operation, form.name, form.options, form.start,
+                    form.group_by, form.reference, form.mapping, form.input,
+                ]);
+                let (hashed, digest) = tokio::task::spawn_blocking(move || {
+                    let digest = file_digest(&mut file);
+                    (file, digest)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("reading the upload failed: {e}")))?;
+                file = hashed;
+                Fingerprint::new("POST /api/v1/jobs/import")
+                    .json(&fields)
+                    .part(&digest.map_err(|e| {
+                        ApiError::bad_request(format!("file: the upload cannot be read ({e})"))
+                    })?)
+                    .finish()
+            }
+        };
+        let (idem, _claim) = self
+            .state
+            .idempotency(idempotency_key.0, || fingerprint)?
+            .unzip();
+        if let Some(idem) = &idem
+            && let Some(earlier) = self.state.store.replayed(idem)?
+        {
+            return Ok(replay(earlier)?);
+        }
         self.state.store.writable()?;
         let json_field = |field: &str, text: &Option<String>| -> ApiResult<serde_json::Value> {
             match text {
@@ -140,7 +229,6 @@ impl JobsApi {
                 ApiError::bad_request(format!("mapping: an object of column names: {e}"))
             })?,
         };
-        let file_name = form.file.file_name().unwrap_or("upload").to_owned();
         let operation = form.operation.clone().unwrap_or_else(|| "run".into());
         // What the plugin's operation declares (`x-faena-import`), unless the form
         // says otherwise.
@@ -170,11 +258,10 @@ impl JobsApi {
             start: form.start.unwrap_or(true),
             items: Vec::new(),
         };
+        let mut job = job;
         let plugin_version = self.state.plugin_version(&job.plugin, &job.operation)?;
         let check = self.state.input_check(&job);
-        // The upload is already on disk (a temporary file); it is read from there as
-        // a stream, on a blocking thread.
-        let file = form.file.into_file().into_std().await;
+        self.state.reference_default(&mut job);
         let request = import::Request {
             tenant: self.state.tenant(),
             job,
@@ -186,9 +273,10 @@ impl JobsApi {
             spec,
             limits: self.state.import,
             check: std::sync::Arc::new(move |item: &NewItem| check("", item)),
+            idem,
         };
         match import::create_job(self.state.store.clone(), request).await {
-            Ok(job) => Ok(Created::Created(Json(job))),
+            Ok(job) => Ok(Created::Created(Json(job), None)),
             Err(import::ImportFailed::Invalid(e)) => {
                 Err(ApiError::invalid(format!("{file_name}: {e}")))
             }

@@ -7,6 +7,7 @@ pub mod error;
 mod events;
 mod fanout;
 mod feed_limits;
+mod idempotency;
 mod items;
 mod jobs;
 mod keys;
@@ -58,6 +59,8 @@ pub struct AppState {
     fanout: Arc<fanout::Fanout>,
     /// The feed's open connections, under their caps.
     feed_slots: Arc<feed_limits::FeedSlots>,
+    /// Idempotency keys of requests being answered.
+    in_flight: Arc<idempotency::InFlight>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             fanout: fanout::Fanout::new(store.feed().clone()),
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             import: Default::default(),
+            in_flight: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -150,6 +154,21 @@ impl AppState {
             check(&format!("items[{i}]"), item).map_err(ApiError::invalid)?;
         }
         Ok(())
+    }
+
+    /// A job that does not say how unique its references must be gets its operation's
+    /// default (`x-faena-unique-references` in the input schema).
+    pub fn reference_default(&self, job: &mut crate::model::NewJob) {
+        if job.options.unique_references.is_some() {
+            return;
+        }
+        job.options.unique_references = self
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.operation_schema(&job.plugin, &job.operation))
+            .and_then(|schema| {
+                serde_json::from_value(schema.get("x-faena-unique-references")?.clone()).ok()
+            });
     }
 
     /// The check of one item of `job` against its operation's JSON Schema, with the

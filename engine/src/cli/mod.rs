@@ -334,15 +334,19 @@ pub async fn run_jobs(client: &Client, cmd: JobsCommand) -> Result<(), CliError>
                 .list(status.as_deref(), plugin.as_deref(), limit)
                 .await?;
             println!(
-                "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  NAME",
+                "{:<26}  {:<15}  {:<12}  {:>7}  {:>7}  {:>7}  NAME",
                 "ID", "STATUS", "PLUGIN", "DONE", "FAILED", "TOTAL"
             );
             for job in jobs {
                 let c = &job.counts;
                 println!(
-                    "{:<26}  {:<10}  {:<12}  {:>7}  {:>7}  {:>7}  {}",
+                    "{:<26}  {:<15}  {:<12}  {:>7}  {:>7}  {:>7}  {}",
                     job.id,
-                    job.status,
+                    if job.awaiting_review {
+                        "awaiting review".to_owned()
+                    } else {
+                        job.status.to_string()
+                    },
                     job.plugin,
                     c.succeeded,
                     c.failed + c.needs_review,
@@ -372,7 +376,12 @@ pub async fn run_jobs(client: &Client, cmd: JobsCommand) -> Result<(), CliError>
 }
 
 fn print_job(job: &crate::model::Job) {
-    println!("job {} ({}) is {}", job.id, job.plugin, job.status);
+    let waiting = if job.awaiting_review {
+        ", awaiting review"
+    } else {
+        ""
+    };
+    println!("job {} ({}) is {}{waiting}", job.id, job.plugin, job.status);
     let counts = serde_json::to_value(&job.counts).unwrap_or_default();
     let parts: Vec<String> = counts
         .as_object()

@@ -67,6 +67,17 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
                 finish(&bar, msg);
                 break;
             }
+            Some("job_awaiting_review") => {
+                // Nothing moves until an operator resolves them: stop watching.
+                finish(
+                    &bar,
+                    format!(
+                        "awaiting review: {} item(s) need an operator",
+                        data["needs_review"]
+                    ),
+                );
+                break;
+            }
             Some("job_cancelled") => {
                 finish(&bar, "cancelled".to_owned());
                 break;

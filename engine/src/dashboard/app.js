@@ -18,7 +18,7 @@ function withToken(url) {
 const STATUSES = ['pending', 'queued', 'running', 'succeeded', 'failed', 'needs_review', 'cancelled'];
 const JOB_STATUSES = ['pending', 'running', 'paused', 'completed', 'cancelled'];
 const EVENT_TYPES = ['job_created', 'job_started', 'job_paused', 'job_resumed', 'job_updated',
-  'job_completed', 'job_cancelled', 'item_status_changed', 'item_step', 'item_progress',
+  'job_completed', 'job_cancelled', 'job_awaiting_review', 'item_status_changed', 'item_step', 'item_progress',
   'item_failed', 'item_log', 'session_opened', 'session_closed'];
 
 // ---- small helpers ---------------------------------------------------------------
@@ -55,6 +55,13 @@ function fmtDuration(ms) {
 
 function status(s) {
   return el('span', { class: `status ${s}` }, String(s).replace('_', ' '));
+}
+
+// A job's status, and whether it only waits for a person (items in review).
+function jobStatus(j) {
+  return j.awaiting_review
+    ? el('span', {}, status(j.status), ' ', el('span', { class: 'status awaiting_review', title: 'only items in review are left' }, 'awaiting review'))
+    : status(j.status);
 }
 
 function toast(message, bad) {
@@ -215,7 +222,7 @@ async function jobsPage(params) {
     return el('tr', { dataset: { jobId: j.id, status: j.status } },
       el('td', {}, el('a', { href: `#/jobs/${j.id}` }, j.name || j.id), el('div', { class: 'muted small' }, j.id)),
       el('td', {}, j.plugin, el('div', { class: 'muted small' }, j.operation)),
-      el('td', {}, status(j.status)),
+      el('td', {}, jobStatus(j)),
       el('td', {}, progressBar(j.counts)),
       el('td', {}, counts(j.counts)),
       el('td', { class: 'small' }, fmtTime(j.created_at)),
@@ -336,7 +343,7 @@ async function jobPage(id, params) {
       : null;
     head.replaceChildren(
       el('div', { class: 'row spread' },
-        el('h1', {}, job.name || job.id, ' ', status(job.status)),
+        el('h1', {}, job.name || job.id, ' ', jobStatus(job)),
         el('span', { class: 'row' },
           job.status === 'pending' && act('Start', 'start', 'primary'),
           job.status === 'running' && act('Pause', 'pause'),
@@ -538,6 +545,7 @@ function summary(ev) {
     case 'item_step': return `${d.step} (attempt ${d.attempt})`;
     case 'item_log': return `[${d.level}] ${d.message}`;
     case 'job_created': return `${d.plugin} · ${d.operation} · ${d.total} items${d.name ? ` · ${d.name}` : ''}`;
+    case 'job_awaiting_review': return `${d.needs_review} item(s) wait for review`;
     case 'job_started': return `${d.queued} queued of ${d.total}`;
     case 'job_updated': return d.pool ? `pool: ${d.pool.resources.length} resources × ${d.pool.concurrency}${d.pool.rate_per_minute ? `, ${d.pool.rate_per_minute}/min` : ''}` : JSON.stringify(d).slice(0, 160);
     case 'job_completed': return d.results ? `${d.results.succeeded} ok, ${d.results.failed} failed of ${d.results.total}` : '';

@@ -11,7 +11,7 @@ use super::shape::Shaper;
 use super::{
     Flow, Format, ImportError, ImportFailed, ImportLimits, ImportSpec, delimited, problem, sheet,
 };
-use crate::model::{Job, NewItem, NewJob};
+use crate::model::{Job, NewItem, NewJob, ReferencePolicy};
 use crate::store::{Store, StoreError};
 
 /// The check each item's input passes before it is stored (see [`create_job`]).
@@ -37,6 +37,8 @@ pub struct Request {
     pub limits: ImportLimits,
     /// Each item passes it first; a refusal there is a problem of the item's row.
     pub check: ItemCheck,
+    /// The request's idempotency key, recorded with the job.
+    pub idem: Option<crate::store::Idempotency>,
 }
 
 /// Create a job from an uploaded file. Nothing of the job is visible before it is
@@ -57,7 +59,9 @@ async fn run(store: Store, request: Request) -> Result<Job, ImportFailed> {
         spec,
         limits,
         check,
+        idem,
     } = request;
+    let job_policy = job.options.unique_references;
     let id = store.stage_job(&tenant, job, plugin_version).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewItem>>(AHEAD);
     let parse = tokio::task::spawn_blocking(move || {
@@ -69,10 +73,11 @@ async fn run(store: Store, request: Request) -> Result<Job, ImportFailed> {
     });
     let mut written = 0u64;
     let mut failed: Option<StoreError> = None;
+    // The references met so far, and those refused or left out.
+    let mut screen = crate::store::Screen::default();
     while let Some(batch) = rx.recv().await {
-        let n = batch.len() as u64;
-        match store.stage_items(&id, written, batch).await {
-            Ok(()) => written += n,
+        match store.stage_items(&id, written, batch, &mut screen).await {
+            Ok(n) => written += n,
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -84,13 +89,25 @@ async fn run(store: Store, request: Request) -> Result<Job, ImportFailed> {
     let parsed = parse
         .await
         .map_err(|e| StoreError::Storage(format!("the import's reader failed: {e}")))?;
+    let policy = job_policy.unwrap_or_default();
     let outcome = match (failed, parsed) {
         (Some(e), _) => Err(ImportFailed::from(e)),
         (None, Err(e)) => Err(e),
-        (None, Ok(total)) => store
-            .commit_staged(&id, total)
-            .await
-            .map_err(ImportFailed::from),
+        // Every taken reference of the file is listed (the first hundred).
+        (None, Ok(_)) if screen.count > 0 && (policy == ReferencePolicy::Reject || written == 0) => {
+            Err(ImportFailed::from(screen.refusal()))
+        }
+        (None, Ok(total)) => {
+            debug_assert_eq!(total, written + screen.count);
+            let skipped = (screen.count > 0).then(|| crate::model::Skipped {
+                count: screen.count,
+                references: screen.listed.clone(),
+            });
+            store
+                .commit_staged(&id, written, skipped, idem)
+                .await
+                .map_err(ImportFailed::from)
+        }
     };
     if outcome.is_err()
         && let Err(e) = store.discard_staged(&id, written).await

@@ -11,6 +11,8 @@ pub mod kind {
     pub const JOB_RESUMED: &str = "job_resumed";
     pub const JOB_COMPLETED: &str = "job_completed";
     pub const JOB_CANCELLED: &str = "job_cancelled";
+    /// Only items in `needs_review` are left: the job waits for an operator.
+    pub const JOB_AWAITING_REVIEW: &str = "job_awaiting_review";
     /// A running job's options changed (its pool's limits).
     pub const JOB_UPDATED: &str = "job_updated";
     /// An operator deleted a finished or never-started job with its items.
@@ -24,13 +26,14 @@ pub mod kind {
     pub const SESSION_CLOSED: &str = "session_closed";
 
     /// Types the engine emits itself; a published custom event may not use them.
-    pub const BUILTIN: [&str; 15] = [
+    pub const BUILTIN: [&str; 16] = [
         JOB_CREATED,
         JOB_STARTED,
         JOB_PAUSED,
         JOB_RESUMED,
         JOB_COMPLETED,
         JOB_CANCELLED,
+        JOB_AWAITING_REVIEW,
         JOB_UPDATED,
         JOB_DELETED,
         ITEM_STATUS_CHANGED,

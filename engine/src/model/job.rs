@@ -20,6 +20,30 @@ pub enum FailurePolicy {
     Review,
 }
 
+/// What a job does with an item whose reference is already taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum ReferencePolicy {
+    /// Duplicates are accepted (each is run).
+    #[default]
+    Allow,
+    /// The whole request is refused (409 listing the references taken); nothing is
+    /// written.
+    Reject,
+    /// Duplicates are left out of the job and listed in its `skipped`.
+    Skip,
+}
+
+/// Items a job left out when it was created, their references already taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct Skipped {
+    /// How many items were left out.
+    pub count: u64,
+    /// Their references (the first 100).
+    pub references: Vec<String>,
+}
+
 /// The ranges job options must fall in. A request outside them is refused (422 naming
 /// the field); a value stored by an older version that did not check them is clamped
 /// into them where it is used, so no stored record can overflow the engine's clock
@@ -87,6 +111,13 @@ pub struct JobOptions {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolOptions>,
+    /// Whether an item's `reference` must be unique among this tenant's items of the
+    /// same plugin and operation that are neither failed nor cancelled: `reject` the
+    /// request (409), `skip` the duplicates, or `allow` them. Absent: the operation's
+    /// default (`x-faena-unique-references` in its input schema), else `allow`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_references: Option<ReferencePolicy>,
 }
 
 /// A pool of resources a job's items are spread over. Each run holds one resource;
@@ -175,6 +206,7 @@ impl JobOptions {
                 rate_per_minute: p.rate_per_minute.min(*limits::RATE_PER_MINUTE.end()),
                 ..p.clone()
             }),
+            unique_references: self.unique_references,
         }
     }
 
@@ -204,6 +236,7 @@ impl Default for JobOptions {
             on_failure: FailurePolicy::Fail,
             lease_ms: 30_000,
             pool: None,
+            unique_references: None,
         }
     }
 }
@@ -288,6 +321,15 @@ pub struct Job {
     /// Per pool resource, what it served (jobs with a pool).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resources: BTreeMap<String, ResourceUse>,
+    /// Nothing is left to run but items in `needs_review`: the job waits for a
+    /// person, and completes when the last of them is resolved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[oai(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_review: bool,
+    /// Items left out when the job was created, their references already taken
+    /// (`unique_references: skip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
 }
 
 /// One item of a new job.

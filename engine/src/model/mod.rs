@@ -10,7 +10,7 @@ pub use event::{Event, kind};
 pub use item::{Attempt, ErrorKind, Item, ItemError, Lease, Step};
 pub use job::{
     Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob, PoolOptions, RATE_LIMITED,
-    ResourceUse, limits,
+    ReferencePolicy, ResourceUse, Skipped, limits,
 };
 pub use status::{Actor, ItemStatus, JobStatus, UnknownStatus};
 

@@ -17,6 +17,14 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// Items' references are already taken (the job's `unique_references` is `reject`,
+    /// or every item would be skipped).
+    #[error(
+        "{count} reference(s) already taken by items that are neither failed nor cancelled: {}{}",
+        references.join(", "),
+        if *count as usize > references.len() { ", …" } else { "" }
+    )]
+    ReferencesTaken { references: Vec<String>, count: u64 },
     #[error("storage failed: {0}")]
     Storage(String),
     /// The store's disk is below its free-space reserve: new work waits until space

@@ -9,6 +9,8 @@
 //! | `e`    | seq (u64 BE)                       | event JSON                   |
 //! | `l`    | job id, item index, seq (u64 BE)   | log line JSON                |
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
+//! | `k`    | tenant, 0, client key              | an answered request (`idempotency`) |
+//! | `r`    | tenant, plugin, operation, reference, 0, item id | "" (`references`) |
 
 use crate::model::ItemStatus;
 
@@ -18,6 +20,8 @@ pub const STATUS: u8 = b's';
 pub const EVENT: u8 = b'e';
 pub const LOG: u8 = b'l';
 pub const STAGED: u8 = b'c';
+pub const IDEMPOTENCY: u8 = b'k';
+pub const REFERENCE: u8 = b'r';
 
 pub const JOB_ID_LEN: usize = 26;
 

@@ -6,9 +6,11 @@
 mod error;
 mod fair;
 pub mod feed;
+pub mod idempotency;
 pub mod keys;
 mod ops;
 mod ready;
+pub mod references;
 pub mod space;
 mod staging;
 mod tx;
@@ -28,6 +30,8 @@ pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
     backoff_ms, with_defaults,
 };
+pub use idempotency::Idempotency;
+pub use references::Screen;
 pub use space::{Space, SpaceLimits};
 pub use staging::CHUNK as STAGE_CHUNK;
 
@@ -74,11 +78,25 @@ impl Shared {
 }
 
 /// Settings of the store that come from the configuration.
-#[derive(Default)]
 pub struct StoreOptions {
     pub space: SpaceLimits,
     /// The key secrets are sealed with (`None`: a key file in the store's directory).
     pub key: Option<crate::secrets::SecretKey>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_keep: std::time::Duration,
+}
+
+/// A day: a client that retries within it gets its first answer back.
+pub const IDEMPOTENCY_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            space: SpaceLimits::default(),
+            key: None,
+            idempotency_keep: IDEMPOTENCY_KEEP,
+        }
+    }
 }
 
 /// A cheap, cloneable handle on the store.
@@ -95,6 +113,7 @@ pub struct Store {
     /// instance's name died with that process.
     instance: Arc<str>,
     secrets: crate::secrets::Secrets,
+    idempotency_keep_ms: i64,
 }
 
 /// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
@@ -194,6 +213,8 @@ impl Store {
             );
         }
         let tree = db.open_tree("faena")?;
+        let idempotency_keep_ms =
+            i64::try_from(options.idempotency_keep.as_millis()).unwrap_or(i64::MAX);
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
         let space = Arc::new(Space::default());
         space.set_limits(options.space);
@@ -223,6 +244,7 @@ impl Store {
             feed: feed.clone(),
             shared: shared.clone(),
             wake: false,
+            idempotency_keep_ms,
         };
         let writing = tokio::spawn(writer.run(rx));
         {
@@ -259,7 +281,9 @@ impl Store {
             clock,
             instance,
             secrets,
+            idempotency_keep_ms,
         };
+        store.sweep_idempotency_keys();
         if !dead.is_empty() {
             info!(
                 items = dead.len(),
@@ -286,6 +310,32 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Forget idempotency keys past their time, now and then, for as long as the
+    /// store is open.
+    fn sweep_idempotency_keys(&self) {
+        let tree = self.tree.clone();
+        let (clock, keep) = (self.clock, self.idempotency_keep_ms);
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(600);
+            loop {
+                tokio::time::sleep(every).await;
+                if shared.upgrade().is_none() {
+                    return;
+                }
+                let tree = tree.clone();
+                let now = clock.now_ms();
+                match tokio::task::spawn_blocking(move || idempotency::sweep(&tree, now, keep))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => info!(keys = n, "forgot expired idempotency keys"),
+                    Ok(Err(e)) => warn!(error = %e, "sweeping idempotency keys failed"),
+                    _ => {}
+                }
+            }
+        });
     }
 
     /// Stop the writer after committing what is pending, and release the database
@@ -382,15 +432,49 @@ impl Store {
         job: NewJob,
         plugin_version: Option<String>,
     ) -> Result<Job> {
+        Ok(self
+            .create_job_once(tenant, job, plugin_version, None)
+            .await?
+            .0)
+    }
+
+    /// [`Store::create_job`] under an idempotency key: the job is recorded under the
+    /// key in the same write, and a request with a key already answered gets that
+    /// job back (`true`: a replay) without writing anything.
+    pub async fn create_job_once(
+        &self,
+        tenant: &str,
+        job: NewJob,
+        plugin_version: Option<String>,
+        idem: Option<Idempotency>,
+    ) -> Result<(Job, bool)> {
+        if let Some(idem) = &idem
+            && let Some(earlier) = self.replayed(idem)?
+        {
+            return Ok((serde_json::from_value(earlier)?, true));
+        }
         self.writable()?;
         let tenant = tenant.to_owned();
         self.send(|reply| Command::CreateJob {
             tenant,
             job,
             plugin_version,
+            idem,
             reply,
         })
         .await
+    }
+
+    /// The answer recorded under `idem`'s key, if it is still kept; an error if the
+    /// key was used with a different request.
+    pub fn replayed(&self, idem: &Idempotency) -> Result<Option<serde_json::Value>> {
+        let raw = self.tree.get(idem.id())?;
+        idempotency::lookup(
+            raw.as_deref(),
+            idem,
+            self.clock.now_ms(),
+            self.idempotency_keep_ms,
+        )
     }
 
     pub async fn job_action(&self, job: &str, action: JobAction) -> Result<Job> {
@@ -583,6 +667,23 @@ impl Store {
         job_id: Option<String>,
         data: serde_json::Value,
     ) -> Result<Event> {
+        Ok(self.publish_once(tenant, kind, job_id, data, None).await?.0)
+    }
+
+    /// [`Store::publish`] under an idempotency key (see [`Store::create_job_once`]).
+    pub async fn publish_once(
+        &self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<String>,
+        data: serde_json::Value,
+        idem: Option<Idempotency>,
+    ) -> Result<(Event, bool)> {
+        if let Some(idem) = &idem
+            && let Some(earlier) = self.replayed(idem)?
+        {
+            return Ok((serde_json::from_value(earlier)?, true));
+        }
         self.writable()?;
         let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
         self.send(|reply| Command::Publish {
@@ -590,6 +691,7 @@ impl Store {
             kind,
             job_id,
             data,
+            idem,
             reply,
         })
         .await

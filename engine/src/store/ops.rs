@@ -8,12 +8,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::{Result, StoreError};
+use super::idempotency::{self, Idempotency};
 use super::keys::{self, ItemKey};
+use super::references;
 use super::tx::Tx;
 use super::writer::Writer;
 use crate::model::{
     Actor, Attempt, ErrorKind, FailurePolicy, Item, ItemError, ItemStatus, Job, JobOptions,
-    JobStatus, Lease, NewItem, NewJob, PoolOptions, RATE_LIMITED, Step, kind, limits,
+    JobStatus, Lease, NewItem, NewJob, PoolOptions, RATE_LIMITED, ReferencePolicy, Step, kind,
+    limits,
 };
 
 /// Largest job accepted in one request.
@@ -236,6 +239,8 @@ pub(super) fn new_job(
         finished_at: None,
         updated_at: now,
         resources: Default::default(),
+        awaiting_review: false,
+        skipped: None,
     })
 }
 
@@ -318,13 +323,21 @@ fn percentage(done: u64, total: u64) -> f64 {
 }
 
 impl Writer {
+    /// Create a job whole, or answer the job an earlier request with the same
+    /// idempotency key created (then `true`: a replay, nothing written).
     pub(crate) fn create_job(
         &mut self,
         tx: &mut Tx<'_>,
         tenant: &str,
         new: NewJob,
         plugin_version: Option<String>,
-    ) -> Result<Job> {
+        idem: Option<Idempotency>,
+    ) -> Result<(Job, bool)> {
+        if let Some(idem) = &idem
+            && let Some(earlier) = idempotency::replayed(tx, idem, self.idempotency_keep_ms)?
+        {
+            return Ok((serde_json::from_value(earlier)?, true));
+        }
         let mut job = new_job(tx.now, tenant, &new, plugin_version)?;
         if new.items.is_empty() {
             return Err(StoreError::Invalid(
@@ -337,16 +350,43 @@ impl Writer {
                 new.items.len()
             )));
         }
+        let policy = job.options.unique_references.unwrap_or_default();
+        let mut screen = references::Screen::default();
+        let mut items = Vec::with_capacity(new.items.len());
+        for it in new.items {
+            let admitted = policy == ReferencePolicy::Allow
+                || screen.admit(it.reference.as_deref(), |r| {
+                    references::taken_in_tx(tx, &job, r)
+                })?;
+            if admitted {
+                items.push(it);
+            }
+        }
+        if screen.count > 0 && (policy == ReferencePolicy::Reject || items.is_empty()) {
+            return Err(screen.refusal());
+        }
+        if screen.count > 0 {
+            job.skipped = Some(crate::model::Skipped {
+                count: screen.count,
+                references: screen.listed,
+            });
+        }
         let item_status = initial_status(&job);
-        let n = new.items.len() as u64;
+        let n = items.len() as u64;
         *job.counts.get_mut(item_status) = n;
-        for (index, it) in new.items.into_iter().enumerate() {
+        for (index, it) in items.into_iter().enumerate() {
             let item = new_item(&job, index as u64, it, new.input.as_ref(), tx.now)?;
+            if let Some(entry) = references::entry(&job, &item) {
+                tx.put(entry, Vec::new());
+            }
             tx.insert_item(&item);
         }
         tx.insert_job(job.clone());
         self.announce_job(tx, &job, n);
-        Ok(job)
+        if let Some(idem) = &idem {
+            idempotency::record(tx, idem, serde_json::to_value(&job)?);
+        }
+        Ok((job, false))
     }
 
     /// A job's items are all stored: tell the feed, and queue them if it starts now.
@@ -494,6 +534,7 @@ impl Writer {
                 let now = tx.now;
                 let j = tx.job_mut(id)?;
                 j.status = JobStatus::Cancelled;
+                j.awaiting_review = false;
                 j.finished_at = Some(now);
                 let j = j.clone();
                 tx.emit(
@@ -556,6 +597,9 @@ impl Writer {
         for st in ItemStatus::ALL {
             for k in tx.scan_keys(&keys::status_prefix(st, Some(id)))? {
                 let key = keys::split_item_suffix(&k).expect("status key");
+                if let Some(entry) = references::entry(&job, &tx.item(&key)?) {
+                    tx.del(entry);
+                }
                 tx.remove_item(&key, st);
                 items += 1;
             }
@@ -596,6 +640,10 @@ impl Writer {
             Some(&item.id),
             json!({"from": from, "to": ItemStatus::Queued, "attempt": item.attempt, "by": by, "reason": reason}),
         );
+        if job.awaiting_review {
+            // Work again: the job no longer waits only for a person.
+            tx.job_mut(&item.job_id)?.awaiting_review = false;
+        }
         if job.status == JobStatus::Completed {
             let j = tx.job_mut(&item.job_id)?;
             j.status = JobStatus::Running;
@@ -987,14 +1035,30 @@ impl Writer {
         Ok(())
     }
 
+    /// A job with nothing left to run completes, unless items wait for review: then
+    /// it says so once, and completes when the last of them is resolved.
     fn check_job_done(&mut self, tx: &mut Tx<'_>, job_id: &str) -> Result<()> {
         let job = tx.job(job_id)?;
         if job.counts.open() > 0 || !matches!(job.status, JobStatus::Running | JobStatus::Paused) {
             return Ok(());
         }
+        if job.counts.needs_review > 0 {
+            if !job.awaiting_review {
+                tx.job_mut(job_id)?.awaiting_review = true;
+                tx.emit(
+                    &job.tenant,
+                    kind::JOB_AWAITING_REVIEW,
+                    Some(job_id),
+                    None,
+                    json!({"counts": job.counts, "needs_review": job.counts.needs_review}),
+                );
+            }
+            return Ok(());
+        }
         let now = tx.now;
         let j = tx.job_mut(job_id)?;
         j.status = JobStatus::Completed;
+        j.awaiting_review = false;
         j.finished_at = Some(now);
         let c = j.counts.clone();
         let duration = now - j.started_at.unwrap_or(j.created_at);
@@ -1214,7 +1278,13 @@ impl Writer {
         event_kind: &str,
         job_id: Option<String>,
         data: serde_json::Value,
-    ) -> Result<crate::model::Event> {
+        idem: Option<Idempotency>,
+    ) -> Result<(crate::model::Event, bool)> {
+        if let Some(idem) = &idem
+            && let Some(earlier) = idempotency::replayed(tx, idem, self.idempotency_keep_ms)?
+        {
+            return Ok((serde_json::from_value(earlier)?, true));
+        }
         check_name("type", event_kind)?;
         if kind::BUILTIN.contains(&event_kind) {
             return Err(StoreError::Invalid(format!(
@@ -1231,7 +1301,11 @@ impl Writer {
             }
         }
         tx.emit(tenant, event_kind, job_id.as_deref(), None, data);
-        Ok(tx.events.last().expect("just emitted").event())
+        let event = tx.events.last().expect("just emitted").event();
+        if let Some(idem) = &idem {
+            idempotency::record(tx, idem, serde_json::to_value(&event)?);
+        }
+        Ok((event, false))
     }
 }
 

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use super::error::{Result, StoreError};
-use super::keys;
+use super::idempotency::{self, Idempotency};
+use super::keys::{self, ItemKey};
+use super::references::{self, Screen};
 use super::ops::{MAX_ITEMS_PER_JOB, initial_status, new_item, new_job};
 use super::tx::Tx;
 use super::writer::{Command, Writer};
-use crate::model::{Job, NewItem, NewJob};
+use crate::model::{Job, NewItem, NewJob, ReferencePolicy, Skipped};
 
 /// Items written or removed per command, so that one import never holds the writer
 /// for long.
@@ -59,21 +61,54 @@ impl Writer {
     /// Store a chunk of a job being created: its items and status index entries, made
     /// and serialized by the caller ([`Store::stage_items`]), so the writer only checks
     /// the marker is there and copies them. The status counts move only at the commit.
+    ///
+    /// The references were screened against what was committed; they are looked at
+    /// again here, where writes not yet committed are seen too. Answers the ones found
+    /// taken, and then writes nothing.
     pub(crate) fn stage_items(
         &mut self,
         tx: &mut Tx<'_>,
         id: &str,
         writes: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<()> {
-        staged(tx, id)?;
+        references: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let marker = staged(tx, id)?;
+        if marker.job.options.unique_references.unwrap_or_default() != ReferencePolicy::Allow {
+            let mut taken = Vec::new();
+            for r in references {
+                if references::taken_in_tx(tx, &marker.job, &r)? {
+                    taken.push(r);
+                }
+            }
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+        }
         for (k, v) in writes {
             tx.put(k, v);
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Make the job real: its record, its counts, its events, its queue — one write.
-    pub(crate) fn commit_staged(&mut self, tx: &mut Tx<'_>, id: &str, total: u64) -> Result<Job> {
+    pub(crate) fn commit_staged(
+        &mut self,
+        tx: &mut Tx<'_>,
+        id: &str,
+        total: u64,
+        skipped: Option<Skipped>,
+        idem: Option<Idempotency>,
+    ) -> Result<Job> {
+        if let Some(idem) = &idem
+            && idempotency::replayed(tx, idem, self.idempotency_keep_ms)?.is_some()
+        {
+            // Two imports with one key raced past the in-flight guard (two processes
+            // on one store cannot happen; this is the last line).
+            return Err(StoreError::Conflict(format!(
+                "Idempotency-Key: `{}`: another request with this key created its job first",
+                idem.key
+            )));
+        }
         let Staged { mut job, .. } = staged(tx, id)?;
         let complete = total > 0
             && tx.get(&keys::item_key(id, total - 1))?.is_some()
@@ -87,9 +122,13 @@ impl Writer {
         *job.counts.get_mut(status) = total;
         job.updated_at = tx.now;
         tx.status_deltas[status.code() as usize] += total as i64;
+        job.skipped = skipped;
         tx.del(keys::staged_key(id));
         tx.insert_job(job.clone());
         self.announce_job(tx, &job, total);
+        if let Some(idem) = &idem {
+            idempotency::record(tx, idem, serde_json::to_value(&job)?);
+        }
         Ok(job)
     }
 
@@ -102,8 +141,18 @@ impl Writer {
         to: u64,
         last: bool,
     ) -> Result<()> {
-        let status = initial_status(&staged(tx, id)?.job);
+        let job = staged(tx, id)?.job;
+        let status = initial_status(&job);
         for index in from..to {
+            let key = ItemKey {
+                job: id.to_owned(),
+                index,
+            };
+            if let Ok(item) = tx.item(&key)
+                && let Some(entry) = references::entry(&job, &item)
+            {
+                tx.del(entry);
+            }
             tx.del(keys::item_key(id, index));
             tx.del(keys::status_key(status, id, index));
         }
@@ -137,7 +186,18 @@ impl Store {
     /// (at most [`CHUNK`] a call keeps other writers waiting least). The items are made
     /// and serialized on a blocking thread of the caller's, not by the writer, which
     /// every tenant's changes wait for.
-    pub async fn stage_items(&self, job: &str, first: u64, items: Vec<NewItem>) -> Result<()> {
+    ///
+    /// Under a `skip` or `reject` policy the items' references are screened first
+    /// (`screen` carries what earlier chunks met): skipped items are left out, and a
+    /// taken reference under `reject` writes nothing more (the caller refuses the job
+    /// at the end, listing them). Answers how many items were written.
+    pub async fn stage_items(
+        &self,
+        job: &str,
+        first: u64,
+        items: Vec<NewItem>,
+        screen: &mut Screen,
+    ) -> Result<u64> {
         // A disk that fills during a long import stops it (and the staged chunks are
         // discarded) before sled meets ENOSPC.
         self.writable()?;
@@ -152,33 +212,90 @@ impl Store {
             )));
         }
         let now = self.clock.now_ms();
-        let writes = tokio::task::spawn_blocking(move || {
+        let policy = marker.job.options.unique_references.unwrap_or_default();
+        let tree = self.tree.clone();
+        let mut screened = std::mem::take(screen);
+        let (writes, references, n, screened) = tokio::task::spawn_blocking(move || {
+            let mut kept = Vec::with_capacity(items.len());
+            for it in items {
+                let admitted = policy == ReferencePolicy::Allow
+                    || screened.admit(it.reference.as_deref(), |r| {
+                        references::taken_in_tree(&tree, &marker.job, r)
+                    })?;
+                if admitted {
+                    kept.push(it);
+                }
+            }
+            if policy == ReferencePolicy::Reject && screened.count > 0 {
+                // Refused in the end: nothing more is written, the rest is only read
+                // to list every reference taken.
+                return Ok::<_, StoreError>((Vec::new(), Vec::new(), 0, screened));
+            }
             let status = initial_status(&marker.job);
-            let mut writes = Vec::with_capacity(items.len() * 2);
-            for (i, it) in items.into_iter().enumerate() {
+            let mut writes = Vec::with_capacity(kept.len() * 3);
+            let mut references = Vec::new();
+            let n = kept.len() as u64;
+            for (i, it) in kept.into_iter().enumerate() {
                 let index = first + i as u64;
                 let item = new_item(&marker.job, index, it, marker.input.as_ref(), now)?;
+                if let Some(entry) = references::entry(&marker.job, &item) {
+                    writes.push((entry, Vec::new()));
+                    references.extend(item.reference.clone());
+                }
                 writes.push((
                     keys::item_key(&item.job_id, index),
                     serde_json::to_vec(&item)?,
                 ));
                 writes.push((keys::status_key(status, &item.job_id, index), Vec::new()));
             }
-            Ok::<_, StoreError>(writes)
+            Ok((writes, references, n, screened))
         })
         .await
         .map_err(|e| StoreError::Storage(format!("making a chunk of items failed: {e}")))??;
+        *screen = screened;
+        if n == 0 {
+            return Ok(0);
+        }
         let job = job.to_owned();
-        self.send(|reply| Command::StageItems { job, writes, reply })
-            .await
+        let taken = self
+            .send(|reply| Command::StageItems {
+                job,
+                writes,
+                references,
+                reply,
+            })
+            .await?;
+        if !taken.is_empty() {
+            // Taken between the screening and the write, by a request the screening
+            // could not see yet.
+            return Err(StoreError::ReferencesTaken {
+                count: taken.len() as u64,
+                references: taken,
+            });
+        }
+        Ok(n)
     }
 
     /// The job with its `total` items, visible and (if it starts now) queued.
-    pub async fn commit_staged(&self, job: &str, total: u64) -> Result<Job> {
+    /// `skipped`: what a `skip` policy left out; `idem`: the request's idempotency
+    /// key, recorded with the job.
+    pub async fn commit_staged(
+        &self,
+        job: &str,
+        total: u64,
+        skipped: Option<Skipped>,
+        idem: Option<Idempotency>,
+    ) -> Result<Job> {
         self.writable()?;
         let job = job.to_owned();
-        self.send(|reply| Command::CommitStaged { job, total, reply })
-            .await
+        self.send(|reply| Command::CommitStaged {
+            job,
+            total,
+            skipped,
+            idem,
+            reply,
+        })
+        .await
     }
 
     /// Remove a job being created and the `written` items it has, chunk by chunk.
@@ -217,8 +334,13 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
         let status = initial_status(job);
         let mut batch = sled::Batch::default();
         let mut n: usize = 0;
-        for k in tree.scan_prefix(keys::item_prefix(&job.id)).keys() {
-            let k = k?;
+        for kv in tree.scan_prefix(keys::item_prefix(&job.id)) {
+            let (k, v) = kv?;
+            if let Ok(item) = serde_json::from_slice::<crate::model::Item>(&v)
+                && let Some(entry) = references::entry(job, &item)
+            {
+                batch.remove(entry);
+            }
             if let Some(key) = keys::split_item_suffix(&k) {
                 batch.remove(keys::status_key(status, &key.job, key.index));
             }

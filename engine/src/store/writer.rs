@@ -14,6 +14,7 @@ use tracing::{error, warn};
 use super::error::{Result, StoreError};
 use super::feed::{Feed, Published};
 use super::ops::{ClaimRequest, Claimed, JobAction, Outcome};
+use super::idempotency::Idempotency;
 use super::ready::Ready;
 use super::tx::{Overlay, Tx};
 use super::{Shared, keys::ItemKey};
@@ -30,7 +31,9 @@ pub(crate) enum Command {
         tenant: String,
         job: NewJob,
         plugin_version: Option<String>,
-        reply: Reply<Job>,
+        idem: Option<Idempotency>,
+        /// The job, and whether it is an earlier request's (a replay).
+        reply: Reply<(Job, bool)>,
     },
     JobAction {
         job: String,
@@ -109,7 +112,8 @@ pub(crate) enum Command {
         kind: String,
         job_id: Option<String>,
         data: serde_json::Value,
-        reply: Reply<Event>,
+        idem: Option<Idempotency>,
+        reply: Reply<(Event, bool)>,
     },
     StageJob {
         tenant: String,
@@ -121,11 +125,17 @@ pub(crate) enum Command {
         job: String,
         /// Item records and status index entries, keys and values.
         writes: Vec<(Vec<u8>, Vec<u8>)>,
-        reply: Reply<()>,
+        /// The references of these items, checked by the writer when the job's policy
+        /// is not `allow`.
+        references: Vec<String>,
+        /// Answers the references found taken (nothing is written then).
+        reply: Reply<Vec<String>>,
     },
     CommitStaged {
         job: String,
         total: u64,
+        skipped: Option<crate::model::Skipped>,
+        idem: Option<Idempotency>,
         reply: Reply<Job>,
     },
     DiscardStaged {
@@ -195,6 +205,8 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     /// Items became claimable in this group: wake the dispatchers after the commit.
     pub wake: bool,
+    /// How long an idempotency key is remembered.
+    pub idempotency_keep_ms: i64,
 }
 
 impl Writer {
@@ -388,9 +400,10 @@ impl Writer {
                 tenant,
                 job,
                 plugin_version,
+                idem,
                 reply,
             } => self.run_tx(group, reply, |w, tx| {
-                w.create_job(tx, &tenant, job, plugin_version)
+                w.create_job(tx, &tenant, job, plugin_version, idem)
             }),
             Command::JobAction { job, action, reply } => {
                 self.run_tx(group, reply, |w, tx| w.job_action(tx, &job, action))
@@ -473,9 +486,10 @@ impl Writer {
                 kind,
                 job_id,
                 data,
+                idem,
                 reply,
             } => self.run_tx(group, reply, |w, tx| {
-                w.publish(tx, &tenant, &kind, job_id, data)
+                w.publish(tx, &tenant, &kind, job_id, data, idem)
             }),
             Command::StageJob {
                 tenant,
@@ -485,12 +499,23 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.stage_job(tx, &tenant, job, plugin_version)
             }),
-            Command::StageItems { job, writes, reply } => {
-                self.run_tx(group, reply, |w, tx| w.stage_items(tx, &job, writes))
-            }
-            Command::CommitStaged { job, total, reply } => {
-                self.run_tx(group, reply, |w, tx| w.commit_staged(tx, &job, total))
-            }
+            Command::StageItems {
+                job,
+                writes,
+                references,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.stage_items(tx, &job, writes, references)
+            }),
+            Command::CommitStaged {
+                job,
+                total,
+                skipped,
+                idem,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.commit_staged(tx, &job, total, skipped, idem)
+            }),
             Command::DiscardStaged {
                 job,
                 from,
