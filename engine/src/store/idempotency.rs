@@ -99,17 +99,23 @@ pub(super) fn record(tx: &mut Tx<'_>, idem: &Idempotency, response: serde_json::
     );
 }
 
-/// Remove keys older than `keep_ms`. A key rewritten meanwhile is left alone
-/// (compare-and-swap), so the sweep never races the writer.
-pub(super) fn sweep(tree: &sled::Tree, now: i64, keep_ms: i64) -> Result<usize> {
+/// Most keys one sweep command removes, so that it never holds the writer for long.
+pub(super) const SWEEP_CHUNK: usize = 5_000;
+
+/// Remove up to [`SWEEP_CHUNK`] keys older than `keep_ms`, inside a writer command.
+pub(super) fn sweep(tx: &mut Tx<'_>, keep_ms: i64) -> Result<usize> {
     let mut removed = 0;
-    for kv in tree.scan_prefix([IDEMPOTENCY]) {
-        let (k, v) = kv?;
+    for k in tx.scan_keys(&[IDEMPOTENCY])? {
+        let Some(v) = tx.get(&k)? else { continue };
         let expired = serde_json::from_slice::<Recorded>(&v)
-            .map(|r| now.saturating_sub(r.at) > keep_ms)
+            .map(|r| tx.now.saturating_sub(r.at) > keep_ms)
             .unwrap_or(true);
-        if expired && tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+        if expired {
+            tx.del(k);
             removed += 1;
+            if removed == SWEEP_CHUNK {
+                break;
+            }
         }
     }
     Ok(removed)

@@ -314,25 +314,38 @@ impl Store {
 
     /// Forget idempotency keys past their time, now and then, for as long as the
     /// store is open.
+    ///
+    /// The task holds no handle on the database between sweeps (a weak sender to the
+    /// writer), so a closed store is released at once and the task ends with it.
     fn sweep_idempotency_keys(&self) {
-        let tree = self.tree.clone();
-        let (clock, keep) = (self.clock, self.idempotency_keep_ms);
-        let shared = Arc::downgrade(&self.shared);
+        let writer = self.tx.downgrade();
         tokio::spawn(async move {
             let every = std::time::Duration::from_secs(600);
             loop {
                 tokio::time::sleep(every).await;
-                if shared.upgrade().is_none() {
-                    return;
+                let Some(tx) = writer.upgrade() else { return };
+                let mut forgot = 0;
+                loop {
+                    let (reply, rx) = oneshot::channel();
+                    if tx.send(Command::SweepIdempotency { reply }).await.is_err() {
+                        return;
+                    }
+                    match rx.await {
+                        Ok(Ok(n)) => {
+                            forgot += n;
+                            if n < idempotency::SWEEP_CHUNK {
+                                break;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "sweeping idempotency keys failed");
+                            break;
+                        }
+                        Err(_) => return,
+                    }
                 }
-                let tree = tree.clone();
-                let now = clock.now_ms();
-                match tokio::task::spawn_blocking(move || idempotency::sweep(&tree, now, keep))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => info!(keys = n, "forgot expired idempotency keys"),
-                    Ok(Err(e)) => warn!(error = %e, "sweeping idempotency keys failed"),
-                    _ => {}
+                if forgot > 0 {
+                    info!(keys = forgot, "forgot expired idempotency keys");
                 }
             }
         });

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::error::{Result, StoreError};
-use super::keys::{self, ItemKey, REFERENCE};
+use super::keys::{ItemKey, REFERENCE};
 use super::tx::Tx;
 use crate::model::{Item, ItemStatus, Job};
 pub use crate::model::ReferencePolicy;

@@ -153,6 +153,10 @@ pub(crate) enum Command {
         tenant: String,
         limit: Option<u32>,
     },
+    /// Forget idempotency keys past their time (a chunk of them).
+    SweepIdempotency {
+        reply: Reply<usize>,
+    },
     /// Commit what is pending, stop, and release the database.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -499,6 +503,10 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.stage_job(tx, &tenant, job, plugin_version)
             }),
+            Command::SweepIdempotency { reply } => {
+                let keep = self.idempotency_keep_ms;
+                self.run_tx(group, reply, |_, tx| super::idempotency::sweep(tx, keep))
+            }
             Command::StageItems {
                 job,
                 writes,
