@@ -357,11 +357,21 @@ async fn a_job_left_half_created_is_invisible_and_gone_after_a_restart() {
     };
     let id = store.stage_job("default", new.clone(), None).await.unwrap();
     store
-        .stage_items(&id, 0, (0..1_500).map(item).collect())
+        .stage_items(
+            &id,
+            0,
+            (0..1_500).map(item).collect(),
+            &mut Default::default(),
+        )
         .await
         .unwrap();
     store
-        .stage_items(&id, 1_500, (1_500..2_000).map(item).collect())
+        .stage_items(
+            &id,
+            1_500,
+            (1_500..2_000).map(item).collect(),
+            &mut Default::default(),
+        )
         .await
         .unwrap();
     assert!(store.job(&id).is_err(), "no job before the commit");
@@ -372,7 +382,7 @@ async fn a_job_left_half_created_is_invisible_and_gone_after_a_restart() {
         .unwrap();
     assert!(queued.items.is_empty(), "staged items are nobody's");
     // A commit that does not match what was written is refused.
-    assert!(store.commit_staged(&id, 2_001).await.is_err());
+    assert!(store.commit_staged(&id, 2_001, None, None).await.is_err());
     // The process dies here: nothing commits the job.
     store.close().await;
 
@@ -383,26 +393,31 @@ async fn a_job_left_half_created_is_invisible_and_gone_after_a_restart() {
         "its items went with it"
     );
     assert!(
-        store.commit_staged(&id, 2_000).await.is_err(),
+        store.commit_staged(&id, 2_000, None, None).await.is_err(),
         "nothing is left to commit"
     );
     // A whole one commits, and a refused one is discarded by its creator.
     let id = store.stage_job("default", new.clone(), None).await.unwrap();
     store
-        .stage_items(&id, 0, (0..3).map(item).collect())
+        .stage_items(&id, 0, (0..3).map(item).collect(), &mut Default::default())
         .await
         .unwrap();
-    let job = store.commit_staged(&id, 3).await.unwrap();
+    let job = store.commit_staged(&id, 3, None, None).await.unwrap();
     assert_eq!(job.counts.queued, 3);
     assert_eq!(store.job(&id).unwrap().counts.queued, 3);
     let gone = store.stage_job("default", new, None).await.unwrap();
     store
-        .stage_items(&gone, 0, (0..2_500).map(item).collect())
+        .stage_items(
+            &gone,
+            0,
+            (0..2_500).map(item).collect(),
+            &mut Default::default(),
+        )
         .await
         .unwrap();
     store.discard_staged(&gone, 2_500).await.unwrap();
     assert!(store.item(&format!("{gone}-2499")).is_err());
-    assert!(store.commit_staged(&gone, 2_500).await.is_err());
+    assert!(store.commit_staged(&gone, 2_500, None, None).await.is_err());
     let counts = store.count_by_status().unwrap();
     let queued = counts
         .iter()

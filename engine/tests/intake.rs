@@ -17,7 +17,12 @@ async fn setup() -> (Engine, Api) {
 }
 
 /// A POST with an `Idempotency-Key`: status, body and whether it was a replay.
-async fn post_with_key(api: &Api, path: &str, key: &str, body: &Value) -> (StatusCode, Value, bool) {
+async fn post_with_key(
+    api: &Api,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Value, bool) {
     let resp = api
         .cli
         .post(path)
@@ -62,15 +67,21 @@ async fn a_retried_create_answers_the_first_job_and_survives_a_restart() {
     let (st, refused, _) = post_with_key(&api, "/api/v1/jobs", "erp-batch-7", &other).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(
-        refused["message"].as_str().unwrap().contains("Idempotency-Key"),
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
         "{refused}"
     );
     // A key is the tenant's own: another tenant's same key is another request.
     let state = AppState::new(e.store.clone(), None).unwrap();
-    let (_, key) = state.auth.keys.create("acme", Role::Operator, "t", 0).unwrap();
+    let (_, key) = state
+        .auth
+        .keys
+        .create("acme", Role::Operator, "t", 0)
+        .unwrap();
     let acme = Api::with_key(state, &key);
-    let (st, theirs, replayed) =
-        post_with_key(&acme, "/api/v1/jobs", "erp-batch-7", &body).await;
+    let (st, theirs, replayed) = post_with_key(&acme, "/api/v1/jobs", "erp-batch-7", &body).await;
     assert_eq!(st, StatusCode::CREATED, "{theirs}");
     assert!(!replayed);
     assert_ne!(theirs["id"], first["id"]);
@@ -114,7 +125,10 @@ async fn requests_with_one_key_at_once_make_one_job() {
                 ids.insert(answer["id"].as_str().unwrap().to_owned());
             }
             StatusCode::CONFLICT => assert!(
-                answer["message"].as_str().unwrap().contains("being answered"),
+                answer["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("being answered"),
                 "{answer}"
             ),
             other => panic!("{other}: {answer}"),
@@ -161,7 +175,10 @@ async fn a_retried_import_or_event_is_made_once() {
     let event = json!({"type": "invoice_sent", "data": {"invoice": "F-1"}});
     let (st, e1, r1) = post_with_key(&api, "/api/v1/events", "inv-F-1", &event).await;
     let (st2, e2, r2) = post_with_key(&api, "/api/v1/events", "inv-F-1", &event).await;
-    assert_eq!((st, st2, r1, r2), (StatusCode::CREATED, StatusCode::CREATED, false, true));
+    assert_eq!(
+        (st, st2, r1, r2),
+        (StatusCode::CREATED, StatusCode::CREATED, false, true)
+    );
     assert_eq!(e1, e2, "the same event, same seq");
     let (_, stored) = api.get("/api/v1/events?type=invoice_sent").await;
     assert_eq!(stored["events"].as_array().unwrap().len(), 1);
@@ -183,9 +200,9 @@ async fn the_spec_declares_the_idempotency_key() {
         );
         let created = &spec["paths"][path]["post"]["responses"]["201"];
         assert!(
-            created["headers"]
-                .as_object()
-                .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("Idempotency-Replayed"))),
+            created["headers"].as_object().is_some_and(|h| h
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("Idempotency-Replayed"))),
             "{path}: {created}"
         );
     }
@@ -212,7 +229,9 @@ async fn fail_reference(api: &Api, plugin: &str, reference: &str) {
         } else {
             json!({"token": token, "status": "succeeded", "result": {}})
         };
-        let (st, item) = api.post(&format!("/api/v1/items/{id}/complete"), body).await;
+        let (st, item) = api
+            .post(&format!("/api/v1/items/{id}/complete"), body)
+            .await;
         assert_eq!(st, StatusCode::OK, "{item}");
     }
     assert!(found, "{reference} was claimed: {claimed}");
@@ -226,7 +245,9 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
         b["options"] = json!({"unique_references": policy});
         b
     };
-    let (st, first) = api.post("/api/v1/jobs", order_batch(&["OC-1", "OC-2"])).await;
+    let (st, first) = api
+        .post("/api/v1/jobs", order_batch(&["OC-1", "OC-2"]))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{first}");
 
     // reject: 409 listing the taken ones, nothing written.
@@ -237,7 +258,9 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
     assert_eq!(refused.1["references"], json!(["OC-2", "OC-1"]));
     assert_eq!(job_count(&api).await, 1);
     // A reference repeated inside one request is taken by its first item.
-    let twice = api.post("/api/v1/jobs", with(&["OC-5", "OC-5"], "reject")).await;
+    let twice = api
+        .post("/api/v1/jobs", with(&["OC-5", "OC-5"], "reject"))
+        .await;
     assert_error(&twice, StatusCode::CONFLICT, "reference_taken", "OC-5");
 
     // skip: the duplicates are left out and listed.
@@ -251,12 +274,20 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
         json!({"count": 2, "references": ["OC-1", "OC-3"]})
     );
     let (_, items) = api
-        .get(&format!("/api/v1/jobs/{}/items", skipping["id"].as_str().unwrap()))
+        .get(&format!(
+            "/api/v1/jobs/{}/items",
+            skipping["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(items["items"][0]["reference"], "OC-3");
-    assert_eq!(items["items"][0]["id"], format!("{}-0", skipping["id"].as_str().unwrap()));
+    assert_eq!(
+        items["items"][0]["id"],
+        format!("{}-0", skipping["id"].as_str().unwrap())
+    );
     // Nothing left to create: refused, naming them.
-    let all_taken = api.post("/api/v1/jobs", with(&["OC-1", "OC-2"], "skip")).await;
+    let all_taken = api
+        .post("/api/v1/jobs", with(&["OC-1", "OC-2"], "skip"))
+        .await;
     assert_error(&all_taken, StatusCode::CONFLICT, "reference_taken", "OC-1");
 
     // Unique per plugin and operation: another plugin may use the same reference.
@@ -294,7 +325,11 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
 
     // Another tenant's references are its own.
     let state = AppState::new(e.store.clone(), None).unwrap();
-    let (_, key) = state.auth.keys.create("acme", Role::Operator, "t", 0).unwrap();
+    let (_, key) = state
+        .auth
+        .keys
+        .create("acme", Role::Operator, "t", 0)
+        .unwrap();
     let acme = Api::with_key(state, &key);
     let (st, theirs) = acme.post("/api/v1/jobs", with(&["OC-2"], "reject")).await;
     assert_eq!(st, StatusCode::CREATED, "{theirs}");
@@ -324,7 +359,11 @@ async fn an_imported_spreadsheet_twice_is_refused_or_skipped_by_reference() {
     let body: Value = refused.json().await.value().deserialize();
     assert_eq!(body["error"], "reference_taken");
     assert_eq!(body["references"], json!(["C1", "C2", "C3"]));
-    assert_eq!(job_count(&api).await, 1, "nothing of the refused import stays");
+    assert_eq!(
+        job_count(&api).await,
+        1,
+        "nothing of the refused import stays"
+    );
     let with_new_row = format!("{csv}C4;P4\n");
     let skipping = import(&with_new_row, "skip").await;
     skipping.assert_status(StatusCode::CREATED);
@@ -332,7 +371,10 @@ async fn an_imported_spreadsheet_twice_is_refused_or_skipped_by_reference() {
     assert_eq!(job["counts"]["queued"], 1);
     assert_eq!(job["skipped"]["count"], 3);
     let (_, items) = api
-        .get(&format!("/api/v1/jobs/{}/items", job["id"].as_str().unwrap()))
+        .get(&format!(
+            "/api/v1/jobs/{}/items",
+            job["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(items["items"].as_array().unwrap().len(), 1);
     assert_eq!(items["items"][0]["reference"], "C4");
@@ -347,7 +389,10 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
     let id = job["id"].as_str().unwrap().to_owned();
     // OC-1 succeeds, OC-2 and OC-3 are refused by the portal: review.
     let (_, claimed) = api
-        .post("/api/v1/queues/ext/claim", json!({"worker": "w", "max": 10}))
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w", "max": 10}),
+        )
         .await;
     for c in claimed["items"].as_array().unwrap() {
         let item = c["item"]["id"].as_str().unwrap();
@@ -357,12 +402,17 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
         } else {
             json!({"token": token, "status": "failed", "error": {"kind": "business", "message": "unknown supplier"}})
         };
-        let (st, _) = api.post(&format!("/api/v1/items/{item}/complete"), body).await;
+        let (st, _) = api
+            .post(&format!("/api/v1/items/{item}/complete"), body)
+            .await;
         assert_eq!(st, StatusCode::OK);
     }
     let (_, waiting) = api.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(
-        (waiting["status"].clone(), waiting["awaiting_review"].clone()),
+        (
+            waiting["status"].clone(),
+            waiting["awaiting_review"].clone()
+        ),
         (json!("running"), json!(true)),
         "{waiting}"
     );
@@ -383,13 +433,19 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
 
     // One is sent back and succeeds: the job still waits for the other.
     let (st, _) = api
-        .post(&format!("/api/v1/items/{id}-1/transition"), json!({"to": "queued"}))
+        .post(
+            &format!("/api/v1/items/{id}-1/transition"),
+            json!({"to": "queued"}),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
     let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
     assert!(job.get("awaiting_review").is_none(), "working again: {job}");
     let (_, claimed) = api
-        .post("/api/v1/queues/ext/claim", json!({"worker": "w", "max": 10}))
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w", "max": 10}),
+        )
         .await;
     let token = claimed["items"][0]["lease_token"].as_u64().unwrap();
     api.post(
@@ -398,11 +454,17 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
     )
     .await;
     let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
-    assert_eq!((job["status"].clone(), job["awaiting_review"].clone()), (json!("running"), json!(true)));
+    assert_eq!(
+        (job["status"].clone(), job["awaiting_review"].clone()),
+        (json!("running"), json!(true))
+    );
 
     // The operator gives up on the last one: now the job is complete.
     let (st, _) = api
-        .post(&format!("/api/v1/items/{id}-2/transition"), json!({"to": "failed", "reason": "supplier unknown"}))
+        .post(
+            &format!("/api/v1/items/{id}-2/transition"),
+            json!({"to": "failed", "reason": "supplier unknown"}),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
     let (_, done) = api.get(&format!("/api/v1/jobs/{id}")).await;

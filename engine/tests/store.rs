@@ -314,7 +314,15 @@ async fn attempts_run_out_into_the_failure_policy() {
             ..Default::default()
         };
         let job = e.store.create_job("default", new, None).await.unwrap();
-        wait_finished(&e.store, &job.id, 60).await;
+        let done = wait_job(&e.store, &job.id, 60, |j| j.counts.open() == 0).await;
+        // A failed job is complete; one whose item waits for review is not.
+        assert_eq!(
+            (done.status, done.awaiting_review),
+            match policy {
+                FailurePolicy::Fail => (JobStatus::Completed, false),
+                FailurePolicy::Review => (JobStatus::Running, true),
+            }
+        );
         let item = e.store.item(&format!("{}-0", job.id)).unwrap();
         assert_eq!(item.status, expect);
         assert_eq!(item.attempts.len(), 3);
@@ -430,7 +438,7 @@ async fn pause_resume_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_moves_review_items_back_and_retry_reopens_the_job() {
+async fn operator_moves_review_items_back_and_the_job_waits_for_them() {
     let e = engine(None, 1).await;
     let mut new = new_job("ext", vec![json!({"supplier": "bad"})]);
     new.options.on_failure = FailurePolicy::Review;
@@ -451,7 +459,12 @@ async fn operator_moves_review_items_back_and_retry_reopens_the_job() {
         )
         .await
         .unwrap();
-    assert_eq!(e.store.job(&job.id).unwrap().status, JobStatus::Completed);
+    let waiting = e.store.job(&job.id).unwrap();
+    assert_eq!(
+        (waiting.status, waiting.awaiting_review),
+        (JobStatus::Running, true),
+        "a job whose items wait for a person is not complete"
+    );
     let item = e.store.item(&id).unwrap();
     assert_eq!(item.status, ItemStatus::NeedsReview);
 
@@ -478,10 +491,11 @@ async fn operator_moves_review_items_back_and_retry_reopens_the_job() {
         .unwrap();
     assert_eq!(moved.status, ItemStatus::Queued);
     assert_eq!(moved.input, json!({"supplier": "good"}));
+    let reopened = e.store.job(&job.id).unwrap();
     assert_eq!(
-        e.store.job(&job.id).unwrap().status,
-        JobStatus::Running,
-        "job reopened"
+        (reopened.status, reopened.awaiting_review),
+        (JobStatus::Running, false),
+        "the job works again"
     );
     let c = e
         .store

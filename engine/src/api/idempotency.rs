@@ -26,7 +26,11 @@ pub struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.keys.0.lock().expect("in-flight lock").remove(&self.key);
+        self.keys
+            .0
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.key);
     }
 }
 

@@ -99,8 +99,8 @@ fn replay(earlier: serde_json::Value) -> ApiResult<Created> {
 
 /// SHA-256 of a whole file, read from its start; the file is left at its start.
 fn file_digest(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    use std::io::{Seek, SeekFrom};
     use sha2::Digest;
+    use std::io::{Seek, SeekFrom};
     file.seek(SeekFrom::Start(0))?;
     let mut hasher = sha2::Sha256::new();
     std::io::copy(file, &mut hasher)?;
@@ -183,8 +183,15 @@ impl JobsApi {
             None => String::new(),
             Some(_) => {
                 let fields = serde_json::json!([
-                    form.plugin, form.operation, form.name, form.options, form.start,
-                    form.group_by, form.reference, form.mapping, form.input,
+                    form.plugin,
+                    form.operation,
+                    form.name,
+                    form.options,
+                    form.start,
+                    form.group_by,
+                    form.reference,
+                    form.mapping,
+                    form.input,
                 ]);
                 let (hashed, digest) = tokio::task::spawn_blocking(move || {
                     let digest = file_digest(&mut file);

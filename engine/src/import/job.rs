@@ -94,7 +94,9 @@ async fn run(store: Store, request: Request) -> Result<Job, ImportFailed> {
         (Some(e), _) => Err(ImportFailed::from(e)),
         (None, Err(e)) => Err(e),
         // Every taken reference of the file is listed (the first hundred).
-        (None, Ok(_)) if screen.count > 0 && (policy == ReferencePolicy::Reject || written == 0) => {
+        (None, Ok(_))
+            if screen.count > 0 && (policy == ReferencePolicy::Reject || written == 0) =>
+        {
             Err(ImportFailed::from(screen.refusal()))
         }
         (None, Ok(total)) => {

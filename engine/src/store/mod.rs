@@ -25,12 +25,12 @@ use tracing::{info, warn};
 pub use error::{Result, StoreError};
 pub use fair::TenantConfig;
 pub use feed::{Feed, FeedLimits, Follower, Published};
+pub use idempotency::Idempotency;
 pub use keys::ItemKey;
 pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
     backoff_ms, with_defaults,
 };
-pub use idempotency::Idempotency;
 pub use references::Screen;
 pub use space::{Space, SpaceLimits};
 pub use staging::CHUNK as STAGE_CHUNK;

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use super::error::{Result, StoreError};
 use super::keys::{ItemKey, REFERENCE};
 use super::tx::Tx;
-use crate::model::{Item, ItemStatus, Job};
 pub use crate::model::ReferencePolicy;
+use crate::model::{Item, ItemStatus, Job};
 
 /// Most references listed in a refusal or on a job; the count says how many in all.
 pub const MAX_LISTED: usize = 100;
@@ -92,7 +92,11 @@ pub struct Screen {
 impl Screen {
     /// Whether the item with `reference` may go in: false when it repeats one of this
     /// request's or is `taken` elsewhere (then it is listed).
-    pub fn admit(&mut self, reference: Option<&str>, taken: impl FnOnce(&str) -> Result<bool>) -> Result<bool> {
+    pub fn admit(
+        &mut self,
+        reference: Option<&str>,
+        taken: impl FnOnce(&str) -> Result<bool>,
+    ) -> Result<bool> {
         let Some(r) = reference else { return Ok(true) };
         let duplicate = self.seen.contains(r) || taken(r)?;
         if duplicate {

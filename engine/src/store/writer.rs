@@ -13,8 +13,8 @@ use tracing::{error, warn};
 
 use super::error::{Result, StoreError};
 use super::feed::{Feed, Published};
-use super::ops::{ClaimRequest, Claimed, JobAction, Outcome};
 use super::idempotency::Idempotency;
+use super::ops::{ClaimRequest, Claimed, JobAction, Outcome};
 use super::ready::Ready;
 use super::tx::{Overlay, Tx};
 use super::{Shared, keys::ItemKey};
