@@ -339,3 +339,46 @@ async fn a_full_disk_is_read_only_until_space_returns() {
     let log = std::fs::read_to_string(data.join("faena.log")).unwrap();
     assert!(log.contains("set aside an incomplete snapshot"), "{log}");
 }
+
+/// A client whose create timed out retries it after the engine was SIGKILLed in
+/// between: the key was stored with the job, so the retry answers that job and no
+/// second one is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_across_a_sigkill_answers_the_first_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, data, port) = setup(dir.path(), "");
+    let mut f = Faena::start(&config, &data, port);
+    f.ready().await;
+    let body = json!({"plugin": "probe", "operation": "loop", "start": false,
+                      "items": [{"input": {}, "reference": "OC-1"}]});
+    let create = |f: &Faena| {
+        f.client()
+            .post(format!("{}/api/v1/jobs", f.url))
+            .header("Idempotency-Key", "po-2026-0042")
+            .json(&body)
+            .send()
+    };
+    let first = create(&f).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    f.kill();
+    let mut f = Faena::start(&config, &data, port);
+    f.ready().await;
+    let again = create(&f).await.unwrap();
+    assert_eq!(again.status(), 201);
+    let replayed = again.headers().get("idempotency-replayed").cloned();
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(replayed.unwrap(), "true");
+    let jobs: Value = f
+        .client()
+        .get(format!("{}/api/v1/jobs", f.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    f.kill();
+}
