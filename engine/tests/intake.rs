@@ -138,24 +138,27 @@ async fn requests_with_one_key_at_once_make_one_job() {
     assert_eq!(job_count(&api).await, 1);
 }
 
+/// A gsp import of `csv` whose items take their reference from its `code` column.
+fn orders_form(csv: &str) -> poem::test::TestForm {
+    poem::test::TestForm::new()
+        .field(
+            poem::test::TestFormField::bytes(csv.as_bytes().to_vec())
+                .name("file")
+                .filename("orders.csv"),
+        )
+        .text("plugin", "gsp")
+        .text("reference", "code")
+}
+
 #[tokio::test]
 async fn a_retried_import_or_event_is_made_once() {
-    use poem::test::{TestForm, TestFormField};
     let (_e, api) = setup().await;
     let csv = "code;product\nC1;P1\nC2;P2\n";
     let import = |csv: &str, key: &str| {
-        let form = TestForm::new()
-            .field(
-                TestFormField::bytes(csv.as_bytes().to_vec())
-                    .name("file")
-                    .filename("orders.csv"),
-            )
-            .text("plugin", "gsp")
-            .text("reference", "code");
         api.cli
             .post("/api/v1/jobs/import")
             .header("Idempotency-Key", key)
-            .multipart(form)
+            .multipart(orders_form(csv))
             .send()
     };
     let first = import(csv, "upload-1").await;
@@ -337,17 +340,9 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
 
 #[tokio::test]
 async fn an_imported_spreadsheet_twice_is_refused_or_skipped_by_reference() {
-    use poem::test::{TestForm, TestFormField};
     let (_e, api) = setup().await;
     let import = |csv: &str, policy: &str| {
-        let form = TestForm::new()
-            .field(
-                TestFormField::bytes(csv.as_bytes().to_vec())
-                    .name("file")
-                    .filename("orders.csv"),
-            )
-            .text("plugin", "gsp")
-            .text("reference", "code")
+        let form = orders_form(csv)
             .text("options", format!(r#"{{"unique_references": "{policy}"}}"#));
         api.cli.post("/api/v1/jobs/import").multipart(form).send()
     };
