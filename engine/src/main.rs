@@ -171,6 +171,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         stop_claiming.clone(),
     ));
+    // Schedules fire from here on; they stop with the claims (a run created during
+    // the drain would only wait for the next start).
+    let schedules = tokio::spawn(faena::schedules::run(
+        state.schedules.clone(),
+        stop_claiming.clone(),
+    ));
     info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
     // Requests and feed clients on threads of their own: however many there are, the
     // engine's tasks do not wait behind them.
@@ -195,6 +201,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     store.shared().set_draining();
     stop_claiming.cancel();
+    let _ = schedules.await;
     if failure.is_none() && !dispatcher.is_finished() {
         tokio::select! {
             _ = &mut dispatcher => {}

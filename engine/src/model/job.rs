@@ -288,6 +288,9 @@ pub struct Job {
     /// Per pool resource, what it served (jobs with a pool).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resources: BTreeMap<String, ResourceUse>,
+    /// The schedule run that created this job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::schedule::JobSchedule>,
 }
 
 /// One item of a new job.

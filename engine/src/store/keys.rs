@@ -9,6 +9,7 @@
 //! | `e`    | seq (u64 BE)                       | event JSON                   |
 //! | `l`    | job id, item index, seq (u64 BE)   | log line JSON                |
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
+//! | `r`    | schedule id                        | its latest run: instant and job (`schedules`) |
 
 use crate::model::ItemStatus;
 

@@ -9,6 +9,7 @@ pub mod feed;
 pub mod keys;
 mod ops;
 mod ready;
+pub mod schedules;
 pub mod space;
 mod staging;
 mod tx;
@@ -28,6 +29,7 @@ pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
     backoff_ms, with_defaults,
 };
+pub use schedules::{LastRun, RunJob, Schedules};
 pub use space::{Space, SpaceLimits};
 pub use staging::CHUNK as STAGE_CHUNK;
 
@@ -127,6 +129,8 @@ pub struct JobFilter {
     pub tenant: Option<String>,
     pub status: Option<JobStatus>,
     pub plugin: Option<String>,
+    /// Only the jobs created by this schedule's runs.
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -656,7 +660,11 @@ impl Store {
             let job: Job = serde_json::from_slice(&v)?;
             let keep = filter.tenant.as_ref().is_none_or(|t| *t == job.tenant)
                 && filter.status.is_none_or(|s| s == job.status)
-                && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin);
+                && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin)
+                && filter
+                    .schedule
+                    .as_ref()
+                    .is_none_or(|s| job.schedule.as_ref().is_some_and(|js| js.id == *s));
             if keep {
                 out.push(job);
                 if out.len() == limit {

@@ -236,6 +236,7 @@ pub(super) fn new_job(
         finished_at: None,
         updated_at: now,
         resources: Default::default(),
+        schedule: None,
     })
 }
 
