@@ -195,15 +195,15 @@ fn input_check_for(
         let input = match &shared {
             None => std::borrow::Cow::Borrowed(&item.input),
             Some(shared) => std::borrow::Cow::Owned(
-                crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(
-                    |e| match e {
+                crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(|e| {
+                    match e {
                         // The job's own `input` is wrong: that message names it.
                         crate::store::StoreError::Invalid(m) if m.starts_with("input") => m,
                         _ => format!(
                             "{label}.input: must be an object to take the job's `input` fields"
                         ),
-                    },
-                )?,
+                    }
+                })?,
             ),
         };
         schemas.check(&operation, || label.to_owned(), &input)

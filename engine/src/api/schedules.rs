@@ -69,7 +69,9 @@ impl SchedulesApi {
     async fn create(&self, body: JsonBody<NewSchedule>) -> ApiResult<Created> {
         let tenant = self.state.tenant();
         let s = self.state.schedules.create(&tenant, body.0)?;
-        Ok(Created::Created(Json(self.state.schedules.detail(&tenant, &s.id)?)))
+        Ok(Created::Created(Json(
+            self.state.schedules.detail(&tenant, &s.id)?,
+        )))
     }
 
     /// The caller's schedules, oldest first.
@@ -126,4 +128,3 @@ impl SchedulesApi {
         ))
     }
 }
-

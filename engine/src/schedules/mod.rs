@@ -301,7 +301,10 @@ mod tests {
         assert_eq!(t.format(runs[0]), "2025-03-09T03:00:00.000-04:00");
         assert_eq!(t.format(runs[1]), "2025-03-10T02:30:00.000-04:00");
         // The day before is in EST.
-        assert_eq!(t.format(t.latest_until(from).unwrap()), "2025-03-08T02:30:00.000-05:00");
+        assert_eq!(
+            t.format(t.latest_until(from).unwrap()),
+            "2025-03-08T02:30:00.000-05:00"
+        );
         // Sub-second positions do not skip or repeat an instant.
         assert_eq!(t.next_after(runs[0] - 1), Some(runs[0]));
         assert_eq!(t.next_after(runs[0]), Some(runs[1]));

@@ -74,7 +74,9 @@ impl Wake {
 /// What one instant does.
 enum Decision {
     /// Create the run's job; `behind` when it is queued behind a job still going.
-    Create { behind: Option<String> },
+    Create {
+        behind: Option<String>,
+    },
     Skip(String),
 }
 
@@ -113,7 +115,7 @@ impl Scheduler {
                     let reason = format!("missed while the engine was down ({missed} run(s))");
                     self.skip(&sch, &timing, at, now, reason).await
                 }
-                MissedPolicy::RunOnce => self.fire(&sch, &timing, at, now).await,
+                MissedPolicy::RunOnce => self.fire(&sch, &timing, at, now).await.map(drop),
             };
             if let Err(e) = result {
                 warn!(schedule = %sch.id, error = %e, "schedules: a missed run could not be handled");
@@ -183,10 +185,13 @@ impl Scheduler {
             if let Some(at) = timing.latest_until(now).filter(|at| *at > cursor) {
                 // The latest instant due; earlier ones only pass unfired when the loop
                 // was held up (it fires at each instant otherwise).
-                if let Err(e) = self.fire(&sch, &timing, at, now).await {
-                    warn!(schedule = %sch.id, error = %e, "schedules: a run failed; retrying");
-                    wake.at(Some(now + RETRY.as_millis() as i64));
-                    continue;
+                match self.fire(&sch, &timing, at, now).await {
+                    Ok(queued) => wake.waiting |= queued,
+                    Err(e) => {
+                        warn!(schedule = %sch.id, error = %e, "schedules: a run failed; retrying");
+                        wake.at(Some(now + RETRY.as_millis() as i64));
+                        continue;
+                    }
                 }
             }
             wake.at(timing.next_after(cursor.max(now)));
@@ -227,13 +232,14 @@ impl Scheduler {
     }
 
     /// Handle the instant `at`: create its job, or skip it, per the overlap policy.
+    /// `Ok(true)` when its job was queued behind the previous one.
     async fn fire(
         &self,
         sch: &Schedule,
         timing: &Timing,
         at: i64,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let previous = match &sch.last_job_id {
             Some(id) => match self.store.job(id) {
                 Ok(j) if is_active(j.status) => Some(j),
@@ -253,13 +259,13 @@ impl Scheduler {
                     "overlap: job `{}` is already queued behind job `{}`",
                     q.job_id, q.behind
                 )),
-                None => Decision::Create {
-                    behind: Some(p.id),
-                },
+                None => Decision::Create { behind: Some(p.id) },
             },
         };
         let behind = match decision {
-            Decision::Skip(reason) => return self.skip(sch, timing, at, now, reason).await,
+            Decision::Skip(reason) => {
+                return self.skip(sch, timing, at, now, reason).await.map(|_| false);
+            }
             Decision::Create { behind } => behind,
         };
         let job = sch.template.to_job(behind.is_none());
@@ -267,7 +273,7 @@ impl Scheduler {
             Ok(v) => v,
             Err(m) => {
                 let reason = format!("template.{m}");
-                return self.skip(sch, timing, at, now, reason).await;
+                return self.skip(sch, timing, at, now, reason).await.map(|_| false);
             }
         };
         let link = JobSchedule {
@@ -281,7 +287,8 @@ impl Scheduler {
         {
             Ok(run) => run,
             Err(StoreError::Invalid(m)) => {
-                return self.skip(sch, timing, at, now, format!("template.{m}")).await;
+                let reason = format!("template.{m}");
+                return self.skip(sch, timing, at, now, reason).await.map(|_| false);
             }
             Err(e) => return Err(e),
         };
@@ -298,7 +305,7 @@ impl Scheduler {
             }
             s.next_run_at = if s.paused { None } else { next };
         })?;
-        Ok(())
+        Ok(queued.is_some())
     }
 
     /// Record that the instant `at` created no job.
