@@ -43,6 +43,11 @@ async fn main() -> ExitCode {
         Command::Jobs { remote, command } => faena::cli::run_jobs(&remote.client(), command)
             .await
             .map_err(Into::into),
+        Command::Schedules { remote, command } => {
+            faena::cli::run_schedules(&remote.client(), command)
+                .await
+                .map_err(Into::into)
+        }
         Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),

@@ -290,6 +290,11 @@ impl Scheduler {
                 let reason = format!("template.{m}");
                 return self.skip(sch, timing, at, now, reason).await.map(|_| false);
             }
+            // The instant's run exists but its job was deleted since: it ran.
+            Err(StoreError::Conflict(m)) => {
+                let reason = m;
+                return self.skip(sch, timing, at, now, reason).await.map(|_| false);
+            }
             Err(e) => return Err(e),
         };
         let next = timing.next_after(at.max(now));

@@ -59,11 +59,11 @@ impl Writer {
             if last.at >= run.schedule.at {
                 // Created before (a crash kept the cursor behind): that job is the run.
                 return Ok(RunJob {
-                    job: tx.job(&last.job_id).or_else(|_| {
-                        Err(StoreError::Conflict(format!(
+                    job: tx.job(&last.job_id).map_err(|_| {
+                        StoreError::Conflict(format!(
                             "schedule `{}`: the run at {} was created already",
                             run.schedule.id, last.at
-                        )))
+                        ))
                     })?,
                     created: false,
                 });
