@@ -32,6 +32,15 @@ impl Clock {
         }
     }
 
+    /// A clock that reads `ms` now and moves with tokio's clock from here: tests under
+    /// `tokio::time::pause()` start the engine at a chosen wall time (a DST night).
+    pub fn starting_at(ms: i64) -> Self {
+        Clock {
+            base_ms: ms,
+            base: Instant::now(),
+        }
+    }
+
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> i64 {
         self.base_ms + self.base.elapsed().as_millis() as i64

@@ -31,7 +31,12 @@
 //!   column. `POST /api/v1/jobs/import` reads the file as a stream on a blocking
 //!   thread and hands items to the store in chunks under a "being created" marker
 //!   (`Store::stage_items`); the job appears whole with `Store::commit_staged`.
-//! - [`model`]: jobs, items, events and the legal status transitions.
+//! - [`schedules`]: cron patterns in IANA zones (croner on jiff) that create a job from
+//!   a template at each instant: `POST /api/v1/schedules` stores one (its template
+//!   checked as a job is); [`schedules::run`] sleeps on tokio timers until the next
+//!   instant and creates the run's job with [`store::Store::create_scheduled_job`],
+//!   idempotent per instant; at start-up it applies each one's policy for missed runs.
+//! - [`model`]: jobs, items, events, schedules and the legal status transitions.
 //! - [`auth`]: API keys (hashed), tenants, roles and per-key rate limits.
 //! - [`secrets`]: per-tenant secrets, encrypted at rest, handed to the plugins granted
 //!   them and redacted (in their common shapes) from whatever those report.
@@ -50,6 +55,7 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod sessions;
 pub mod store;

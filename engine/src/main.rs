@@ -43,6 +43,11 @@ async fn main() -> ExitCode {
         Command::Jobs { remote, command } => faena::cli::run_jobs(&remote.client(), command)
             .await
             .map_err(Into::into),
+        Command::Schedules { remote, command } => {
+            faena::cli::run_schedules(&remote.client(), command)
+                .await
+                .map_err(Into::into)
+        }
         Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),
@@ -172,6 +177,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         stop_claiming.clone(),
     ));
+    // Schedules fire from here on; they stop with the claims (a run created during
+    // the drain would only wait for the next start).
+    let schedules = tokio::spawn(faena::schedules::run(
+        state.schedules.clone(),
+        stop_claiming.clone(),
+    ));
     info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
     // Requests and feed clients on threads of their own: however many there are, the
     // engine's tasks do not wait behind them.
@@ -196,6 +207,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     store.shared().set_draining();
     stop_claiming.cancel();
+    let _ = schedules.await;
     if failure.is_none() && !dispatcher.is_finished() {
         tokio::select! {
             _ = &mut dispatcher => {}

@@ -505,6 +505,10 @@ async fn openapi_spec_validates() {
         "/api/v1/items/{id}/transition",
         "/api/v1/queues/{plugin}/claim",
         "/api/v1/events",
+        "/api/v1/schedules",
+        "/api/v1/schedules/{id}",
+        "/api/v1/schedules/{id}/pause",
+        "/api/v1/schedules/{id}/resume",
         "/health",
     ] {
         assert!(

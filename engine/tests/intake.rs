@@ -342,8 +342,8 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
 async fn an_imported_spreadsheet_twice_is_refused_or_skipped_by_reference() {
     let (_e, api) = setup().await;
     let import = |csv: &str, policy: &str| {
-        let form = orders_form(csv)
-            .text("options", format!(r#"{{"unique_references": "{policy}"}}"#));
+        let form =
+            orders_form(csv).text("options", format!(r#"{{"unique_references": "{policy}"}}"#));
         api.cli.post("/api/v1/jobs/import").multipart(form).send()
     };
     let csv = "code;product\nC1;P1\nC2;P2\nC3;P3\n";

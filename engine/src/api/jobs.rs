@@ -34,6 +34,8 @@ pub enum Tag {
     Sessions,
     /// API keys: each belongs to one tenant and has one role.
     Keys,
+    /// Cron schedules that create jobs.
+    Schedules,
 }
 
 #[derive(Debug, Object)]
@@ -302,6 +304,8 @@ impl JobsApi {
         status: Query<Option<JobStatus>>,
         /// Only jobs of this plugin.
         plugin: Query<Option<String>>,
+        /// Only jobs created by this schedule's runs.
+        schedule: Query<Option<String>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
         /// Page size, 1-1000 (default 100).
@@ -311,6 +315,7 @@ impl JobsApi {
             tenant: Some(self.state.tenant()),
             status: status.0,
             plugin: plugin.0,
+            schedule: schedule.0,
         };
         if let Some(c) = &cursor.0
             && !crate::store::keys::valid_job_id(c)

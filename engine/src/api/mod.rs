@@ -12,6 +12,7 @@ mod items;
 mod jobs;
 mod keys;
 mod plugins;
+mod schedules;
 mod sessions;
 mod workers;
 mod ws;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub auth: Auth,
     /// How large a spreadsheet import may be.
     pub import: crate::import::ImportLimits,
+    /// Cron schedules that create jobs; [`crate::schedules::run`] fires them.
+    pub schedules: crate::schedules::Scheduler,
     /// The feed's channels, shared by the WebSocket connections.
     fanout: Arc<fanout::Fanout>,
     /// The feed's open connections, under their caps.
@@ -76,6 +79,10 @@ impl AppState {
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             import: Default::default(),
             in_flight: Default::default(),
+            schedules: crate::schedules::Scheduler::new(
+                store.clone(),
+                schedules::job_check(runtime.clone()),
+            )?,
             store,
             runtime,
             sessions: None,
@@ -178,31 +185,7 @@ impl AppState {
         &self,
         job: &crate::model::NewJob,
     ) -> impl Fn(&str, &crate::model::NewItem) -> Result<(), String> + Send + Sync + 'static {
-        let schemas = self
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.input_schemas(&job.plugin));
-        let (operation, shared) = (job.operation.clone(), job.input.clone());
-        move |label, item| {
-            let Some(schemas) = &schemas else {
-                return Ok(());
-            };
-            let input = match &shared {
-                None => std::borrow::Cow::Borrowed(&item.input),
-                Some(shared) => std::borrow::Cow::Owned(
-                    crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(
-                        |e| match e {
-                            // The job's own `input` is wrong: that message names it.
-                            crate::store::StoreError::Invalid(m) if m.starts_with("input") => m,
-                            _ => format!(
-                                "{label}.input: must be an object to take the job's `input` fields"
-                            ),
-                        },
-                    )?,
-                ),
-            };
-            schemas.check(&operation, || label.to_owned(), &input)
-        }
+        input_check_for(self.runtime.as_ref(), job)
     }
 
     /// The plugin version a new job runs with; 422 when it cannot run here.
@@ -213,6 +196,36 @@ impl AppState {
                 .version_for_new_job(plugin, operation)
                 .map_err(ApiError::invalid),
         }
+    }
+}
+
+/// [`AppState::input_check`] with the runtime given (the schedules check their runs
+/// with it outside a request).
+fn input_check_for(
+    runtime: Option<&Arc<Runtime>>,
+    job: &crate::model::NewJob,
+) -> impl Fn(&str, &crate::model::NewItem) -> Result<(), String> + Send + Sync + 'static {
+    let schemas = runtime.and_then(|rt| rt.input_schemas(&job.plugin));
+    let (operation, shared) = (job.operation.clone(), job.input.clone());
+    move |label, item| {
+        let Some(schemas) = &schemas else {
+            return Ok(());
+        };
+        let input = match &shared {
+            None => std::borrow::Cow::Borrowed(&item.input),
+            Some(shared) => std::borrow::Cow::Owned(
+                crate::store::with_defaults(0, item.input.clone(), Some(shared)).map_err(|e| {
+                    match e {
+                        // The job's own `input` is wrong: that message names it.
+                        crate::store::StoreError::Invalid(m) if m.starts_with("input") => m,
+                        _ => format!(
+                            "{label}.input: must be an object to take the job's `input` fields"
+                        ),
+                    }
+                })?,
+            ),
+        };
+        schemas.check(&operation, || label.to_owned(), &input)
     }
 }
 
@@ -329,6 +342,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             plugins::PluginsApi { state: s() },
             sessions::SessionsApi { state: s() },
             keys::KeysApi { state: s() },
+            schedules::SchedulesApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),
@@ -382,6 +396,8 @@ const STRICT_BODIES: &[&str] = &[
     "SecretValue",
     "OpenSession",
     "Invoke",
+    "NewSchedule",
+    "JobTemplate",
 ];
 
 /// The generated document plus what the middleware adds to every route: the bearer

@@ -74,6 +74,24 @@ impl Client {
             .await
     }
 
+    /// `GET {path}` (a path under the engine's address), as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, CliError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// `POST {path}` with a JSON body, as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// `DELETE {path}`, as JSON.
+    pub async fn delete_json(&self, path: &str) -> Result<Value, CliError> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     pub async fn revoke_key(&self, id: &str) -> Result<(), CliError> {
         self.send(self.http.delete(format!("{}/api/v1/keys/{id}", self.base)))
             .await

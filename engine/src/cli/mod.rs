@@ -1,7 +1,8 @@
-//! The `faena` command line: `serve`, and `jobs …` which talks to a running engine
-//! over its REST API and WebSocket feed.
+//! The `faena` command line: `serve`, and `jobs …`, `schedules …` and `keys …`, which
+//! talk to a running engine over its REST API and WebSocket feed.
 
 mod client;
+mod schedules;
 mod watch;
 
 use std::net::IpAddr;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use client::{CliError, Client};
+pub use schedules::{SchedulesCommand, run_schedules};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +49,13 @@ pub enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: JobsCommand,
+    },
+    /// Cron schedules that create jobs, on a running engine.
+    Schedules {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: SchedulesCommand,
     },
     /// Manage API keys on a running engine (needs an admin key).
     Keys {

@@ -621,6 +621,26 @@ async function sessionPage(id) {
         el('section', { class: 'panel' }, el('h2', {}, 'Call an operation'), el('div', { class: 'row' }, opSel, call), input, output))));
 }
 
+async function schedulesPage() {
+  const list = (await api('/schedules')).schedules;
+  const act = (s, action) => el('button', {
+    onclick: async () => {
+      try { await api(`/schedules/${s.id}/${action}`, { method: 'POST' }); route(); } catch (e) { toast(e.message, true); }
+    },
+  }, action === 'pause' ? 'Pause' : 'Resume');
+  mount(el('h1', {}, 'Schedules'),
+    el('p', { class: 'muted' }, 'Cron schedules that create jobs. Create one through the API (POST /api/v1/schedules) or `faena schedules create`.'),
+    el('table', { id: 'schedules' },
+      el('thead', {}, el('tr', {}, ['Name', 'Cron', 'Zone', 'Next run', 'Last job', 'State', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, list.length ? list.map((s) => el('tr', { dataset: { scheduleId: s.id } },
+        el('td', {}, s.name || s.id), el('td', {}, el('code', {}, s.cron)), el('td', {}, s.timezone),
+        el('td', { class: 'small' }, s.next_run_at ? fmtTime(s.next_run_at) : ''),
+        el('td', { class: 'small' }, s.last_job_id ? el('a', { href: `#/jobs/${s.last_job_id}` }, s.last_job_id) : ''),
+        el('td', {}, status(s.paused ? 'paused' : 'active')), el('td', {}, act(s, s.paused ? 'resume' : 'pause'))))
+        : el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'No schedules.')))));
+  cleanup.push(onFeed((ev) => { if (ev.type.startsWith('schedule_')) route(); }));
+}
+
 async function pluginsPage() {
   const list = (await api('/plugins')).plugins;
   mount(el('h1', {}, 'Plugins'),
@@ -693,6 +713,7 @@ async function route() {
     else if (parts[0] === 'sessions' && parts[1]) await sessionPage(decodeURIComponent(parts[1]));
     else if (parts[0] === 'sessions') await sessionsPage();
     else if (parts[0] === 'plugins') await pluginsPage();
+    else if (parts[0] === 'schedules') await schedulesPage();
     else await jobsPage(params);
     document.title = `faena · ${tab || 'jobs'}`;
   } catch (e) {
@@ -703,8 +724,8 @@ async function route() {
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (e.ctrlKey || e.metaKey || e.altKey || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName)) return;
-  const tabs = ['jobs', 'review', 'events', 'sessions', 'plugins'];
-  if (e.key >= '1' && e.key <= '5') { location.hash = `#/${tabs[Number(e.key) - 1]}`; e.preventDefault(); }
+  const tabs = ['jobs', 'review', 'events', 'sessions', 'plugins', 'schedules'];
+  if (e.key >= '1' && e.key <= '6') { location.hash = `#/${tabs[Number(e.key) - 1]}`; e.preventDefault(); }
   if (e.key === '/') {
     const search = view().querySelector('input[type=search], input[placeholder*="(/)"]');
     if (search) { search.focus(); e.preventDefault(); }

@@ -24,9 +24,13 @@ pub mod kind {
     pub const ITEM_LOG: &str = "item_log";
     pub const SESSION_OPENED: &str = "session_opened";
     pub const SESSION_CLOSED: &str = "session_closed";
+    /// A schedule created its run's job (`job_id`; `data` names the schedule).
+    pub const SCHEDULE_FIRED: &str = "schedule_fired";
+    /// A schedule's instant created no job (`data.reason` says why).
+    pub const SCHEDULE_SKIPPED: &str = "schedule_skipped";
 
     /// Types the engine emits itself; a published custom event may not use them.
-    pub const BUILTIN: [&str; 16] = [
+    pub const BUILTIN: [&str; 18] = [
         JOB_CREATED,
         JOB_STARTED,
         JOB_PAUSED,
@@ -43,6 +47,8 @@ pub mod kind {
         ITEM_LOG,
         SESSION_OPENED,
         SESSION_CLOSED,
+        SCHEDULE_FIRED,
+        SCHEDULE_SKIPPED,
     ];
 }
 

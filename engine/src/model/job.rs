@@ -330,6 +330,9 @@ pub struct Job {
     /// (`unique_references: skip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skipped>,
+    /// The schedule run that created this job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::schedule::JobSchedule>,
 }
 
 /// One item of a new job.

@@ -11,6 +11,7 @@
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
 //! | `k`    | tenant, 0, client key              | an answered request (`idempotency`) |
 //! | `r`    | tenant, plugin, operation, reference, 0, item id | "" (`references`) |
+//! | `t`    | schedule id                        | its latest run: instant and job (`schedules`) |
 
 use crate::model::ItemStatus;
 
@@ -22,6 +23,7 @@ pub const LOG: u8 = b'l';
 pub const STAGED: u8 = b'c';
 pub const IDEMPOTENCY: u8 = b'k';
 pub const REFERENCE: u8 = b'r';
+pub const SCHEDULE_RUN: u8 = b't';
 
 pub const JOB_ID_LEN: usize = 26;
 

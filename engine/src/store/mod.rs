@@ -11,6 +11,7 @@ pub mod keys;
 mod ops;
 mod ready;
 pub mod references;
+pub mod schedules;
 pub mod space;
 mod staging;
 mod tx;
@@ -32,6 +33,7 @@ pub use ops::{
     backoff_ms, with_defaults,
 };
 pub use references::Screen;
+pub use schedules::{LastRun, RunJob, Schedules};
 pub use space::{Space, SpaceLimits};
 pub use staging::CHUNK as STAGE_CHUNK;
 
@@ -146,6 +148,8 @@ pub struct JobFilter {
     pub tenant: Option<String>,
     pub status: Option<JobStatus>,
     pub plugin: Option<String>,
+    /// Only the jobs created by this schedule's runs.
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -771,7 +775,11 @@ impl Store {
             let job: Job = serde_json::from_slice(&v)?;
             let keep = filter.tenant.as_ref().is_none_or(|t| *t == job.tenant)
                 && filter.status.is_none_or(|s| s == job.status)
-                && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin);
+                && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin)
+                && filter
+                    .schedule
+                    .as_ref()
+                    .is_none_or(|s| job.schedule.as_ref().is_some_and(|js| js.id == *s));
             if keep {
                 out.push(job);
                 if out.len() == limit {

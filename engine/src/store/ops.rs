@@ -241,6 +241,7 @@ pub(super) fn new_job(
         resources: Default::default(),
         awaiting_review: false,
         skipped: None,
+        schedule: None,
     })
 }
 

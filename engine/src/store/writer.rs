@@ -157,6 +157,16 @@ pub(crate) enum Command {
     SweepIdempotency {
         reply: Reply<usize>,
     },
+    CreateScheduledJob {
+        run: super::schedules::ScheduledRun,
+        reply: Reply<super::schedules::RunJob>,
+    },
+    ScheduleSkipped {
+        tenant: String,
+        schedule: crate::model::JobSchedule,
+        reason: String,
+        reply: Reply<()>,
+    },
     /// Commit what is pending, stop, and release the database.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -541,6 +551,17 @@ impl Writer {
                 self.ready.set_tenant_limit(&tenant, limit);
                 self.wake = true;
             }
+            Command::CreateScheduledJob { run, reply } => {
+                self.run_tx(group, reply, |w, tx| w.create_scheduled_job(tx, run))
+            }
+            Command::ScheduleSkipped {
+                tenant,
+                schedule,
+                reason,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| {
+                w.schedule_skipped(tx, &tenant, schedule, &reason)
+            }),
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
