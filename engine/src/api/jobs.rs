@@ -33,6 +33,8 @@ pub enum Tag {
     Sessions,
     /// API keys: each belongs to one tenant and has one role.
     Keys,
+    /// The tenant's events POSTed to its URLs, signed (Standard Webhooks).
+    Webhooks,
 }
 
 #[derive(Debug, Object)]

@@ -12,6 +12,7 @@ mod jobs;
 mod keys;
 mod plugins;
 mod sessions;
+mod webhooks;
 mod workers;
 mod ws;
 mod wsproto;
@@ -58,6 +59,8 @@ pub struct AppState {
     fanout: Arc<fanout::Fanout>,
     /// The feed's open connections, under their caps.
     feed_slots: Arc<feed_limits::FeedSlots>,
+    /// Where webhooks may go, and how many a tenant may have.
+    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             fanout: fanout::Fanout::new(store.feed().clone()),
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             import: Default::default(),
+            webhooks: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -97,6 +101,11 @@ impl AppState {
 
     pub fn with_import_limits(mut self, limits: crate::import::ImportLimits) -> Self {
         self.import = limits;
+        self
+    }
+
+    pub fn with_webhooks(mut self, settings: Arc<crate::webhooks::WebhookSettings>) -> Self {
+        self.webhooks = settings;
         self
     }
 
@@ -310,6 +319,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             plugins::PluginsApi { state: s() },
             sessions::SessionsApi { state: s() },
             keys::KeysApi { state: s() },
+            webhooks::WebhooksApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),
@@ -363,6 +373,7 @@ const STRICT_BODIES: &[&str] = &[
     "SecretValue",
     "OpenSession",
     "Invoke",
+    "NewWebhookBody",
 ];
 
 /// The generated document plus what the middleware adds to every route: the bearer

@@ -12,6 +12,7 @@ mod ready;
 pub mod space;
 mod staging;
 mod tx;
+pub mod webhooks;
 mod writer;
 
 use std::path::Path;
@@ -95,6 +96,7 @@ pub struct Store {
     /// instance's name died with that process.
     instance: Arc<str>,
     secrets: crate::secrets::Secrets,
+    webhooks: webhooks::Webhooks,
 }
 
 /// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
@@ -193,6 +195,11 @@ impl Store {
                  rotate those secrets"
             );
         }
+        let webhooks = webhooks::Webhooks::open(
+            db.open_tree("webhooks")?,
+            db.open_tree("webhook_deliveries")?,
+            secrets.key(),
+        );
         let tree = db.open_tree("faena")?;
         let instance: Arc<str> = format!("engine:{}", ulid::Ulid::new()).into();
         let space = Arc::new(Space::default());
@@ -259,6 +266,7 @@ impl Store {
             clock,
             instance,
             secrets,
+            webhooks,
         };
         if !dead.is_empty() {
             info!(
@@ -351,6 +359,12 @@ impl Store {
     /// Secrets of this store, sealed with the key it was opened with.
     pub fn secrets(&self) -> Result<crate::secrets::Secrets> {
         Ok(self.secrets.clone())
+    }
+
+    /// Webhook subscriptions and their deliveries (one set per store: clones share
+    /// the signal the delivery task waits on).
+    pub fn webhooks(&self) -> &webhooks::Webhooks {
+        &self.webhooks
     }
 
     pub fn keys(&self) -> Result<crate::auth::Keys> {
