@@ -46,6 +46,11 @@ async fn main() -> ExitCode {
         Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),
+        Command::Webhooks { remote, command } => {
+            faena::cli::run_webhooks(&remote.client(), command)
+                .await
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -188,6 +188,8 @@ async fn every_completion_reaches_the_receiver_across_a_sigkill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = get(&faena, &format!("/api/v1/webhooks/{hook}")).await;
+    assert_eq!(w["enabled"], true, "{w}");
     let seen = seen.lock().unwrap();
     assert!(
         seen.bad_signatures.is_empty(),
@@ -205,8 +207,6 @@ async fn every_completion_reaches_the_receiver_across_a_sigkill() {
         "the receiver refused {} calls",
         seen.refused
     );
-    let w = get(&faena, &format!("/api/v1/webhooks/{hook}")).await;
-    assert_eq!(w["enabled"], true, "{w}");
     println!(
         "webhooks across SIGKILL: {JOBS} jobs ({running} still running at the kill), \
          {before_kill} completions delivered before it, all {} after; {} refused with 500, \

@@ -74,6 +74,21 @@ impl Client {
             .await
     }
 
+    /// A request to any route of the API, with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method name");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
+    }
+
     pub async fn revoke_key(&self, id: &str) -> Result<(), CliError> {
         self.send(self.http.delete(format!("{}/api/v1/keys/{id}", self.base)))
             .await

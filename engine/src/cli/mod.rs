@@ -1,8 +1,9 @@
-//! The `faena` command line: `serve`, and `jobs …` which talks to a running engine
-//! over its REST API and WebSocket feed.
+//! The `faena` command line: `serve`, and `jobs …`, `keys …` and `webhooks …`, which
+//! talk to a running engine over its REST API and WebSocket feed.
 
 mod client;
 mod watch;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use client::{CliError, Client};
+pub use webhooks::{WebhooksCommand, run_webhooks};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +56,13 @@ pub enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manage the tenant's webhooks on a running engine (changes need an admin key).
+    Webhooks {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
 }
 
