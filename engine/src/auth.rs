@@ -37,7 +37,7 @@ pub enum Role {
     Viewer,
     /// Also create and drive jobs, items and sessions; run external workers.
     Operator,
-    /// Also manage secrets and keys; in the `default` tenant, install plugins and keys
+    /// Also manage secrets, keys and webhooks; in the `default` tenant, install plugins and keys
     /// for other tenants.
     Admin,
 }
@@ -351,6 +351,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let read = method == Method::GET || method == Method::HEAD || method == Method::OPTIONS;
     let admin = path.starts_with("/api/v1/keys")
         || (path.starts_with("/api/v1/secrets") && !read)
+        || (path.starts_with("/api/v1/webhooks") && !read)
         || (path == "/api/v1/plugins" && !read);
     Some(if admin {
         Role::Admin

@@ -33,6 +33,9 @@ pub struct FileConfig {
     pub store: Option<StoreFileConfig>,
     /// How a shutdown (SIGTERM, Ctrl-C) lets running items finish.
     pub shutdown: Option<ShutdownFileConfig>,
+    /// Webhooks: `allow` (internal hosts they may reach), `max_failures`,
+    /// `timeout_secs`, `max_per_tenant`, `retry_initial_ms`, `retry_max_secs`.
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -149,6 +152,8 @@ pub struct Config {
     pub feed_limits: crate::api::FeedConnectionLimits,
     /// How large a spreadsheet import may be.
     pub import: crate::import::ImportLimits,
+    /// Where webhooks may go and how they are retried.
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +285,13 @@ impl Config {
                 message: "[import] max_bytes, max_rows and max_cells must be above 0".into(),
             });
         }
+        let webhooks = file_cfg.webhooks.unwrap_or_default();
+        webhooks.check().map_err(|message| ConfigError::Invalid {
+            path: file.map(Path::to_owned).unwrap_or_default(),
+            message,
+        })?;
         Ok(Config {
+            webhooks,
             import,
             space,
             idempotency_keep,
@@ -412,6 +423,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn webhook_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        std::fs::write(
+            &path,
+            "[webhooks]\nallow = [\"127.0.0.1\", \"hooks.internal:8080\"]\nmax_failures = 3\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(cfg.webhooks.allow, ["127.0.0.1", "hooks.internal:8080"]);
+        assert_eq!(cfg.webhooks.max_failures, 3);
+        assert_eq!(cfg.webhooks.timeout_secs, 10);
+        let defaults = Config::load(None, Overrides::default()).unwrap();
+        assert!(defaults.webhooks.allow.is_empty());
+        std::fs::write(&path, "[webhooks]\nmax_failures = 0\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_failures"), "{err}");
+        std::fs::write(&path, "[webhooks]\nallows = []\n").unwrap();
+        let err = Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allows"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,10 @@
 //! - [`auth`]: API keys (hashed), tenants, roles and per-key rate limits.
 //! - [`secrets`]: per-tenant secrets, encrypted at rest, handed to the plugins granted
 //!   them and redacted (in their common shapes) from whatever those report.
+//! - [`webhooks`]: each tenant's subscriptions get its events POSTed, signed (Standard
+//!   Webhooks), at least once: the event log is the outbox and each subscription keeps
+//!   a durable cursor in it ([`store::webhooks`]); a task per subscription retries
+//!   with backoff, and destinations must be public unless allowlisted.
 //! - [`metrics`], [`clock`]: Prometheus counters; wall time that follows tokio's clock.
 //! - [`cli`], [`config`]: the `faena` command line and its configuration.
 
@@ -59,6 +63,7 @@ pub mod schedules;
 pub mod secrets;
 pub mod sessions;
 pub mod store;
+pub mod webhooks;
 
 /// Turn transparent huge pages off for this process and its children (Linux; a no-op
 /// where it fails). mimalloc asks for them on its arenas, and the store's writes free

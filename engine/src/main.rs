@@ -51,6 +51,11 @@ async fn main() -> ExitCode {
         Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),
+        Command::Webhooks { remote, command } => {
+            faena::cli::run_webhooks(&remote.client(), command)
+                .await
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,7 +155,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_sessions(sessions)
         .with_rate_limit(config.rate_limit)
         .with_feed_limits(config.feed_limits)
-        .with_import_limits(config.import);
+        .with_import_limits(config.import)
+        .with_webhooks(Arc::new(config.webhooks.clone()));
     if let Some(path) = state
         .auth
         .keys
@@ -182,6 +188,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let schedules = tokio::spawn(faena::schedules::run(
         state.schedules.clone(),
         stop_claiming.clone(),
+    ));
+    // Webhooks follow the event log on their own tasks: a slow receiver holds up only
+    // its own subscription, never the writer or the dispatcher.
+    let webhooks = tokio::spawn(faena::webhooks::run(
+        store.clone(),
+        Arc::new(config.webhooks.clone()),
+        shutdown.clone(),
     ));
     info!(%addr, data_dir = %config.data_dir.display(), "faena is listening: http://{addr}/docs for the API");
     // Requests and feed clients on threads of their own: however many there are, the
@@ -218,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let failure = failure.or_else(|| store.shared().fatal());
     shutdown.cancel();
     let served = server.wait().await.context("the HTTP server failed");
+    let _ = webhooks.await;
     // Sessions and the API may still hold the runtime: the browser goes explicitly,
     // so that its profile goes too.
     runtime.stop_browser().await;

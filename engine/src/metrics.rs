@@ -62,6 +62,8 @@ pub struct Metrics {
     commit_seconds: Histogram,
     run_seconds: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
     depth: Mutex<(HashMap<String, u64>, usize)>,
+    /// Webhook calls: answered 2xx, and failed.
+    webhook_calls: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -97,6 +99,10 @@ impl Metrics {
             .or_default()
             .clone();
         h.observe(took);
+    }
+
+    pub fn record_webhook(&self, delivered: bool) {
+        self.webhook_calls[usize::from(!delivered)].fetch_add(1, Relaxed);
     }
 
     pub fn set_depth(&self, depth: HashMap<String, u64>, delayed: usize) {
@@ -152,6 +158,14 @@ impl Metrics {
                 &mut out,
                 "faena_run_seconds",
                 &format!("plugin=\"{plugin}\""),
+            );
+        }
+        out.push_str("# HELP faena_webhook_deliveries_total Webhook calls, by result (a failed call is retried).\n# TYPE faena_webhook_deliveries_total counter\n");
+        for (i, result) in ["delivered", "failed"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "faena_webhook_deliveries_total{{result=\"{result}\"}} {}",
+                self.webhook_calls[i].load(Relaxed)
             );
         }
         out

@@ -36,6 +36,8 @@ pub enum Tag {
     Keys,
     /// Cron schedules that create jobs.
     Schedules,
+    /// The tenant's events POSTed to its URLs, signed (Standard Webhooks).
+    Webhooks,
 }
 
 #[derive(Debug, Object)]

@@ -14,6 +14,7 @@ mod keys;
 mod plugins;
 mod schedules;
 mod sessions;
+mod webhooks;
 mod workers;
 mod ws;
 mod wsproto;
@@ -64,6 +65,8 @@ pub struct AppState {
     feed_slots: Arc<feed_limits::FeedSlots>,
     /// Idempotency keys of requests being answered.
     in_flight: Arc<idempotency::InFlight>,
+    /// Where webhooks may go, and how many a tenant may have.
+    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
                 store.clone(),
                 schedules::job_check(runtime.clone()),
             )?,
+            webhooks: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -108,6 +112,11 @@ impl AppState {
 
     pub fn with_import_limits(mut self, limits: crate::import::ImportLimits) -> Self {
         self.import = limits;
+        self
+    }
+
+    pub fn with_webhooks(mut self, settings: Arc<crate::webhooks::WebhookSettings>) -> Self {
+        self.webhooks = settings;
         self
     }
 
@@ -343,6 +352,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             sessions::SessionsApi { state: s() },
             keys::KeysApi { state: s() },
             schedules::SchedulesApi { state: s() },
+            webhooks::WebhooksApi { state: s() },
         ),
         "faena",
         env!("CARGO_PKG_VERSION"),
@@ -398,6 +408,7 @@ const STRICT_BODIES: &[&str] = &[
     "Invoke",
     "NewSchedule",
     "JobTemplate",
+    "NewWebhookBody",
 ];
 
 /// The generated document plus what the middleware adds to every route: the bearer

@@ -76,20 +76,32 @@ impl Client {
 
     /// `GET {path}` (a path under the engine's address), as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value, CliError> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.call("GET", path, None).await
     }
 
     /// `POST {path}` with a JSON body, as JSON.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+        self.call("POST", path, Some(body.clone())).await
     }
 
     /// `DELETE {path}`, as JSON.
     pub async fn delete_json(&self, path: &str) -> Result<Value, CliError> {
-        self.send(self.http.delete(format!("{}{path}", self.base)))
-            .await
+        self.call("DELETE", path, None).await
+    }
+
+    /// A request to any route of the API, with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method name");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
     }
 
     pub async fn revoke_key(&self, id: &str) -> Result<(), CliError> {

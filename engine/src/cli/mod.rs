@@ -1,9 +1,10 @@
-//! The `faena` command line: `serve`, and `jobs …`, `schedules …` and `keys …`, which
-//! talk to a running engine over its REST API and WebSocket feed.
+//! The `faena` command line: `serve`, and `jobs …`, `schedules …`, `webhooks …` and
+//! `keys …`, which talk to a running engine over its REST API and WebSocket feed.
 
 mod client;
 mod schedules;
 mod watch;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use client::{CliError, Client};
 pub use schedules::{SchedulesCommand, run_schedules};
+pub use webhooks::{WebhooksCommand, run_webhooks};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +65,13 @@ pub enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manage the tenant's webhooks on a running engine (changes need an admin key).
+    Webhooks {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
 }
 

@@ -90,6 +90,11 @@ impl Secrets {
         Ok((secrets, sealed))
     }
 
+    /// The key, for other records sealed at rest (webhook secrets).
+    pub fn key(&self) -> Arc<SecretKey> {
+        self.key.clone()
+    }
+
     /// Where the key came from.
     pub fn key_source(&self) -> &KeySource {
         &self.key.source

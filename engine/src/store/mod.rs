@@ -15,6 +15,7 @@ pub mod schedules;
 pub mod space;
 mod staging;
 mod tx;
+pub mod webhooks;
 mod writer;
 
 use std::path::Path;
@@ -116,6 +117,7 @@ pub struct Store {
     instance: Arc<str>,
     secrets: crate::secrets::Secrets,
     idempotency_keep_ms: i64,
+    webhooks: webhooks::Webhooks,
 }
 
 /// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
@@ -216,6 +218,11 @@ impl Store {
                  rotate those secrets"
             );
         }
+        let webhooks = webhooks::Webhooks::open(
+            db.open_tree("webhooks")?,
+            db.open_tree("webhook_deliveries")?,
+            secrets.key(),
+        );
         let tree = db.open_tree("faena")?;
         let idempotency_keep_ms =
             i64::try_from(options.idempotency_keep.as_millis()).unwrap_or(i64::MAX);
@@ -286,6 +293,7 @@ impl Store {
             instance,
             secrets,
             idempotency_keep_ms,
+            webhooks,
         };
         store.sweep_idempotency_keys();
         if !dead.is_empty() {
@@ -418,6 +426,12 @@ impl Store {
     /// Secrets of this store, sealed with the key it was opened with.
     pub fn secrets(&self) -> Result<crate::secrets::Secrets> {
         Ok(self.secrets.clone())
+    }
+
+    /// Webhook subscriptions and their deliveries (one set per store: clones share
+    /// the signal the delivery task waits on).
+    pub fn webhooks(&self) -> &webhooks::Webhooks {
+        &self.webhooks
     }
 
     pub fn keys(&self) -> Result<crate::auth::Keys> {

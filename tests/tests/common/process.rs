@@ -8,8 +8,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The `faena` binary the workspace's test build made (an integration test of the
-/// engine crate makes cargo build it).
+/// engine crate makes cargo build it), or the one `FAENA_BIN` names (where several
+/// checkouts share one target directory, each its own copy).
 pub fn faena_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("FAENA_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("faena");
