@@ -148,7 +148,7 @@ impl JobsApi {
         if let Some(idem) = &idem
             && let Some(earlier) = self.state.store.replayed(idem)?
         {
-            return Ok(replay(earlier)?);
+            return replay(earlier);
         }
         let tenant = self.state.tenant();
         let mut job = body.0;
@@ -219,7 +219,7 @@ impl JobsApi {
         if let Some(idem) = &idem
             && let Some(earlier) = self.state.store.replayed(idem)?
         {
-            return Ok(replay(earlier)?);
+            return replay(earlier);
         }
         self.state.store.writable()?;
         let json_field = |field: &str, text: &Option<String>| -> ApiResult<serde_json::Value> {
