@@ -105,6 +105,21 @@ async fn a_retried_create_answers_the_first_job_and_survives_a_restart() {
     store.close().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_key_is_forgotten_after_its_time() {
+    let (_e, api) = setup().await;
+    let (st, first, _) = post_with_key(&api, "/api/v1/jobs", "k", &order_batch(&["OC-1"])).await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Past the day a key is kept (and past the sweeps that run meanwhile), the key is
+    // free for another request.
+    tokio::time::sleep(std::time::Duration::from_secs(25 * 3600)).await;
+    let (st, second, replayed) =
+        post_with_key(&api, "/api/v1/jobs", "k", &order_batch(&["OC-2"])).await;
+    assert_eq!(st, StatusCode::CREATED, "{second}");
+    assert!(!replayed);
+    assert_ne!(second["id"], first["id"]);
+}
+
 #[tokio::test]
 async fn requests_with_one_key_at_once_make_one_job() {
     let (_e, api) = setup().await;
@@ -306,13 +321,35 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
     // A failed order can be sent again; so can one whose job was cancelled.
     let mut placed = with(&["OC-7"], "reject");
     placed["plugin"] = json!("ext3");
-    let (st, _) = api.post("/api/v1/jobs", placed.clone()).await;
+    let (st, first_try) = api.post("/api/v1/jobs", placed.clone()).await;
     assert_eq!(st, StatusCode::CREATED);
     let again = api.post("/api/v1/jobs", placed.clone()).await;
     assert_error(&again, StatusCode::CONFLICT, "reference_taken", "OC-7");
     fail_reference(&api, "ext3", "OC-7").await;
     let (st, retry) = api.post("/api/v1/jobs", placed).await;
     assert_eq!(st, StatusCode::CREATED, "{retry}");
+    // The failed item let go of OC-7 and the new job holds it: sending the failed one
+    // again would place the order twice, by item or by job.
+    let first_try = first_try["id"].as_str().unwrap();
+    for path in [
+        format!("/api/v1/items/{first_try}-0/retry"),
+        format!("/api/v1/jobs/{first_try}/retry"),
+    ] {
+        let refused = api.post(&path, json!({})).await;
+        assert_error(&refused, StatusCode::CONFLICT, "reference_taken", "OC-7");
+    }
+    let (_, item) = api.get(&format!("/api/v1/items/{first_try}-0")).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    // A reference is one line of text.
+    let bad = api
+        .post("/api/v1/jobs", with(&["OC\u{0}1"], "reject"))
+        .await;
+    assert_error(
+        &bad,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "control characters",
+    );
     let (st, _) = api
         .post(
             &format!("/api/v1/jobs/{}/cancel", skipping["id"].as_str().unwrap()),

@@ -267,6 +267,21 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         .await;
     assert_eq!(status, 201, "{review_job}");
     let review_item = format!("{}-0", review_job["id"].as_str().unwrap());
+    // Nothing left but the item in review: the job waits for a person, and says so.
+    let review_job_id = review_job["id"].as_str().unwrap();
+    visit(
+        &page,
+        &format!("#/jobs/{review_job_id}"),
+        "!!document.querySelector('#job-progress')",
+    )
+    .await;
+    until(
+        &page,
+        60,
+        "the job marked as awaiting review",
+        "!!document.querySelector('h1 .status.awaiting_review')",
+    )
+    .await;
     visit(&page, "#/review", "!!document.querySelector('#review')").await;
     until(
         &page,
@@ -370,8 +385,58 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
     )
     .await;
     shot(&page, "plugins").await;
+
+    // A schedule is listed with its next run; pausing it from the list sticks.
+    let (status, schedule) = e
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "weekday orders", "cron": "0 8 * * MON-FRI", "timezone": "America/Lima",
+                   "template": {"plugin": "ultimus", "items": [{"reference": "OC-9100", "input": {
+                       "order_number": "OC-9100", "supplier_ruc": "20100070970", "cost_center": "CC-200",
+                       "currency": "USD", "description": "Toner",
+                       "lines": [{"description": "Toner", "quantity": 1, "unit_price": 10}]}}]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{schedule}");
+    let row = format!(
+        "#schedules tr[data-schedule-id=\"{}\"]",
+        schedule["id"].as_str().unwrap()
+    );
+    visit(
+        &page,
+        "#/schedules",
+        &format!("!!document.querySelector('{row}')"),
+    )
+    .await;
+    shot(&page, "schedules").await;
+    eval(
+        &page,
+        &format!("document.querySelector('{row} button').click()"),
+    )
+    .await;
+    until(
+        &page,
+        20,
+        "the schedule paused",
+        &format!("document.querySelector('{row} .status').textContent === 'paused'"),
+    )
+    .await;
+    let paused = e
+        .get(&format!(
+            "/api/v1/schedules/{}",
+            schedule["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(paused["paused"], true, "{paused}");
     for name in [
-        "jobs", "job", "item", "review", "events", "session", "plugins",
+        "jobs",
+        "job",
+        "item",
+        "review",
+        "events",
+        "session",
+        "plugins",
+        "schedules",
     ] {
         let png = std::fs::read(shots_dir().join(format!("{name}.png"))).unwrap();
         assert!(

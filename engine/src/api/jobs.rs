@@ -212,7 +212,7 @@ impl JobsApi {
                     .finish()
             }
         };
-        let (idem, _claim) = self
+        let (idem, claim) = self
             .state
             .idempotency(idempotency_key.0, || fingerprint)?
             .unzip();
@@ -285,6 +285,7 @@ impl JobsApi {
             limits: self.state.import,
             check: std::sync::Arc::new(move |item: &NewItem| check("", item)),
             idem,
+            hold: claim.map(|c| Box::new(c) as Box<dyn std::any::Any + Send>),
         };
         match import::create_job(self.state.store.clone(), request).await {
             Ok(job) => Ok(Created::Created(Json(job), None)),

@@ -175,16 +175,7 @@ impl AppState {
     /// A job that does not say how unique its references must be gets its operation's
     /// default (`x-faena-unique-references` in the input schema).
     pub fn reference_default(&self, job: &mut crate::model::NewJob) {
-        if job.options.unique_references.is_some() {
-            return;
-        }
-        job.options.unique_references = self
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.operation_schema(&job.plugin, &job.operation))
-            .and_then(|schema| {
-                serde_json::from_value(schema.get("x-faena-unique-references")?.clone()).ok()
-            });
+        reference_default_for(self.runtime.as_ref(), job);
     }
 
     /// The check of one item of `job` against its operation's JSON Schema, with the
@@ -206,6 +197,18 @@ impl AppState {
                 .map_err(ApiError::invalid),
         }
     }
+}
+
+/// [`AppState::reference_default`], for callers without an `AppState` (schedules).
+pub fn reference_default_for(runtime: Option<&Arc<Runtime>>, job: &mut crate::model::NewJob) {
+    if job.options.unique_references.is_some() {
+        return;
+    }
+    job.options.unique_references = runtime
+        .and_then(|rt| rt.operation_schema(&job.plugin, &job.operation))
+        .and_then(|schema| {
+            serde_json::from_value(schema.get("x-faena-unique-references")?.clone()).ok()
+        });
 }
 
 /// [`AppState::input_check`] with the runtime given (the schedules check their runs

@@ -43,7 +43,8 @@ impl From<ScheduleError> for ApiError {
 /// The check `POST /api/v1/jobs` makes of a job, for a schedule's runs: its plugin
 /// and operation can run here, its items' inputs match the operation's schema.
 pub fn job_check(runtime: Option<Arc<Runtime>>) -> JobCheck {
-    Arc::new(move |job: &NewJob| {
+    Arc::new(move |job: &mut NewJob| {
+        super::reference_default_for(runtime.as_ref(), job);
         let version = match &runtime {
             None => None,
             Some(rt) => rt.version_for_new_job(&job.plugin, &job.operation)?,

@@ -39,6 +39,10 @@ pub struct Request {
     pub check: ItemCheck,
     /// The request's idempotency key, recorded with the job.
     pub idem: Option<crate::store::Idempotency>,
+    /// Held until the import ends, even if the client has gone: the request's claim on
+    /// its idempotency key, so a retry meanwhile is told to wait instead of starting a
+    /// second import.
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Create a job from an uploaded file. Nothing of the job is visible before it is
@@ -60,7 +64,9 @@ async fn run(store: Store, request: Request) -> Result<Job, ImportFailed> {
         limits,
         check,
         idem,
+        hold,
     } = request;
+    let _hold = hold;
     let job_policy = job.options.unique_references;
     let id = store.stage_job(&tenant, job, plugin_version).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewItem>>(AHEAD);

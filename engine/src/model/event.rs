@@ -28,9 +28,11 @@ pub mod kind {
     pub const SCHEDULE_FIRED: &str = "schedule_fired";
     /// A schedule's instant created no job (`data.reason` says why).
     pub const SCHEDULE_SKIPPED: &str = "schedule_skipped";
+    /// A webhook subscription was turned off after failing too often.
+    pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
 
     /// Types the engine emits itself; a published custom event may not use them.
-    pub const BUILTIN: [&str; 18] = [
+    pub const BUILTIN: [&str; 19] = [
         JOB_CREATED,
         JOB_STARTED,
         JOB_PAUSED,
@@ -49,6 +51,7 @@ pub mod kind {
         SESSION_CLOSED,
         SCHEDULE_FIRED,
         SCHEDULE_SKIPPED,
+        WEBHOOK_DISABLED,
     ];
 }
 

@@ -128,7 +128,7 @@ impl Timing {
 
 /// Checks a run's job as `POST /api/v1/jobs` would (plugin and operation installed,
 /// inputs against the schema) and gives the plugin version it runs with.
-pub type JobCheck = Arc<dyn Fn(&NewJob) -> Result<Option<String>, String> + Send + Sync>;
+pub type JobCheck = Arc<dyn Fn(&mut NewJob) -> Result<Option<String>, String> + Send + Sync>;
 
 /// The schedules of one store: create, change and list them; [`run`] fires them.
 #[derive(Clone)]
@@ -176,13 +176,13 @@ impl Scheduler {
                 new.cron
             )));
         };
-        let job = new.template.to_job(true);
+        let mut job = new.template.to_job(true);
         let template_error = |m: String| ScheduleError::Invalid(format!("template.{m}"));
         store::schedules::check_new_job(&job).map_err(|e| match e {
             StoreError::Invalid(m) => template_error(m),
             other => ScheduleError::Store(other),
         })?;
-        (self.check)(&job).map_err(template_error)?;
+        (self.check)(&mut job).map_err(template_error)?;
         self.store.writable()?;
         let schedule = Schedule {
             id: store::schedules::new_schedule_id(),

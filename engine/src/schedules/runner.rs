@@ -268,8 +268,8 @@ impl Scheduler {
             }
             Decision::Create { behind } => behind,
         };
-        let job = sch.template.to_job(behind.is_none());
-        let version = match (self.check)(&job) {
+        let mut job = sch.template.to_job(behind.is_none());
+        let version = match (self.check)(&mut job) {
             Ok(v) => v,
             Err(m) => {
                 let reason = format!("template.{m}");
@@ -290,6 +290,14 @@ impl Scheduler {
                 let reason = format!("template.{m}");
                 return self.skip(sch, timing, at, now, reason).await.map(|_| false);
             }
+            // Every reference of the run is held by an earlier order (unique
+            // references): the run is skipped, and says why.
+            Err(e @ StoreError::ReferencesTaken { .. }) => {
+                return self
+                    .skip(sch, timing, at, now, e.to_string())
+                    .await
+                    .map(|_| false);
+            }
             // The instant's run exists but its job was deleted since: it ran.
             Err(StoreError::Conflict(m)) => {
                 let reason = m;
@@ -298,7 +306,10 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let next = timing.next_after(at.max(now));
-        let queued = behind.filter(|_| run.created).map(|behind| QueuedRun {
+        // A run created earlier (a retry after the record failed to update) that still
+        // waits is queued all the same: nothing else would ever start it.
+        let waiting = run.created || run.job.status == crate::model::JobStatus::Pending;
+        let queued = behind.filter(|_| waiting).map(|behind| QueuedRun {
             job_id: run.job.id.clone(),
             behind,
         });

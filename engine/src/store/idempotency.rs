@@ -102,20 +102,50 @@ pub(super) fn record(tx: &mut Tx<'_>, idem: &Idempotency, response: serde_json::
 /// Most keys one sweep command removes, so that it never holds the writer for long.
 pub(super) const SWEEP_CHUNK: usize = 5_000;
 
-/// Remove up to [`SWEEP_CHUNK`] keys older than `keep_ms`, inside a writer command.
-pub(super) fn sweep(tx: &mut Tx<'_>, keep_ms: i64) -> Result<usize> {
-    let mut removed = 0;
-    for k in tx.scan_keys(&[IDEMPOTENCY])? {
-        let Some(v) = tx.get(&k)? else { continue };
-        let expired = serde_json::from_slice::<Recorded>(&v)
-            .map(|r| tx.now.saturating_sub(r.at) > keep_ms)
-            .unwrap_or(true);
-        if expired {
-            tx.del(k);
-            removed += 1;
-            if removed == SWEEP_CHUNK {
+fn expired(raw: &[u8], now: i64, keep_ms: i64) -> bool {
+    serde_json::from_slice::<Recorded>(raw)
+        .map(|r| now.saturating_sub(r.at) > keep_ms)
+        .unwrap_or(true)
+}
+
+/// Keys past their time, up to [`SWEEP_CHUNK`], after `from` (exclusive): read from
+/// what is committed, outside the writer, which checks each again before removing it.
+pub(super) fn expired_keys(
+    tree: &sled::Tree,
+    from: Option<&[u8]>,
+    now: i64,
+    keep_ms: i64,
+) -> Result<Vec<Vec<u8>>> {
+    let start = match from {
+        Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+        None => std::ops::Bound::Included(vec![IDEMPOTENCY]),
+    };
+    let mut keys = Vec::new();
+    for kv in tree.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+        let (k, v) = kv?;
+        if k.first() != Some(&IDEMPOTENCY) {
+            break;
+        }
+        if expired(&v, now, keep_ms) {
+            keys.push(k.to_vec());
+            if keys.len() == SWEEP_CHUNK {
                 break;
             }
+        }
+    }
+    Ok(keys)
+}
+
+/// Remove those of `keys` that are still past their time, inside a writer command
+/// (a key answered again since is kept).
+pub(super) fn sweep(tx: &mut Tx<'_>, keys: Vec<Vec<u8>>, keep_ms: i64) -> Result<usize> {
+    let mut removed = 0;
+    for k in keys {
+        if let Some(v) = tx.get(&k)?
+            && expired(&v, tx.now, keep_ms)
+        {
+            tx.del(k);
+            removed += 1;
         }
     }
     Ok(removed)

@@ -3,6 +3,8 @@
 //! which commits concurrent commands together (group commit) and answers each caller
 //! only after the flush.
 
+mod actions;
+mod create;
 mod error;
 mod fair;
 pub mod feed;
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
 
+pub use create::with_defaults;
 pub use error::{Result, StoreError};
 pub use fair::TenantConfig;
 pub use feed::{Feed, FeedLimits, Follower, Published};
@@ -31,7 +34,7 @@ pub use idempotency::Idempotency;
 pub use keys::ItemKey;
 pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
-    backoff_ms, with_defaults,
+    backoff_ms,
 };
 pub use references::Screen;
 pub use schedules::{LastRun, RunJob, Schedules};
@@ -87,6 +90,41 @@ pub struct StoreOptions {
     pub key: Option<crate::secrets::SecretKey>,
     /// How long an idempotency key is remembered.
     pub idempotency_keep: std::time::Duration,
+}
+
+/// How often expired idempotency keys are looked for.
+const IDEMPOTENCY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One sweep of expired idempotency keys: found on a blocking thread from what is
+/// committed, removed by the writer a chunk at a time. Answers how many went.
+async fn sweep_once(tx: &mpsc::Sender<Command>, clock: Clock, keep: i64) -> Result<usize> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Command::Tree { reply })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    let tree = rx.await.map_err(|_| StoreError::Closed)?;
+    let mut from: Option<Vec<u8>> = None;
+    let mut forgot = 0;
+    loop {
+        let (t, start, now) = (tree.clone(), from.clone(), clock.now_ms());
+        let keys = tokio::task::spawn_blocking(move || {
+            idempotency::expired_keys(&t, start.as_deref(), now, keep)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let last = keys.len() < idempotency::SWEEP_CHUNK;
+        from = keys.last().cloned();
+        if !keys.is_empty() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::SweepIdempotency { keys, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            forgot += rx.await.map_err(|_| StoreError::Closed)??;
+        }
+        if last {
+            return Ok(forgot);
+        }
+    }
 }
 
 /// A day: a client that retries within it gets its first answer back.
@@ -331,33 +369,16 @@ impl Store {
     /// writer), so a closed store is released at once and the task ends with it.
     fn sweep_idempotency_keys(&self) {
         let writer = self.tx.downgrade();
+        let (clock, keep) = (self.clock, self.idempotency_keep_ms);
         tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(600);
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(IDEMPOTENCY_SWEEP_EVERY).await;
                 let Some(tx) = writer.upgrade() else { return };
-                let mut forgot = 0;
-                loop {
-                    let (reply, rx) = oneshot::channel();
-                    if tx.send(Command::SweepIdempotency { reply }).await.is_err() {
-                        return;
-                    }
-                    match rx.await {
-                        Ok(Ok(n)) => {
-                            forgot += n;
-                            if n < idempotency::SWEEP_CHUNK {
-                                break;
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "sweeping idempotency keys failed");
-                            break;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                if forgot > 0 {
-                    info!(keys = forgot, "forgot expired idempotency keys");
+                match sweep_once(&tx, clock, keep).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(keys = n, "forgot expired idempotency keys"),
+                    Err(StoreError::Closed) => return,
+                    Err(e) => warn!(error = %e, "sweeping idempotency keys failed"),
                 }
             }
         });
@@ -479,11 +500,6 @@ impl Store {
         plugin_version: Option<String>,
         idem: Option<Idempotency>,
     ) -> Result<(Job, bool)> {
-        if let Some(idem) = &idem
-            && let Some(earlier) = self.replayed(idem)?
-        {
-            return Ok((serde_json::from_value(earlier)?, true));
-        }
         self.writable()?;
         let tenant = tenant.to_owned();
         self.send(|reply| Command::CreateJob {
@@ -710,11 +726,6 @@ impl Store {
         data: serde_json::Value,
         idem: Option<Idempotency>,
     ) -> Result<(Event, bool)> {
-        if let Some(idem) = &idem
-            && let Some(earlier) = self.replayed(idem)?
-        {
-            return Ok((serde_json::from_value(earlier)?, true));
-        }
         self.writable()?;
         let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
         self.send(|reply| Command::Publish {
@@ -723,9 +734,32 @@ impl Store {
             job_id,
             data,
             idem,
+            engine: false,
             reply,
         })
         .await
+    }
+
+    /// An event of the engine's own (one of `kind::BUILTIN`) that no command emits
+    /// itself, e.g. a webhook turned off.
+    pub async fn publish_engine_event(
+        &self,
+        tenant: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Event> {
+        let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
+        self.send(|reply| Command::Publish {
+            tenant,
+            kind,
+            job_id: None,
+            data,
+            idem: None,
+            engine: true,
+            reply,
+        })
+        .await
+        .map(|(event, _)| event)
     }
 
     /// At most `limit` items of `plugin` run at once, across all workers.

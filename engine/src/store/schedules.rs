@@ -1,6 +1,6 @@
 //! Schedules' records and runs. The records live in a tree of their own (`schedules`),
 //! written directly like API keys; a run's job is created by the writer together with
-//! the schedule's run marker (`r` + schedule id → instant and job) and its
+//! the schedule's run marker (`t` + schedule id → instant and job) and its
 //! `schedule_fired` event, in one batch. Creating the run of an instant that already
 //! has its job answers that job: a crash between creating a run and advancing the
 //! schedule's cursor cannot create the run twice.
@@ -171,7 +171,7 @@ pub struct Schedules {
 /// bounds, item count, item inputs against the shared input), without writing. A
 /// schedule's template passes them when it is stored, so no run fails on them.
 pub fn check_new_job(job: &NewJob) -> Result<()> {
-    let record = super::ops::new_job(0, "", job, None)?;
+    let record = super::create::new_job(0, "", job, None)?;
     if job.items.is_empty() {
         return Err(StoreError::Invalid(
             "items: a job needs at least one item".into(),
@@ -184,7 +184,7 @@ pub fn check_new_job(job: &NewJob) -> Result<()> {
         )));
     }
     for (i, item) in job.items.iter().enumerate() {
-        super::ops::new_item(&record, i as u64, item.clone(), job.input.as_ref(), 0)?;
+        super::create::new_item(&record, i as u64, item.clone(), job.input.as_ref(), 0)?;
     }
     Ok(())
 }

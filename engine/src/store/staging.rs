@@ -9,10 +9,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::create::{initial_status, new_item, new_job};
 use super::error::{Result, StoreError};
 use super::idempotency::{self, Idempotency};
 use super::keys::{self, ItemKey};
-use super::ops::{MAX_ITEMS_PER_JOB, initial_status, new_item, new_job};
+use super::ops::MAX_ITEMS_PER_JOB;
 use super::references::{self, Screen};
 use super::tx::Tx;
 use super::writer::{Command, Writer};
@@ -102,8 +103,8 @@ impl Writer {
         if let Some(idem) = &idem
             && idempotency::replayed(tx, idem, self.idempotency_keep_ms)?.is_some()
         {
-            // Two imports with one key raced past the in-flight guard (two processes
-            // on one store cannot happen; this is the last line).
+            // The API holds a key for as long as its import runs, so this is the last
+            // line only, should a caller of the store not.
             return Err(StoreError::Conflict(format!(
                 "Idempotency-Key: `{}`: another request with this key created its job first",
                 idem.key

@@ -113,6 +113,8 @@ pub(crate) enum Command {
         job_id: Option<String>,
         data: serde_json::Value,
         idem: Option<Idempotency>,
+        /// The engine's own event (a type in `kind::BUILTIN`), not a client's.
+        engine: bool,
         reply: Reply<(Event, bool)>,
     },
     StageJob {
@@ -153,9 +155,15 @@ pub(crate) enum Command {
         tenant: String,
         limit: Option<u32>,
     },
-    /// Forget idempotency keys past their time (a chunk of them).
+    /// Forget these idempotency keys if they are still past their time.
     SweepIdempotency {
+        keys: Vec<Vec<u8>>,
         reply: Reply<usize>,
+    },
+    /// A handle on the tree, for a read that must not keep the database open between
+    /// uses (the idempotency sweep).
+    Tree {
+        reply: oneshot::Sender<sled::Tree>,
     },
     CreateScheduledJob {
         run: super::schedules::ScheduledRun,
@@ -501,9 +509,20 @@ impl Writer {
                 job_id,
                 data,
                 idem,
+                engine,
                 reply,
             } => self.run_tx(group, reply, |w, tx| {
-                w.publish(tx, &tenant, &kind, job_id, data, idem)
+                w.publish(
+                    tx,
+                    super::actions::Publication {
+                        tenant,
+                        kind,
+                        job_id,
+                        data,
+                        idem,
+                        engine,
+                    },
+                )
             }),
             Command::StageJob {
                 tenant,
@@ -513,9 +532,14 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.stage_job(tx, &tenant, job, plugin_version)
             }),
-            Command::SweepIdempotency { reply } => {
+            Command::SweepIdempotency { keys, reply } => {
                 let keep = self.idempotency_keep_ms;
-                self.run_tx(group, reply, |_, tx| super::idempotency::sweep(tx, keep))
+                self.run_tx(group, reply, |_, tx| {
+                    super::idempotency::sweep(tx, keys, keep)
+                })
+            }
+            Command::Tree { reply } => {
+                let _ = reply.send(self.tree.clone());
             }
             Command::StageItems {
                 job,

@@ -117,6 +117,9 @@ pub(super) async fn run(
             }
         }
         cursor = cursor.max(page.scanned);
+        // Pages of events for other tenants and types go by without a call: give the
+        // runtime a turn between them.
+        tokio::task::yield_now().await;
         if cursor - saved >= SAVE_PASSED {
             match hooks.passed(&worker.hook.id, cursor) {
                 Ok(Some(_)) => saved = cursor,
@@ -240,16 +243,23 @@ impl Worker {
                     if let Err(e) = hooks.record(&id, &record) {
                         warn!(webhook = %id, error = %e, "recording a webhook delivery");
                     }
-                    return match hooks.delivered(&id, event.seq).await {
-                        Ok(Some(_)) => Flow::Delivered,
-                        Ok(None) => Flow::Stop,
-                        Err(e) => {
-                            // The event goes again once the store can write: at least once.
-                            error!(webhook = %id, error = %e, "saving a webhook's cursor");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                            Flow::Stop
+                    // The receiver has it: only the cursor is retried (with backoff)
+                    // until the store can write again, not the call.
+                    let mut pause = std::time::Duration::from_secs(1);
+                    loop {
+                        match hooks.delivered(&id, event.seq).await {
+                            Ok(Some(_)) => return Flow::Delivered,
+                            Ok(None) => return Flow::Stop,
+                            Err(e) => {
+                                error!(webhook = %id, error = %e, "saving a webhook's cursor");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(pause) => {}
+                                    _ = stop.cancelled() => return Flow::Stop,
+                                }
+                                pause = (pause * 2).min(std::time::Duration::from_secs(60));
+                            }
                         }
-                    };
+                    }
                 }
                 Err(failure) => {
                     record.status_code = failure.status;
@@ -282,7 +292,7 @@ impl Worker {
         let data = serde_json::json!({"webhook_id": w.id, "url": w.url, "reason": reason});
         if let Err(e) = self
             .store
-            .publish(&w.tenant, "webhook_disabled", None, data)
+            .publish_engine_event(&w.tenant, crate::model::kind::WEBHOOK_DISABLED, data)
             .await
         {
             warn!(webhook = %w.id, error = %e, "publishing webhook_disabled");

@@ -77,11 +77,13 @@ pub async fn resolve(url: &Url, allow: &[String]) -> Result<Vec<SocketAddr>, Ref
     if !allowed(url, allow) {
         for a in &addrs {
             if let Some(kind) = internal(a.ip()) {
+                // The address itself is logged, not told: a tenant must not map the
+                // engine's internal network through these answers.
+                tracing::info!(host = url.host_str().unwrap_or_default(), ip = %a.ip(), kind, "webhook destination refused");
                 return Err(Refused(format!(
-                    "`{}` resolves to {}, a {kind} address; webhooks go to public addresses \
+                    "`{}` resolves to a {kind} address; webhooks go to public addresses \
                      unless the host is in the engine's `[webhooks] allow`",
                     url.host_str().unwrap_or_default(),
-                    a.ip()
                 )));
             }
         }
@@ -136,11 +138,32 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return internal_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
     }
     if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_multicast() {
+        return Some("loopback");
+    }
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    let low_v4 = || Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32);
+    // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
+    if seg[..6] == [0, 0, 0, 0, 0, 0] {
+        return internal_v4(low_v4()).or(Some("IPv4-compatible"));
+    }
+    if ip.is_multicast() {
         Some("multicast")
+    } else if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        // Local-use NAT64 (64:ff9b:1::/48): translated inside the network.
+        Some("local NAT64")
+    } else if seg[0] == 0x2002 {
+        // 6to4 carries an IPv4 address in bits 16-47.
+        internal_v4(Ipv4Addr::from(((seg[1] as u32) << 16) | seg[2] as u32)).or(Some("6to4"))
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        Some("Teredo")
+    } else if seg[0] == 0x2001 && seg[1] & 0xfff0 == 0x0010 {
+        Some("ORCHID")
+    } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+        Some("documentation")
+    } else if seg[0] == 0x0100 && seg[1..4] == [0, 0, 0] {
+        Some("discard-only")
     } else if seg[0] & 0xffc0 == 0xfe80 {
         Some("link-local")
     } else if seg[0] & 0xfe00 == 0xfc00 {
@@ -175,6 +198,13 @@ mod tests {
             ("ff02::1", "multicast"),
             ("::ffff:10.0.0.1", "private"),
             ("64:ff9b::7f00:1", "loopback"),
+            ("::127.0.0.1", "loopback"),
+            ("::8.8.8.8", "IPv4-compatible"),
+            ("64:ff9b:1::1", "local NAT64"),
+            ("2002:0a00:0001::1", "private"),
+            ("2002:5db8:d822::1", "6to4"),
+            ("2001:0:4136:e378::1", "Teredo"),
+            ("2001:db8::1", "documentation"),
         ] {
             assert_eq!(internal(ip.parse().unwrap()), Some(kind), "{ip}");
         }
