@@ -75,6 +75,9 @@ pub struct ApiFileConfig {
     pub feed_connections: Option<usize>,
     /// A feed client whose socket takes nothing for this long is disconnected (default 30).
     pub feed_stall_timeout_secs: Option<u64>,
+    /// Browser origins (`https://app.example.com`) whose pages may call the API
+    /// (default none: only the dashboard, on the engine's own origin).
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -150,6 +153,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Caps on the feed's connections.
     pub feed_limits: crate::api::FeedConnectionLimits,
+    /// Browser origins whose pages may call the API.
+    pub cors_origins: Vec<String>,
     /// How large a spreadsheet import may be.
     pub import: crate::import::ImportLimits,
     /// Where webhooks may go and how they are retried.
@@ -290,7 +295,13 @@ impl Config {
             path: file.map(Path::to_owned).unwrap_or_default(),
             message,
         })?;
+        let cors_origins = api.cors_origins.clone().unwrap_or_default();
+        crate::api::check_cors_origins(&cors_origins).map_err(|message| ConfigError::Invalid {
+            path: file.map(Path::to_owned).unwrap_or_default(),
+            message: format!("[api] cors_origins: {message}"),
+        })?;
         Ok(Config {
+            cors_origins,
             webhooks,
             import,
             space,

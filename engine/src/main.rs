@@ -155,6 +155,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_sessions(sessions)
         .with_rate_limit(config.rate_limit)
         .with_feed_limits(config.feed_limits)
+        .with_cors_origins(config.cors_origins.clone())
+        .map_err(anyhow::Error::msg)?
         .with_import_limits(config.import)
         .with_webhooks(Arc::new(config.webhooks.clone()));
     if let Some(path) = state

@@ -1026,3 +1026,120 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(busy.get("/health").await.0, StatusCode::OK);
     e.stop().await;
 }
+
+/// A page on a listed origin may call the API: its preflight is answered before any
+/// key is asked for, and every answer (a 401 too) carries the CORS headers a browser
+/// needs to let the page read it. Other origins get nothing of the kind.
+#[tokio::test]
+async fn pages_of_a_listed_origin_may_call_the_api() {
+    let e = engine(None, 1).await;
+    let state = AppState::new(e.store.clone(), None)
+        .unwrap()
+        .with_cors_origins(vec!["http://app.example:3000".into()])
+        .unwrap();
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", Role::Operator, "t", 0)
+        .unwrap();
+    let api = Api::with_key(state.clone(), "");
+    let app = "http://app.example:3000";
+    let preflight = api
+        .cli
+        .options("/api/v1/jobs")
+        .header("origin", app)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, idempotency-key",
+        )
+        .send()
+        .await;
+    preflight.assert_status_is_ok();
+    preflight.assert_header("access-control-allow-origin", app);
+    let allowed = preflight
+        .0
+        .headers()
+        .get("access-control-allow-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+
+    let created = api
+        .cli
+        .post("/api/v1/jobs")
+        .header("origin", app)
+        .header("authorization", format!("Bearer {key}"))
+        .body_json(&json!({"plugin": "ext", "items": [{"input": 1}]}))
+        .send()
+        .await;
+    created.assert_status(StatusCode::CREATED);
+    created.assert_header("access-control-allow-origin", app);
+    let exposed = created
+        .0
+        .headers()
+        .get("access-control-expose-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("idempotency-replayed"),
+        "{exposed}"
+    );
+    // A refused key is readable by the page, not a bare network error.
+    let refused = api
+        .cli
+        .get("/api/v1/jobs")
+        .header("origin", app)
+        .send()
+        .await;
+    refused.assert_status(StatusCode::UNAUTHORIZED);
+    refused.assert_header("access-control-allow-origin", app);
+
+    // An origin not listed, and an engine that lists none: no CORS headers at all.
+    let other = api
+        .cli
+        .options("/api/v1/jobs")
+        .header("origin", "http://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await;
+    assert!(
+        other
+            .0
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let plain = Api::with_key(AppState::new(e.store.clone(), None).unwrap(), &key);
+    let resp = plain
+        .cli
+        .get("/api/v1/jobs")
+        .header("origin", app)
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    assert!(
+        resp.0
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    // The configuration takes origins only.
+    for bad in [
+        "app.example",
+        "https://app.example/path",
+        "ftp://app.example",
+    ] {
+        assert!(
+            AppState::new(e.store.clone(), None)
+                .unwrap()
+                .with_cors_origins(vec![bad.into()])
+                .is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The dashboard in real headless Chromium (driven by chromiumoxide): upload a
 //! spreadsheet and watch its progress reach 100 %, open a failed item and see its
 //! screenshot, send a review item back to the queue, see an event arrive live, watch
-//! a session's live view. Each page is saved as a PNG under
+//! a session's live view, pause a schedule. Then a frontend on another origin (CORS)
+//! creates a job and follows it on the feed. Each page is saved as a PNG under
 //! `target/dashboard-screenshots/`.
 
 mod common;
@@ -90,7 +91,10 @@ async fn visit(page: &Page, hash: &str, ready: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_a_batch_from_the_dashboard() {
     let p = portals::serve(0).await.unwrap();
-    let e = common::start(
+    // A frontend of the team's own, on another origin the engine lists.
+    let frontend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frontend_origin = format!("http://{}", frontend.local_addr().unwrap());
+    let e = common::start_cors(
         BTreeMap::from([
             (
                 "gsp".to_owned(),
@@ -104,6 +108,7 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         ]),
         true,
         2,
+        vec![frontend_origin.clone()],
     )
     .await;
     for name in ["gsp", "ultimus", "sunat", "noop"] {
@@ -428,6 +433,29 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         ))
         .await;
     assert_eq!(paused["paused"], true, "{paused}");
+    // The team's frontend, on its own origin, creates a job with the key it was given
+    // and follows it on the feed to its end.
+    let html = CROSS_ORIGIN_PAGE
+        .replace("ENGINE_URL", &e.url)
+        .replace("API_KEY", &e.key);
+    tokio::spawn(
+        poem::Server::new_with_acceptor(poem::listener::TcpAcceptor::from_tokio(frontend).unwrap())
+            .run(poem::Route::new().at(
+                "/",
+                poem::get(poem::endpoint::make_sync(move |_| {
+                    poem::web::Html(html.clone())
+                })),
+            )),
+    );
+    page.goto(&frontend_origin).await.unwrap();
+    until(
+        &page,
+        60,
+        "the other origin's page to follow its job to the end",
+        "document.title.startsWith('done') || document.title.startsWith('failed')",
+    )
+    .await;
+    assert_eq!(eval(&page, "document.title").await, json!("done:3"));
     for name in [
         "jobs",
         "job",
@@ -445,3 +473,24 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         );
     }
 }
+
+/// A page of another origin: creates a `noop` job over REST (a preflighted request:
+/// JSON with a key and an idempotency key) and follows it on the feed.
+const CROSS_ORIGIN_PAGE: &str = r#"<!doctype html><title>loading</title><script>
+(async () => {
+  const engine = 'ENGINE_URL', key = 'API_KEY';
+  try {
+    const r = await fetch(engine + '/api/v1/jobs', { method: 'POST', headers: {
+      'Authorization': 'Bearer ' + key, 'Content-Type': 'application/json', 'Idempotency-Key': 'frontend-1' },
+      body: JSON.stringify({ plugin: 'noop', items: [{ input: {} }, { input: {} }, { input: {} }] }) });
+    if (r.status !== 201) { document.title = 'failed:' + r.status; return; }
+    const job = await r.json();
+    const ws = new WebSocket(engine.replace('http', 'ws') + '/ws?token=' + encodeURIComponent(key));
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'subscribe', jobs: [job.id], types: [], after: 0 }));
+    ws.onmessage = (m) => {
+      const ev = JSON.parse(m.data);
+      if (ev.type === 'job_completed') document.title = 'done:' + ev.data.results.succeeded;
+    };
+  } catch (e) { document.title = 'failed:' + e; }
+})();
+</script>"#;

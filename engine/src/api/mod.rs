@@ -3,6 +3,7 @@
 //! shutdown future, so tests bind port 0 and stop cleanly.
 
 mod body;
+mod cors;
 pub mod error;
 mod events;
 mod fanout;
@@ -65,6 +66,8 @@ pub struct AppState {
     feed_slots: Arc<feed_limits::FeedSlots>,
     /// Idempotency keys of requests being answered.
     in_flight: Arc<idempotency::InFlight>,
+    /// Browser origins other than the engine's own that may call the API.
+    cors: cors::CorsOrigins,
     /// Where webhooks may go, and how many a tenant may have.
     pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
@@ -82,6 +85,7 @@ impl AppState {
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             import: Default::default(),
             in_flight: Default::default(),
+            cors: Default::default(),
             schedules: crate::schedules::Scheduler::new(
                 store.clone(),
                 schedules::job_check(runtime.clone()),
@@ -97,6 +101,12 @@ impl AppState {
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.auth.limiter = Arc::new(Limiter::new(limit));
         self
+    }
+
+    /// Let pages from these origins call the API (`scheme://host[:port]` each).
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Result<Self, String> {
+        self.cors = cors::CorsOrigins::new(origins)?;
+        Ok(self)
     }
 
     /// Cap the feed's connections (per key and in all) and its stalled writes.
@@ -370,6 +380,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
     let spec = spec_with_security(&api.spec());
     let ui = api.swagger_ui();
+    let cors = state.cors.clone();
     Route::new()
         .at(
             "/openapi.json",
@@ -391,6 +402,13 @@ pub fn app(state: AppState) -> impl Endpoint {
         .catch_all_error(error::json_errors)
         .data(state.auth.clone())
         .data(state)
+        // Outermost: a preflight carries no key, so it is answered before `authenticate`.
+        .with_if(!cors.is_empty(), cors)
+}
+
+/// Whether every entry is an origin a browser sends (for the configuration).
+pub fn check_cors_origins(origins: &[String]) -> Result<(), String> {
+    cors::CorsOrigins::new(origins.to_vec()).map(drop)
 }
 
 /// Request bodies parsed with `deny_unknown_fields`, by schema name.

@@ -9,7 +9,7 @@ use super::{CliError, Client};
 pub enum WebhooksCommand {
     /// Subscribe a URL to the tenant's events and print its secret (shown once).
     Create {
-        /// Where events are POSTed (`http://…`).
+        /// Where events are POSTed (`https://…` or `http://…`).
         url: String,
         /// Only events of these types (repeat it); none: every event.
         #[arg(long = "type")]

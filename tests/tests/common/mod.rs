@@ -78,6 +78,43 @@ pub async fn start_limited(
     session_idle: Duration,
     rate: RateLimit,
 ) -> Engine {
+    start_full(
+        plugins,
+        browser,
+        concurrency,
+        session_idle,
+        rate,
+        Vec::new(),
+    )
+    .await
+}
+
+/// [`start`], with pages of `cors_origins` allowed to call the API.
+pub async fn start_cors(
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+    concurrency: usize,
+    cors_origins: Vec<String>,
+) -> Engine {
+    start_full(
+        plugins,
+        browser,
+        concurrency,
+        Duration::from_secs(3600),
+        RateLimit::default(),
+        cors_origins,
+    )
+    .await
+}
+
+async fn start_full(
+    plugins: BTreeMap<String, PluginConfig>,
+    browser: bool,
+    concurrency: usize,
+    session_idle: Duration,
+    rate: RateLimit,
+    cors_origins: Vec<String>,
+) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store"), Clock::new())
         .await
@@ -120,7 +157,9 @@ pub async fn start_limited(
     let state = AppState::new(store.clone(), Some(runtime.clone()))
         .unwrap()
         .with_sessions(sessions.clone())
-        .with_rate_limit(rate);
+        .with_rate_limit(rate)
+        .with_cors_origins(cors_origins)
+        .unwrap();
     let (_, key) = state
         .auth
         .keys
