@@ -137,6 +137,7 @@ impl WebhooksApi {
             },
             store.feed().head(),
             store.clock().now_ms(),
+            settings.max_per_tenant,
         )?;
         tracing::info!(webhook = %webhook.id, %tenant, url = %webhook.url, "webhook created");
         Ok(Created::Created(Json(CreatedWebhook { webhook, secret })))

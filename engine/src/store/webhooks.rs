@@ -98,6 +98,9 @@ pub struct Webhooks {
     deliveries: sled::Tree,
     key: Arc<SecretKey>,
     changes: Arc<watch::Sender<u64>>,
+    /// Held while a subscription is created, so a tenant's cap holds under
+    /// concurrent creates.
+    creating: Arc<std::sync::Mutex<()>>,
 }
 
 fn decode(id: &[u8], raw: &[u8]) -> Result<Stored> {
@@ -134,6 +137,7 @@ impl Webhooks {
             deliveries,
             key,
             changes: Arc::new(watch::Sender::new(0)),
+            creating: Default::default(),
         }
     }
 
@@ -154,13 +158,22 @@ impl Webhooks {
     }
 
     /// A new subscription that starts after event `cursor` (the head: no history).
+    /// Store a new subscription of `tenant`, unless it already has `max` (409).
     pub fn create(
         &self,
         tenant: &str,
         new: NewWebhook,
         cursor: u64,
         now_ms: i64,
+        max: usize,
     ) -> Result<Webhook> {
+        let _creating = self.creating.lock().expect("webhook create lock");
+        if self.list(Some(tenant))?.len() >= max {
+            return Err(StoreError::Conflict(format!(
+                "tenant `{tenant}` already has {max} webhooks (the engine's `[webhooks] \
+                 max_per_tenant`); delete one first"
+            )));
+        }
         let id = format!("wh_{}", ulid::Ulid::new());
         let webhook = Webhook {
             id: id.clone(),
@@ -361,6 +374,20 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_cap_holds_under_concurrent_creates() {
+        let h = hooks();
+        let made: usize = std::thread::scope(|s| {
+            let tries: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| h.create("t", new("whsec_x"), 0, 1, 3).is_ok()))
+                .collect();
+            tries.into_iter().map(|t| t.join().unwrap() as usize).sum()
+        });
+        assert_eq!(made, 3);
+        assert_eq!(h.list(Some("t")).unwrap().len(), 3);
+        assert!(h.create("u", new("whsec_x"), 0, 1, 3).is_ok(), "per tenant");
+    }
+
+    #[test]
     fn the_secret_is_sealed_and_tenants_are_apart() {
         let h = hooks();
         let w = h
@@ -369,6 +396,7 @@ mod tests {
                 new("whsec_c2VjcmV0LXZhbHVlLTEyMzQ1Njc4OTAxMg=="),
                 7,
                 1,
+                10,
             )
             .unwrap();
         assert!(w.id.starts_with("wh_") && w.cursor == 7 && w.enabled);
@@ -393,7 +421,7 @@ mod tests {
     #[test]
     fn failures_turn_it_off_and_enable_turns_it_on() {
         let h = hooks();
-        let w = h.create("t", new("whsec_x"), 0, 1).unwrap();
+        let w = h.create("t", new("whsec_x"), 0, 1, 10).unwrap();
         let mut changes = h.changes();
         changes.mark_unchanged();
         for _ in 0..2 {
@@ -415,7 +443,7 @@ mod tests {
     #[test]
     fn only_the_newest_deliveries_are_kept() {
         let h = hooks();
-        let w = h.create("t", new("whsec_x"), 0, 1).unwrap();
+        let w = h.create("t", new("whsec_x"), 0, 1, 10).unwrap();
         let d = |seq| Delivery {
             seq,
             webhook_id: format!("evt_{seq}"),
