@@ -40,6 +40,17 @@ async fn post_with_key(
     (status, serde_json::from_str(&text).unwrap(), replayed)
 }
 
+/// The API as an operator of another tenant, `acme`.
+fn acme_operator(e: &Engine) -> Api {
+    let state = AppState::new(e.store.clone(), None).unwrap();
+    let (_, key) = state
+        .auth
+        .keys
+        .create("acme", Role::Operator, "t", 0)
+        .unwrap();
+    Api::with_key(state, &key)
+}
+
 async fn job_count(api: &Api) -> usize {
     let (_, page) = api.get("/api/v1/jobs?limit=1000").await;
     page["jobs"].as_array().unwrap().len()
@@ -74,13 +85,7 @@ async fn a_retried_create_answers_the_first_job_and_survives_a_restart() {
         "{refused}"
     );
     // A key is the tenant's own: another tenant's same key is another request.
-    let state = AppState::new(e.store.clone(), None).unwrap();
-    let (_, key) = state
-        .auth
-        .keys
-        .create("acme", Role::Operator, "t", 0)
-        .unwrap();
-    let acme = Api::with_key(state, &key);
+    let acme = acme_operator(&e);
     let (st, theirs, replayed) = post_with_key(&acme, "/api/v1/jobs", "erp-batch-7", &body).await;
     assert_eq!(st, StatusCode::CREATED, "{theirs}");
     assert!(!replayed);
@@ -364,13 +369,7 @@ async fn unique_references_refuse_or_skip_what_is_taken() {
     assert_eq!(st, StatusCode::CREATED);
 
     // Another tenant's references are its own.
-    let state = AppState::new(e.store.clone(), None).unwrap();
-    let (_, key) = state
-        .auth
-        .keys
-        .create("acme", Role::Operator, "t", 0)
-        .unwrap();
-    let acme = Api::with_key(state, &key);
+    let acme = acme_operator(&e);
     let (st, theirs) = acme.post("/api/v1/jobs", with(&["OC-2"], "reject")).await;
     assert_eq!(st, StatusCode::CREATED, "{theirs}");
 }

@@ -37,46 +37,55 @@ pub fn entry(job: &Job, item: &Item) -> Option<Vec<u8>> {
     Some(k)
 }
 
-fn holds(item: Option<Item>) -> bool {
-    item.is_some_and(|i| !matches!(i.status, ItemStatus::Failed | ItemStatus::Cancelled))
-}
-
 fn item_of(entry: &[u8]) -> Option<ItemKey> {
     let id = entry.rsplit(|b| *b == 0).next()?;
     ItemKey::parse(std::str::from_utf8(id).ok()?)
 }
 
-/// Whether `reference` is taken for `job`'s tenant, plugin and operation, as the
-/// writer sees it (its uncommitted group included).
-pub(super) fn taken_in_tx(tx: &Tx<'_>, job: &Job, reference: &str) -> Result<bool> {
-    for k in tx.scan_keys(&prefix(job, reference))? {
-        let Some(key) = item_of(&k) else { continue };
-        let item = match tx.item(&key) {
-            Ok(item) => Some(item),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
+/// Whether one of the index `entries` names an item that holds its reference (neither
+/// failed nor cancelled), the items read with `item` (`None`: gone).
+fn any_holder<K: AsRef<[u8]>>(
+    entries: impl IntoIterator<Item = Result<K>>,
+    item: impl Fn(&ItemKey) -> Result<Option<Item>>,
+) -> Result<bool> {
+    for entry in entries {
+        let Some(key) = item_of(entry?.as_ref()) else {
+            continue;
         };
-        if holds(item) {
+        if item(&key)?
+            .is_some_and(|i| !matches!(i.status, ItemStatus::Failed | ItemStatus::Cancelled))
+        {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
+/// Whether `reference` is taken for `job`'s tenant, plugin and operation, as the
+/// writer sees it (its uncommitted group included).
+pub(super) fn taken_in_tx(tx: &Tx<'_>, job: &Job, reference: &str) -> Result<bool> {
+    any_holder(
+        tx.scan_keys(&prefix(job, reference))?.into_iter().map(Ok),
+        |key| match tx.item(key) {
+            Ok(item) => Ok(Some(item)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+    )
+}
+
 /// [`taken_in_tx`] on what is committed, for work prepared outside the writer (the
 /// writer checks again).
 pub(super) fn taken_in_tree(tree: &sled::Tree, job: &Job, reference: &str) -> Result<bool> {
-    for k in tree.scan_prefix(prefix(job, reference)).keys() {
-        let Some(key) = item_of(&k?) else { continue };
-        let item = match tree.get(key.item_key())? {
-            Some(raw) => Some(serde_json::from_slice::<Item>(&raw)?),
-            None => None,
-        };
-        if holds(item) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    any_holder(
+        tree.scan_prefix(prefix(job, reference))
+            .keys()
+            .map(|k| k.map_err(StoreError::from)),
+        |key| match tree.get(key.item_key())? {
+            Some(raw) => Ok(Some(serde_json::from_slice::<Item>(&raw)?)),
+            None => Ok(None),
+        },
+    )
 }
 
 /// References met so far in one request, and what the policy did with them.
