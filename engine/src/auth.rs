@@ -23,6 +23,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::api::error::ErrorCode;
 use crate::model::DEFAULT_TENANT;
 use crate::store::{Result, StoreError};
 
@@ -378,7 +379,7 @@ fn token_of(req: &Request) -> Option<String> {
     })
 }
 
-fn refuse(status: StatusCode, code: &str, message: String) -> Response {
+fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let mut resp = crate::api::error::json_response(status, code, &message);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
@@ -402,7 +403,7 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     let Some(token) = token_of(&req) else {
         return Ok(refuse(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this needs an API key: send `Authorization: Bearer <key>` (the first start \
              writes an admin key to <data dir>/admin.key)"
                 .into(),
@@ -413,7 +414,7 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         Ok(None) => {
             return Ok(refuse(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "the API key is unknown or was revoked".into(),
             ));
         }
@@ -421,7 +422,7 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
             tracing::error!(error = %e, "reading API keys");
             return Ok(refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 e.to_string(),
             ));
         }
@@ -430,7 +431,7 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = refuse(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!(
                 "key `{}` is over its rate of {} requests per second; retry after {secs} s",
                 caller.key_id, auth.limiter.limit.per_sec
@@ -445,7 +446,7 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     if caller.role < needed {
         return Ok(refuse(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "this needs the {} role; key `{}` is {} {}",
                 needed.as_str(),
@@ -463,14 +464,14 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     if path == "/metrics" && caller.tenant != DEFAULT_TENANT {
         return Ok(refuse(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "the metrics count every tenant's work: they need a key of the `default` tenant".into(),
         ));
     }
     if path == "/api/v1/plugins" && req.method() == Method::POST && !caller.is_engine_admin() {
         return Ok(refuse(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "plugins are shared by every tenant: installing one needs an admin key of the \
              `default` tenant"
                 .into(),

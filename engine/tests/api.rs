@@ -532,6 +532,135 @@ async fn openapi_spec_validates() {
     e.stop().await;
 }
 
+/// What client generators need of the document, and what the engine does to match it.
+#[tokio::test]
+async fn the_document_is_what_generators_read_and_the_engine_keeps_to_it() {
+    let (e, api) = setup().await;
+    let (_, spec) = api
+        .send(
+            api.cli
+                .get("/openapi.json")
+                .header("host", "faena.example:8443"),
+        )
+        .await;
+    assert_eq!(spec["servers"][0]["url"], "http://faena.example:8443");
+    let text = spec.to_string();
+    assert!(
+        !text.contains("\"allOf\""),
+        "no allOf wrapping: generators drop such models"
+    );
+    for format in ["uint32", "uint64", "int64", "\"uint\""] {
+        assert!(!text.contains(format), "{format} maps to no plain number");
+    }
+    // Shared schemas are split: the request side leaves defaulted fields optional, the
+    // response side has them all.
+    let schemas = &spec["components"]["schemas"];
+    let required = |name: &str| -> Vec<String> {
+        serde_json::from_value(schemas[name]["required"].clone()).unwrap_or_default()
+    };
+    assert!(required("JobOptions").contains(&"on_failure".to_owned()));
+    assert!(!required("JobOptionsInput").contains(&"on_failure".to_owned()));
+    assert_eq!(
+        schemas["NewJob"]["properties"]["options"]["$ref"],
+        "#/components/schemas/JobOptionsInput"
+    );
+    assert!(schemas["JobOptionsInput"]["properties"]["on_failure"]["default"].is_null());
+    // Every code an error carries is listed.
+    let codes: Vec<String> = serde_json::from_value(schemas["ErrorCode"]["enum"].clone()).unwrap();
+    for code in [
+        "unauthorized",
+        "forbidden",
+        "rate_limited",
+        "method_not_allowed",
+        "unsupported_media_type",
+        "business",
+        "portal",
+        "reference_taken",
+    ] {
+        assert!(
+            codes.contains(&code.to_owned()),
+            "{code} missing from {codes:?}"
+        );
+    }
+    // The import's JSON parts are typed.
+    let form = &spec["paths"]["/api/v1/jobs/import"]["post"]["requestBody"]["content"]["multipart/form-data"];
+    assert_eq!(
+        form["schema"]["properties"]["options"]["$ref"],
+        "#/components/schemas/JobOptionsInput"
+    );
+    assert_eq!(
+        form["encoding"]["options"]["contentType"],
+        "application/json"
+    );
+
+    // 405 says what the path takes.
+    let resp = api.cli.put("/api/v1/jobs").send().await;
+    assert_eq!(resp.0.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.0.headers()["allow"], "GET, HEAD, POST");
+    // null where the document has no null is refused, naming the field.
+    assert_error(
+        &api.post("/api/v1/events", json!({"type": "note", "job_id": null}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "job_id: null",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": {}, "reference": null}]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "items[0].reference: null",
+    );
+    // null inside an item's free-form input is the item's business.
+    let (st, _) = api
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": {"note": null}}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Bounds the document declares.
+    assert_error(
+        &api.get("/api/v1/jobs?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "limit",
+    );
+    assert_error(
+        &api.get("/api/v1/jobs?cursor=").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "cursor",
+    );
+    // The largest seq has nothing after it (it must not wrap around to the start).
+    let (st, page) = api.get(&format!("/api/v1/events?after={}", u64::MAX)).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert_eq!(page["events"], json!([]));
+    // An Idempotency-Key that is not text is refused, not ignored.
+    let resp = api
+        .send(
+            api.cli
+                .post("/api/v1/events")
+                .header(
+                    "idempotency-key",
+                    poem::http::HeaderValue::from_bytes(b"k\xe9y").unwrap(),
+                )
+                .body_json(&json!({"type": "note"})),
+        )
+        .await;
+    assert_error(
+        &resp,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "Idempotency-Key",
+    );
+    e.stop().await;
+}
+
 #[tokio::test]
 async fn spreadsheet_import_groups_rows_and_refuses_bad_files_whole() {
     use poem::test::{TestForm, TestFormField};

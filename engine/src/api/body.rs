@@ -65,6 +65,16 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
             }
         }
         let data = <Vec<u8> as FromRequest>::from_request(request, body).await?;
+        // serde reads an explicit `null` as an absent optional field; the document
+        // does not allow null there, so neither does the engine.
+        if let Some(doc) = request.data::<super::spec::Served>()
+            && data.windows(4).any(|w| w == b"null")
+            && let poem_openapi::registry::MetaSchemaRef::Reference(name) = T::schema_ref()
+            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&data)
+            && let Err(message) = doc.refuse_nulls(&name, &value)
+        {
+            return Err(ApiError::bad_request(message).into());
+        }
         let de = &mut serde_json::Deserializer::from_slice(&data);
         serde_path_to_error::deserialize(de)
             .map(JsonBody)

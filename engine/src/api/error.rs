@@ -3,17 +3,77 @@
 //! (`business`: the input's fault) or 502 (`portal`: the portal failed).
 
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object};
+use poem_openapi::{ApiResponse, Enum, Object};
 
 use crate::store::StoreError;
+
+/// Every code an error body carries; clients switch on it, so the document lists
+/// them all and no answer sends one outside the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request could not be read (malformed JSON, wrong types, bad parameters).
+    BadRequest,
+    /// No API key, or an unknown or revoked one.
+    Unauthorized,
+    /// The key's role or tenant does not allow this.
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    /// The record is not in a state that allows this.
+    Conflict,
+    /// The job's references are already taken (see `references`).
+    ReferenceTaken,
+    /// A worker's lease was taken over: its report is refused.
+    StaleLease,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// Well-formed but invalid: the message names the field.
+    Invalid,
+    /// A session call refused by the portal for its input.
+    Business,
+    /// The portal behind a session call failed.
+    Portal,
+    /// Over the key's request rate: retry after `Retry-After` seconds.
+    RateLimited,
+    /// Over the feed's connection caps.
+    TooManyConnections,
+    Internal,
+    Unavailable,
+    /// The store's disk is full: reads go on, writes resume once space is freed.
+    InsufficientStorage,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::ReferenceTaken => "reference_taken",
+            ErrorCode::StaleLease => "stale_lease",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Business => "business",
+            ErrorCode::Portal => "portal",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
-    /// A stable code: `bad_request`, `not_found`, `conflict`, `reference_taken`,
-    /// `stale_lease`, `invalid`, `payload_too_large`, `unavailable`,
-    /// `insufficient_storage`, `internal`.
-    pub error: String,
+    pub error: ErrorCode,
     pub message: String,
     /// With `reference_taken`: the references already taken (the first 100).
     pub references: Option<Vec<String>>,
@@ -49,9 +109,9 @@ pub enum ApiError {
     InsufficientStorage(Json<ErrorBody>),
 }
 
-pub fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+pub fn body(code: ErrorCode, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
-        error: code.to_owned(),
+        error: code,
         message: message.into(),
         references: None,
     })
@@ -59,27 +119,27 @@ pub fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::BadRequest(body("bad_request", message))
+        ApiError::BadRequest(body(ErrorCode::BadRequest, message))
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        ApiError::Invalid(body("invalid", message))
+        ApiError::Invalid(body(ErrorCode::Invalid, message))
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        ApiError::PayloadTooLarge(body("payload_too_large", message))
+        ApiError::PayloadTooLarge(body(ErrorCode::PayloadTooLarge, message))
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::NotFound(body("not_found", message))
+        ApiError::NotFound(body(ErrorCode::NotFound, message))
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError::Forbidden(body("forbidden", message))
+        ApiError::Forbidden(body(ErrorCode::Forbidden, message))
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::Internal(body("internal", message))
+        ApiError::Internal(body(ErrorCode::Internal, message))
     }
 }
 
@@ -87,22 +147,24 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::NotFound { .. } => ApiError::NotFound(body("not_found", message)),
-            StoreError::Conflict(_) => ApiError::Conflict(body("conflict", message)),
-            StoreError::StaleLease { .. } => ApiError::Conflict(body("stale_lease", message)),
-            StoreError::Invalid(_) => ApiError::Invalid(body("invalid", message)),
+            StoreError::NotFound { .. } => ApiError::NotFound(body(ErrorCode::NotFound, message)),
+            StoreError::Conflict(_) => ApiError::Conflict(body(ErrorCode::Conflict, message)),
+            StoreError::StaleLease { .. } => {
+                ApiError::Conflict(body(ErrorCode::StaleLease, message))
+            }
+            StoreError::Invalid(_) => ApiError::Invalid(body(ErrorCode::Invalid, message)),
             StoreError::ReferencesTaken { references, .. } => {
-                let mut b = body("reference_taken", message);
+                let mut b = body(ErrorCode::ReferenceTaken, message);
                 b.0.references = Some(references);
                 ApiError::Conflict(b)
             }
-            StoreError::Closed => ApiError::Unavailable(body("unavailable", message)),
+            StoreError::Closed => ApiError::Unavailable(body(ErrorCode::Unavailable, message)),
             StoreError::DiskFull { .. } => {
-                ApiError::InsufficientStorage(body("insufficient_storage", message))
+                ApiError::InsufficientStorage(body(ErrorCode::InsufficientStorage, message))
             }
             StoreError::Storage(_) => {
                 tracing::error!(error = %message, "storage error answering a request");
-                ApiError::Internal(body("internal", message))
+                ApiError::Internal(body(ErrorCode::Internal, message))
             }
         }
     }
@@ -120,16 +182,16 @@ pub async fn json_errors(err: poem::Error) -> poem::Response {
     }
     let status = err.status();
     let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::Invalid,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
     };
     let message = match err.to_string() {
         m if m.is_empty() => status.canonical_reason().unwrap_or("error").to_owned(),
@@ -140,8 +202,12 @@ pub async fn json_errors(err: poem::Error) -> poem::Response {
 
 /// An error answer in the one shape every error has, for code outside the handlers
 /// (the middleware).
-pub fn json_response(status: poem::http::StatusCode, code: &str, message: &str) -> poem::Response {
-    let body = serde_json::json!({"error": code, "message": message});
+pub fn json_response(
+    status: poem::http::StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> poem::Response {
+    let body = serde_json::json!({"error": code.as_str(), "message": message});
     poem::Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")

@@ -63,7 +63,8 @@ impl EventsApi {
         /// Only events of this type.
         #[oai(name = "type")]
         kind: Query<Option<String>>,
-        /// Page size, 1-10000 (default 100).
+        /// Page size (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<EventPage>> {
         let filter = EventFilter {
@@ -85,7 +86,11 @@ impl EventsApi {
     async fn publish(
         &self,
         body: JsonBody<PublishBody>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Published> {
         let (idem, _claim) = self
             .state

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::error::ErrorCode;
 use super::error::{ApiError, ApiResult};
 use crate::store::Idempotency;
 use crate::store::idempotency::MAX_KEY_LEN;
@@ -91,7 +92,7 @@ impl AppState {
             .insert(idem.id().to_vec());
         if !claimed {
             return Err(ApiError::Conflict(super::error::body(
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "Idempotency-Key: a request with `{key}` is being answered; retry when it is"
                 ),
@@ -103,4 +104,24 @@ impl AppState {
         };
         Ok(Some((idem, claim)))
     }
+}
+
+/// A request whose `Idempotency-Key` is not text: poem reads such a header as absent,
+/// which would run the request without the protection its client asked for.
+pub(super) async fn refuse_unreadable_key<E: poem::Endpoint>(
+    next: E,
+    req: poem::Request,
+) -> poem::Result<poem::Response> {
+    if req
+        .headers()
+        .get_all("idempotency-key")
+        .iter()
+        .any(|v| v.to_str().is_err())
+    {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+        ))
+        .into());
+    }
+    next.call(req).await.map(poem::IntoResponse::into_response)
 }

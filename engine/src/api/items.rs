@@ -47,7 +47,11 @@ impl ItemsApi {
     async fn list(
         &self,
         status: Query<ItemStatus>,
+        /// `next_cursor` of the previous page.
+        #[oai(validator(min_length = 1))]
         cursor: Query<Option<String>>,
+        /// Page size (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<ItemPage>> {
         let page = self.state.store.items_by_status(

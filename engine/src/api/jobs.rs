@@ -68,6 +68,7 @@ pub enum Created {
 
 /// A spreadsheet to turn into a job.
 #[derive(Debug, Multipart)]
+#[oai(deny_unknown_fields)]
 pub struct ImportForm {
     /// The file: CSV (comma or semicolon separated) or XLSX (the first sheet), with a
     /// header row.
@@ -137,7 +138,11 @@ impl JobsApi {
     async fn create(
         &self,
         body: JsonBody<NewJob>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Created> {
         let (idem, _claim) = self
             .state
@@ -177,7 +182,11 @@ impl JobsApi {
     async fn import(
         &self,
         form: ImportForm,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Created> {
         // The upload is already on disk (a temporary file); it is read from there as
         // a stream, on a blocking thread.
@@ -310,8 +319,10 @@ impl JobsApi {
         /// Only jobs created by this schedule's runs.
         schedule: Query<Option<String>>,
         /// `next_cursor` of the previous page.
+        #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
         cursor: Query<Option<String>>,
-        /// Page size, 1-1000 (default 100).
+        /// Page size (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<JobPage>> {
         let filter = JobFilter {
@@ -355,7 +366,11 @@ impl JobsApi {
         status: Query<Option<ItemStatus>>,
         /// Only items whose reference contains this text.
         q: Query<Option<String>>,
+        /// `next_cursor` of the previous page.
+        #[oai(validator(pattern = "^[0-9]{1,19}$"))]
         cursor: Query<Option<String>>,
+        /// Page size (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
     ) -> ApiResult<Json<ItemPage>> {
         self.state.job(&id.0)?;

@@ -7,6 +7,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::AppState;
 use super::body::JsonBody;
+use super::error::ErrorCode;
 use super::error::{ApiError, ApiResult};
 use super::jobs::Tag;
 use crate::auth::{ApiKey, Role};
@@ -98,7 +99,7 @@ impl KeysApi {
         }
         if key.id == caller.key_id {
             return Err(ApiError::Conflict(super::error::body(
-                "conflict",
+                ErrorCode::Conflict,
                 "a key cannot revoke itself; use another admin key",
             )));
         }

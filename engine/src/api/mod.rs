@@ -15,6 +15,7 @@ mod keys;
 mod plugins;
 mod schedules;
 mod sessions;
+mod spec;
 mod webhooks;
 mod workers;
 mod ws;
@@ -30,7 +31,7 @@ use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 
-pub use error::{ApiError, ApiResult, ErrorBody};
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 pub use events::EventPage;
 pub use feed_limits::{FeedConnectionLimits, Refused as FeedConnectionRefused};
 pub use items::{ItemDetail, TransitionRequest};
@@ -378,16 +379,22 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
 /// Every route of the engine.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi(&state);
-    let spec = spec_with_security(&api.spec());
+    let doc = Arc::new(spec::document(&api.spec()));
     let ui = api.swagger_ui();
     let cors = state.cors.clone();
+    let served = doc.clone();
+    let served_nulls = doc.clone();
     Route::new()
         .at(
             "/openapi.json",
-            get(poem::endpoint::make_sync(move |_| {
+            get(poem::endpoint::make_sync(move |req| {
+                let host = req.header(poem::http::header::HOST);
+                let https = req
+                    .header("x-forwarded-proto")
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https"));
                 Response::builder()
                     .content_type("application/json; charset=utf-8")
-                    .body(spec.clone())
+                    .body(spec::with_server(&served, host, https))
             })),
         )
         .nest("/docs", ui)
@@ -399,8 +406,11 @@ pub fn app(state: AppState) -> impl Endpoint {
         .around(auth::authenticate)
         .around(crate::dashboard::serve)
         .around(limit_body)
+        .around(idempotency::refuse_unreadable_key)
+        .around(move |next, req| allow_on_405(next, req, doc.clone()))
         .catch_all_error(error::json_errors)
         .data(state.auth.clone())
+        .data(spec::Served(served_nulls))
         .data(state)
         // Outermost: a preflight carries no key, so it is answered before `authenticate`.
         .with_if(!cors.is_empty(), cors)
@@ -411,77 +421,27 @@ pub fn check_cors_origins(origins: &[String]) -> Result<(), String> {
     cors::CorsOrigins::new(origins.to_vec()).map(drop)
 }
 
-/// Request bodies parsed with `deny_unknown_fields`, by schema name.
-const STRICT_BODIES: &[&str] = &[
-    "NewJob",
-    "NewItem",
-    "JobOptions",
-    "PoolOptions",
-    "ClaimBody",
-    "HeartbeatBody",
-    "StepBody",
-    "CompleteBody",
-    "PublishBody",
-    "NewKey",
-    "TransitionRequest",
-    "SecretValue",
-    "OpenSession",
-    "Invoke",
-    "NewSchedule",
-    "JobTemplate",
-    "NewWebhookBody",
-];
-
-/// The generated document plus what the middleware adds to every route: the bearer
-/// scheme (so generated clients send the key), the 401, 403 and 429 answers of
-/// [`auth::authenticate`], and 413/415 for bodies too large or of the wrong type.
-fn spec_with_security(spec: &str) -> String {
-    use serde_json::{Value, json};
-    let mut doc: Value = serde_json::from_str(spec).expect("poem-openapi writes JSON");
-    doc["components"]["securitySchemes"] = json!({
-        "bearer": {"type": "http", "scheme": "bearer",
-                   "description": "An API key (`fk_…`). The first start writes an admin key to `<data dir>/admin.key`."}
-    });
-    doc["security"] = json!([{"bearer": []}]);
-    // Request bodies refuse unknown fields (a misspelled option is an error, not a
-    // silent default); the generated schemas do not say so by themselves.
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        for name in STRICT_BODIES {
-            if let Some(schema) = schemas.get_mut(*name) {
-                schema["additionalProperties"] = json!(false);
-            }
+/// A 405 says which methods the path has (`Allow`, as RFC 9110 asks).
+async fn allow_on_405<E: Endpoint>(
+    next: E,
+    req: poem::Request,
+    doc: Arc<serde_json::Value>,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let answer = next.call(req).await.map(poem::IntoResponse::into_response);
+    let mut resp = match answer {
+        Err(e) if e.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED => {
+            error::json_errors(e).await
         }
-    }
-    let error = |what: &str| {
-        json!({"description": what,
-               "content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+        Ok(r) if r.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED => r,
+        other => return other,
     };
-    let mut limited = error("Over the key's rate limit; retry after `Retry-After` seconds.");
-    limited["headers"] =
-        json!({"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}});
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for (path, ops) in paths.iter_mut() {
-            for (method, op) in ops.as_object_mut().into_iter().flatten() {
-                let m = poem::http::Method::from_bytes(method.to_uppercase().as_bytes());
-                let Ok(m) = m else { continue };
-                if auth::required_role(&m, path).is_none() {
-                    op["security"] = json!([]);
-                    continue;
-                }
-                let has_body = op.get("requestBody").is_some();
-                let responses = &mut op["responses"];
-                if has_body {
-                    responses["413"] = error("The body is larger than the engine accepts.");
-                    responses["415"] =
-                        error("The body's content type is not one this operation takes.");
-                }
-                responses["401"] = error("No API key, or an unknown or revoked one.");
-                responses["403"] = error("The key's role does not allow this.");
-                responses["429"] = limited.clone();
-            }
-        }
+    if let Some(allow) = spec::allowed_methods(&doc, &path)
+        && let Ok(v) = poem::http::HeaderValue::from_str(&allow)
+    {
+        resp.headers_mut().insert(poem::http::header::ALLOW, v);
     }
-    doc.to_string()
+    Ok(resp)
 }
 
 /// The route that takes spreadsheets, under its own limit (`[import] max_bytes`).

@@ -7,6 +7,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::AppState;
 use super::body::JsonBody;
+use super::error::ErrorCode;
 use super::error::{ApiError, ApiResult, body};
 use super::jobs::Tag;
 use crate::artifacts::Artifact;
@@ -61,12 +62,14 @@ pub struct PluginsApi {
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
-            RuntimeError::Exists { .. } => ApiError::Conflict(body("conflict", e.to_string())),
+            RuntimeError::Exists { .. } => {
+                ApiError::Conflict(body(ErrorCode::Conflict, e.to_string()))
+            }
             RuntimeError::Invalid(_) | RuntimeError::Plugin { .. } | RuntimeError::Grants(_) => {
                 ApiError::invalid(e.to_string())
             }
             RuntimeError::Engine(_) | RuntimeError::Io(_) => {
-                ApiError::Internal(body("internal", e.to_string()))
+                ApiError::Internal(body(ErrorCode::Internal, e.to_string()))
             }
         }
     }
@@ -75,7 +78,7 @@ impl From<RuntimeError> for ApiError {
 impl PluginsApi {
     fn runtime(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
         self.state.runtime.as_ref().ok_or_else(|| {
-            ApiError::Unavailable(body("unavailable", "this engine runs no plugins"))
+            ApiError::Unavailable(body(ErrorCode::Unavailable, "this engine runs no plugins"))
         })
     }
 }
@@ -107,8 +110,8 @@ impl PluginsApi {
     #[oai(path = "/plugins", method = "post", operation_id = "install_plugin")]
     async fn install(&self, component: Binary<Vec<u8>>) -> ApiResult<Installed> {
         if component.0.is_empty() {
-            return Err(ApiError::bad_request(
-                "the body must be a WebAssembly component",
+            return Err(ApiError::invalid(
+                "the body is empty: send a WebAssembly component",
             ));
         }
         self.state.store.writable()?;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::body::JsonBody;
+use super::error::ErrorCode;
 use super::error::{ApiError, ApiResult, body as error_body};
 use super::jobs::Tag;
 use crate::artifacts::Artifact;
@@ -70,7 +71,7 @@ impl From<SessionError> for ApiError {
         match e {
             SessionError::NotFound(m) => ApiError::not_found(m),
             SessionError::Invalid(m) => ApiError::invalid(m),
-            SessionError::Conflict(m) => ApiError::Conflict(error_body("conflict", m)),
+            SessionError::Conflict(m) => ApiError::Conflict(error_body(ErrorCode::Conflict, m)),
             SessionError::Store(e) => e.into(),
             SessionError::Call { error, closed } => {
                 let mut message = error.message.clone();
@@ -81,8 +82,12 @@ impl From<SessionError> for ApiError {
                     message.push_str(" (the session is closed)");
                 }
                 match error.kind {
-                    ErrorKind::Business => ApiError::Invalid(error_body("business", message)),
-                    ErrorKind::Application => ApiError::BadGateway(error_body("portal", message)),
+                    ErrorKind::Business => {
+                        ApiError::Invalid(error_body(ErrorCode::Business, message))
+                    }
+                    ErrorKind::Application => {
+                        ApiError::BadGateway(error_body(ErrorCode::Portal, message))
+                    }
                 }
             }
         }
@@ -102,7 +107,7 @@ impl SessionsApi {
 fn sessions(state: &AppState) -> ApiResult<&Sessions> {
     state.sessions.as_ref().ok_or_else(|| {
         ApiError::Unavailable(error_body(
-            "unavailable",
+            ErrorCode::Unavailable,
             "this engine runs no plugins, so it has no sessions",
         ))
     })
@@ -224,7 +229,7 @@ pub async fn screencast(
     let mut rx = frames
         .subscribe()
         .await
-        .map_err(|m| api_to_poem(ApiError::Conflict(error_body("conflict", m))))?;
+        .map_err(|m| api_to_poem(ApiError::Conflict(error_body(ErrorCode::Conflict, m))))?;
     Ok(ws
         .config(super::ws::socket_config())
         .on_upgrade(move |socket| async move {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::body::JsonBody;
+use super::error::ErrorCode;
 use super::error::{ApiError, ApiResult};
 use super::jobs::Tag;
 use crate::store::webhooks::{Delivery, NewWebhook, Webhook};
@@ -114,7 +115,7 @@ impl WebhooksApi {
         let hooks = self.state.store.webhooks();
         if hooks.list(Some(&tenant))?.len() >= settings.max_per_tenant {
             return Err(ApiError::Conflict(super::error::body(
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "tenant `{tenant}` already has {} webhooks (the engine's `[webhooks] \
                      max_per_tenant`); delete one first",

@@ -33,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::AppState;
+use super::error::ErrorCode;
 use super::fanout::{Channel, Fanout};
 use super::feed_limits::FeedSlot;
 use super::wsproto::{self, Incoming, ReadError};
@@ -144,7 +145,7 @@ fn upgrade(
         Err(refused) => {
             return Ok(super::error::json_response(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
+                ErrorCode::TooManyConnections,
                 &refused.to_string(),
             ));
         }

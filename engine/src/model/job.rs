@@ -324,7 +324,7 @@ pub struct Job {
     /// Nothing is left to run but items in `needs_review`: the job waits for a
     /// person, and completes when the last of them is resolved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    #[oai(default, skip_serializing_if = "std::ops::Not::not")]
+    #[oai(default)]
     pub awaiting_review: bool,
     /// Items left out when the job was created, their references already taken
     /// (`unique_references: skip`).

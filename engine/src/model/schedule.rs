@@ -143,10 +143,10 @@ pub struct Schedule {
     pub next_run_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<QueuedRun>,
-    /// The next instants, RFC 3339 in the schedule's zone with its offset (in the
-    /// answer of `GET /api/v1/schedules/{id}`; not stored).
+    /// The next instants, RFC 3339 in the schedule's zone with its offset (filled in
+    /// the answer of `GET /api/v1/schedules/{id}`, empty elsewhere; not stored).
     #[serde(skip)]
-    #[oai(skip_serializing_if_is_empty)]
+    #[oai(default)]
     pub next_runs: Vec<String>,
 }
 

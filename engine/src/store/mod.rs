@@ -949,9 +949,13 @@ impl Store {
     ) -> Result<(Vec<Event>, u64)> {
         let mut out = Vec::new();
         let mut last = after;
+        // Nothing comes after the largest seq (and `after + 1` must not wrap to 0).
+        let Some(first) = after.checked_add(1) else {
+            return Ok((out, last));
+        };
         for kv in self
             .tree
-            .range(keys::event_key(after + 1).to_vec()..vec![keys::EVENT + 1])
+            .range(keys::event_key(first).to_vec()..vec![keys::EVENT + 1])
         {
             let (k, v) = kv?;
             last = keys::event_seq(&k).unwrap_or(last);
@@ -985,9 +989,12 @@ impl Store {
             last: after,
             end: true,
         };
+        let Some(first) = after.checked_add(1) else {
+            return Ok(page);
+        };
         for (scanned, kv) in self
             .tree
-            .range(keys::event_key(after + 1).to_vec()..vec![keys::EVENT + 1])
+            .range(keys::event_key(first).to_vec()..vec![keys::EVENT + 1])
             .enumerate()
         {
             if scanned == SCAN_LIMIT || page.events.len() == limit {
