@@ -4,6 +4,9 @@
 #   - Debian's chromium (the browser capability and its tests)
 #   - openapi-spec-validator from PyPI (the test suite validates /openapi.json)
 #   - schemathesis from PyPI, in target/test-venv (the test suite fuzzes the API)
+#   - openapi-python-client from PyPI, in target/test-venv, and the npm packages of
+#     examples/clients/typescript and tests/asyncapi (the suite generates clients from
+#     /openapi.json and runs them, and validates /asyncapi.json)
 
 ensure_prereqs() {
   local sudo=""
@@ -26,6 +29,28 @@ ensure_prereqs() {
     python3 -m venv target/test-venv
     target/test-venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi
+  if [ "${1:-}" = "--test" ] && ! target/test-venv/bin/openapi-python-client --version 2>/dev/null | grep -q "$OPENAPI_PYTHON_CLIENT_VERSION"; then
+    echo "== installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION into target/test-venv"
+    [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
+    target/test-venv/bin/pip install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+  fi
+  if [ "${1:-}" = "--test" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "== installing nodejs and npm"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    local dir
+    for dir in examples/clients/typescript tests/asyncapi; do
+      # Installed from the lock file, again whenever the lock file changes.
+      if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+        echo "== installing the npm packages of $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+      fi
+    done
+  fi
 }
 
 SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1

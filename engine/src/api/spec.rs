@@ -63,6 +63,7 @@ pub fn document(spec: &str) -> Value {
     split_requests_from_responses(&mut doc);
     middleware_answers(&mut doc);
     links(&mut doc);
+    one_tag_each(&mut doc);
     doc
 }
 
@@ -704,6 +705,26 @@ fn links(doc: &mut Value) {
                 })
                 .collect();
             response["links"] = Value::Object(links);
+        }
+    }
+}
+
+/// An operation's own tag, not also its group's: generators file an operation under
+/// its first tag, and secrets belong under Secrets, an item's screenshots under Items.
+fn one_tag_each(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for op in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|ops| ops.values_mut())
+    {
+        if let Some(tags) = op.get_mut("tags").and_then(Value::as_array_mut)
+            && tags.len() > 1
+        {
+            let own = tags.pop().expect("more than one");
+            *tags = vec![own];
         }
     }
 }
