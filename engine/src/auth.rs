@@ -344,6 +344,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     let public = path == "/health"
         || path == "/ready"
         || path == "/openapi.json"
+        || path == "/asyncapi.json"
         || path == "/docs"
         || path.starts_with("/docs/");
     if public {
@@ -390,6 +391,13 @@ fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
     resp
 }
 
+/// [`refuse`], or for a WebSocket upgrade the feed's way of refusing: the handshake
+/// completes and the connection closes at once with a code and reason a browser can
+/// read (4401, 4403, 4429), where a refused handshake shows only 1006.
+fn refuse_for(req: &Request, status: StatusCode, code: ErrorCode, message: String) -> Response {
+    crate::api::refuse_feed(req, status, &message).unwrap_or_else(|| refuse(status, code, message))
+}
+
 /// The middleware: 401 without a valid key, 403 for a role too low, 429 with
 /// `Retry-After` over the key's rate; otherwise the request runs as its [`Caller`].
 pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
@@ -401,7 +409,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         .cloned()
         .expect("the API is served with its Auth");
     let Some(token) = token_of(&req) else {
-        return Ok(refuse(
+        return Ok(refuse_for(
+            &req,
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "this needs an API key: send `Authorization: Bearer <key>` (the first start \
@@ -412,7 +421,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     let caller = match auth.keys.verify(&token) {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return Ok(refuse(
+            return Ok(refuse_for(
+                &req,
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
                 "the API key is unknown or was revoked".into(),
@@ -420,7 +430,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         }
         Err(e) => {
             tracing::error!(error = %e, "reading API keys");
-            return Ok(refuse(
+            return Ok(refuse_for(
+                &req,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
                 e.to_string(),
@@ -429,7 +440,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     };
     if let Err(wait) = auth.limiter.take(&caller.key_id) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut resp = refuse(
+        let mut resp = refuse_for(
+            &req,
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             format!(
@@ -444,7 +456,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         return Ok(resp);
     }
     if caller.role < needed {
-        return Ok(refuse(
+        return Ok(refuse_for(
+            &req,
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             format!(
@@ -462,14 +475,16 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     }
     let path = req.uri().path();
     if path == "/metrics" && caller.tenant != DEFAULT_TENANT {
-        return Ok(refuse(
+        return Ok(refuse_for(
+            &req,
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "the metrics count every tenant's work: they need a key of the `default` tenant".into(),
         ));
     }
     if path == "/api/v1/plugins" && req.method() == Method::POST && !caller.is_engine_admin() {
-        return Ok(refuse(
+        return Ok(refuse_for(
+            &req,
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "plugins are shared by every tenant: installing one needs an admin key of the \

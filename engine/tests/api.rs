@@ -636,6 +636,30 @@ async fn the_document_is_what_generators_read_and_the_engine_keeps_to_it() {
         "bad_request",
         "cursor",
     );
+    // Custom events under a topic, listed by topic; the answer is one of the typed
+    // events of the document (a custom one, with its topic).
+    let (st, ev) = api
+        .post(
+            "/api/v1/events",
+            json!({"type": "alert", "topic": "branch/lima", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{ev}");
+    api.post(
+        "/api/v1/events",
+        json!({"type": "alert", "topic": "branch/cusco"}),
+    )
+    .await;
+    let (_, page) = api.get("/api/v1/events?topic=branch/lima").await;
+    assert_eq!(page["events"], json!([ev]));
+    assert!(schemas["Event"]["oneOf"].as_array().unwrap().len() > 19);
+    assert_error(
+        &api.post("/api/v1/events", json!({"type": "alert", "topic": "a b"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "topic",
+    );
     // The largest seq has nothing after it (it must not wrap around to the start).
     let (st, page) = api.get(&format!("/api/v1/events?after={}", u64::MAX)).await;
     assert_eq!(st, StatusCode::OK, "{page}");

@@ -104,9 +104,12 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     e.store.job_action(&job.id, JobAction::Start).await.unwrap();
     let mut got: Vec<u64> = Vec::new();
+    // Each event's `prev`: the one before it on this subscription.
+    let mut prevs: Vec<Option<u64>> = Vec::new();
     while got.len() < 150 {
         let m = next_json(&mut ws).await;
         got.push(m["seq"].as_u64().expect("an event"));
+        prevs.push(m["prev"].as_u64());
     }
     drop(ws); // gone mid-job
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -123,12 +126,23 @@ async fn reconnect_with_after_misses_nothing_and_repeats_nothing() {
     loop {
         let m = next_json(&mut ws).await;
         got.push(m["seq"].as_u64().expect("an event"));
+        prevs.push(m["prev"].as_u64());
         if m["type"] == "job_completed" {
             break;
         }
     }
     let stored = stored_seqs(&e, &job.id);
     assert_eq!(got, stored, "every event of the job exactly once, in order");
+    // `prev` links them across the reconnect: the first after `after: 0` says 0, each
+    // next one the seq before it, although other jobs' events lie between.
+    let expected: Vec<Option<u64>> = std::iter::once(Some(0))
+        .chain(got.iter().map(|&s| Some(s)))
+        .take(got.len())
+        .collect();
+    assert_eq!(
+        prevs, expected,
+        "prev names the previous event of the subscription"
+    );
     assert_eq!(e.store.job(&job.id).unwrap().status, JobStatus::Completed);
     // The one-job shorthand replays the same history.
     let mut one = connect(&url.at(&format!("/ws/jobs/{}", job.id))).await;
@@ -250,13 +264,25 @@ async fn after_beyond_the_head_starts_live() {
 /// with no filter and on `/ws/jobs/{id}` naming another tenant's job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_needs_a_key_and_shows_a_tenant_only_its_events() {
-    use tokio_tungstenite::tungstenite::Error;
     let e = engine(None, 1).await;
     let url = serve(&e).await;
-    let refused = tokio_tungstenite::connect_async(format!("{}/ws", url.base)).await;
-    match refused {
-        Err(Error::Http(resp)) => assert_eq!(resp.status(), 401),
-        other => panic!("a feed without a key: {other:?}"),
+    // Refused with a close code and reason a browser can read, not a failed handshake.
+    for (url, code, says) in [
+        (format!("{}/ws", url.base), 4401, "needs an API key"),
+        (
+            format!("{}/ws?token=fk_nope", url.base),
+            4401,
+            "unknown or was revoked",
+        ),
+    ] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), code);
+                assert!(frame.reason.contains(says), "{}", frame.reason);
+            }
+            other => panic!("a feed without a valid key: {other:?}"),
+        }
     }
     let acme = Server {
         base: url.base.clone(),
@@ -562,5 +588,76 @@ async fn a_client_that_offers_compression_gets_every_event_compressed_in_order()
         late.compressed > 0,
         "the late client got compressed events too"
     );
+    e.stop().await;
+}
+
+/// Custom events under topics: a subscription to topics gets only those, with `prev`
+/// linking them, and `GET /api/v1/events?topic=` lists them alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_topics_gets_only_their_events() {
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
+    let publish = |topic: Option<&str>, n: u64| faena::store::Publication {
+        tenant: "default".into(),
+        kind: "alert".into(),
+        job_id: None,
+        topic: topic.map(str::to_owned),
+        data: json!({"n": n}),
+        idem: None,
+        engine: false,
+    };
+    // Some before the subscription: the first one it gets names the last of its own.
+    let mut lima_seqs = Vec::new();
+    for n in 0..3 {
+        e.store
+            .publish_once(publish(Some("branch/cusco"), n))
+            .await
+            .unwrap();
+        let (ev, _) = e
+            .store
+            .publish_once(publish(Some("branch/lima"), n))
+            .await
+            .unwrap();
+        lima_seqs.push(ev.seq);
+    }
+    let head = e.store.last_seq().unwrap();
+    let mut ws = connect(&url.at("/ws")).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topics": ["branch/lima"], "after": head}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    for n in 3..6 {
+        e.store
+            .publish_once(publish(Some("branch/cusco"), n))
+            .await
+            .unwrap();
+        e.store.publish_once(publish(None, n)).await.unwrap();
+        let (ev, _) = e
+            .store
+            .publish_once(publish(Some("branch/lima"), n))
+            .await
+            .unwrap();
+        lima_seqs.push(ev.seq);
+    }
+    let mut prev = lima_seqs[2];
+    for expected in &lima_seqs[3..] {
+        let ev = next_json(&mut ws).await;
+        assert_eq!(ev["topic"], "branch/lima", "{ev}");
+        assert_eq!(ev["seq"].as_u64(), Some(*expected), "{ev}");
+        assert_eq!(ev["prev"].as_u64(), Some(prev), "{ev}");
+        prev = *expected;
+    }
+    // A topic that breaks the rules is refused, naming it.
+    let refused = e.store.publish_once(publish(Some("no spaces"), 0)).await;
+    assert!(format!("{refused:?}").contains("topic"), "{refused:?}");
+    // The log, by topic.
+    let filter = EventFilter {
+        topics: vec!["branch/lima".into()],
+        ..Default::default()
+    };
+    let (events, _) = e.store.events(0, &filter, 100).unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), lima_seqs);
     e.stop().await;
 }

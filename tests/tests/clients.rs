@@ -150,3 +150,57 @@ async fn generated_python_and_typescript_clients_work_against_the_engine() {
     }
     drop(e);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_document_is_valid_asyncapi_with_every_event_type() {
+    let e = common::start(BTreeMap::new(), false, 1).await;
+    let dir = root().join("tests/asyncapi");
+    assert!(
+        dir.join("node_modules/@asyncapi/parser").exists(),
+        "tests/asyncapi is not installed: run the suite with scripts/test"
+    );
+    let printed = run(
+        &dir,
+        Path::new("/usr/bin/env"),
+        &["node", "validate.mjs", &format!("{}/asyncapi.json", e.url)],
+        &[],
+    )
+    .await;
+    println!("{printed}");
+    assert!(printed.contains("valid: AsyncAPI 3.0.0"), "{printed}");
+    let doc: serde_json::Value = reqwest::get(format!("{}/asyncapi.json", e.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let messages = doc["components"]["messages"].as_object().unwrap();
+    for name in [
+        "subscribe",
+        "ping",
+        "subscribed",
+        "pong",
+        "lagged",
+        "error",
+        "CustomEvent",
+    ] {
+        assert!(messages.contains_key(name), "{name} missing");
+    }
+    for kind in faena::model::kind::BUILTIN {
+        let described = messages.values().any(|m| {
+            let schema = m["payload"]["$ref"]
+                .as_str()
+                .and_then(|r| r.rsplit('/').next())
+                .map(|n| &doc["components"]["schemas"][n]);
+            schema.is_some_and(|s| s["properties"]["type"]["enum"][0] == kind)
+        });
+        assert!(described, "no message for {kind}");
+    }
+    assert!(
+        doc["servers"]["engine"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    drop(e);
+}

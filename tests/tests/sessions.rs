@@ -341,8 +341,8 @@ async fn idle_sessions_close_and_a_restart_marks_open_ones_lost() {
             0,
             &faena::store::EventFilter {
                 tenant: Some("default".into()),
-                jobs: Vec::new(),
                 types: vec!["session_closed".into()],
+                ..Default::default()
             },
             100,
         )

@@ -11,7 +11,7 @@ use super::idempotency::Fingerprint;
 use super::jobs::{Tag, limit};
 use super::ws::RESERVED_TYPES;
 use crate::model::Event;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, Publication};
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none)]
@@ -30,6 +30,10 @@ pub struct PublishBody {
     #[serde(rename = "type")]
     pub kind: String,
     pub job_id: Option<String>,
+    /// A topic of your choosing (a branch, a team, a channel), 1-128 letters, digits,
+    /// `_`, `-`, `.`, `:` or `/`: feed subscriptions and `GET /api/v1/events` can ask
+    /// for only the events of their topics.
+    pub topic: Option<String>,
     #[oai(default)]
     #[serde(default)]
     pub data: serde_json::Value,
@@ -63,6 +67,8 @@ impl EventsApi {
         /// Only events of this type.
         #[oai(name = "type")]
         kind: Query<Option<String>>,
+        /// Only events published under this topic.
+        topic: Query<Option<String>>,
         /// Page size (default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
         limit: Query<Option<u32>>,
@@ -71,6 +77,7 @@ impl EventsApi {
             tenant: Some(self.state.tenant()),
             jobs: job.0.into_iter().collect(),
             types: kind.0.into_iter().collect(),
+            topics: topic.0.into_iter().collect(),
         };
         let (events, next_after) = self.state.store.events(
             after.0.unwrap_or(0),
@@ -106,11 +113,24 @@ impl EventsApi {
                 body.0.kind
             )));
         }
-        let PublishBody { kind, job_id, data } = body.0;
+        let PublishBody {
+            kind,
+            job_id,
+            topic,
+            data,
+        } = body.0;
         let (event, replayed) = self
             .state
             .store
-            .publish_once(&self.state.tenant(), &kind, job_id, data, idem)
+            .publish_once(Publication {
+                tenant: self.state.tenant(),
+                kind,
+                job_id,
+                topic,
+                data,
+                idem,
+                engine: false,
+            })
             .await?;
         Ok(Published::Created(Json(event), replayed.then_some(true)))
     }

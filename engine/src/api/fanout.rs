@@ -74,6 +74,9 @@ const PUMP_BATCH: usize = 1_024;
 /// The channels of one store's feed.
 pub struct Fanout {
     feed: Arc<Feed>,
+    /// The newest stored event at or before a seq that matches a filter, for a new
+    /// channel's first `prev` (see [`Fanout::with_seed`]).
+    seed: Option<Seed>,
     channels: Mutex<Registry>,
     /// A channel was made: it may start before what the pump has read.
     new_channel: Notify,
@@ -105,6 +108,8 @@ struct Ring {
     start: u64,
     /// The feed has been read up to this seq.
     scanned: u64,
+    /// The seq of the newest event that matched, once known: the next one's `prev`.
+    last_match: Option<u64>,
 }
 
 /// The frames of the matching events of one pump tick.
@@ -142,12 +147,26 @@ pub struct ChannelRead {
     pub frames: Vec<Bytes>,
     /// How many events `frames` hold.
     pub events: usize,
+    /// The seq of the last of them.
+    pub last_event: Option<u64>,
     pub cursor: u64,
 }
 
+/// See [`Fanout::with_seed`].
+pub type Seed = Box<dyn Fn(&EventFilter, u64) -> Option<u64> + Send + Sync>;
+
 impl Fanout {
+    #[cfg(test)]
     pub fn new(feed: Arc<Feed>) -> Arc<Fanout> {
+        Self::with_seed(feed, None)
+    }
+
+    /// A fan-out whose new channels ask `seed` for the last event that matched their
+    /// filter before they started (the store's [`crate::store::Store::last_match`]):
+    /// without it, a channel's first event goes without `prev`.
+    pub fn with_seed(feed: Arc<Feed>, seed: Option<Seed>) -> Arc<Fanout> {
         Arc::new(Fanout {
+            seed,
             feed,
             channels: Mutex::new(Registry::default()),
             new_channel: Notify::new(),
@@ -171,6 +190,7 @@ impl Fanout {
                 bytes: 0,
                 start: at,
                 scanned: at,
+                last_match: self.seed.as_ref().and_then(|seed| seed(&filter, at)),
             }),
             head: watch::Sender::new(at),
             closed: AtomicBool::new(self.feed.is_closed()),
@@ -253,10 +273,29 @@ impl Fanout {
     }
 }
 
+/// An event's JSON text with `"prev":N` added as its last field (the text as it is
+/// when `prev` is not known). The stored text is an object, so it ends with `}`.
+pub fn with_prev<'a>(json: &'a [u8], prev: Option<u64>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    match (prev, json.split_last()) {
+        (Some(prev), Some((b'}', body))) if body.len() > 1 => {
+            use std::io::Write;
+            scratch.clear();
+            scratch.extend_from_slice(body);
+            let _ = write!(scratch, ",\"prev\":{prev}}}");
+            scratch
+        }
+        _ => json,
+    }
+}
+
 /// One channel's part of a tick.
 struct ChunkBuilder {
     filter: Arc<EventFilter>,
     scanned: u64,
+    /// The seq of the last matching event, once known.
+    prev: Option<u64>,
+    /// An event's text with its `prev`, before it is framed.
+    scratch: Vec<u8>,
     gap: Option<u64>,
     index: Vec<(u64, usize)>,
     frames: BytesMut,
@@ -264,9 +303,12 @@ struct ChunkBuilder {
 
 impl ChunkBuilder {
     fn new(ch: &Arc<Channel>) -> Self {
+        let ring = ch.ring.read().expect("channel lock");
         ChunkBuilder {
             filter: ch.filter.clone(),
-            scanned: ch.ring.read().expect("channel lock").scanned,
+            scanned: ring.scanned,
+            prev: ring.last_match,
+            scratch: Vec::new(),
             gap: None,
             index: Vec::new(),
             frames: BytesMut::new(),
@@ -276,12 +318,17 @@ impl ChunkBuilder {
     fn add(&mut self, events: &[Arc<Published>]) {
         for p in events {
             if p.seq > self.scanned
-                && self
-                    .filter
-                    .matches_parts(&p.tenant, &p.kind, p.job_id.as_deref())
+                && self.filter.matches_parts(
+                    &p.tenant,
+                    &p.kind,
+                    p.job_id.as_deref(),
+                    p.topic.as_deref(),
+                )
             {
                 self.index.push((p.seq, self.frames.len()));
-                wsproto::put_text_frame(&mut self.frames, &p.json);
+                let text = with_prev(&p.json, self.prev, &mut self.scratch);
+                wsproto::put_text_frame(&mut self.frames, text);
+                self.prev = Some(p.seq);
             }
         }
     }
@@ -290,6 +337,8 @@ impl ChunkBuilder {
         if start > self.scanned {
             self.gap = Some(start);
             self.scanned = start;
+            // What matched in the part not read is not known here.
+            self.prev = None;
             self.index.clear();
             self.frames.clear();
         }
@@ -319,6 +368,7 @@ impl Channel {
         if read_to > ring.scanned {
             ring.scanned = read_to;
         }
+        ring.last_match = b.prev;
         if b.index.is_empty() {
             return;
         }
@@ -391,6 +441,7 @@ impl Channel {
         let mut out = ChannelRead {
             frames: Vec::new(),
             events: 0,
+            last_event: None,
             cursor: cursor.max(ring.scanned),
         };
         let mut bytes = 0;
@@ -407,6 +458,9 @@ impl Channel {
                 _ => chunk.after(cursor),
             };
             out.events += chunk.index.len() - first;
+            if first < chunk.index.len() {
+                out.last_event = Some(chunk.last());
+            }
             bytes += frames.len();
             out.frames.push(frames);
             taken = chunk.last();
@@ -430,6 +484,7 @@ mod tests {
             job_id: Some(job.into()),
             item_id: None,
             session_id: None,
+            topic: None,
             data: serde_json::json!({}),
         })
     }
@@ -438,7 +493,7 @@ mod tests {
         EventFilter {
             tenant: Some("t".into()),
             jobs: jobs.iter().map(|j| j.to_string()).collect(),
-            types: vec![],
+            ..Default::default()
         }
     }
 

@@ -7,6 +7,7 @@ mod cors;
 pub mod error;
 mod events;
 mod fanout;
+mod feed_doc;
 mod feed_limits;
 mod idempotency;
 mod items;
@@ -37,7 +38,7 @@ pub use feed_limits::{FeedConnectionLimits, Refused as FeedConnectionRefused};
 pub use items::{ItemDetail, TransitionRequest};
 pub use jobs::{ItemPage, JobPage};
 pub use workers::{ClaimResponse, CompleteStatus};
-pub use ws::RESERVED_TYPES;
+pub use ws::{RESERVED_TYPES, refuse_feed};
 
 use crate::artifacts::Artifacts;
 use crate::auth::{self, Auth, Caller, Limiter, RateLimit};
@@ -82,7 +83,13 @@ impl AppState {
                 keys: store.keys()?,
                 limiter: Arc::new(Limiter::new(RateLimit::default())),
             },
-            fanout: fanout::Fanout::new(store.feed().clone()),
+            fanout: {
+                let seeder = store.clone();
+                fanout::Fanout::with_seed(
+                    store.feed().clone(),
+                    Some(Box::new(move |filter, at| seeder.last_match(filter, at))),
+                )
+            },
             feed_slots: feed_limits::FeedSlots::new(FeedConnectionLimits::default()),
             import: Default::default(),
             in_flight: Default::default(),
@@ -384,14 +391,21 @@ pub fn app(state: AppState) -> impl Endpoint {
     let cors = state.cors.clone();
     let served = doc.clone();
     let served_nulls = doc.clone();
+    let feed_doc = Arc::new(feed_doc::asyncapi(&doc));
     Route::new()
+        .at(
+            "/asyncapi.json",
+            get(poem::endpoint::make_sync(move |req| {
+                let (host, https) = host_of(&req);
+                Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(spec::asyncapi_with_server(&feed_doc, host, https))
+            })),
+        )
         .at(
             "/openapi.json",
             get(poem::endpoint::make_sync(move |req| {
-                let host = req.header(poem::http::header::HOST);
-                let https = req
-                    .header("x-forwarded-proto")
-                    .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+                let (host, https) = host_of(&req);
                 Response::builder()
                     .content_type("application/json; charset=utf-8")
                     .body(spec::with_server(&served, host, https))
@@ -419,6 +433,15 @@ pub fn app(state: AppState) -> impl Endpoint {
 /// Whether every entry is an origin a browser sends (for the configuration).
 pub fn check_cors_origins(origins: &[String]) -> Result<(), String> {
     cors::CorsOrigins::new(origins.to_vec()).map(drop)
+}
+
+/// The engine's address as the client reached it: the `Host`, and whether a proxy in
+/// front took it over TLS (`X-Forwarded-Proto: https`).
+fn host_of(req: &poem::Request) -> (Option<&str>, bool) {
+    let https = req
+        .header("x-forwarded-proto")
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    (req.header(poem::http::header::HOST), https)
 }
 
 /// A 405 says which methods the path has (`Allow`, as RFC 9110 asks).

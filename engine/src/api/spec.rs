@@ -55,6 +55,7 @@ pub fn document(spec: &str) -> Value {
             }
         }
     }
+    super::feed_doc::add_to_openapi(&mut doc);
     unwrap_ref_all_of(&mut doc);
     plain_integers(&mut doc);
     type_import_form(&mut doc);
@@ -76,6 +77,17 @@ pub fn with_server(doc: &Value, host: Option<&str>, https: bool) -> String {
         None => "/".to_owned(),
     };
     doc["servers"] = json!([{"url": url, "description": "This engine"}]);
+    doc.to_string()
+}
+
+/// The AsyncAPI document of the feed, with a server naming the engine as the client
+/// reached it.
+pub fn asyncapi_with_server(doc: &Value, host: Option<&str>, https: bool) -> String {
+    let mut doc = doc.clone();
+    if let Some(h) = host.filter(|h| valid_host(h)) {
+        doc["servers"] = json!({"engine": {"host": h, "protocol": if https { "wss" } else { "ws" },
+                                          "description": "This engine"}});
+    }
     doc.to_string()
 }
 
@@ -216,6 +228,11 @@ fn checks() -> Vec<(&'static str, &'static str, Value)> {
         ("OpenSession", "operation", name()),
         ("Invoke", "operation", name()),
         ("PublishBody", "type", name()),
+        (
+            "PublishBody",
+            "topic",
+            json!({"pattern": "^[A-Za-z0-9_.:/-]{1,128}$"}),
+        ),
         ("NewItem", "reference", json!({"maxLength": 256})),
         ("NewKey", "name", json!({"minLength": 1, "maxLength": 100})),
         ("NewKey", "tenant", json!({"pattern": "^[a-z0-9_-]{1,64}$"})),

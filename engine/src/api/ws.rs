@@ -74,6 +74,8 @@ enum ClientMessage {
         #[serde(default)]
         types: Vec<String>,
         #[serde(default)]
+        topics: Vec<String>,
+        #[serde(default)]
         after: u64,
     },
     Ping,
@@ -102,7 +104,7 @@ pub async fn job_feed(
     let filter = EventFilter {
         tenant: Some(state.tenant()),
         jobs: vec![id],
-        types: vec![],
+        ..Default::default()
     };
     let after = q.after.unwrap_or(0);
     upgrade(req, &state, Some((filter, after)))
@@ -112,28 +114,79 @@ pub async fn job_feed(
 /// caps on connections, and serve the feed on the connection. Done here rather than
 /// with poem's extractor so the feed writes frames itself: an event's stored text goes
 /// to every connection as the same shared bytes.
-fn upgrade(
-    req: &Request,
-    state: &AppState,
-    sub: Option<(EventFilter, u64)>,
-) -> poem::Result<Response> {
+/// The `Sec-WebSocket-Key` of a valid WebSocket handshake request.
+fn handshake_key(req: &Request) -> Option<&header::HeaderValue> {
     let has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
     let version_ok = req
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v == "13");
-    let Some(key) = key.filter(|_| {
+    req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| {
         req.method() == poem::http::Method::GET
             && has(header::UPGRADE, "websocket")
             && has(header::CONNECTION, "upgrade")
             && version_ok
-    }) else {
+    })
+}
+
+/// For a WebSocket handshake on a feed route refused for its key (401, 403), the
+/// answer a browser can tell from a network failure: the handshake completes and the
+/// connection closes at once with code 4401 or 4403 and `reason` (cut to what a close
+/// frame holds). A refused handshake would show the page only 1006. `None` for any
+/// other request or status: over a rate or a cap the handshake is refused with 429,
+/// as completing it would take what the limit protects.
+pub fn refuse_feed(req: &Request, status: StatusCode, reason: &str) -> Option<Response> {
+    let code: u16 = match status {
+        StatusCode::UNAUTHORIZED => 4401,
+        StatusCode::FORBIDDEN => 4403,
+        _ => return None,
+    };
+    if !req.uri().path().starts_with("/ws") {
+        return None;
+    }
+    let key = handshake_key(req)?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = req.take_upgrade().ok()?;
+    let mut payload = code.to_be_bytes().to_vec();
+    // A control frame carries at most 125 bytes: the code and up to 123 of the reason,
+    // cut at a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (_, mut wr) = tokio::io::split(upgraded);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            wr.write_all(&wsproto::close_frame_with(&payload)).await?;
+            wr.shutdown().await
+        })
+        .await;
+    });
+    Some(
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .finish(),
+    )
+}
+
+fn upgrade(
+    req: &Request,
+    state: &AppState,
+    sub: Option<(EventFilter, u64)>,
+) -> poem::Result<Response> {
+    let Some(key) = handshake_key(req) else {
         return Err(poem::Error::from_string(
             "a WebSocket upgrade (GET, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`) is expected here",
             StatusCode::BAD_REQUEST,
@@ -143,6 +196,8 @@ fn upgrade(
     let slot = match state.feed_slots.take(&key_id) {
         Ok(slot) => slot,
         Err(refused) => {
+            // Before the handshake: completing it would take the very resources the
+            // caps protect.
             return Ok(super::error::json_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyConnections,
@@ -188,6 +243,9 @@ struct Connection {
     channel: Option<(Arc<Channel>, watch::Receiver<u64>)>,
     /// The seq of the last event sent or passed over.
     cursor: u64,
+    /// The seq of the last event sent (the subscription's `after` before the first):
+    /// the `prev` of the next one.
+    last_sent: u64,
     /// Caught up once since subscribing: falling out of the channel's memory after
     /// that is reported as `lagged` (a replay of an old `after` is not).
     live: bool,
@@ -210,6 +268,7 @@ impl Connection {
             tenant: state.tenant(),
             channel: None,
             cursor: 0,
+            last_sent: 0,
             live: false,
             deflate: false,
             stall: state.feed_slots.limits().stall_timeout,
@@ -273,17 +332,19 @@ impl Connection {
             Ok(ClientMessage::Subscribe {
                 mut jobs,
                 mut types,
+                mut topics,
                 after,
             }) => {
-                // One channel for every subscription to the same set of jobs and types.
-                jobs.sort_unstable();
-                jobs.dedup();
-                types.sort_unstable();
-                types.dedup();
+                // One channel for every subscription to the same jobs, types and topics.
+                for list in [&mut jobs, &mut types, &mut topics] {
+                    list.sort_unstable();
+                    list.dedup();
+                }
                 let filter = EventFilter {
                     tenant: Some(self.tenant.clone()),
                     jobs,
                     types,
+                    topics,
                 };
                 self.subscribe(wr, filter, after).await
             }
@@ -314,6 +375,7 @@ impl Connection {
         let rx = channel.watch();
         self.channel = Some((channel, rx));
         self.cursor = after;
+        self.last_sent = after;
         self.live = false;
         wr.send_json(json!({"type": "subscribed", "after": after, "head": head}))
             .await?;
@@ -328,6 +390,9 @@ impl Connection {
             match channel.read(self.cursor, MAX_WRITE, self.deflate) {
                 Ok(read) => {
                     self.cursor = read.cursor;
+                    if let Some(last) = read.last_event {
+                        self.last_sent = last;
+                    }
                     if read.frames.is_empty() {
                         break;
                     }
@@ -370,8 +435,15 @@ impl Connection {
             };
             if !page.events.is_empty() {
                 let mut frames = BytesMut::new();
-                for text in page.events {
-                    wsproto::put_text_frame(&mut frames, text.as_bytes());
+                let mut scratch = Vec::new();
+                for (seq, text) in page.events {
+                    let text = super::fanout::with_prev(
+                        text.as_bytes(),
+                        Some(self.last_sent),
+                        &mut scratch,
+                    );
+                    wsproto::put_text_frame(&mut frames, text);
+                    self.last_sent = seq;
                 }
                 wr.write(&frames).await?;
             }

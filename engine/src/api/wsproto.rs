@@ -52,6 +52,13 @@ pub fn close_frame(code: Option<u16>) -> Bytes {
     out.freeze()
 }
 
+/// A close frame with this payload (a code and a reason).
+pub fn close_frame_with(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + payload.len());
+    put_frame(&mut out, OP_CLOSE, payload);
+    out.freeze()
+}
+
 fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     put_frame_with(out, 0x80 | opcode, payload);
 }

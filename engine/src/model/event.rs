@@ -72,5 +72,8 @@ pub struct Event {
     pub item_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub session_id: Option<String>,
+    /// The topic a client published its event under (a branch, a team, a channel).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub topic: Option<String>,
     pub data: serde_json::Value,
 }

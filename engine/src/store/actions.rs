@@ -18,10 +18,12 @@ use crate::model::{
 
 /// An event to append that no other command emits: a client's own, or one of the
 /// engine's (`engine`) such as a webhook turned off.
-pub(crate) struct Publication {
+pub struct Publication {
     pub tenant: String,
     pub kind: String,
     pub job_id: Option<String>,
+    /// A client's topic for its event (a branch, a team, a channel).
+    pub topic: Option<String>,
     pub data: serde_json::Value,
     /// The client's idempotency key, recorded with the event.
     pub idem: Option<Idempotency>,
@@ -408,6 +410,7 @@ impl Writer {
             tenant,
             kind: event_kind,
             job_id,
+            topic,
             data,
             idem,
             engine,
@@ -441,11 +444,32 @@ impl Writer {
                 return Err(StoreError::not_found("job", j));
             }
         }
-        tx.emit(tenant, event_kind, job_id.as_deref(), None, data);
+        if let Some(t) = &topic
+            && !valid_topic(t)
+        {
+            return Err(StoreError::Invalid(format!(
+                "topic: `{t}` must be 1-128 characters of letters, digits, `_`, `-`, `.`, `:` or `/`"
+            )));
+        }
+        tx.emit_topic(
+            tenant,
+            event_kind,
+            job_id.as_deref(),
+            topic.as_deref(),
+            data,
+        );
         let event = tx.events.last().expect("just emitted").event();
         if let Some(idem) = &idem {
             idempotency::record(tx, idem, serde_json::to_value(&event)?);
         }
         Ok((event, false))
     }
+}
+
+/// A topic a client may publish under.
+pub fn valid_topic(topic: &str) -> bool {
+    (1..=128).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b))
 }

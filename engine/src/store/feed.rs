@@ -23,6 +23,7 @@ pub struct Published {
     pub tenant: Box<str>,
     pub kind: Box<str>,
     pub job_id: Option<Box<str>>,
+    pub topic: Option<Box<str>>,
     /// UTF-8 JSON, shared by every connection that sends it.
     pub json: bytes::Bytes,
 }
@@ -34,6 +35,7 @@ impl Published {
             tenant: event.tenant.as_str().into(),
             kind: event.kind.as_str().into(),
             job_id: event.job_id.as_deref().map(Into::into),
+            topic: event.topic.as_deref().map(Into::into),
             json: serde_json::to_vec(event).expect("event serializes").into(),
         }
     }
@@ -266,6 +268,7 @@ mod tests {
             job_id: None,
             item_id: None,
             session_id: None,
+            topic: None,
             data: serde_json::json!({"pad": "x".repeat(pad)}),
         };
         Published::new(&event)

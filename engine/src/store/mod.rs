@@ -4,6 +4,7 @@
 //! only after the flush.
 
 mod actions;
+pub use actions::{Publication, valid_topic};
 mod create;
 mod error;
 mod fair;
@@ -169,7 +170,8 @@ pub const SCAN_LIMIT: usize = 10_000;
 /// Stored events as text, and how far the scan got.
 #[derive(Debug, Clone)]
 pub struct EventPage {
-    pub events: Vec<String>,
+    /// Each event's seq and its text.
+    pub events: Vec<(u64, String)>,
     /// The seq of the last event looked at (`after` when none was).
     pub last: u64,
     /// The scan reached the newest stored event.
@@ -197,17 +199,26 @@ pub struct EventFilter {
     pub tenant: Option<String>,
     pub jobs: Vec<String>,
     pub types: Vec<String>,
+    /// Only events published under one of these topics (empty: any event).
+    pub topics: Vec<String>,
 }
 
 impl EventFilter {
     pub fn matches(&self, e: &Event) -> bool {
-        self.matches_parts(&e.tenant, &e.kind, e.job_id.as_deref())
+        self.matches_parts(&e.tenant, &e.kind, e.job_id.as_deref(), e.topic.as_deref())
     }
 
-    pub fn matches_parts(&self, tenant: &str, kind: &str, job_id: Option<&str>) -> bool {
+    pub fn matches_parts(
+        &self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<&str>,
+        topic: Option<&str>,
+    ) -> bool {
         self.tenant.as_deref().is_none_or(|t| t == tenant)
             && (self.jobs.is_empty() || job_id.is_some_and(|j| self.jobs.iter().any(|x| x == j)))
             && (self.types.is_empty() || self.types.iter().any(|t| t == kind))
+            && (self.topics.is_empty() || topic.is_some_and(|t| self.topics.iter().any(|x| x == t)))
     }
 }
 
@@ -714,27 +725,27 @@ impl Store {
         job_id: Option<String>,
         data: serde_json::Value,
     ) -> Result<Event> {
-        Ok(self.publish_once(tenant, kind, job_id, data, None).await?.0)
+        let publication = Publication {
+            tenant: tenant.to_owned(),
+            kind: kind.to_owned(),
+            job_id,
+            topic: None,
+            data,
+            idem: None,
+            engine: false,
+        };
+        Ok(self.publish_once(publication).await?.0)
     }
 
-    /// [`Store::publish`] under an idempotency key (see [`Store::create_job_once`]).
-    pub async fn publish_once(
-        &self,
-        tenant: &str,
-        kind: &str,
-        job_id: Option<String>,
-        data: serde_json::Value,
-        idem: Option<Idempotency>,
-    ) -> Result<(Event, bool)> {
+    /// A client's event, under its idempotency key if it has one (see
+    /// [`Store::create_job_once`]); `true` when an earlier request published it.
+    pub async fn publish_once(&self, publication: Publication) -> Result<(Event, bool)> {
         self.writable()?;
-        let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
         self.send(|reply| Command::Publish {
-            tenant,
-            kind,
-            job_id,
-            data,
-            idem,
-            engine: false,
+            publication: Publication {
+                engine: false,
+                ..publication
+            },
             reply,
         })
         .await
@@ -748,18 +759,18 @@ impl Store {
         kind: &str,
         data: serde_json::Value,
     ) -> Result<Event> {
-        let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
-        self.send(|reply| Command::Publish {
-            tenant,
-            kind,
+        let publication = Publication {
+            tenant: tenant.to_owned(),
+            kind: kind.to_owned(),
             job_id: None,
+            topic: None,
             data,
             idem: None,
             engine: true,
-            reply,
-        })
-        .await
-        .map(|(event, _)| event)
+        };
+        self.send(|reply| Command::Publish { publication, reply })
+            .await
+            .map(|(event, _)| event)
     }
 
     /// At most `limit` items of `plugin` run at once, across all workers.
@@ -970,6 +981,41 @@ impl Store {
         Ok((out, last))
     }
 
+    /// The seq of the newest stored event at or before `at` that matches `filter`: 0
+    /// when none does, `None` when [`SCAN_LIMIT`] events were looked at without finding
+    /// one (the feed then cannot say which event of a subscription came before).
+    pub fn last_match(&self, filter: &EventFilter, at: u64) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'a, str>,
+            #[serde(borrow, rename = "type")]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            job_id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            topic: Option<std::borrow::Cow<'a, str>>,
+        }
+        let end = keys::event_key(at.saturating_add(1)).to_vec();
+        for (looked, kv) in self.tree.range(vec![keys::EVENT]..end).rev().enumerate() {
+            if looked == SCAN_LIMIT {
+                return None;
+            }
+            let (k, v) = kv.ok()?;
+            let head: Head<'_> = serde_json::from_slice(&v).ok()?;
+            if filter.matches_parts(
+                &head.tenant,
+                &head.kind,
+                head.job_id.as_deref(),
+                head.topic.as_deref(),
+            ) {
+                return keys::event_seq(&k);
+            }
+        }
+        // The log's start was reached.
+        Some(0)
+    }
+
     /// Stored events after `after` matching `filter`, as stored (their JSON text), for
     /// the feed: only the fields the filter needs are decoded. At most `limit` events,
     /// and at most [`SCAN_LIMIT`] looked at, so a rare filter cannot hold a thread for
@@ -983,6 +1029,8 @@ impl Store {
             kind: std::borrow::Cow<'a, str>,
             #[serde(borrow, default)]
             job_id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            topic: Option<std::borrow::Cow<'a, str>>,
         }
         let mut page = EventPage {
             events: Vec::new(),
@@ -1004,10 +1052,15 @@ impl Store {
             let (k, v) = kv?;
             page.last = keys::event_seq(&k).unwrap_or(page.last);
             let head: Head<'_> = serde_json::from_slice(&v)?;
-            if filter.matches_parts(&head.tenant, &head.kind, head.job_id.as_deref()) {
+            if filter.matches_parts(
+                &head.tenant,
+                &head.kind,
+                head.job_id.as_deref(),
+                head.topic.as_deref(),
+            ) {
                 let text = std::str::from_utf8(&v)
                     .map_err(|e| StoreError::Storage(format!("event {}: {e}", page.last)))?;
-                page.events.push(text.to_owned());
+                page.events.push((page.last, text.to_owned()));
             }
         }
         Ok(page)

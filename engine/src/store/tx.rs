@@ -169,7 +169,29 @@ impl<'a> Tx<'a> {
         item_id: Option<&str>,
         data: serde_json::Value,
     ) -> u64 {
-        self.append(tenant, kind, job_id, item_id, None, data)
+        let about = About {
+            job_id,
+            item_id,
+            ..About::default()
+        };
+        self.append(tenant, kind, about, data)
+    }
+
+    /// Append a client's event, under its topic if it has one; returns its seq.
+    pub fn emit_topic(
+        &mut self,
+        tenant: &str,
+        kind: &str,
+        job_id: Option<&str>,
+        topic: Option<&str>,
+        data: serde_json::Value,
+    ) -> u64 {
+        let about = About {
+            job_id,
+            topic,
+            ..About::default()
+        };
+        self.append(tenant, kind, about, data)
     }
 
     /// Append an event of a session; returns its seq.
@@ -180,18 +202,26 @@ impl<'a> Tx<'a> {
         session_id: &str,
         data: serde_json::Value,
     ) -> u64 {
-        self.append(tenant, kind, None, None, Some(session_id), data)
+        let about = About {
+            session_id: Some(session_id),
+            ..About::default()
+        };
+        self.append(tenant, kind, about, data)
     }
 
     fn append(
         &mut self,
         tenant: &str,
         kind: &str,
-        job_id: Option<&str>,
-        item_id: Option<&str>,
-        session_id: Option<&str>,
+        about: About<'_>,
         data: serde_json::Value,
     ) -> u64 {
+        let About {
+            job_id,
+            item_id,
+            session_id,
+            topic,
+        } = about;
         let seq = self.next_seq;
         self.next_seq += 1;
         let event = Event {
@@ -202,6 +232,7 @@ impl<'a> Tx<'a> {
             job_id: job_id.map(str::to_owned),
             item_id: item_id.map(str::to_owned),
             session_id: session_id.map(str::to_owned),
+            topic: topic.map(str::to_owned),
             data,
         };
         // Serialized once: the same text is stored and sent to every subscriber.
@@ -236,4 +267,13 @@ fn status_value(item: &Item) -> IVec {
 
 pub fn decode_not_before(value: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// What an event is about, besides its tenant and type.
+#[derive(Default)]
+struct About<'a> {
+    job_id: Option<&'a str>,
+    item_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    topic: Option<&'a str>,
 }

@@ -108,13 +108,7 @@ pub(crate) enum Command {
         reply: Reply<Item>,
     },
     Publish {
-        tenant: String,
-        kind: String,
-        job_id: Option<String>,
-        data: serde_json::Value,
-        idem: Option<Idempotency>,
-        /// The engine's own event (a type in `kind::BUILTIN`), not a client's.
-        engine: bool,
+        publication: super::actions::Publication,
         reply: Reply<(Event, bool)>,
     },
     StageJob {
@@ -503,27 +497,9 @@ impl Writer {
             } => self.run_tx(group, reply, |w, tx| {
                 w.transition(tx, &item, to, reason, input)
             }),
-            Command::Publish {
-                tenant,
-                kind,
-                job_id,
-                data,
-                idem,
-                engine,
-                reply,
-            } => self.run_tx(group, reply, |w, tx| {
-                w.publish(
-                    tx,
-                    super::actions::Publication {
-                        tenant,
-                        kind,
-                        job_id,
-                        data,
-                        idem,
-                        engine,
-                    },
-                )
-            }),
+            Command::Publish { publication, reply } => {
+                self.run_tx(group, reply, |w, tx| w.publish(tx, publication))
+            }
             Command::StageJob {
                 tenant,
                 job,

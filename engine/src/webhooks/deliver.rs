@@ -85,8 +85,8 @@ pub(super) async fn run(
     };
     let filter = EventFilter {
         tenant: Some(hook.tenant.clone()),
-        jobs: Vec::new(),
         types: hook.types.clone(),
+        ..Default::default()
     };
     let mut cursor = hook.cursor;
     let mut saved = cursor;
@@ -160,7 +160,9 @@ fn next_page(store: &Store, cursor: u64, filter: &EventFilter) -> Result<Page, S
         let scanned = out.last().map_or(cursor, |p| p.seq);
         let events = out
             .iter()
-            .filter(|p| filter.matches_parts(&p.tenant, &p.kind, p.job_id.as_deref()))
+            .filter(|p| {
+                filter.matches_parts(&p.tenant, &p.kind, p.job_id.as_deref(), p.topic.as_deref())
+            })
             .map(|p| Pending {
                 seq: p.seq,
                 kind: p.kind.to_string(),
@@ -181,7 +183,7 @@ fn next_page(store: &Store, cursor: u64, filter: &EventFilter) -> Result<Page, S
     }
     let page = store.event_texts(cursor, filter, STORE_BATCH)?;
     let mut events = Vec::with_capacity(page.events.len());
-    for text in page.events {
+    for (_, text) in page.events {
         let head_of: Head = serde_json::from_str(&text)?;
         if head_of.seq <= head {
             events.push(Pending {
