@@ -6,15 +6,18 @@ values.
     FAENA_URL=http://127.0.0.1:8080 FAENA_API_KEY=fk_... python example.py
 """
 
+import io
 import os
 import sys
 import time
 
 from faena_client import AuthenticatedClient
 from faena_client.api.items import get_item, retry_item, transition_item
-from faena_client.api.jobs import create_job, get_job, list_job_items, retry_job, start_job
+from faena_client.api.jobs import create_job, get_job, import_job, list_job_items, retry_job, start_job
 from faena_client.models import (
     ErrorBody,
+    ImportJobBody,
+    ImportJobBodyMapping,
     ErrorCode,
     FailurePolicy,
     ItemDetail,
@@ -28,6 +31,7 @@ from faena_client.models import (
     ReferencePolicy,
     TransitionRequest,
 )
+from faena_client.types import File
 
 url = os.environ.get("FAENA_URL", "http://127.0.0.1:8080")
 client = AuthenticatedClient(base_url=url, token=os.environ["FAENA_API_KEY"])
@@ -103,6 +107,25 @@ assert job.status == JobStatus.COMPLETED and job.counts.succeeded == 4, job
 print(f"completed: {job.counts.succeeded} succeeded, {job.counts.cancelled} cancelled")
 # Retry what failed (nothing did here: the job stays as it is).
 job = expect(retry_job.sync_detailed(job.id, client=client), 200, Job)
+
+# A spreadsheet import: options and column renames are typed parts, not JSON text.
+sheet = f"Codigo,qty\nIMP-{run}-A,1\nIMP-{run}-B,2\n".encode()
+imported = expect(
+    import_job.sync_detailed(
+        client=client,
+        body=ImportJobBody(
+            file=File(payload=io.BytesIO(sheet), file_name="orders.csv"),
+            plugin="noop",
+            options=JobOptionsInput(max_attempts=2),
+            mapping=ImportJobBodyMapping.from_dict({"Codigo": "code"}),
+        ),
+    ),
+    201,
+    Job,
+)
+assert imported.counts.queued + imported.counts.running + imported.counts.succeeded == 2, imported.counts
+assert imported.options.max_attempts == 2
+print(f"imported {imported.id} from a spreadsheet: 2 items")
 
 # The errors, typed.
 missing = expect(get_job.sync_detailed("01ARZ3NDEKTSV4RRFFQ69G5FAV", client=client), 404, ErrorBody)
