@@ -171,7 +171,9 @@ function connectFeed() {
       return;
     }
     if (typeof ev.seq !== 'number' || ev.seq <= feed.lastSeq) return;
-    if (feed.lastSeq && ev.seq !== feed.lastSeq + 1) feed.gaps += 1;
+    // `prev` is the previous event of this subscription: larger than the last one seen
+    // means some were missed (seqs alone have holes: other tenants' events).
+    if (typeof ev.prev === 'number' && ev.prev > feed.lastSeq) feed.gaps += 1;
     feed.lastSeq = ev.seq;
     feed.received += 1;
     feed.buffer.push(ev);
@@ -181,7 +183,13 @@ function connectFeed() {
       try { f(ev); } catch (e) { console.error(e); }
     }
   };
-  ws.onclose = () => {
+  ws.onclose = (e) => {
+    // The key was refused (4401: unknown or revoked, 4403: not allowed): retrying
+    // would be refused again.
+    if (e.code === 4401 || e.code === 4403) {
+      feedState(`refused: ${e.reason}`, 'down');
+      return;
+    }
     feedState('reconnecting…', 'down');
     feed.reconnects += 1;
     setTimeout(connectFeed, feed.retry);
