@@ -393,7 +393,7 @@ fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
 
 /// [`refuse`], or for a WebSocket upgrade the feed's way of refusing: the handshake
 /// completes and the connection closes at once with a code and reason a browser can
-/// read (4401, 4403, 4429), where a refused handshake shows only 1006.
+/// read (4401, 4403), where a refused handshake shows only 1006.
 fn refuse_for(req: &Request, status: StatusCode, code: ErrorCode, message: String) -> Response {
     crate::api::refuse_feed(req, status, &message).unwrap_or_else(|| refuse(status, code, message))
 }

@@ -471,7 +471,7 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
         .await;
     assert_eq!(st, StatusCode::OK);
     let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
-    assert!(job.get("awaiting_review").is_none(), "working again: {job}");
+    assert_eq!(job["awaiting_review"], false, "working again: {job}");
     let (_, claimed) = api
         .post(
             "/api/v1/queues/ext/claim",
@@ -500,7 +500,7 @@ async fn a_job_waiting_for_review_completes_when_the_last_item_is_resolved() {
     assert_eq!(st, StatusCode::OK);
     let (_, done) = api.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert!(done.get("awaiting_review").is_none());
+    assert_eq!(done["awaiting_review"], false);
     let (_, events) = api.get(&format!("/api/v1/events?job={id}")).await;
     assert_eq!(
         types(&events),

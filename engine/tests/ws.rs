@@ -661,3 +661,55 @@ async fn a_subscription_to_topics_gets_only_their_events() {
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), lima_seqs);
     e.stop().await;
 }
+
+/// A subscription costs a request of the key's rate (a new one may read the store): past
+/// the rate the feed says so and keeps the connection and its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_again_and_again_is_held_to_the_keys_rate() {
+    let e = engine(None, 1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(e.store.clone(), None)
+        .unwrap()
+        .with_rate_limit(faena::auth::RateLimit {
+            per_sec: 0.001,
+            burst: 3.0,
+        });
+    let (_, key) = state
+        .auth
+        .keys
+        .create("default", Role::Viewer, "feed tests", 0)
+        .unwrap();
+    let shutdown = e.shutdown.clone();
+    tokio::spawn(api::serve(listener, state, async move {
+        shutdown.cancelled().await
+    }));
+    // The handshake takes one request, each subscription one more.
+    let mut ws = connect(&format!("ws://{addr}/ws?token={key}")).await;
+    for topic in ["a", "b"] {
+        send(&mut ws, json!({"type": "subscribe", "topics": [topic]})).await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    }
+    send(&mut ws, json!({"type": "subscribe", "topics": ["c"]})).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("rate"),
+        "{refused}"
+    );
+    // Still connected, still subscribed to `b`.
+    e.store
+        .publish_once(faena::store::Publication {
+            tenant: "default".into(),
+            kind: "note".into(),
+            job_id: None,
+            topic: Some("b".into()),
+            data: json!({}),
+            idem: None,
+            engine: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["topic"], "b");
+    e.stop().await;
+}

@@ -178,11 +178,18 @@ impl Fanout {
     /// that runtime went away.
     pub fn channel(self: &Arc<Self>, filter: EventFilter) -> Arc<Channel> {
         let filter = Arc::new(filter);
-        let mut reg = self.channels.lock().expect("fanout lock");
-        if let Some(ch) = reg.by_filter.get(&filter).and_then(Weak::upgrade) {
+        let existing = |reg: &Registry| reg.by_filter.get(&filter).and_then(Weak::upgrade);
+        if let Some(ch) = existing(&self.channels.lock().expect("fanout lock")) {
             return ch;
         }
+        // The seed reads the store: outside the lock, so that neither the pump nor
+        // other subscribers wait for it. The channel starts where the seed looked.
         let at = self.feed.head();
+        let last_match = self.seed.as_ref().and_then(|seed| seed(&filter, at));
+        let mut reg = self.channels.lock().expect("fanout lock");
+        if let Some(ch) = existing(&reg) {
+            return ch;
+        }
         let ch = Arc::new(Channel {
             filter: filter.clone(),
             ring: RwLock::new(Ring {
@@ -190,7 +197,7 @@ impl Fanout {
                 bytes: 0,
                 start: at,
                 scanned: at,
-                last_match: self.seed.as_ref().and_then(|seed| seed(&filter, at)),
+                last_match,
             }),
             head: watch::Sender::new(at),
             closed: AtomicBool::new(self.feed.is_closed()),

@@ -139,7 +139,11 @@ fn builtin() -> Vec<(&'static str, &'static str, Value)> {
             kind::ITEM_FAILED,
             "An attempt of an item failed; `will_retry` says whether another follows.",
             object(
-                json!({"error": r("ItemError"), "attempt": int(), "will_retry": {"type": "boolean"}}),
+                json!({"error": object(json!({"kind": r("ErrorKind"), "message": string(),
+                       // Stored as null by earlier versions.
+                       "code": {"type": "string", "nullable": true},
+                       "retry_after_ms": {"type": "integer", "nullable": true}}), &["kind", "message"]),
+                   "attempt": int(), "will_retry": {"type": "boolean"}}),
                 &["error", "attempt", "will_retry"],
             ),
         ),
@@ -398,8 +402,8 @@ pub fn asyncapi(openapi: &Value) -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Live events of a faena engine over WebSocket. Authenticate with \
                 `Authorization: Bearer <key>` or `?token=<key>` (browsers). A refused key completes the \
-                handshake and closes at once with code 4401 (no key, or an unknown one) or 4403 (the role \
-                does not allow it), the reason in words; over the key's rate or the feed's connection caps \
+                handshake and closes at once with code 4401 (no key, or an unknown or revoked one), the \
+                reason in words; over the key's rate or the feed's connection caps \
                 the handshake itself is refused with HTTP 429. Events are JSON text messages, one per message; \
                 their `seq` is global and increasing, `prev` links the events of one subscription.",
         },

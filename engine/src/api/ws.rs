@@ -205,7 +205,7 @@ fn upgrade(
             ));
         }
     };
-    let mut conn = Connection::new(state, slot);
+    let mut conn = Connection::new(state, slot, key_id);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let deflate = wsproto::deflate_answer(
         req.headers()
@@ -255,13 +255,17 @@ struct Connection {
     stall: Duration,
     /// This connection's place under the caps, given back when it ends.
     _slot: FeedSlot,
+    /// Its key and the keys' rate limiter: a subscription costs a request, as a new
+    /// one may read the store.
+    key_id: String,
+    limiter: Arc<crate::auth::Limiter>,
 }
 
 /// Framed events written at a time when catching up.
 const MAX_WRITE: usize = 256 * 1024;
 
 impl Connection {
-    fn new(state: &AppState, slot: FeedSlot) -> Self {
+    fn new(state: &AppState, slot: FeedSlot, key_id: String) -> Self {
         Connection {
             store: state.store.clone(),
             fanout: state.fanout.clone(),
@@ -273,6 +277,8 @@ impl Connection {
             deflate: false,
             stall: state.feed_slots.limits().stall_timeout,
             _slot: slot,
+            key_id,
+            limiter: state.auth.limiter.clone(),
         }
     }
 
@@ -329,6 +335,13 @@ impl Connection {
     async fn on_message(&mut self, text: &str, wr: &mut Writer) -> Result<(), ()> {
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Ping) => wr.send_json(json!({"type": "pong"})).await,
+            Ok(ClientMessage::Subscribe { .. }) if self.limiter.take(&self.key_id).is_err() => {
+                wr.send_json(json!({"type": "error", "message": format!(
+                    "key `{}` is over its rate of requests: subscribe again in a moment",
+                    self.key_id
+                )}))
+                .await
+            }
             Ok(ClientMessage::Subscribe {
                 mut jobs,
                 mut types,

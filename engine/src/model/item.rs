@@ -21,8 +21,10 @@ pub struct ItemError {
     pub kind: ErrorKind,
     pub message: String,
     /// A machine-readable code chosen by the plugin, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// For application errors: wait at least this long before the retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }
 
