@@ -3,9 +3,11 @@
 //! and an application error (retried with backoff).
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2 -p faena-example-hello`
-//! and install it with
+//! and install it with an admin key of the `default` tenant (the first start writes one
+//! to `data/admin.key`):
 //! `curl -X POST --data-binary @target/wasm32-wasip2/release/faena_example_hello.wasm
-//!  -H 'content-type: application/wasm' localhost:8080/api/v1/plugins`.
+//!  -H 'content-type: application/wasm' -H "Authorization: Bearer $(cat data/admin.key)"
+//!  localhost:8080/api/v1/plugins`.
 
 use faena_plugin_sdk::serde_json::{Value, json};
 use faena_plugin_sdk::{Context, Error, Info, Operation, Plugin, Result, export, step};
