@@ -24,6 +24,16 @@ fn form_page() -> Html<&'static str> {
     Html(FORM)
 }
 
+/// The form with a quantity the browser checks itself: a whole number of at least 1,
+/// prefilled with one it refuses, as a portal's form can be.
+#[handler]
+fn constrained_form() -> Html<String> {
+    Html(FORM.replace(
+        "<button",
+        r#"<input id="qty" name="qty" type="number" min="1" step="1" value="1.5"><button"#,
+    ))
+}
+
 /// The form, after a two-second wait (a slow portal).
 #[handler]
 async fn slow_form(started: Data<&Arc<AtomicUsize>>) -> Html<&'static str> {
@@ -72,6 +82,7 @@ pub async fn serve() -> PageServer {
     let app = Route::new()
         .at("/ping", get(ping))
         .at("/form", get(form_page))
+        .at("/constrained", get(constrained_form))
         .at("/slow", get(slow_form))
         .at("/submit", post(submit))
         .data(slow_loads.clone());

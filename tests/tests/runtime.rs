@@ -246,6 +246,32 @@ async fn browser_flow_in_chromium_and_failure_screenshot() {
     assert_eq!(bad.status, ItemStatus::Failed);
     let err = bad.error.unwrap();
     assert_eq!(err.code.as_deref(), Some("timeout"), "{}", err.message);
+    // It says where the page is instead.
+    assert!(
+        err.message.contains(&format!("http://{host}/form")),
+        "{}",
+        err.message
+    );
+
+    // A form the browser refuses to submit fails at once, as the data's fault, with
+    // the field and the browser's own message; it is not retried.
+    let refused = run_one(
+        &e,
+        "form",
+        json!({"url": format!("http://{host}/constrained"), "name": "Ana", "kind": "urgent"}),
+    )
+    .await;
+    assert_eq!(refused.status, ItemStatus::Failed);
+    assert_eq!(refused.attempt, 1, "a business error is not retried");
+    let err = refused.error.unwrap();
+    assert_eq!(
+        (err.kind, err.code.as_deref()),
+        (faena::model::ErrorKind::Business, Some("invalid_form")),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("field `qty`"), "{}", err.message);
+    assert!(err.message.contains("valid value"), "{}", err.message);
     let list: Value = e
         .http
         .get(format!("{}/api/v1/items/{}/artifacts", e.url, bad.id))

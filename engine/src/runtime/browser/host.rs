@@ -50,8 +50,56 @@ async fn eval(page: &Page, expr: String) -> Result<Value, PluginError> {
     Ok(resp.result.result.value.clone().unwrap_or(Value::Null))
 }
 
-/// Click the element `selector` matches, the way a user would.
+/// When clicking `selector` would submit a form the browser refuses to submit (HTML
+/// constraint validation: a required field left empty, a number off its `step`), the
+/// business error that says so, with the field and the browser's own message. The
+/// browser shows that message only in a bubble; without this the flow would wait for a
+/// page that never comes and retry what no retry can fix.
+async fn refused_submission(page: &Page, selector: &str) -> Option<PluginError> {
+    let js = format!(
+        "(() => {{ const el = document.querySelector({s}); if (!el || el.type !== 'submit' || !el.form) return null;
+           const form = el.form; if (form.noValidate || el.formNoValidate) return null;
+           const bad = [...form.elements].find(x => x.willValidate && !x.checkValidity());
+           return bad ? {{field: bad.name || bad.id || bad.tagName.toLowerCase(), message: bad.validationMessage}} : null; }})()",
+        s = lit(selector)
+    );
+    let found = eval(page, js).await.ok()?;
+    let field = found.get("field")?.as_str()?;
+    let message = found.get("message").and_then(Value::as_str).unwrap_or("");
+    let mut e = PluginError::business(format!(
+        "the browser refused to submit the form of `{selector}`: field `{field}`: {message}"
+    ));
+    e.code = Some("invalid_form".into());
+    Some(e)
+}
+
+/// Where the page is, for an error that says what it shows instead.
+async fn whereabouts(page: &Page) -> String {
+    match eval(page, "[location.href, document.title]".into()).await {
+        Ok(Value::Array(v)) => {
+            let url = v.first().and_then(Value::as_str).unwrap_or("");
+            match v.get(1).and_then(Value::as_str) {
+                Some(title) if !title.is_empty() => format!("the page is {url} (\"{title}\")"),
+                _ => format!("the page is {url}"),
+            }
+        }
+        _ => "the page did not answer".into(),
+    }
+}
+
+/// Click the element `selector` matches, the way a user would. A click that submits a
+/// form the browser refuses fails at once (see [`refused_submission`]); it is still
+/// made, so the failure screenshot shows the browser's message.
 async fn click(page: &Page, selector: &str) -> Result<(), PluginError> {
+    let refused = refused_submission(page, selector).await;
+    let clicked = click_element(page, selector).await;
+    match refused {
+        Some(e) => Err(e),
+        None => clicked,
+    }
+}
+
+async fn click_element(page: &Page, selector: &str) -> Result<(), PluginError> {
     let found = tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector)).await;
     let el = match found {
         Err(_) => return Err(PluginError::app("the browser did not answer in time")),
@@ -145,7 +193,8 @@ impl HostPage for ItemState {
             }
             if tokio::time::Instant::now() >= deadline {
                 let mut e = PluginError::app(format!(
-                    "no new page loaded within {timeout_ms} ms after clicking `{selector}`"
+                    "no new page loaded within {timeout_ms} ms after clicking `{selector}`; {}",
+                    whereabouts(&page).await
                 ));
                 e.code = Some("timeout".into());
                 return Ok(Err(e));
@@ -195,7 +244,8 @@ impl HostPage for ItemState {
             }
             if tokio::time::Instant::now() >= deadline {
                 let mut e = PluginError::app(format!(
-                    "`{selector}` did not appear within {timeout_ms} ms"
+                    "`{selector}` did not appear within {timeout_ms} ms; {}",
+                    whereabouts(&page).await
                 ));
                 e.code = Some("timeout".into());
                 return Ok(Err(e));
