@@ -591,13 +591,9 @@ async fn a_client_that_offers_compression_gets_every_event_compressed_in_order()
     e.stop().await;
 }
 
-/// Custom events under topics: a subscription to topics gets only those, with `prev`
-/// linking them, and `GET /api/v1/events?topic=` lists them alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_to_topics_gets_only_their_events() {
-    let e = engine(None, 1).await;
-    let url = serve(&e).await;
-    let publish = |topic: Option<&str>, n: u64| faena::store::Publication {
+/// A custom `alert` event of the `default` tenant, numbered `n`, under `topic`.
+fn publish(topic: Option<&str>, n: u64) -> faena::store::Publication {
+    faena::store::Publication {
         tenant: "default".into(),
         kind: "alert".into(),
         job_id: None,
@@ -605,7 +601,15 @@ async fn a_subscription_to_topics_gets_only_their_events() {
         data: json!({"n": n}),
         idem: None,
         engine: false,
-    };
+    }
+}
+
+/// Custom events under topics: a subscription to topics gets only those, with `prev`
+/// linking them, and `GET /api/v1/events?topic=` lists them alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_topics_gets_only_their_events() {
+    let e = engine(None, 1).await;
+    let url = serve(&e).await;
     // Some before the subscription: the first one it gets names the last of its own.
     let mut lima_seqs = Vec::new();
     for n in 0..3 {
@@ -698,18 +702,7 @@ async fn subscribing_again_and_again_is_held_to_the_keys_rate() {
         "{refused}"
     );
     // Still connected, still subscribed to `b`.
-    e.store
-        .publish_once(faena::store::Publication {
-            tenant: "default".into(),
-            kind: "note".into(),
-            job_id: None,
-            topic: Some("b".into()),
-            data: json!({}),
-            idem: None,
-            engine: false,
-        })
-        .await
-        .unwrap();
+    e.store.publish_once(publish(Some("b"), 0)).await.unwrap();
     assert_eq!(next_json(&mut ws).await["topic"], "b");
     e.stop().await;
 }

@@ -11,9 +11,8 @@
 
 use serde_json::{Map, Value, json};
 
+use super::spec::{SCHEMAS, reachable, refs_in};
 use crate::model::kind;
-
-const SCHEMAS: &str = "#/components/schemas/";
 
 fn r(name: &str) -> Value {
     json!({"$ref": format!("{SCHEMAS}{name}")})
@@ -289,23 +288,6 @@ fn to_json_schema(v: &mut Value) {
     }
 }
 
-fn refs_in(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            if let Some(name) = map
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix(SCHEMAS))
-            {
-                out.push(name.to_owned());
-            }
-            map.values().for_each(|c| refs_in(c, out));
-        }
-        Value::Array(list) => list.iter().for_each(|c| refs_in(c, out)),
-        _ => {}
-    }
-}
-
 /// The AsyncAPI document of the feed, with the schemas it uses taken from `openapi`
 /// (the served OpenAPI document, events included).
 pub fn asyncapi(openapi: &Value) -> Value {
@@ -383,15 +365,16 @@ pub fn asyncapi(openapi: &Value) -> Value {
         );
         event_names.push((name, schema_ref, schema));
     }
-    let mut schemas = Map::new();
-    while let Some(name) = wanted.pop() {
-        if schemas.contains_key(&name) {
-            continue;
-        }
-        let s = all[&name].clone();
-        refs_in(&s, &mut wanted);
-        schemas.insert(name, s);
-    }
+    let mut schemas: Map<String, Value> = match all.as_object() {
+        Some(components) => reachable(components, wanted)
+            .into_iter()
+            .map(|name| {
+                let s = all[&name].clone();
+                (name, s)
+            })
+            .collect(),
+        None => Map::new(),
+    };
     for (_, schema_ref, schema) in &event_names {
         schemas.insert(schema_ref.clone(), schema.clone());
     }

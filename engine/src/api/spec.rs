@@ -37,7 +37,7 @@ const STRICT_BODIES: &[&str] = &[
     "NewWebhookBody",
 ];
 
-const SCHEMAS: &str = "#/components/schemas/";
+pub(super) const SCHEMAS: &str = "#/components/schemas/";
 
 /// The document clients read, from poem-openapi's `spec` (JSON text). `servers` is
 /// left out: [`with_server`] fills it in per request.
@@ -326,7 +326,7 @@ fn examples(doc: &mut Value) {
 }
 
 /// Names of the component schemas `v` refers to, directly.
-fn refs_in(v: &Value, out: &mut Vec<String>) {
+pub(super) fn refs_in(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             if let Some(r) = map.get("$ref").and_then(Value::as_str)
@@ -342,7 +342,7 @@ fn refs_in(v: &Value, out: &mut Vec<String>) {
 }
 
 /// Every schema reachable from `roots`, through the components.
-fn reachable(schemas: &Map<String, Value>, roots: Vec<String>) -> Vec<String> {
+pub(super) fn reachable(schemas: &Map<String, Value>, roots: Vec<String>) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     let mut todo = roots;
     while let Some(name) = todo.pop() {

@@ -222,6 +222,30 @@ impl EventFilter {
     }
 }
 
+/// The fields of a stored event a filter looks at, decoded without the rest.
+#[derive(serde::Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow)]
+    tenant: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    job_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl EventHead<'_> {
+    fn matches(&self, filter: &EventFilter) -> bool {
+        filter.matches_parts(
+            &self.tenant,
+            &self.kind,
+            self.job_id.as_deref(),
+            self.topic.as_deref(),
+        )
+    }
+}
+
 impl Store {
     /// Open (or create) the store in `dir` and start its writer. Items left running by
     /// a previous process of this engine are put back in the queue (as a failed
@@ -985,30 +1009,14 @@ impl Store {
     /// when none does, `None` when [`SCAN_LIMIT`] events were looked at without finding
     /// one (the feed then cannot say which event of a subscription came before).
     pub fn last_match(&self, filter: &EventFilter, at: u64) -> Option<u64> {
-        #[derive(serde::Deserialize)]
-        struct Head<'a> {
-            #[serde(borrow)]
-            tenant: std::borrow::Cow<'a, str>,
-            #[serde(borrow, rename = "type")]
-            kind: std::borrow::Cow<'a, str>,
-            #[serde(borrow, default)]
-            job_id: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow, default)]
-            topic: Option<std::borrow::Cow<'a, str>>,
-        }
         let end = keys::event_key(at.saturating_add(1)).to_vec();
         for (looked, kv) in self.tree.range(vec![keys::EVENT]..end).rev().enumerate() {
             if looked == SCAN_LIMIT {
                 return None;
             }
             let (k, v) = kv.ok()?;
-            let head: Head<'_> = serde_json::from_slice(&v).ok()?;
-            if filter.matches_parts(
-                &head.tenant,
-                &head.kind,
-                head.job_id.as_deref(),
-                head.topic.as_deref(),
-            ) {
+            let head: EventHead<'_> = serde_json::from_slice(&v).ok()?;
+            if head.matches(filter) {
                 return keys::event_seq(&k);
             }
         }
@@ -1021,17 +1029,6 @@ impl Store {
     /// and at most [`SCAN_LIMIT`] looked at, so a rare filter cannot hold a thread for
     /// the whole log; `last` says where to continue.
     pub fn event_texts(&self, after: u64, filter: &EventFilter, limit: usize) -> Result<EventPage> {
-        #[derive(serde::Deserialize)]
-        struct Head<'a> {
-            #[serde(borrow)]
-            tenant: std::borrow::Cow<'a, str>,
-            #[serde(borrow, rename = "type")]
-            kind: std::borrow::Cow<'a, str>,
-            #[serde(borrow, default)]
-            job_id: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow, default)]
-            topic: Option<std::borrow::Cow<'a, str>>,
-        }
         let mut page = EventPage {
             events: Vec::new(),
             last: after,
@@ -1051,13 +1048,8 @@ impl Store {
             }
             let (k, v) = kv?;
             page.last = keys::event_seq(&k).unwrap_or(page.last);
-            let head: Head<'_> = serde_json::from_slice(&v)?;
-            if filter.matches_parts(
-                &head.tenant,
-                &head.kind,
-                head.job_id.as_deref(),
-                head.topic.as_deref(),
-            ) {
+            let head: EventHead<'_> = serde_json::from_slice(&v)?;
+            if head.matches(filter) {
                 let text = std::str::from_utf8(&v)
                     .map_err(|e| StoreError::Storage(format!("event {}: {e}", page.last)))?;
                 page.events.push((page.last, text.to_owned()));
