@@ -578,3 +578,38 @@ async fn refused_commands_write_nothing() {
     assert_eq!(all_events(&e.store).len(), 2);
     e.stop().await;
 }
+
+/// sled lets go of its lock from a background thread after the store is closed: a
+/// store reopened at once waits for it instead of failing, while a directory held by
+/// a store that is still open is refused with a message saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_reopens_at_once_and_an_open_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = faena::clock::Clock::new();
+    let mut jobs = 0;
+    for _ in 0..10 {
+        let store = faena::store::Store::open(dir.path(), clock).await.unwrap();
+        assert_eq!(
+            store
+                .jobs(&Default::default(), None, 100)
+                .unwrap()
+                .items
+                .len(),
+            jobs
+        );
+        store
+            .create_job("default", new_job("ok", vec![json!(1)]), None)
+            .await
+            .unwrap();
+        jobs += 1;
+        store.close().await;
+    }
+    let held = faena::store::Store::open(dir.path(), clock).await.unwrap();
+    let Err(e) = faena::store::Store::open(dir.path(), clock).await else {
+        panic!("a second store opened on a directory in use");
+    };
+    let why = e.to_string();
+    assert!(why.contains(&dir.path().display().to_string()), "{why}");
+    assert!(why.contains("another faena"), "{why}");
+    held.close().await;
+}

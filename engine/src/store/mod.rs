@@ -159,6 +159,34 @@ pub struct Store {
     webhooks: webhooks::Webhooks,
 }
 
+/// How long [`open_db`] waits for the database's lock. sled releases it from its
+/// flusher thread after the last handle is dropped, not in the drop itself, so a
+/// store reopened at once in the same process can find it still held for a moment.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Open sled at `path`, waiting out a lock released by a store this process just
+/// closed; a lock held longer is another process using the same data directory.
+fn open_db(path: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Storage(format!(
+                        "{} is locked by another process (is another faena using this data directory?)",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Bytes of sled's page cache. sled's own default (1 GiB) lets the cache, and the
 /// process, grow with everything written: a million-item import alone would fill it.
 /// Recent items and events, the ones the engine reads, fit in far less.
@@ -264,12 +292,7 @@ impl Store {
         let db = tokio::task::spawn_blocking(move || {
             space::set_aside_stale_snapshots(&path)
                 .map_err(|e| StoreError::Storage(format!("{}: {e}", path.display())))?;
-            Ok::<_, StoreError>(
-                sled::Config::new()
-                    .path(path)
-                    .cache_capacity(CACHE_CAPACITY)
-                    .open()?,
-            )
+            open_db(&path)
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
