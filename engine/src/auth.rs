@@ -21,7 +21,6 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::{Enum, Object};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::api::error::ErrorCode;
 use crate::model::DEFAULT_TENANT;
@@ -34,6 +33,9 @@ use crate::store::{Result, StoreError};
 #[serde(rename_all = "snake_case")]
 #[oai(rename_all = "snake_case")]
 pub enum Role {
+    /// A `faena worker`: claims and reports its tenant's items, fetches plugins and the
+    /// secrets granted to them with its claims; reads nothing else.
+    Worker,
     /// Read everything of its tenant, follow the feed.
     Viewer,
     /// Also create and drive jobs, items and sessions; run external workers.
@@ -46,6 +48,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Worker => "worker",
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
@@ -120,8 +123,7 @@ pub async fn scope<F: std::future::Future>(caller: Caller, f: F) -> F::Output {
 const TOKEN_PREFIX: &str = "fk_";
 
 fn hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::runtime::sha256_hex(token.as_bytes())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -364,6 +366,39 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     })
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerCall {
+    /// Only worker keys (a worker's registration and claims, which carry secrets).
+    WorkerOnly,
+    /// Worker keys and, as for any route, keys with the role it needs.
+    Shared,
+}
+
+/// Whether a request is part of the worker protocol, and for whom.
+fn worker_protocol(method: &Method, path: &str) -> Option<WorkerCall> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (&Method::POST, ["", "api", "v1", "workers", _, "heartbeat" | "claim"]) => {
+            Some(WorkerCall::WorkerOnly)
+        }
+        (
+            &Method::POST,
+            [
+                "",
+                "api",
+                "v1",
+                "items",
+                _,
+                "heartbeat" | "step" | "complete" | "log" | "progress" | "artifacts" | "release",
+            ],
+        ) => Some(WorkerCall::Shared),
+        (&Method::GET, ["", "api", "v1", "plugins", _, "versions", _, "component"]) => {
+            Some(WorkerCall::Shared)
+        }
+        _ => None,
+    }
+}
+
 fn token_of(req: &Request) -> Option<String> {
     if let Some(v) = req.header(header::AUTHORIZATION) {
         let v = v.trim();
@@ -455,7 +490,31 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
         );
         return Ok(resp);
     }
-    if caller.role < needed {
+    let worker_call = worker_protocol(req.method(), req.uri().path());
+    if caller.role == Role::Worker && worker_call.is_none() {
+        return Ok(refuse_for(
+            &req,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "key `{}` is a worker key: it may only claim and report items and fetch plugins",
+                caller.key_id
+            ),
+        ));
+    }
+    if worker_call == Some(WorkerCall::WorkerOnly) && caller.role != Role::Worker {
+        return Ok(refuse_for(
+            &req,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "this is for `faena worker`: it needs a key with the worker role; key `{}` is {}",
+                caller.key_id,
+                caller.role.as_str()
+            ),
+        ));
+    }
+    if caller.role < needed && caller.role != Role::Worker {
         return Ok(refuse_for(
             &req,
             StatusCode::FORBIDDEN,

@@ -64,6 +64,7 @@ pub mod secrets;
 pub mod sessions;
 pub mod store;
 pub mod webhooks;
+pub mod worker;
 
 /// Turn transparent huge pages off for this process and its children (Linux; a no-op
 /// where it fails). mimalloc asks for them on its arenas, and the store's writes free

@@ -40,6 +40,7 @@ async fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => faena::worker::run(args.options(), signal()).await,
         Command::Jobs { remote, command } => faena::cli::run_jobs(&remote.client(), command)
             .await
             .map_err(Into::into),

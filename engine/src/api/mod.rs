@@ -37,7 +37,10 @@ pub use events::EventPage;
 pub use feed_limits::{FeedConnectionLimits, Refused as FeedConnectionRefused};
 pub use items::{ItemDetail, TransitionRequest};
 pub use jobs::{ItemPage, JobPage};
-pub use workers::{ClaimResponse, CompleteStatus};
+pub use workers::{
+    ClaimResponse, CompleteStatus, WorkerAssignment, WorkerClaimBody, WorkerClaimResponse,
+    WorkerHello, WorkerInfo, WorkerPlugin,
+};
 pub use ws::{RESERVED_TYPES, refuse_feed};
 
 use crate::artifacts::Artifacts;
@@ -72,6 +75,8 @@ pub struct AppState {
     cors: cors::CorsOrigins,
     /// Where webhooks may go, and how many a tenant may have.
     pub webhooks: Arc<crate::webhooks::WebhookSettings>,
+    /// The `faena worker` processes that reported here.
+    pub fleet: Arc<workers::Fleet>,
 }
 
 impl AppState {
@@ -99,6 +104,7 @@ impl AppState {
                 schedules::job_check(runtime.clone()),
             )?,
             webhooks: Default::default(),
+            fleet: Default::default(),
             store,
             runtime,
             sessions: None,
@@ -368,6 +374,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             jobs::JobsApi { state: s() },
             items::ItemsApi { state: s() },
             workers::WorkersApi { state: s() },
+            workers::FleetApi { state: s() },
             events::EventsApi { state: s() },
             plugins::PluginsApi { state: s() },
             sessions::SessionsApi { state: s() },

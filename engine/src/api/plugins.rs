@@ -26,6 +26,16 @@ pub enum Installed {
 }
 
 #[derive(ApiResponse)]
+pub enum Component {
+    #[oai(status = 200)]
+    Ok(
+        Binary<Vec<u8>>,
+        #[oai(header = "content-type")] String,
+        #[oai(header = "etag")] String,
+    ),
+}
+
+#[derive(ApiResponse)]
 pub enum ArtifactBody {
     /// The file, with its content type.
     #[oai(status = 200)]
@@ -103,6 +113,36 @@ impl PluginsApi {
             .find(|p| p.name == name.0)
             .map(Json)
             .ok_or_else(|| ApiError::not_found(format!("plugin `{}` not found", name.0)))
+    }
+
+    /// The component of an installed plugin version (`application/wasm`), as workers
+    /// fetch it. The `ETag` is its SHA-256, hex, in quotes.
+    #[oai(
+        path = "/plugins/:name/versions/:version/component",
+        method = "get",
+        operation_id = "get_plugin_component"
+    )]
+    async fn component(&self, name: Path<String>, version: Path<String>) -> ApiResult<Component> {
+        let p = self
+            .runtime()?
+            .registry()
+            .get(&name.0, Some(&version.0))
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "plugin `{}` version {} is not installed",
+                    name.0, version.0
+                ))
+            })?;
+        let source = p.source.clone();
+        let bytes = tokio::task::spawn_blocking(move || source.read())
+            .await
+            .map_err(|e| ApiError::Internal(body(ErrorCode::Internal, e.to_string())))?
+            .map_err(|e| ApiError::Internal(body(ErrorCode::Internal, e.to_string())))?;
+        Ok(Component::Ok(
+            Binary(bytes),
+            "application/wasm".into(),
+            format!("\"{}\"", p.sha256),
+        ))
     }
 
     /// Install a plugin component (`application/wasm`). It becomes the version new

@@ -12,7 +12,7 @@ use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::jobs::Tag;
 use crate::model::{Item, ItemError, Lease};
-use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome};
+use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome, StoreError};
 
 #[derive(Debug, Object, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,5 +205,434 @@ impl WorkersApi {
                 .complete(&id.0, body.0.token, outcome)
                 .await?,
         ))
+    }
+}
+
+/// The `faena worker` processes that reported to this engine, per tenant.
+#[derive(Default)]
+pub struct Fleet {
+    workers: std::sync::Mutex<std::collections::BTreeMap<(String, String), WorkerInfo>>,
+}
+
+/// How often a worker reports; three missed reports and it is shown as gone.
+pub const WORKER_HEARTBEAT_MS: u64 = 5_000;
+
+impl Fleet {
+    fn seen(&self, tenant: &str, name: &str, now: i64, hello: Option<&WorkerHello>) {
+        let mut map = self.workers.lock().expect("fleet lock");
+        let w = map
+            .entry((tenant.to_owned(), name.to_owned()))
+            .or_insert_with(|| WorkerInfo {
+                name: name.to_owned(),
+                labels: Vec::new(),
+                plugins: Vec::new(),
+                version: String::new(),
+                concurrency: 0,
+                running: 0,
+                last_seen_at: now,
+                gone: false,
+            });
+        w.last_seen_at = now;
+        if let Some(h) = hello {
+            w.labels = h.labels.clone();
+            w.plugins = h.plugins.clone();
+            w.version = h.version.clone();
+            w.concurrency = h.concurrency;
+            w.running = h.running;
+        }
+    }
+
+    pub fn list(&self, tenant: &str, now: i64) -> Vec<WorkerInfo> {
+        let map = self.workers.lock().expect("fleet lock");
+        map.iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, w)| WorkerInfo {
+                gone: now - w.last_seen_at > 3 * WORKER_HEARTBEAT_MS as i64,
+                ..w.clone()
+            })
+            .collect()
+    }
+}
+
+/// What a worker says about itself at every heartbeat.
+#[derive(Debug, Clone, Object, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct WorkerHello {
+    /// Labels jobs can be routed by (e.g. the network it answers from).
+    #[oai(default)]
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The plugins it runs; empty: every plugin the engine has.
+    #[oai(default)]
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// Its faena version.
+    #[oai(validator(max_length = 64))]
+    pub version: String,
+    /// Items it runs at once.
+    #[oai(validator(maximum(value = "1024")))]
+    pub concurrency: u32,
+    /// Items it is running now.
+    #[oai(validator(maximum(value = "1024")))]
+    pub running: u32,
+}
+
+/// A worker as the engine last heard from it.
+#[derive(Debug, Clone, Object, serde::Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub plugins: Vec<String>,
+    pub version: String,
+    pub concurrency: u32,
+    pub running: u32,
+    /// Milliseconds since the Unix epoch.
+    pub last_seen_at: i64,
+    /// No report for three heartbeat periods: its leases expire as any other.
+    pub gone: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A plugin a worker is to run, with what the engine's configuration grants it.
+#[derive(Debug, Clone, Object, serde::Serialize, Deserialize)]
+pub struct WorkerPlugin {
+    pub name: String,
+    /// The version new jobs get; items name theirs when they are claimed.
+    pub version: String,
+    /// SHA-256 of the component, hex: check what `…/component` sends against it.
+    pub sha256: String,
+    pub grants: crate::runtime::plugin::GrantsMeta,
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Object, serde::Serialize, Deserialize)]
+pub struct WorkerAssignment {
+    pub plugins: Vec<WorkerPlugin>,
+    /// Report again within this many milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Debug, Object, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct WorkerClaimBody {
+    /// Plugins to claim items of.
+    #[oai(validator(min_items = 1, max_items = 64))]
+    pub plugins: Vec<String>,
+    /// Claim up to this many items.
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub max: u32,
+    /// When nothing is ready, wait up to this long for an item (a long poll).
+    #[oai(validator(maximum(value = "30000")))]
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Object, serde::Serialize, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
+pub struct WorkerClaimResponse {
+    pub items: Vec<ClaimedItem>,
+    pub next_due: Option<i64>,
+    /// By plugin, the values of the secrets it is granted, for the claimed items' runs
+    /// only: keep them in memory.
+    pub secrets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Object, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct LogBody {
+    pub token: u64,
+    #[oai(validator(max_length = 16))]
+    pub level: String,
+    #[oai(validator(max_length = 65536))]
+    pub message: String,
+}
+
+#[derive(Debug, Object, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct ProgressBody {
+    pub token: u64,
+    pub data: serde_json::Value,
+    /// The pool resource the run holds.
+    pub resource: Option<String>,
+}
+
+#[derive(Debug, Object, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct ReleaseBody {
+    pub token: u64,
+    #[oai(validator(max_length = 1024))]
+    pub reason: String,
+}
+
+#[derive(poem_openapi::ApiResponse)]
+pub enum Done {
+    #[oai(status = 204)]
+    NoContent,
+}
+
+#[derive(poem_openapi::ApiResponse)]
+pub enum ArtifactSaved {
+    #[oai(status = 201)]
+    Created(Json<crate::artifacts::Artifact>),
+}
+
+fn valid_worker_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "name: `{name}` is not 1-64 of letters, digits, `_`, `-`, `.`"
+        )))
+    }
+}
+
+pub struct FleetApi {
+    pub state: AppState,
+}
+
+impl FleetApi {
+    fn runtime(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
+        self.state.runtime.as_ref().ok_or_else(|| {
+            ApiError::Unavailable(super::error::body(
+                super::error::ErrorCode::Unavailable,
+                "this engine has no plugins to hand out",
+            ))
+        })
+    }
+
+    fn now(&self) -> i64 {
+        self.state.store.clock().now_ms()
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "Tag::Workers")]
+impl FleetApi {
+    /// The `faena worker` processes of this tenant, as last heard from.
+    #[oai(path = "/workers", method = "get", operation_id = "list_workers")]
+    async fn list(&self) -> ApiResult<Json<WorkerList>> {
+        Ok(Json(WorkerList {
+            workers: self.state.fleet.list(&self.state.tenant(), self.now()),
+        }))
+    }
+
+    /// A worker reports itself (a worker key only) and learns which plugins to run,
+    /// with the grants and settings of the engine's configuration.
+    #[oai(
+        path = "/workers/:name/heartbeat",
+        method = "post",
+        operation_id = "worker_heartbeat"
+    )]
+    async fn heartbeat(
+        &self,
+        name: Path<String>,
+        body: JsonBody<WorkerHello>,
+    ) -> ApiResult<Json<WorkerAssignment>> {
+        valid_worker_name(&name.0)?;
+        let hello = body.0;
+        self.state
+            .fleet
+            .seen(&self.state.tenant(), &name.0, self.now(), Some(&hello));
+        let registry = self.runtime()?.registry();
+        let plugins = registry
+            .names()
+            .into_iter()
+            .filter(|p| hello.plugins.is_empty() || hello.plugins.contains(p))
+            .filter_map(|p| registry.get(&p, None))
+            .map(|p| WorkerPlugin {
+                name: p.meta.name.clone(),
+                version: p.meta.version.clone(),
+                sha256: p.sha256.clone(),
+                grants: p.meta.grants.clone(),
+                settings: p.grants.settings.clone(),
+            })
+            .collect();
+        Ok(Json(WorkerAssignment {
+            plugins,
+            heartbeat_ms: WORKER_HEARTBEAT_MS,
+        }))
+    }
+
+    /// Claim ready items of the given plugins for this worker (a worker key only),
+    /// waiting up to `wait_ms` for one when none is ready. The leases are the
+    /// worker's (`worker:NAME`); the secrets its plugins are granted come along.
+    #[oai(
+        path = "/workers/:name/claim",
+        method = "post",
+        operation_id = "worker_claim"
+    )]
+    async fn claim(
+        &self,
+        name: Path<String>,
+        body: JsonBody<WorkerClaimBody>,
+    ) -> ApiResult<Json<WorkerClaimResponse>> {
+        valid_worker_name(&name.0)?;
+        let b = body.0;
+        if b.plugins.is_empty() || b.plugins.len() > 64 {
+            return Err(ApiError::invalid("plugins: name 1 to 64 plugins"));
+        }
+        if !(1..=100).contains(&b.max) {
+            return Err(ApiError::invalid("max: must be between 1 and 100"));
+        }
+        let wait = std::time::Duration::from_millis(b.wait_ms.unwrap_or(0).min(30_000));
+        let tenant = self.state.tenant();
+        let store = &self.state.store;
+        self.state.fleet.seen(&tenant, &name.0, self.now(), None);
+        let until = tokio::time::Instant::now() + wait;
+        let claimed = loop {
+            let woken = store.shared().dispatch.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let claimed = store
+                .claim(ClaimRequest {
+                    owner: format!("worker:{}", name.0),
+                    tenant: Some(tenant.clone()),
+                    plugins: b.plugins.clone(),
+                    max: b.max as usize,
+                    lease_ms: None,
+                    item: None,
+                })
+                .await?;
+            let now = tokio::time::Instant::now();
+            if !claimed.items.is_empty() || now >= until || store.shared().is_draining() {
+                break claimed;
+            }
+            let due = claimed
+                .next_due
+                .map(|t| store.clock().instant_at(t).min(until))
+                .unwrap_or(until);
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        };
+        let mut secrets = std::collections::BTreeMap::new();
+        if let Some(rt) = &self.state.runtime {
+            for task in &claimed.items {
+                let plugin = &task.item.plugin;
+                if secrets.contains_key(plugin) {
+                    continue;
+                }
+                let Some(p) = rt.registry().get(plugin, None) else {
+                    continue;
+                };
+                let mut values = std::collections::BTreeMap::new();
+                for s in &p.grants.secrets {
+                    if let Some(v) = self.state.secrets.get(&tenant, s)? {
+                        values.insert(s.clone(), v);
+                    }
+                }
+                secrets.insert(plugin.clone(), values);
+            }
+        }
+        Ok(Json(WorkerClaimResponse {
+            items: claimed.items,
+            next_due: claimed.next_due,
+            secrets,
+        }))
+    }
+
+    /// A log line of a running item (fenced by its lease token).
+    #[oai(path = "/items/:id/log", method = "post", operation_id = "log_item")]
+    async fn log(&self, id: Path<String>, body: JsonBody<LogBody>) -> ApiResult<Done> {
+        self.state.item(&id.0)?;
+        let b = body.0;
+        self.state
+            .store
+            .log(&id.0, b.token, &b.level, &b.message)
+            .await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Progress of a running item (fenced by its lease token).
+    #[oai(
+        path = "/items/:id/progress",
+        method = "post",
+        operation_id = "progress_item"
+    )]
+    async fn progress(&self, id: Path<String>, body: JsonBody<ProgressBody>) -> ApiResult<Done> {
+        self.state.item(&id.0)?;
+        let b = body.0;
+        self.state
+            .store
+            .progress(&id.0, b.token, b.data, b.resource)
+            .await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Give a running item back to the queue without counting the attempt (the
+    /// worker is shutting down).
+    #[oai(
+        path = "/items/:id/release",
+        method = "post",
+        operation_id = "release_item"
+    )]
+    async fn release(&self, id: Path<String>, body: JsonBody<ReleaseBody>) -> ApiResult<Json<Item>> {
+        self.state.item(&id.0)?;
+        let b = body.0;
+        Ok(Json(
+            self.state
+                .store
+                .release(&id.0, b.token, &b.reason)
+                .await?,
+        ))
+    }
+
+    /// Keep a file a running item produced (a failure screenshot, a download),
+    /// fenced by its lease token.
+    #[oai(
+        path = "/items/:id/artifacts",
+        method = "post",
+        operation_id = "save_item_artifact"
+    )]
+    async fn artifact(
+        &self,
+        id: Path<String>,
+        token: poem_openapi::param::Query<u64>,
+        name: poem_openapi::param::Query<String>,
+        content_type: poem_openapi::param::Query<String>,
+        data: poem_openapi::payload::Binary<Vec<u8>>,
+    ) -> ApiResult<ArtifactSaved> {
+        let item = self.state.item(&id.0)?;
+        if item.lease.as_ref().map(|l| l.token) != Some(token.0) {
+            return Err(StoreError::StaleLease {
+                item: id.0.clone(),
+                token: token.0,
+                reason: "the item is not running under this lease".into(),
+            }
+            .into());
+        }
+        if name.0.is_empty() || name.0.len() > 255 || content_type.0.len() > 255 {
+            return Err(ApiError::invalid(
+                "name and content_type: 1-255 characters",
+            ));
+        }
+        let meta = crate::artifacts::Artifact {
+            id: String::new(),
+            tenant: item.tenant.clone(),
+            job_id: Some(item.job_id.clone()),
+            item_id: Some(item.id.clone()),
+            session_id: None,
+            name: name.0,
+            content_type: content_type.0,
+            size: 0,
+            created_at: self.now(),
+        };
+        self.state.store.writable()?;
+        Ok(ArtifactSaved::Created(Json(
+            self.state.artifacts.save(meta, data.0).await?,
+        )))
     }
 }

@@ -20,6 +20,16 @@ pub enum CliError {
     Feed(String),
 }
 
+/// The API refuses an explicit `null` where a field may only be left out; the CLI's
+/// optional flags are `None` when not given, so their fields are left out. Only the
+/// body's own fields: nulls inside items' inputs are the user's data.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
 pub struct Client {
     base: String,
     key: Option<String>,
@@ -64,7 +74,7 @@ impl Client {
         self.send(
             self.http
                 .post(format!("{}/api/v1/keys", self.base))
-                .json(&body),
+                .json(&without_nulls(body)),
         )
         .await
     }
@@ -99,7 +109,7 @@ impl Client {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method name");
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
-            req = req.json(&body);
+            req = req.json(&without_nulls(body));
         }
         self.send(req).await
     }
@@ -155,7 +165,8 @@ impl Client {
             "items": items,
         });
         let url = format!("{}/api/v1/jobs", self.base);
-        self.send_as(self.http.post(url).json(&body)).await
+        self.send_as(self.http.post(url).json(&without_nulls(body)))
+            .await
     }
 
     pub async fn import(

@@ -45,6 +45,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the engine: API, feed, dispatcher and plugins.
     Serve(ServeArgs),
+    /// Run plugins for an engine elsewhere: claims its items over HTTP(S), runs them
+    /// here (with this machine's Chromium) and reports back.
+    Worker(WorkerArgs),
     /// Work with jobs on a running engine.
     Jobs {
         #[command(flatten)]
@@ -125,9 +128,74 @@ pub enum KeysCommand {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RoleArg {
+    /// For `faena worker`: claims and reports items, fetches plugins; reads nothing else.
+    Worker,
     Viewer,
     Operator,
     Admin,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The engine's address.
+    #[arg(long, env = "FAENA_URL")]
+    pub server: String,
+    /// An API key with the `worker` role (`faena keys create --role worker`).
+    #[arg(long, env = "FAENA_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// This worker's name: its leases and the attempts it runs carry it (default: the
+    /// host name).
+    #[arg(long, env = "FAENA_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Labels, comma-separated (shown in the engine's worker list).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Plugins to run, comma-separated (default: every plugin the engine has).
+    #[arg(long, value_delimiter = ',')]
+    pub plugins: Vec<String>,
+    /// Items run at once.
+    #[arg(long, env = "FAENA_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Chromium to launch for browser plugins (default /usr/bin/chromium).
+    #[arg(long, env = "FAENA_CHROMIUM")]
+    pub chromium: Option<PathBuf>,
+    /// Use a browser already running at this CDP URL instead of launching one.
+    #[arg(long, env = "FAENA_CDP_URL", conflicts_with = "chromium")]
+    pub cdp_url: Option<String>,
+    /// Run without a browser (browser plugins fail their items).
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Compiled plugins and Chromium profiles (never secrets).
+    #[arg(long, env = "FAENA_DATA_DIR", default_value = "./worker-data")]
+    pub data_dir: PathBuf,
+    /// At a stop, running items get this many seconds to finish.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+}
+
+impl WorkerArgs {
+    pub fn options(self) -> crate::worker::WorkerOptions {
+        let name = self.name.unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".into())
+        });
+        crate::worker::WorkerOptions {
+            server: self.server,
+            key: self.key,
+            name,
+            labels: self.labels,
+            plugins: self.plugins,
+            concurrency: self.concurrency,
+            chromium: self.chromium,
+            cdp_url: self.cdp_url,
+            no_browser: self.no_browser,
+            data_dir: self.data_dir,
+            grace: std::time::Duration::from_secs(self.grace_secs),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +331,7 @@ pub async fn run_keys(client: &Client, cmd: KeysCommand) -> Result<(), CliError>
     match cmd {
         KeysCommand::Create { name, role, tenant } => {
             let role = match role {
+                RoleArg::Worker => "worker",
                 RoleArg::Viewer => "viewer",
                 RoleArg::Operator => "operator",
                 RoleArg::Admin => "admin",

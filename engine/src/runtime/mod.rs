@@ -42,7 +42,7 @@ use grants::Grants;
 use host::HostCtx;
 use http::HttpCtx;
 use plugin::{GrantsMeta, LoadedPlugin, Needs, OperationMeta};
-pub use plugin::{PluginMeta, Registry};
+pub use plugin::{PluginMeta, Registry, Source};
 use state::ItemState;
 
 mod builtin {
@@ -55,6 +55,15 @@ pub fn builtin_component(name: &str) -> Option<&'static [u8]> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, bytes)| *bytes)
+}
+
+/// The SHA-256 of a component, hex: how workers check what they fetched.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Epoch tick: a busy guest yields to the scheduler this often.
@@ -90,8 +99,10 @@ pub struct Runtime {
     registry: Registry,
     options: RuntimeOptions,
     chromium: Option<Arc<Chromium>>,
-    artifacts: Artifacts,
-    secrets: Secrets,
+    /// `None` on a worker: its runs' files go to the engine through the run context.
+    artifacts: Option<Artifacts>,
+    /// `None` on a worker: secrets come with each claim and stay in memory.
+    secrets: Option<Secrets>,
     stop_epoch: Arc<AtomicBool>,
 }
 
@@ -133,8 +144,8 @@ fn wasm_config(cache_dir: &Path) -> Result<WasmConfig, RuntimeError> {
 impl Runtime {
     pub fn new(
         options: RuntimeOptions,
-        artifacts: Artifacts,
-        secrets: Secrets,
+        artifacts: Option<Artifacts>,
+        secrets: Option<Secrets>,
     ) -> Result<Arc<Runtime>, RuntimeError> {
         for (name, cfg) in &options.plugins {
             Grants::from_config(name, Some(cfg))?;
@@ -180,8 +191,8 @@ impl Runtime {
         &self.registry
     }
 
-    pub fn artifacts(&self) -> &Artifacts {
-        &self.artifacts
+    pub fn artifacts(&self) -> Option<&Artifacts> {
+        self.artifacts.as_ref()
     }
 
     /// Stop the browser this engine launched and remove its profile (a clean stop).
@@ -225,9 +236,9 @@ impl Runtime {
     }
 
     /// Compile, describe, check grants, register as the current version.
-    pub async fn load(&self, bytes: &[u8], builtin: bool) -> Result<PluginMeta, RuntimeError> {
+    pub async fn load(&self, bytes: &[u8], source: Source) -> Result<PluginMeta, RuntimeError> {
         let (pre, info) = self.prepare(bytes).await?;
-        self.register(pre, info, builtin)
+        self.register(pre, info, bytes, source)
     }
 
     /// Check a described component against its grants and make it the current version.
@@ -235,8 +246,10 @@ impl Runtime {
         &self,
         pre: FlowPre<ItemState>,
         info: bindings::PluginInfo,
-        builtin: bool,
+        bytes: &[u8],
+        source: Source,
     ) -> Result<PluginMeta, RuntimeError> {
+        let builtin = matches!(source, Source::Builtin(_));
         let grants = Arc::new(Grants::from_config(
             &info.name,
             self.options.plugins.get(&info.name),
@@ -302,6 +315,8 @@ impl Runtime {
         info!(plugin = %meta.name, version = %meta.version, builtin, "plugin loaded");
         self.registry.insert(LoadedPlugin {
             meta: meta.clone(),
+            sha256: sha256_hex(bytes),
+            source,
             inputs,
             pre,
             http: http::client_for(grants.clone()),
@@ -341,7 +356,8 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Io(e.to_string()))?
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
-        self.register(pre, info, false).inspect_err(|_| {
+        self.register(pre, info, bytes, Source::File(file.clone()))
+            .inspect_err(|_| {
             let _ = std::fs::remove_file(&file);
         })
     }
@@ -383,7 +399,7 @@ impl Runtime {
     /// Load the built-in plugins and those uploaded earlier.
     pub async fn load_all(&self) -> Result<(), RuntimeError> {
         for (name, bytes) in builtin::BUILTIN {
-            self.load(bytes, true)
+            self.load(bytes, Source::Builtin(bytes))
                 .await
                 .map_err(|e| RuntimeError::Plugin {
                     name: (*name).to_owned(),
@@ -414,7 +430,7 @@ impl Runtime {
         for (_, path) in files {
             let bytes = std::fs::read(&path)
                 .map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))?;
-            if let Err(e) = self.load(&bytes, false).await {
+            if let Err(e) = self.load(&bytes, Source::File(path.clone())).await {
                 warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
             }
         }
@@ -760,8 +776,8 @@ pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, Runti
             plugins: config.plugins.clone(),
             chromium,
         },
-        artifacts,
-        secrets,
+        Some(artifacts),
+        Some(secrets),
     )?;
     rt.load_all().await?;
     Ok(rt)

@@ -57,8 +57,32 @@ pub struct PluginMeta {
     pub versions: Vec<String>,
 }
 
+/// Where a loaded plugin's component is, so that workers can fetch it.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Inside the faena binary.
+    Builtin(&'static [u8]),
+    /// Uploaded and kept in the data directory.
+    File(std::path::PathBuf),
+    /// Given to this process only (a worker's copy, a test's).
+    Bytes(Arc<[u8]>),
+}
+
+impl Source {
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Source::Builtin(b) => Ok(b.to_vec()),
+            Source::File(path) => std::fs::read(path),
+            Source::Bytes(b) => Ok(b.to_vec()),
+        }
+    }
+}
+
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
+    /// The component's SHA-256, hex.
+    pub sha256: String,
+    pub source: Source,
     /// Its operations' input schemas, compiled.
     pub inputs: super::inputs::InputSchemas,
     pub pre: FlowPre<ItemState>,

@@ -1,24 +1,31 @@
 //! What a running item can do besides finishing: record checkpoints, report progress,
-//! write log lines — each fenced by the item's lease token.
+//! write log lines, keep files — each fenced by the item's lease token.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ClaimedItem, Result, Store};
+use super::queue::{GivenSecrets, Queue};
+use crate::artifacts::Artifact;
+use crate::clock::Clock;
+use crate::store::{ClaimedItem, Result};
 
 #[derive(Clone)]
 pub struct RunContext {
-    store: Store,
+    queue: Arc<dyn Queue>,
     item: String,
     token: u64,
     cancel: CancellationToken,
     /// The pool resource this run holds (the job's pool), if any.
     resource: Option<String>,
+    secrets: GivenSecrets,
 }
 
 impl RunContext {
-    pub fn new(store: Store, task: &ClaimedItem, cancel: CancellationToken) -> Self {
+    pub fn new(queue: Arc<dyn Queue>, task: &ClaimedItem, cancel: CancellationToken) -> Self {
         RunContext {
-            store,
+            secrets: queue.secrets(task),
+            queue,
             item: task.item.id.clone(),
             token: task.lease_token,
             cancel,
@@ -39,26 +46,37 @@ impl RunContext {
         &self.item
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn clock(&self) -> Clock {
+        self.queue.clock()
+    }
+
+    /// The secret values that came with the claim (on a worker); `None` on the
+    /// engine, where the store has them.
+    pub fn given_secrets(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.secrets.as_deref()
     }
 
     /// Persist a checkpoint before returning: a retry of this item starts from it.
     pub async fn step(&self, name: &str, state: Option<String>) -> Result<()> {
-        self.store
+        self.queue
             .step(&self.item, self.token, name.to_owned(), state)
             .await
     }
 
     /// Publish progress; the feed shows the resource the run holds with it.
     pub async fn progress(&self, data: serde_json::Value) -> Result<()> {
-        self.store
+        self.queue
             .progress(&self.item, self.token, data, self.resource.clone())
             .await
     }
 
     pub async fn log(&self, level: &str, message: &str) -> Result<()> {
-        self.store.log(&self.item, self.token, level, message).await
+        self.queue.log(&self.item, self.token, level, message).await
+    }
+
+    /// Keep a file of this run where the engine serves it.
+    pub async fn save_artifact(&self, meta: Artifact, data: Vec<u8>) -> Result<Artifact> {
+        self.queue.save_artifact(self.token, meta, data).await
     }
 
     /// Resolves when the run should stop (cancelled, lease lost, shutdown).

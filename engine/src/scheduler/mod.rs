@@ -5,6 +5,7 @@
 
 mod context;
 pub mod pool;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use context::RunContext;
+pub use queue::Queue;
 
 use crate::model::{ItemError, ItemStatus, PoolOptions, RATE_LIMITED, kind};
-use crate::store::{ClaimRequest, ClaimedItem, Outcome, Store, StoreError};
+use crate::store::{ClaimedItem, Outcome, Store, StoreError};
 use pool::Pools;
 
 /// Runs items. The WebAssembly runtime implements it; so can a test.
@@ -66,39 +68,48 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) {
+    if config.concurrency == 0 {
+        // A coordinator: workers elsewhere run every item.
+        info!("concurrency is 0: this engine runs no items itself (workers do)");
+        shutdown.cancelled().await;
+        store.shared().set_draining();
+        return;
+    }
+    run_on(Arc::new(store), executor, config, shutdown).await
+}
+
+/// [`run`] on any [`Queue`]: the engine's store, or an engine over HTTP (a worker).
+pub async fn run_on(
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn Executor>,
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) {
     let running: Running = Arc::default();
     let pools = Pools::default();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let freed = Arc::new(Notify::new());
     // Cancelled when the grace period is over: stops the runs still going.
     let stop_runs = CancellationToken::new();
-    let watcher = tokio::spawn(watch_events(
-        store.clone(),
-        running.clone(),
-        pools.clone(),
-        stop_runs.clone(),
-    ));
+    let watcher = queue.follow().map(|feed| {
+        tokio::spawn(watch_events(
+            feed,
+            running.clone(),
+            pools.clone(),
+            stop_runs.clone(),
+        ))
+    });
     let mut tasks = tokio::task::JoinSet::new();
     info!(concurrency = config.concurrency, plugins = ?executor.plugins(), "dispatcher started");
     loop {
         // Read each round: plugins may be installed while the engine runs.
         let plugins = executor.plugins();
-        let woken = store.shared().dispatch.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
+        let mut woken = queue.woken();
         let free = slots.available_permits();
         let mut next_due = None;
         let mut saturated = false;
         if free > 0 && !plugins.is_empty() {
-            let req = ClaimRequest {
-                owner: store.instance().to_owned(),
-                tenant: None,
-                plugins: plugins.clone(),
-                max: free,
-                lease_ms: None,
-                item: None,
-            };
-            match store.claim(req).await {
+            match queue.claim(plugins.clone(), free).await {
                 Ok(claimed) => {
                     next_due = claimed.next_due;
                     saturated = claimed.items.len() == free;
@@ -112,8 +123,8 @@ pub async fn run(
                             .lock()
                             .expect("running lock")
                             .insert(task.item.id.clone(), (task.lease_token, cancel.clone()));
-                        let (store, executor, running, freed, pools, stop_runs) = (
-                            store.clone(),
+                        let (queue, executor, running, freed, pools, stop_runs) = (
+                            queue.clone(),
                             executor.clone(),
                             running.clone(),
                             freed.clone(),
@@ -122,7 +133,7 @@ pub async fn run(
                         );
                         tasks.spawn(async move {
                             let run = Run {
-                                store: &store,
+                                queue: &queue,
                                 running: &running,
                                 pools: &pools,
                                 shutdown: &stop_runs,
@@ -143,7 +154,7 @@ pub async fn run(
         if saturated && slots.available_permits() > 0 {
             continue;
         }
-        let due = next_due.map(|t| store.clock().instant_at(t));
+        let due = next_due.map(|t| queue.clock().instant_at(t));
         tokio::select! {
             _ = &mut woken => {}
             _ = freed.notified() => {}
@@ -151,7 +162,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    store.shared().set_draining();
+    queue.set_draining();
     if !tasks.is_empty() {
         info!(
             items = tasks.len(),
@@ -171,13 +182,15 @@ pub async fn run(
         stop_runs.cancel();
         while tasks.join_next().await.is_some() {}
     }
-    watcher.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     info!("dispatcher stopped");
 }
 
 /// What one run shares with the dispatcher.
 struct Run<'a> {
-    store: &'a Store,
+    queue: &'a Arc<dyn Queue>,
     running: &'a Running,
     pools: &'a Pools,
     /// Cancelled when a shutdown's grace period is over.
@@ -186,7 +199,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn one(&self, executor: &dyn Executor, task: ClaimedItem, cancel: CancellationToken) {
-        let store = self.store;
+        let queue = self.queue;
         let id = task.item.id.clone();
         let token = task.lease_token;
         let plugin = task.item.plugin.clone();
@@ -194,14 +207,14 @@ impl Run<'_> {
             .pool
             .as_ref()
             .map(|p: &PoolOptions| self.pools.of(&task.item.job_id, p));
-        let lease_left = (task.lease_expires_at - store.clock().now_ms()).max(300) as u64;
+        let lease_left = (task.lease_expires_at - queue.clock().now_ms()).max(300) as u64;
         let heartbeat = {
-            let (store, id, cancel) = (store.clone(), id.clone(), cancel.clone());
+            let (queue, id, cancel) = (queue.clone(), id.clone(), cancel.clone());
             tokio::spawn(async move {
                 let every = Duration::from_millis(lease_left / 3);
                 loop {
                     tokio::time::sleep(every).await;
-                    match store.heartbeat(&id, token, None).await {
+                    match queue.heartbeat(&id, token).await {
                         Ok(_) => {}
                         Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
                             debug!(item = %id, "lease lost; stopping the run");
@@ -227,7 +240,7 @@ impl Run<'_> {
         };
         let resource = held.as_ref().map(|h| h.resource.clone());
         let ctx =
-            RunContext::new(store.clone(), &task, cancel.clone()).with_resource(resource.clone());
+            RunContext::new(queue.clone(), &task, cancel.clone()).with_resource(resource.clone());
         let started = std::time::Instant::now();
         let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
         let outcome = tokio::select! {
@@ -247,14 +260,14 @@ impl Run<'_> {
         };
         drop(held);
         heartbeat.abort();
-        store.metrics().record_run(&plugin, started.elapsed());
+        queue.record_run(&plugin, started.elapsed());
         let Some(outcome) = outcome else {
             self.stopped(&id, token).await;
             return;
         };
         self.running.lock().expect("running lock").remove(&id);
-        match store.complete_on(&id, token, outcome, resource).await {
-            Ok(item) => debug!(item = %id, status = %item.status, "item finished"),
+        match queue.complete(&id, token, outcome, resource).await {
+            Ok(()) => {}
             Err(StoreError::StaleLease { reason, .. }) => {
                 info!(item = %id, %reason, "result discarded: the lease was lost")
             }
@@ -270,7 +283,7 @@ impl Run<'_> {
             debug!(item = %id, "run stopped");
             return;
         }
-        match self.store.release(id, token, SHUTDOWN_REASON).await {
+        match self.queue.release(id, token, SHUTDOWN_REASON).await {
             Ok(_) => info!(item = %id, "stopped by the shutdown; back in the queue"),
             Err(StoreError::StaleLease { .. }) => debug!(item = %id, "run stopped"),
             Err(e) => {
@@ -282,8 +295,12 @@ impl Run<'_> {
 
 /// Stop runs whose item left `running` behind their back (job or item cancelled), and
 /// keep the pools in step with their jobs.
-async fn watch_events(store: Store, running: Running, pools: Pools, stop: CancellationToken) {
-    let mut feed = store.follow();
+async fn watch_events(
+    mut feed: crate::store::feed::Follower,
+    running: Running,
+    pools: Pools,
+    stop: CancellationToken,
+) {
     loop {
         let published = tokio::select! {
             e = feed.recv() => e,

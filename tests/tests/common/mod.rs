@@ -129,8 +129,8 @@ async fn start_full(
                 ..ChromiumSettings::default()
             }),
         },
-        store.artifacts().unwrap(),
-        store.secrets().unwrap(),
+        Some(store.artifacts().unwrap()),
+        Some(store.secrets().unwrap()),
     )
     .unwrap();
     let shutdown = CancellationToken::new();

@@ -1,5 +1,7 @@
 //! `faena:plugin/host` for a running item.
 
+use std::sync::Arc;
+
 use tracing::{debug, info, warn};
 
 use super::HostCtx;
@@ -128,7 +130,15 @@ impl Host for ItemState {
                 self.host.plugin
             ))));
         }
-        match self.host.secrets.reveal(&self.host.tenant, &name) {
+        let given = self.host.run.as_ref().and_then(|r| r.given_secrets());
+        let revealed = match (given, &self.host.secrets) {
+            (Some(given), _) => Ok(given
+                .get(&name)
+                .map(|v| Arc::new(crate::secrets::Revealed::new(v.clone())))),
+            (None, Some(secrets)) => secrets.reveal(&self.host.tenant, &name),
+            (None, None) => Ok(None),
+        };
+        match revealed {
             Ok(Some(revealed)) => {
                 let value = revealed.value().to_owned();
                 self.host.revealed.add(revealed);

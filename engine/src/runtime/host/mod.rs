@@ -20,8 +20,10 @@ pub struct HostCtx {
     pub tenant: String,
     pub job_id: Option<String>,
     pub grants: Arc<Grants>,
-    pub secrets: Secrets,
-    pub artifacts: Artifacts,
+    /// The engine's secrets; `None` on a worker, whose runs get theirs with the claim.
+    pub secrets: Option<Secrets>,
+    /// Where a session's files go; a run's go through its context.
+    pub artifacts: Option<Artifacts>,
     /// The running item; `None` while describing the plugin or in a session.
     pub run: Option<RunContext>,
     /// The session this instance serves, if it is a session's.
@@ -36,8 +38,8 @@ impl HostCtx {
         tenant: &str,
         job_id: Option<String>,
         grants: Arc<Grants>,
-        secrets: Secrets,
-        artifacts: Artifacts,
+        secrets: Option<Secrets>,
+        artifacts: Option<Artifacts>,
         run: Option<RunContext>,
     ) -> Self {
         HostCtx {
@@ -92,10 +94,16 @@ impl HostCtx {
             content_type: content_type.to_owned(),
             size: 0,
             created_at: match &self.run {
-                Some(r) => r.store().clock().now_ms(),
+                Some(r) => r.clock().now_ms(),
                 None => crate::clock::wall_ms(),
             },
         };
-        self.artifacts.save(meta, data).await
+        match (&self.run, &self.artifacts) {
+            (Some(run), _) => run.save_artifact(meta, data).await,
+            (None, Some(artifacts)) => artifacts.save(meta, data).await,
+            (None, None) => Err(crate::store::StoreError::Invalid(
+                "artifacts are kept only for items and sessions".into(),
+            )),
+        }
     }
 }

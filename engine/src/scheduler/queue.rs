@@ -1,0 +1,203 @@
+//! Where the dispatcher gets its items and reports what they do: the engine's own
+//! store, or (in `faena worker`) an engine reached over HTTP. Both speak the same lease
+//! protocol: claim, heartbeat, checkpoint, complete, each fenced by the lease token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::artifacts::Artifact;
+use crate::clock::Clock;
+use crate::store::feed::Follower;
+use crate::store::{ClaimRequest, Claimed, ClaimedItem, Outcome, Result, Store};
+
+/// Secret values handed over with a claim (a worker's), by name. `None` on the engine,
+/// whose runs read the store's.
+pub type GivenSecrets = Option<Arc<BTreeMap<String, String>>>;
+
+pub trait Queue: Send + Sync + 'static {
+    /// Whose leases the claims take (`engine:…`, `worker:robot1`).
+    fn owner(&self) -> &str;
+
+    fn clock(&self) -> Clock;
+
+    /// A future that resolves when a claim may find something new. Made before the
+    /// claim so that a commit between the two is not missed.
+    fn woken(&self) -> BoxFuture<'_, ()>;
+
+    /// Claim up to `max` ready items of `plugins`.
+    fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>>;
+
+    /// The secret values the run of `task` may read, if they came with its claim.
+    fn secrets(&self, task: &ClaimedItem) -> GivenSecrets;
+
+    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<()>>;
+
+    fn step<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        name: String,
+        state: Option<String>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    fn progress<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        data: serde_json::Value,
+        resource: Option<String>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    fn log<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        level: &'a str,
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Keep a file the run produced (a failure screenshot, a download).
+    fn save_artifact<'a>(
+        &'a self,
+        token: u64,
+        meta: Artifact,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Artifact>>;
+
+    fn complete<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        outcome: Outcome,
+        resource: Option<String>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Give the item back without counting the attempt (a shutdown stopped it).
+    fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str)
+    -> BoxFuture<'a, Result<()>>;
+
+    /// The engine's events, when this queue sees them: they stop runs whose item was
+    /// cancelled at once. Without them a lost lease shows at the next heartbeat.
+    fn follow(&self) -> Option<Follower>;
+
+    fn record_run(&self, plugin: &str, took: Duration);
+
+    /// A shutdown began: nothing new starts here.
+    fn set_draining(&self);
+}
+
+/// The engine's own store.
+impl Queue for Store {
+    fn owner(&self) -> &str {
+        self.instance()
+    }
+
+    fn clock(&self) -> Clock {
+        Store::clock(self)
+    }
+
+    fn woken(&self) -> BoxFuture<'_, ()> {
+        let mut woken = Box::pin(self.shared().dispatch.notified());
+        woken.as_mut().enable();
+        woken
+    }
+
+    fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>> {
+        Box::pin(Store::claim(
+            self,
+            ClaimRequest {
+                owner: self.instance().to_owned(),
+                tenant: None,
+                plugins,
+                max,
+                lease_ms: None,
+                item: None,
+            },
+        ))
+    }
+
+    fn secrets(&self, _task: &ClaimedItem) -> GivenSecrets {
+        None
+    }
+
+    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Store::heartbeat(self, item, token, None).await.map(drop) })
+    }
+
+    fn step<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        name: String,
+        state: Option<String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Store::step(self, item, token, name, state))
+    }
+
+    fn progress<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        data: serde_json::Value,
+        resource: Option<String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Store::progress(self, item, token, data, resource))
+    }
+
+    fn log<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        level: &'a str,
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Store::log(self, item, token, level, message))
+    }
+
+    fn save_artifact<'a>(
+        &'a self,
+        _token: u64,
+        meta: Artifact,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Artifact>> {
+        Box::pin(async move { self.artifacts()?.save(meta, data).await })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        outcome: Outcome,
+        resource: Option<String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let item = self.complete_on(item, token, outcome, resource).await?;
+            tracing::debug!(item = %item.id, status = %item.status, "item finished");
+            Ok(())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Store::release(self, item, token, why).await.map(drop) })
+    }
+
+    fn follow(&self) -> Option<Follower> {
+        Some(Store::follow(self))
+    }
+
+    fn record_run(&self, plugin: &str, took: Duration) {
+        self.metrics().record_run(plugin, took);
+    }
+
+    fn set_draining(&self) {
+        self.shared().set_draining();
+    }
+}
