@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::api::{WorkerAssignment, WorkerClaimResponse, WorkerPlugin};
 use crate::artifacts::Artifact;
+use crate::cli::client::without_nulls;
 use crate::clock::Clock;
 use crate::config::PluginConfig;
 use crate::model::Item;
@@ -60,7 +61,9 @@ pub struct RemoteQueue {
     name: String,
     owner: String,
     http: reqwest::Client,
-    clock: Clock,
+    /// The engine's clock as seen from here (leases are in its time), set again from
+    /// each of its answers.
+    clock: Mutex<Clock>,
     /// The secrets that came with the latest claim of each plugin.
     secrets: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
     /// What the last claim found, for [`Queue::woken`].
@@ -89,7 +92,7 @@ impl RemoteQueue {
                 .default_headers(headers)
                 .connect_timeout(Duration::from_secs(10))
                 .build()?,
-            clock: Clock::new(),
+            clock: Mutex::new(Clock::new()),
             secrets: Mutex::default(),
             last_claim: AtomicU8::new(IDLE),
         })
@@ -162,6 +165,14 @@ impl RemoteQueue {
         }
     }
 
+    /// Set the clock from the engine's `now` in an answer to a request sent at `sent`:
+    /// read as late as it can be (plus the round trip), so that a lease is thought to
+    /// run out no later than it does at the engine.
+    fn sync_clock(&self, now: i64, sent: std::time::Instant) {
+        let rtt = sent.elapsed().as_millis() as i64;
+        *self.clock.lock().expect("clock lock") = Clock::starting_at(now + rtt);
+    }
+
     pub async fn hello(
         &self,
         labels: &[String],
@@ -169,19 +180,23 @@ impl RemoteQueue {
         concurrency: usize,
         running: u32,
     ) -> Result<WorkerAssignment> {
-        self.send(
-            self.http
-                .post(self.url(&format!("/workers/{}/heartbeat", self.name)))
-                .json(&json!({
-                    "labels": labels,
-                    "plugins": plugins,
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "concurrency": concurrency,
-                    "running": running,
-                })),
-            None,
-        )
-        .await
+        let sent = std::time::Instant::now();
+        let a: WorkerAssignment = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/workers/{}/heartbeat", self.name)))
+                    .json(&json!({
+                        "labels": labels,
+                        "plugins": plugins,
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "concurrency": concurrency,
+                        "running": running,
+                    })),
+                None,
+            )
+            .await?;
+        self.sync_clock(a.now, sent);
+        Ok(a)
     }
 
     /// A plugin version's component, checked against its SHA-256 (`ETag`).
@@ -214,7 +229,7 @@ impl Queue for RemoteQueue {
     }
 
     fn clock(&self) -> Clock {
-        self.clock
+        *self.clock.lock().expect("clock lock")
     }
 
     fn woken(&self) -> BoxFuture<'_, ()> {
@@ -230,6 +245,7 @@ impl Queue for RemoteQueue {
 
     fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
+            let sent = std::time::Instant::now();
             let answer: Result<WorkerClaimResponse> = self
                 .send(
                     self.http
@@ -250,6 +266,7 @@ impl Queue for RemoteQueue {
                 }
             };
             self.last_claim.store(AGAIN, Ordering::Release);
+            self.sync_clock(answer.now, sent);
             let mut given = self.secrets.lock().expect("secrets lock");
             for (plugin, values) in answer.secrets {
                 given.insert(plugin, Arc::new(values));
@@ -272,16 +289,16 @@ impl Queue for RemoteQueue {
         )
     }
 
-    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
+    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            self.send::<Value>(
+            self.send::<crate::model::Lease>(
                 self.http
                     .post(self.url(&format!("/items/{item}/heartbeat")))
                     .json(&json!({"token": token})),
                 Some((item, token)),
             )
             .await
-            .map(drop)
+            .map(|l| l.expires_at)
         })
     }
 
@@ -297,7 +314,7 @@ impl Queue for RemoteQueue {
             self.report::<Item>(item, token, || {
                 self.http
                     .post(self.url(&format!("/items/{item}/step")))
-                    .json(&body)
+                    .json(&without_nulls(body.clone()))
             })
             .await
             .map(drop)
@@ -316,7 +333,7 @@ impl Queue for RemoteQueue {
             self.send::<()>(
                 self.http
                     .post(self.url(&format!("/items/{item}/progress")))
-                    .json(&body),
+                    .json(&without_nulls(body.clone())),
                 Some((item, token)),
             )
             .await
@@ -335,7 +352,7 @@ impl Queue for RemoteQueue {
             self.send::<()>(
                 self.http
                     .post(self.url(&format!("/items/{item}/log")))
-                    .json(&body),
+                    .json(&without_nulls(body.clone())),
                 Some((item, token)),
             )
             .await
@@ -386,7 +403,7 @@ impl Queue for RemoteQueue {
                 .report(item, token, || {
                     self.http
                         .post(self.url(&format!("/items/{item}/complete")))
-                        .json(&body)
+                        .json(&without_nulls(body.clone()))
                 })
                 .await?;
             tracing::debug!(item = %done.id, status = %done.status, "item finished");
@@ -394,18 +411,13 @@ impl Queue for RemoteQueue {
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        item: &'a str,
-        token: u64,
-        why: &'a str,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let body = json!({"token": token, "reason": why});
             self.send::<Item>(
                 self.http
                     .post(self.url(&format!("/items/{item}/release")))
-                    .json(&body),
+                    .json(&without_nulls(body.clone())),
                 Some((item, token)),
             )
             .await
@@ -489,16 +501,26 @@ fn plugin_config(p: &WorkerPlugin) -> PluginConfig {
 
 /// Run as a worker until SIGTERM/SIGINT (then drain: running items may finish within
 /// the grace period, the rest go back to the queue).
-pub async fn run(opts: WorkerOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    opts: WorkerOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     crate::secrets::private_umask();
-    crate::secrets::private_dir(&opts.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
+    crate::secrets::private_dir(&opts.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            opts.data_dir.display()
+        )
+    })?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
     let queue = Arc::new(RemoteQueue::new(&opts.server, &opts.key, &opts.name)?);
     // The first report: which plugins, with which grants. Retried until the engine
     // answers (a worker may start before its engine).
     let assignment = loop {
-        match queue.hello(&opts.labels, &opts.plugins, opts.concurrency, 0).await {
+        match queue
+            .hello(&opts.labels, &opts.plugins, opts.concurrency, 0)
+            .await
+        {
             Ok(a) => break a,
             Err(e @ (StoreError::Invalid(_) | StoreError::Conflict(_))) => {
                 anyhow::bail!("the engine refused this worker: {e}")
@@ -553,7 +575,12 @@ pub async fn run(opts: WorkerOptions, stop: impl std::future::Future<Output = ()
                     _ = shutdown.cancelled() => return,
                 }
                 match queue
-                    .hello(&opts.labels, &opts.plugins, opts.concurrency, running.load(Ordering::Relaxed))
+                    .hello(
+                        &opts.labels,
+                        &opts.plugins,
+                        opts.concurrency,
+                        running.load(Ordering::Relaxed),
+                    )
                     .await
                 {
                     // A plugin installed or upgraded since: load its current version.

@@ -315,6 +315,8 @@ pub struct WorkerAssignment {
     pub plugins: Vec<WorkerPlugin>,
     /// Report again within this many milliseconds.
     pub heartbeat_ms: u64,
+    /// The engine's clock (ms since the Unix epoch): leases are in its time.
+    pub now: i64,
 }
 
 #[derive(Debug, Object, Deserialize, serde::Serialize)]
@@ -337,6 +339,8 @@ pub struct WorkerClaimBody {
 pub struct WorkerClaimResponse {
     pub items: Vec<ClaimedItem>,
     pub next_due: Option<i64>,
+    /// The engine's clock (ms since the Unix epoch): leases are in its time.
+    pub now: i64,
     /// By plugin, the values of the secrets it is granted, for the claimed items' runs
     /// only: keep them in memory.
     pub secrets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
@@ -462,6 +466,7 @@ impl FleetApi {
         Ok(Json(WorkerAssignment {
             plugins,
             heartbeat_ms: WORKER_HEARTBEAT_MS,
+            now: self.now(),
         }))
     }
 
@@ -540,6 +545,7 @@ impl FleetApi {
         Ok(Json(WorkerClaimResponse {
             items: claimed.items,
             next_due: claimed.next_due,
+            now: self.now(),
             secrets,
         }))
     }
@@ -579,14 +585,15 @@ impl FleetApi {
         method = "post",
         operation_id = "release_item"
     )]
-    async fn release(&self, id: Path<String>, body: JsonBody<ReleaseBody>) -> ApiResult<Json<Item>> {
+    async fn release(
+        &self,
+        id: Path<String>,
+        body: JsonBody<ReleaseBody>,
+    ) -> ApiResult<Json<Item>> {
         self.state.item(&id.0)?;
         let b = body.0;
         Ok(Json(
-            self.state
-                .store
-                .release(&id.0, b.token, &b.reason)
-                .await?,
+            self.state.store.release(&id.0, b.token, &b.reason).await?,
         ))
     }
 
@@ -615,9 +622,7 @@ impl FleetApi {
             .into());
         }
         if name.0.is_empty() || name.0.len() > 255 || content_type.0.len() > 255 {
-            return Err(ApiError::invalid(
-                "name and content_type: 1-255 characters",
-            ));
+            return Err(ApiError::invalid("name and content_type: 1-255 characters"));
         }
         let meta = crate::artifacts::Artifact {
             id: String::new(),

@@ -23,9 +23,11 @@ pub enum CliError {
 /// The API refuses an explicit `null` where a field may only be left out; the CLI's
 /// optional flags are `None` when not given, so their fields are left out. Only the
 /// body's own fields: nulls inside items' inputs are the user's data.
-fn without_nulls(v: Value) -> Value {
+pub fn without_nulls(v: Value) -> Value {
     match v {
-        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
         other => other,
     }
 }

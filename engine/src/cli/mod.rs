@@ -1,7 +1,7 @@
 //! The `faena` command line: `serve`, and `jobs …`, `schedules …`, `webhooks …` and
 //! `keys …`, which talk to a running engine over its REST API and WebSocket feed.
 
-mod client;
+pub mod client;
 mod schedules;
 mod watch;
 mod webhooks;

@@ -358,8 +358,8 @@ impl Runtime {
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
         self.register(pre, info, bytes, Source::File(file.clone()))
             .inspect_err(|_| {
-            let _ = std::fs::remove_file(&file);
-        })
+                let _ = std::fs::remove_file(&file);
+            })
     }
 
     async fn describe(

@@ -2,6 +2,7 @@
 //! write log lines, keep files — each fenced by the item's lease token.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,8 @@ pub struct RunContext {
     /// The pool resource this run holds (the job's pool), if any.
     resource: Option<String>,
     secrets: GivenSecrets,
+    /// When the lease runs out by the queue's clock; heartbeats move it.
+    lease_until: Arc<AtomicI64>,
 }
 
 impl RunContext {
@@ -30,7 +33,19 @@ impl RunContext {
             token: task.lease_token,
             cancel,
             resource: None,
+            lease_until: Arc::new(AtomicI64::new(task.lease_expires_at)),
         }
+    }
+
+    /// The lease was renewed until `expires_at`.
+    pub fn renewed(&self, expires_at: i64) {
+        self.lease_until.fetch_max(expires_at, Ordering::AcqRel);
+    }
+
+    /// Whether the lease has run out by this process's clock (the engine may already
+    /// have given the item to another attempt).
+    pub fn lease_lost(&self) -> bool {
+        self.queue.clock().now_ms() >= self.lease_until.load(Ordering::Acquire)
     }
 
     pub fn with_resource(mut self, resource: Option<String>) -> Self {

@@ -208,16 +208,17 @@ impl Run<'_> {
             .as_ref()
             .map(|p: &PoolOptions| self.pools.of(&task.item.job_id, p));
         let lease_left = (task.lease_expires_at - queue.clock().now_ms()).max(300) as u64;
+        let ctx = RunContext::new(queue.clone(), &task, cancel.clone());
         let heartbeat = {
-            let (queue, id, cancel) = (queue.clone(), id.clone(), cancel.clone());
+            let (queue, id, cancel, ctx) = (queue.clone(), id.clone(), cancel.clone(), ctx.clone());
             tokio::spawn(async move {
                 let every = Duration::from_millis(lease_left / 3);
                 loop {
                     tokio::time::sleep(every).await;
                     match queue.heartbeat(&id, token).await {
-                        Ok(_) => {}
+                        Ok(until) => ctx.renewed(until),
                         Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
-                            debug!(item = %id, "lease lost; stopping the run");
+                            info!(item = %id, "lease lost (expired or cancelled); stopping the run");
                             cancel.cancel();
                             break;
                         }
@@ -239,8 +240,7 @@ impl Run<'_> {
             },
         };
         let resource = held.as_ref().map(|h| h.resource.clone());
-        let ctx =
-            RunContext::new(queue.clone(), &task, cancel.clone()).with_resource(resource.clone());
+        let ctx = ctx.with_resource(resource.clone());
         let started = std::time::Instant::now();
         let run = std::panic::AssertUnwindSafe(executor.run(task, ctx)).catch_unwind();
         let outcome = tokio::select! {

@@ -33,7 +33,8 @@ pub trait Queue: Send + Sync + 'static {
     /// The secret values the run of `task` may read, if they came with its claim.
     fn secrets(&self, task: &ClaimedItem) -> GivenSecrets;
 
-    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<()>>;
+    /// Renew the lease; the answer is when it now runs out.
+    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<i64>>;
 
     fn step<'a>(
         &'a self,
@@ -76,8 +77,7 @@ pub trait Queue: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Give the item back without counting the attempt (a shutdown stopped it).
-    fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str)
-    -> BoxFuture<'a, Result<()>>;
+    fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str) -> BoxFuture<'a, Result<()>>;
 
     /// The engine's events, when this queue sees them: they stop runs whose item was
     /// cancelled at once. Without them a lost lease shows at the next heartbeat.
@@ -123,8 +123,12 @@ impl Queue for Store {
         None
     }
 
-    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Store::heartbeat(self, item, token, None).await.map(drop) })
+    fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            Store::heartbeat(self, item, token, None)
+                .await
+                .map(|l| l.expires_at)
+        })
     }
 
     fn step<'a>(
@@ -180,12 +184,7 @@ impl Queue for Store {
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        item: &'a str,
-        token: u64,
-        why: &'a str,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { Store::release(self, item, token, why).await.map(drop) })
     }
 

@@ -183,7 +183,10 @@ async fn start_full(
 
 impl Engine {
     pub async fn load(&self, component: &[u8]) {
-        self.runtime.load(component, false).await.unwrap();
+        self.runtime
+            .load(component, faena::runtime::Source::Bytes(component.into()))
+            .await
+            .unwrap();
     }
 
     /// Where this engine's Chromium keeps its profiles (unique to the test).

@@ -136,3 +136,73 @@ pub fn kill_chromium(data: &Path) {
         .arg(data.join("chromium").display().to_string())
         .status();
 }
+
+/// A real `faena worker` process with its own data directory (and Chromium).
+pub struct Worker {
+    pub child: Child,
+    pub name: String,
+    pub data: PathBuf,
+}
+
+impl Worker {
+    pub fn start(server: &str, key: &str, name: &str, data: &Path, args: &[&str]) -> Worker {
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("worker.log"))
+            .unwrap();
+        let child = Command::new(faena_bin())
+            .args(["worker", "--server", server, "--key", key, "--name", name])
+            .arg("--data-dir")
+            .arg(data)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Worker {
+            child,
+            name: name.to_owned(),
+            data: data.to_owned(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("worker.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child pid"),
+            signal,
+        )
+        .unwrap();
+    }
+
+    /// SIGKILL, and the Chromium it launched.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        kill_chromium(&self.data);
+    }
+
+    /// SIGSTOP: the process is frozen (its Chromium is not).
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_chromium(&self.data);
+    }
+}

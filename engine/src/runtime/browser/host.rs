@@ -117,6 +117,7 @@ async fn click_element(page: &Page, selector: &str) -> Result<(), PluginError> {
 
 impl ItemState {
     fn page(&self, handle: &Resource<PageHandle>) -> wasmtime::Result<Page> {
+        self.host.check_lease()?;
         Ok(self.table.get(handle)?.page.clone())
     }
 }

@@ -61,6 +61,19 @@ impl HostCtx {
         self
     }
 
+    /// Stop the guest (a trap) before it touches a page or sends a request once its
+    /// item's lease has run out by this process's clock: a process that was stopped
+    /// (SIGSTOP, a frozen VM) past its lease wakes up to find another worker on its
+    /// item, and whatever it submitted now would be submitted twice.
+    pub fn check_lease(&self) -> wasmtime::Result<()> {
+        match &self.run {
+            Some(run) if run.lease_lost() => Err(wasmtime::Error::msg(
+                "the item's lease ran out while this run was held up; another attempt has it",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Replace every secret value this run has seen, in its common shapes (case,
     /// separators, base64, …; see [`crate::secrets::redact`]), with `***`.
     pub fn redact(&self, text: &str) -> String {

@@ -12,6 +12,7 @@ use super::MAX_RESPONSE;
 
 impl Host for ItemState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, PluginError>> {
+        self.host.check_lease()?;
         let ctx = &self.http;
         let url = match reqwest::Url::parse(&request.url) {
             Ok(u) => u,

@@ -1,0 +1,434 @@
+//! Scale-out: one engine that runs nothing itself (`concurrency = 0`) and `faena worker`
+//! processes, each with its own Chromium, placing gsp orders against the simulator.
+//! A worker killed mid-batch loses nothing; a worker frozen past its lease and thawed
+//! places nothing twice; a worker key reaches nothing but the worker protocol.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::process::{Faena, Worker, free_port};
+use faena_tests::portals::{self, gsp};
+use serde_json::{Value, json};
+
+/// A coordinator-only engine granting gsp the browser and its secrets.
+async fn coordinator(dir: &Path, portal: &str) -> Faena {
+    let data = dir.join("engine");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let config = dir.join("faena.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nport = {port}\nconcurrency = 0\n[browser]\nenabled = false\n\
+             [plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_supervisor\", \"gsp_password\"]\n\
+             settings = {{ portal_url = \"{portal}\" }}\n\
+             [secrets]\ngsp_supervisor = \"{}\"\ngsp_password = \"{}\"\n",
+            gsp::SUPERVISOR,
+            gsp::PASSWORD,
+            data = data.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let faena = Faena::start(&config, &data, port);
+    faena.ready().await;
+    faena
+}
+
+async fn key(faena: &Faena, role: &str, tenant: &str) -> String {
+    let resp: Value = faena
+        .client()
+        .post(format!("{}/api/v1/keys", faena.url))
+        .json(&json!({"name": format!("{role} of {tenant}"), "role": role, "tenant": tenant}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{resp}"))
+        .to_owned()
+}
+
+fn orders(n: usize, first: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let code = format!("C{:05}", first + i);
+            json!({"reference": code, "input": {"consultora_code": code,
+                   "rows": [{"product_code": format!("P{:03}", 1 + i % 12), "quantity": 1 + i % 3}]}})
+        })
+        .collect()
+}
+
+async fn submit(faena: &Faena, items: Vec<Value>, lease_ms: u64) -> String {
+    let resp = faena
+        .client()
+        .post(format!("{}/api/v1/jobs", faena.url))
+        .json(&json!({"plugin": "gsp", "items": items,
+                      "options": {"max_attempts": 10, "backoff_ms": 200, "max_backoff_ms": 1000,
+                                  "lease_ms": lease_ms}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let job: Value = resp.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn finished(faena: &Faena, id: &str, secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let j = faena.job(id).await;
+        if j["status"] == "completed" {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch did not finish: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every item of the job, with its attempts.
+async fn items(faena: &Faena, id: &str) -> Vec<Value> {
+    let page: Value = faena
+        .client()
+        .get(format!("{}/api/v1/jobs/{id}/items?limit=1000", faena.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for it in page["items"].as_array().unwrap() {
+        let full: Value = faena
+            .client()
+            .get(format!(
+                "{}/api/v1/items/{}",
+                faena.url,
+                it["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.push(full);
+    }
+    out
+}
+
+fn owners(item: &Value) -> Vec<String> {
+    item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["owner"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Orders the simulator placed, by consultant.
+fn placed(gsp: &gsp::Gsp) -> BTreeMap<String, usize> {
+    gsp.orders
+        .lock()
+        .unwrap()
+        .iter()
+        .fold(BTreeMap::new(), |mut m, o| {
+            *m.entry(o.consultant.clone()).or_default() += 1;
+            m
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_batch_and_a_killed_one_loses_nothing() {
+    const ORDERS: usize = 40;
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let faena = coordinator(dir.path(), &portals.url).await;
+    let k = key(&faena, "worker", "default").await;
+    let mut robot1 = Worker::start(
+        &faena.url,
+        &k,
+        "robot1",
+        &dir.path().join("w1"),
+        &["--concurrency", "2"],
+    );
+    let _robot2 = Worker::start(
+        &faena.url,
+        &k,
+        "robot2",
+        &dir.path().join("w2"),
+        &["--concurrency", "2"],
+    );
+    let id = submit(&faena, orders(ORDERS, 5_000), 3_000).await;
+
+    // Killed once it has done some of the work, while it holds items.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let j = faena.job(&id).await;
+        let running = j["counts"]["running"].as_u64().unwrap();
+        if j["counts"]["succeeded"].as_u64().unwrap() >= 8 && running > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    robot1.kill();
+
+    let job = finished(&faena, &id, 600).await;
+    assert_eq!(job["counts"]["succeeded"], ORDERS, "{job}");
+    let placed = placed(&portals.gsp);
+    assert_eq!(placed.len(), ORDERS, "every order placed");
+    let twice: Vec<_> = placed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "placed twice: {twice:?}");
+
+    // Both did work; an item robot1 held when it died was finished by robot2.
+    let items = items(&faena, &id).await;
+    let by = |w: &str| {
+        items
+            .iter()
+            .filter(|i| owners(i).last().map(String::as_str) == Some(w))
+            .count()
+    };
+    assert!(by("worker:robot1") > 0 && by("worker:robot2") > 0);
+    assert!(
+        items.iter().any(|i| {
+            let o = owners(i);
+            o.len() >= 2 && o[o.len() - 2] == "worker:robot1" && o[o.len() - 1] == "worker:robot2"
+        }),
+        "no item moved from the killed worker to the other"
+    );
+
+    // The dead worker is shown as gone; the live one is not.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value = faena
+            .client()
+            .get(format!("{}/api/v1/workers", faena.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let gone = |name: &str| {
+            list["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["name"] == name)
+                .map(|w| w["gone"] == true)
+        };
+        if gone("robot1") == Some(true) {
+            assert_eq!(gone("robot2"), Some(false), "{list}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "workers: {ORDERS} orders on 2 workers, one killed (SIGKILL): 0 lost, 0 placed twice; \
+         robot1 finished {}, robot2 {}",
+        by("worker:robot1"),
+        by("worker:robot2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_lease_places_nothing_twice() {
+    const ORDERS: usize = 8;
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let faena = coordinator(dir.path(), &portals.url).await;
+    let k = key(&faena, "worker", "default").await;
+    let robot1 = Worker::start(
+        &faena.url,
+        &k,
+        "robot1",
+        &dir.path().join("w1"),
+        &["--concurrency", "1"],
+    );
+    let id = submit(&faena, orders(ORDERS, 6_000), 2_000).await;
+
+    // Frozen in the middle of an item, thawed after another worker took it over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let j = faena.job(&id).await;
+        if j["counts"]["succeeded"].as_u64().unwrap() >= 1
+            && j["counts"]["running"].as_u64().unwrap() == 1
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    robot1.freeze();
+    let _robot2 = Worker::start(
+        &faena.url,
+        &k,
+        "robot2",
+        &dir.path().join("w2"),
+        &["--concurrency", "1"],
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    robot1.thaw();
+
+    let job = finished(&faena, &id, 600).await;
+    assert_eq!(job["counts"]["succeeded"], ORDERS, "{job}");
+    let placed = placed(&portals.gsp);
+    assert_eq!(placed.len(), ORDERS, "every order placed");
+    let twice: Vec<_> = placed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "placed twice: {twice:?}");
+    // The frozen attempt was given up by the engine and run again by robot2.
+    let items = items(&faena, &id).await;
+    let taken_over = items.iter().find(|i| {
+        let o = owners(i);
+        o.len() >= 2 && o[0] == "worker:robot1" && o.contains(&"worker:robot2".to_owned())
+    });
+    assert!(taken_over.is_some(), "no item was taken over");
+    // What robot1 did after it woke up was refused, not recorded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !robot1.log().contains("lease") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "robot1 did not notice its lost lease:\n{}",
+            robot1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_key_reaches_only_the_worker_protocol_of_its_tenant() {
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let faena = coordinator(dir.path(), &portals.url).await;
+    let worker = common::client(&key(&faena, "worker", "default").await);
+    let other = common::client(&key(&faena, "worker", "acme").await);
+    let url = |p: &str| format!("{}/api/v1{p}", faena.url);
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // Reads and writes outside the protocol are refused.
+    for path in ["/jobs", "/secrets", "/keys", "/workers", "/events"] {
+        assert_eq!(
+            status(worker.get(url(path)).send().await.unwrap()),
+            403,
+            "{path}"
+        );
+    }
+    let put = worker
+        .put(url("/secrets/gsp_password"))
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(put), 403);
+    // The protocol's own routes are for worker keys only.
+    let admin_claim = faena
+        .client()
+        .post(url("/workers/x/claim"))
+        .json(&json!({"plugins": ["gsp"], "max": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(admin_claim), 403);
+
+    // The component a worker fetches is the engine's, by its SHA-256.
+    let hello: Value = worker
+        .post(url("/workers/w/heartbeat"))
+        .json(&json!({"version": "test", "concurrency": 1, "running": 0, "plugins": ["gsp"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gsp_plugin = &hello["plugins"][0];
+    assert_eq!(gsp_plugin["name"], "gsp", "{hello}");
+    assert_eq!(gsp_plugin["settings"]["portal_url"], portals.url.as_str());
+    let resp = worker
+        .get(url(&format!(
+            "/plugins/gsp/versions/{}/component",
+            gsp_plugin["version"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let etag = resp.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(etag, gsp_plugin["sha256"].as_str().unwrap());
+    assert_eq!(faena::runtime::sha256_hex(&bytes), etag);
+
+    // Another tenant's worker finds nothing of this tenant's, and cannot touch it.
+    let id = submit(&faena, orders(1, 7_000), 30_000).await;
+    let item = format!("{id}-0");
+    let none: Value = other
+        .post(url("/workers/w/claim"))
+        .json(&json!({"plugins": ["gsp"], "max": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["items"], json!([]), "{none}");
+    let r = other
+        .post(url(&format!("/items/{item}/heartbeat")))
+        .json(&json!({"token": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 404);
+
+    // This tenant's worker gets the item, with the secrets gsp is granted.
+    let got: Value = worker
+        .post(url("/workers/w/claim"))
+        .json(&json!({"plugins": ["gsp"], "max": 10, "wait_ms": 2000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["items"][0]["item"]["id"], item.as_str(), "{got}");
+    assert_eq!(got["secrets"]["gsp"]["gsp_password"], gsp::PASSWORD);
+    let token = got["items"][0]["lease_token"].as_u64().unwrap();
+    // A stale token changes nothing; the right one completes.
+    let stale = worker
+        .post(url(&format!("/items/{item}/complete")))
+        .json(&json!({"token": token + 1, "status": "succeeded", "result": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(stale), 409);
+    let ok = worker
+        .post(url(&format!("/items/{item}/complete")))
+        .json(&json!({"token": token, "status": "succeeded", "result": {"order_id": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(ok), 200);
+    let attempts = faena
+        .client()
+        .get(url(&format!("/items/{item}")))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(attempts["attempts"][0]["owner"], "worker:w", "{attempts}");
+}
