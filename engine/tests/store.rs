@@ -586,8 +586,7 @@ async fn refused_commands_write_nothing() {
 async fn a_closed_store_reopens_at_once_and_an_open_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = faena::clock::Clock::new();
-    let mut jobs = 0;
-    for _ in 0..10 {
+    for jobs in 0..10 {
         let store = faena::store::Store::open(dir.path(), clock).await.unwrap();
         assert_eq!(
             store
@@ -601,7 +600,6 @@ async fn a_closed_store_reopens_at_once_and_an_open_one_is_refused() {
             .create_job("default", new_job("ok", vec![json!(1)]), None)
             .await
             .unwrap();
-        jobs += 1;
         store.close().await;
     }
     let held = faena::store::Store::open(dir.path(), clock).await.unwrap();

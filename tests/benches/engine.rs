@@ -121,8 +121,8 @@ async fn runtime(
                 ..ChromiumSettings::default()
             }),
         },
-        store.artifacts().unwrap(),
-        store.secrets().unwrap(),
+        Some(store.artifacts().unwrap()),
+        Some(store.secrets().unwrap()),
     )
     .unwrap();
     rt.load_all().await.unwrap();
@@ -283,7 +283,7 @@ async fn instantiate_and_run(calls: usize) -> f64 {
         .items
         .remove(0);
     let exec = WasmExecutor(rt.clone());
-    let ctx = RunContext::new(store.clone(), &task, CancellationToken::new());
+    let ctx = RunContext::new(Arc::new(store.clone()), &task, CancellationToken::new());
     for _ in 0..50 {
         exec.run(task.clone(), ctx.clone()).await;
     }
@@ -789,7 +789,7 @@ async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
                 .unwrap()
                 .items
                 .remove(0);
-            let ctx = RunContext::new(store.clone(), &task, CancellationToken::new());
+            let ctx = RunContext::new(Arc::new(store.clone()), &task, CancellationToken::new());
             let out = WasmExecutor(rt).run(task, ctx).await;
             assert!(matches!(out, Outcome::Succeeded(_)), "{out:?}");
         }
@@ -801,7 +801,9 @@ async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
         for i in 0..items {
             let d = dir.path().join(format!("rt{i}"));
             let rt = runtime(&d, &store, grants.clone(), true).await;
-            rt.load(&probe, false).await.unwrap();
+            rt.load(&probe, faena::runtime::Source::Bytes(probe.clone().into()))
+                .await
+                .unwrap();
             let t0 = Instant::now();
             one(rt.clone(), store.clone()).await;
             total += t0.elapsed();
@@ -809,7 +811,9 @@ async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
         }
     } else {
         let rt = runtime(dir.path(), &store, grants.clone(), true).await;
-        rt.load(&probe, false).await.unwrap();
+        rt.load(&probe, faena::runtime::Source::Bytes(probe.clone().into()))
+            .await
+            .unwrap();
         one(rt.clone(), store.clone()).await; // launches Chromium
         let t0 = Instant::now();
         for _ in 0..items {

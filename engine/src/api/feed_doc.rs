@@ -82,7 +82,9 @@ fn builtin() -> Vec<(&'static str, &'static str, Value)> {
             kind::JOB_CANCELLED,
             "A job was cancelled: its unfinished items were cancelled, running ones stopped.",
             object(
-                json!({"cancelled": int(), "stopped": int(), "counts": counts()}),
+                json!({"cancelled": int(), "counts": counts(),
+                       "stopped": {"type": "array", "items": string(),
+                                   "description": "The running items that were stopped."}}),
                 &["counts"],
             ),
         ),

@@ -26,13 +26,15 @@ pub enum Installed {
 }
 
 #[derive(ApiResponse)]
+pub enum ArtifactSaved {
+    #[oai(status = 201)]
+    Created(Json<Artifact>),
+}
+
+#[derive(ApiResponse)]
 pub enum Component {
-    #[oai(status = 200)]
-    Ok(
-        Binary<Vec<u8>>,
-        #[oai(header = "content-type")] String,
-        #[oai(header = "etag")] String,
-    ),
+    #[oai(status = 200, content_type = "application/wasm")]
+    Ok(Binary<Vec<u8>>, #[oai(header = "etag")] String),
 }
 
 #[derive(ApiResponse)]
@@ -138,11 +140,7 @@ impl PluginsApi {
             .await
             .map_err(|e| ApiError::Internal(body(ErrorCode::Internal, e.to_string())))?
             .map_err(|e| ApiError::Internal(body(ErrorCode::Internal, e.to_string())))?;
-        Ok(Component::Ok(
-            Binary(bytes),
-            "application/wasm".into(),
-            format!("\"{}\"", p.sha256),
-        ))
+        Ok(Component::Ok(Binary(bytes), format!("\"{}\"", p.sha256)))
     }
 
     /// Install a plugin component (`application/wasm`). It becomes the version new
@@ -185,6 +183,51 @@ impl PluginsApi {
             meta.content_type.clone(),
             format!("inline; filename=\"{name}\""),
         ))
+    }
+
+    /// Keep a file a running item produced (a failure screenshot, a download),
+    /// fenced by its lease token.
+    #[oai(
+        path = "/items/:id/artifacts",
+        method = "post",
+        operation_id = "save_item_artifact",
+        tag = "Tag::Workers"
+    )]
+    async fn save_artifact(
+        &self,
+        id: Path<String>,
+        token: poem_openapi::param::Query<u64>,
+        name: poem_openapi::param::Query<String>,
+        content_type: poem_openapi::param::Query<String>,
+        data: poem_openapi::payload::Binary<Vec<u8>>,
+    ) -> ApiResult<ArtifactSaved> {
+        let item = self.state.item(&id.0)?;
+        if item.lease.as_ref().map(|l| l.token) != Some(token.0) {
+            return Err(crate::store::StoreError::StaleLease {
+                item: id.0.clone(),
+                token: token.0,
+                reason: "the item is not running under this lease".into(),
+            }
+            .into());
+        }
+        if name.0.is_empty() || name.0.len() > 255 || content_type.0.len() > 255 {
+            return Err(ApiError::invalid("name and content_type: 1-255 characters"));
+        }
+        let meta = crate::artifacts::Artifact {
+            id: String::new(),
+            tenant: item.tenant.clone(),
+            job_id: Some(item.job_id.clone()),
+            item_id: Some(item.id.clone()),
+            session_id: None,
+            name: name.0,
+            content_type: content_type.0,
+            size: 0,
+            created_at: self.state.store.clock().now_ms(),
+        };
+        self.state.store.writable()?;
+        Ok(ArtifactSaved::Created(Json(
+            self.state.artifacts.save(meta, data.0).await?,
+        )))
     }
 
     /// Artifacts of an item.

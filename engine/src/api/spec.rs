@@ -35,6 +35,11 @@ const STRICT_BODIES: &[&str] = &[
     "NewSchedule",
     "JobTemplate",
     "NewWebhookBody",
+    "WorkerHello",
+    "WorkerClaimBody",
+    "LogBody",
+    "ProgressBody",
+    "ReleaseBody",
 ];
 
 pub(super) const SCHEMAS: &str = "#/components/schemas/";

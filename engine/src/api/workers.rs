@@ -12,7 +12,7 @@ use super::body::JsonBody;
 use super::error::{ApiError, ApiResult};
 use super::jobs::Tag;
 use crate::model::{Item, ItemError, Lease};
-use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome, StoreError};
+use crate::store::{ClaimRequest, ClaimedItem, ItemKey, Outcome};
 
 #[derive(Debug, Object, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -382,12 +382,6 @@ pub enum Done {
     NoContent,
 }
 
-#[derive(poem_openapi::ApiResponse)]
-pub enum ArtifactSaved {
-    #[oai(status = 201)]
-    Created(Json<crate::artifacts::Artifact>),
-}
-
 fn valid_worker_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -595,49 +589,5 @@ impl FleetApi {
         Ok(Json(
             self.state.store.release(&id.0, b.token, &b.reason).await?,
         ))
-    }
-
-    /// Keep a file a running item produced (a failure screenshot, a download),
-    /// fenced by its lease token.
-    #[oai(
-        path = "/items/:id/artifacts",
-        method = "post",
-        operation_id = "save_item_artifact"
-    )]
-    async fn artifact(
-        &self,
-        id: Path<String>,
-        token: poem_openapi::param::Query<u64>,
-        name: poem_openapi::param::Query<String>,
-        content_type: poem_openapi::param::Query<String>,
-        data: poem_openapi::payload::Binary<Vec<u8>>,
-    ) -> ApiResult<ArtifactSaved> {
-        let item = self.state.item(&id.0)?;
-        if item.lease.as_ref().map(|l| l.token) != Some(token.0) {
-            return Err(StoreError::StaleLease {
-                item: id.0.clone(),
-                token: token.0,
-                reason: "the item is not running under this lease".into(),
-            }
-            .into());
-        }
-        if name.0.is_empty() || name.0.len() > 255 || content_type.0.len() > 255 {
-            return Err(ApiError::invalid("name and content_type: 1-255 characters"));
-        }
-        let meta = crate::artifacts::Artifact {
-            id: String::new(),
-            tenant: item.tenant.clone(),
-            job_id: Some(item.job_id.clone()),
-            item_id: Some(item.id.clone()),
-            session_id: None,
-            name: name.0,
-            content_type: content_type.0,
-            size: 0,
-            created_at: self.now(),
-        };
-        self.state.store.writable()?;
-        Ok(ArtifactSaved::Created(Json(
-            self.state.artifacts.save(meta, data.0).await?,
-        )))
     }
 }
