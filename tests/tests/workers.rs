@@ -94,6 +94,30 @@ async fn finished(faena: &Faena, id: &str, secs: u64) -> Value {
     }
 }
 
+/// Wait (up to 5 minutes) until the job's counts are `ok` with it: `(succeeded, running)`.
+async fn until_counts(faena: &Faena, id: &str, ok: impl Fn(u64, u64) -> bool, every_ms: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let j = faena.job(id).await;
+        let count = |s: &str| j["counts"][s].as_u64().unwrap();
+        if ok(count("succeeded"), count("running")) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
+}
+
+/// The job finished with every order succeeded, and the portal placed each exactly once.
+async fn each_placed_once(faena: &Faena, id: &str, gsp: &gsp::Gsp, orders: usize) {
+    let job = finished(faena, id, 600).await;
+    assert_eq!(job["counts"]["succeeded"], orders, "{job}");
+    let placed = placed(gsp);
+    assert_eq!(placed.len(), orders, "every order placed");
+    let twice: Vec<_> = placed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "placed twice: {twice:?}");
+}
+
 /// Every item of the job, with its attempts.
 async fn items(faena: &Faena, id: &str) -> Vec<Value> {
     let page: Value = faena
@@ -170,24 +194,10 @@ async fn two_workers_share_a_batch_and_a_killed_one_loses_nothing() {
     let id = submit(&faena, orders(ORDERS, 5_000), 3_000).await;
 
     // Killed once it has done some of the work, while it holds items.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let j = faena.job(&id).await;
-        let running = j["counts"]["running"].as_u64().unwrap();
-        if j["counts"]["succeeded"].as_u64().unwrap() >= 8 && running > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_counts(&faena, &id, |done, running| done >= 8 && running > 0, 100).await;
     robot1.kill();
 
-    let job = finished(&faena, &id, 600).await;
-    assert_eq!(job["counts"]["succeeded"], ORDERS, "{job}");
-    let placed = placed(&portals.gsp);
-    assert_eq!(placed.len(), ORDERS, "every order placed");
-    let twice: Vec<_> = placed.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "placed twice: {twice:?}");
+    each_placed_once(&faena, &id, &portals.gsp, ORDERS).await;
 
     // Both did work; an item robot1 held when it died was finished by robot2.
     let items = items(&faena, &id).await;
@@ -258,17 +268,7 @@ async fn a_worker_frozen_past_its_lease_places_nothing_twice() {
     let id = submit(&faena, orders(ORDERS, 6_000), 2_000).await;
 
     // Frozen in the middle of an item, thawed after another worker took it over.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let j = faena.job(&id).await;
-        if j["counts"]["succeeded"].as_u64().unwrap() >= 1
-            && j["counts"]["running"].as_u64().unwrap() == 1
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {j}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counts(&faena, &id, |done, running| done >= 1 && running == 1, 50).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     robot1.freeze();
     let _robot2 = Worker::start(
@@ -281,12 +281,7 @@ async fn a_worker_frozen_past_its_lease_places_nothing_twice() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     robot1.thaw();
 
-    let job = finished(&faena, &id, 600).await;
-    assert_eq!(job["counts"]["succeeded"], ORDERS, "{job}");
-    let placed = placed(&portals.gsp);
-    assert_eq!(placed.len(), ORDERS, "every order placed");
-    let twice: Vec<_> = placed.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "placed twice: {twice:?}");
+    each_placed_once(&faena, &id, &portals.gsp, ORDERS).await;
     // The frozen attempt was given up by the engine and run again by robot2.
     let items = items(&faena, &id).await;
     let taken_over = items.iter().find(|i| {
