@@ -33,7 +33,9 @@ pub enum ArtifactSaved {
 
 #[derive(ApiResponse)]
 pub enum Component {
-    #[oai(status = 200, content_type = "application/wasm")]
+    /// The component's bytes (`application/octet-stream`: generated clients read that
+    /// as a file; `application/wasm` they drop).
+    #[oai(status = 200)]
     Ok(Binary<Vec<u8>>, #[oai(header = "etag")] String),
 }
 
@@ -117,8 +119,7 @@ impl PluginsApi {
             .ok_or_else(|| ApiError::not_found(format!("plugin `{}` not found", name.0)))
     }
 
-    /// The component of an installed plugin version (`application/wasm`), as workers
-    /// fetch it. The `ETag` is its SHA-256, hex, in quotes.
+    /// The component of an installed plugin version, as workers fetch it. The `ETag` is its SHA-256, hex, in quotes.
     #[oai(
         path = "/plugins/:name/versions/:version/component",
         method = "get",
