@@ -269,7 +269,6 @@ async fn a_worker_frozen_past_its_lease_places_nothing_twice() {
 
     // Frozen in the middle of an item, thawed after another worker took it over.
     until_counts(&faena, &id, |done, running| done >= 1 && running == 1, 50).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     robot1.freeze();
     let _robot2 = Worker::start(
         &faena.url,
