@@ -38,16 +38,12 @@ async fn coordinator(dir: &Path, portal: &str) -> Faena {
 }
 
 async fn key(faena: &Faena, role: &str, tenant: &str) -> String {
-    let resp: Value = faena
-        .client()
-        .post(format!("{}/api/v1/keys", faena.url))
-        .json(&json!({"name": format!("{role} of {tenant}"), "role": role, "tenant": tenant}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, resp) = faena
+        .post(
+            "/api/v1/keys",
+            &json!({"name": format!("{role} of {tenant}"), "role": role, "tenant": tenant}),
+        )
+        .await;
     resp["token"]
         .as_str()
         .unwrap_or_else(|| panic!("{resp}"))
@@ -65,17 +61,15 @@ fn orders(n: usize, first: usize) -> Vec<Value> {
 }
 
 async fn submit(faena: &Faena, items: Vec<Value>, lease_ms: u64) -> String {
-    let resp = faena
-        .client()
-        .post(format!("{}/api/v1/jobs", faena.url))
-        .json(&json!({"plugin": "gsp", "items": items,
-                      "options": {"max_attempts": 10, "backoff_ms": 200, "max_backoff_ms": 1000,
-                                  "lease_ms": lease_ms}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let job: Value = resp.json().await.unwrap();
+    let (status, job) = faena
+        .post(
+            "/api/v1/jobs",
+            &json!({"plugin": "gsp", "items": items,
+                    "options": {"max_attempts": 10, "backoff_ms": 200, "max_backoff_ms": 1000,
+                                "lease_ms": lease_ms}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
     job["id"].as_str().unwrap().to_owned()
 }
 
@@ -120,31 +114,16 @@ async fn each_placed_once(faena: &Faena, id: &str, gsp: &gsp::Gsp, orders: usize
 
 /// Every item of the job, with its attempts.
 async fn items(faena: &Faena, id: &str) -> Vec<Value> {
-    let page: Value = faena
-        .client()
-        .get(format!("{}/api/v1/jobs/{id}/items?limit=1000", faena.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = faena
+        .get(&format!("/api/v1/jobs/{id}/items?limit=1000"))
+        .await;
     let mut out = Vec::new();
     for it in page["items"].as_array().unwrap() {
-        let full: Value = faena
-            .client()
-            .get(format!(
-                "{}/api/v1/items/{}",
-                faena.url,
-                it["id"].as_str().unwrap()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.push(full);
+        out.push(
+            faena
+                .get(&format!("/api/v1/items/{}", it["id"].as_str().unwrap()))
+                .await,
+        );
     }
     out
 }
@@ -219,15 +198,7 @@ async fn two_workers_share_a_batch_and_a_killed_one_loses_nothing() {
     // The dead worker is shown as gone; the live one is not.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let list: Value = faena
-            .client()
-            .get(format!("{}/api/v1/workers", faena.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = faena.get("/api/v1/workers").await;
         let gone = |name: &str| {
             list["workers"]
                 .as_array()
@@ -277,17 +248,26 @@ async fn a_worker_frozen_past_its_lease_places_nothing_twice() {
         &dir.path().join("w2"),
         &["--concurrency", "1"],
     );
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Thawed once the engine has given the frozen attempt up and robot2 runs the item
+    // (robot2 first starts: it fetches and compiles the plugins).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let taken_over = items(&faena, &id).await.iter().any(|i| {
+            let o = owners(i);
+            o.len() >= 2 && o[0] == "worker:robot1" && o.contains(&"worker:robot2".to_owned())
+        });
+        if taken_over {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no item was taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     robot1.thaw();
 
     each_placed_once(&faena, &id, &portals.gsp, ORDERS).await;
-    // The frozen attempt was given up by the engine and run again by robot2.
-    let items = items(&faena, &id).await;
-    let taken_over = items.iter().find(|i| {
-        let o = owners(i);
-        o.len() >= 2 && o[0] == "worker:robot1" && o.contains(&"worker:robot2".to_owned())
-    });
-    assert!(taken_over.is_some(), "no item was taken over");
     // What robot1 did after it woke up was refused, not recorded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !robot1.log().contains("lease") {
@@ -326,14 +306,13 @@ async fn a_worker_key_reaches_only_the_worker_protocol_of_its_tenant() {
         .unwrap();
     assert_eq!(status(put), 403);
     // The protocol's own routes are for worker keys only.
-    let admin_claim = faena
-        .client()
-        .post(url("/workers/x/claim"))
-        .json(&json!({"plugins": ["gsp"], "max": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status(admin_claim), 403);
+    let (admin_claim, _) = faena
+        .post(
+            "/api/v1/workers/x/claim",
+            &json!({"plugins": ["gsp"], "max": 1}),
+        )
+        .await;
+    assert_eq!(admin_claim, 403);
 
     // The component a worker fetches is the engine's, by its SHA-256.
     let hello: Value = worker
@@ -415,14 +394,6 @@ async fn a_worker_key_reaches_only_the_worker_protocol_of_its_tenant() {
         .await
         .unwrap();
     assert_eq!(status(ok), 200);
-    let attempts = faena
-        .client()
-        .get(url(&format!("/items/{item}")))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let attempts = faena.get(&format!("/api/v1/items/{item}")).await;
     assert_eq!(attempts["attempts"][0]["owner"], "worker:w", "{attempts}");
 }

@@ -89,9 +89,10 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-impl PluginsApi {
-    fn runtime(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
-        self.state.runtime.as_ref().ok_or_else(|| {
+impl super::AppState {
+    /// The plugin runtime; 503 on an engine built without one.
+    pub(super) fn plugins(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
+        self.runtime.as_ref().ok_or_else(|| {
             ApiError::Unavailable(body(ErrorCode::Unavailable, "this engine runs no plugins"))
         })
     }
@@ -103,14 +104,15 @@ impl PluginsApi {
     #[oai(path = "/plugins", method = "get", operation_id = "list_plugins")]
     async fn list(&self) -> ApiResult<Json<PluginList>> {
         Ok(Json(PluginList {
-            plugins: self.runtime()?.registry().list(),
+            plugins: self.state.plugins()?.registry().list(),
         }))
     }
 
     /// One plugin: operations, input JSON schemas, what it needs and what it is granted.
     #[oai(path = "/plugins/:name", method = "get", operation_id = "get_plugin")]
     async fn get(&self, name: Path<String>) -> ApiResult<Json<PluginMeta>> {
-        self.runtime()?
+        self.state
+            .plugins()?
             .registry()
             .list()
             .into_iter()
@@ -127,7 +129,8 @@ impl PluginsApi {
     )]
     async fn component(&self, name: Path<String>, version: Path<String>) -> ApiResult<Component> {
         let p = self
-            .runtime()?
+            .state
+            .plugins()?
             .registry()
             .get(&name.0, Some(&version.0))
             .ok_or_else(|| {
@@ -154,7 +157,7 @@ impl PluginsApi {
             ));
         }
         self.state.store.writable()?;
-        let meta = self.runtime()?.install(&component.0).await?;
+        let meta = self.state.plugins()?.install(&component.0).await?;
         Ok(Installed::Created(Json(meta)))
     }
 

@@ -402,15 +402,6 @@ pub struct FleetApi {
 }
 
 impl FleetApi {
-    fn runtime(&self) -> ApiResult<&std::sync::Arc<crate::runtime::Runtime>> {
-        self.state.runtime.as_ref().ok_or_else(|| {
-            ApiError::Unavailable(super::error::body(
-                super::error::ErrorCode::Unavailable,
-                "this engine has no plugins to hand out",
-            ))
-        })
-    }
-
     fn now(&self) -> i64 {
         self.state.store.clock().now_ms()
     }
@@ -443,7 +434,7 @@ impl FleetApi {
         self.state
             .fleet
             .seen(&self.state.tenant(), &name.0, self.now(), Some(&hello));
-        let registry = self.runtime()?.registry();
+        let registry = self.state.plugins()?.registry();
         let plugins = registry
             .names()
             .into_iter()

@@ -109,15 +109,35 @@ impl Faena {
         super::client(key.trim())
     }
 
-    pub async fn job(&self, id: &str) -> Value {
+    /// `GET {path}` (under the engine's address) with the admin key, as JSON.
+    pub async fn get(&self, path: &str) -> Value {
         self.client()
-            .get(format!("{}/api/v1/jobs/{id}", self.url))
+            .get(format!("{}{path}", self.url))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `POST {path}` with a JSON body and the admin key: the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/v1/jobs/{id}")).await
     }
 }
 

@@ -22,7 +22,8 @@ pub struct HostCtx {
     pub grants: Arc<Grants>,
     /// The engine's secrets; `None` on a worker, whose runs get theirs with the claim.
     pub secrets: Option<Secrets>,
-    /// Where a session's files go; a run's go through its context.
+    /// Where the engine keeps files; `None` on a worker, whose runs send theirs to the
+    /// engine through their context.
     pub artifacts: Option<Artifacts>,
     /// The running item; `None` while describing the plugin or in a session.
     pub run: Option<RunContext>,
@@ -111,9 +112,10 @@ impl HostCtx {
                 None => crate::clock::wall_ms(),
             },
         };
-        match (&self.run, &self.artifacts) {
-            (Some(run), _) => run.save_artifact(meta, data).await,
-            (None, Some(artifacts)) => artifacts.save(meta, data).await,
+        // The engine keeps them itself; a worker sends its runs' to the engine.
+        match (&self.artifacts, &self.run) {
+            (Some(artifacts), _) => artifacts.save(meta, data).await,
+            (None, Some(run)) => run.save_artifact(meta, data).await,
             (None, None) => Err(crate::store::StoreError::Invalid(
                 "artifacts are kept only for items and sessions".into(),
             )),
