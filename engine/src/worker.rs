@@ -59,6 +59,8 @@ pub struct WorkerOptions {
 pub struct RemoteQueue {
     base: String,
     name: String,
+    /// Sent with every claim: items of labelled jobs come only to workers with them.
+    labels: Vec<String>,
     owner: String,
     http: reqwest::Client,
     /// The engine's clock as seen from here (leases are in its time), set again from
@@ -77,7 +79,12 @@ const AGAIN: u8 = 1;
 const FAILED: u8 = 2;
 
 impl RemoteQueue {
-    pub fn new(base: &str, key: &str, name: &str) -> anyhow::Result<RemoteQueue> {
+    pub fn new(
+        base: &str,
+        key: &str,
+        name: &str,
+        labels: &[String],
+    ) -> anyhow::Result<RemoteQueue> {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -87,6 +94,7 @@ impl RemoteQueue {
         Ok(RemoteQueue {
             base: base.trim_end_matches('/').to_owned(),
             name: name.to_owned(),
+            labels: labels.to_vec(),
             owner: format!("worker:{name}"),
             http: reqwest::Client::builder()
                 .default_headers(headers)
@@ -252,6 +260,7 @@ impl Queue for RemoteQueue {
                         .post(self.url(&format!("/workers/{}/claim", self.name)))
                         .json(&json!({
                             "plugins": plugins,
+                            "labels": self.labels,
                             "max": max.clamp(1, 100),
                             "wait_ms": LONG_POLL_MS,
                         })),
@@ -513,7 +522,13 @@ pub async fn run(
         )
     })?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
-    let queue = Arc::new(RemoteQueue::new(&opts.server, &opts.key, &opts.name)?);
+    crate::model::check_labels("--labels", &opts.labels).map_err(anyhow::Error::msg)?;
+    let queue = Arc::new(RemoteQueue::new(
+        &opts.server,
+        &opts.key,
+        &opts.name,
+        &opts.labels,
+    )?);
     // The first report: which plugins, with which grants. Retried until the engine
     // answers (a worker may start before its engine).
     let assignment = loop {

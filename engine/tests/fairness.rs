@@ -122,6 +122,7 @@ fn claim(tenant: Option<&str>, max: usize) -> ClaimRequest {
         plugins: vec!["work".into()],
         max,
         lease_ms: None,
+        labels: Vec::new(),
         item: None,
     }
 }
@@ -163,4 +164,40 @@ async fn batched_claims_take_tenants_in_turn_and_priority_within_a_tenant() {
         .unwrap();
     assert_eq!(e.store.claim(claim(None, 10)).await.unwrap().items.len(), 1);
     e.stop().await;
+}
+
+/// A job with labels goes only to claimers that carry all of them, also after a
+/// restart rebuilds the queues from the store.
+#[tokio::test]
+async fn labelled_jobs_go_only_to_claimers_with_their_labels() {
+    async fn claim(store: &Store, labels: &[&str]) -> faena::store::Result<faena::store::Claimed> {
+        store
+            .claim(ClaimRequest {
+                owner: "worker:w".into(),
+                tenant: None,
+                plugins: vec!["work".into()],
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                max: 2,
+                lease_ms: None,
+                item: None,
+            })
+            .await
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for reopened in [false, true] {
+        let store = open_store(dir.path()).await;
+        if !reopened {
+            for tenant in ["a", "b"] {
+                let mut job = new_job("work", vec![json!(1), json!(2)]);
+                job.options.labels = vec!["pe".into(), "office".into()];
+                store.create_job(tenant, job, None).await.unwrap();
+            }
+        }
+        assert!(claim(&store, &[]).await.unwrap().items.is_empty());
+        assert!(claim(&store, &["pe"]).await.unwrap().items.is_empty());
+        // One tenant's job now, the other's after the restart.
+        let got = claim(&store, &["office", "x", "pe"]).await.unwrap();
+        assert_eq!(got.items.len(), 2, "{got:?}");
+        drop(store);
+    }
 }

@@ -125,6 +125,7 @@ async fn an_overflowing_record_from_an_older_version_is_clamped_not_fatal() {
         plugins: vec!["old".into()],
         max: 1,
         lease_ms: None,
+        labels: Vec::new(),
         item: None,
     };
     let claimed = store.claim(req.clone()).await.unwrap().items.remove(0);

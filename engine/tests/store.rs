@@ -25,6 +25,7 @@ fn claim_req(_store: &faena::store::Store, plugin: &str, max: usize) -> ClaimReq
         plugins: vec![plugin.into()],
         max,
         lease_ms: None,
+        labels: Vec::new(),
         item: None,
     }
 }

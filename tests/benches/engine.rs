@@ -150,6 +150,7 @@ async fn store_throughput(n: usize, workers: usize) -> f64 {
                         plugins: vec!["bench".into()],
                         max: 64,
                         lease_ms: None,
+                        labels: Vec::new(),
                         item: None,
                     })
                     .await
@@ -276,6 +277,7 @@ async fn instantiate_and_run(calls: usize) -> f64 {
             plugins: vec!["noop".into()],
             max: 1,
             lease_ms: Some(3_600_000),
+            labels: Vec::new(),
             item: None,
         })
         .await
@@ -783,6 +785,7 @@ async fn browser_flow(items: usize, fresh_browser: bool) -> f64 {
                     plugins: vec!["probe".into()],
                     max: 1,
                     lease_ms: None,
+                    labels: Vec::new(),
                     item: None,
                 })
                 .await

@@ -397,3 +397,67 @@ async fn a_worker_key_reaches_only_the_worker_protocol_of_its_tenant() {
     let attempts = faena.get(&format!("/api/v1/items/{item}")).await;
     assert_eq!(attempts["attempts"][0]["owner"], "worker:w", "{attempts}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_jobs_run_only_on_workers_with_their_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    // This engine runs items itself too: a labelled job must still pass it by.
+    let data = dir.path().join("engine");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let config = dir.path().join("faena.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nport = {port}\nconcurrency = 2\n[browser]\nenabled = false\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let faena = Faena::start(&config, &data, port);
+    faena.ready().await;
+    let k = key(&faena, "worker", "default").await;
+    let args = ["--no-browser", "--plugins", "noop", "--concurrency", "2"];
+    let _lima = Worker::start(
+        &faena.url,
+        &k,
+        "lima",
+        &dir.path().join("lima"),
+        &[&args[..], &["--labels", "pe,office"]].concat(),
+    );
+    let _plain = Worker::start(&faena.url, &k, "plain", &dir.path().join("plain"), &args);
+    let job = |labels: Value| {
+        json!({"plugin": "noop", "options": {"labels": labels},
+               "items": (0..12).map(|i| json!({"input": {"n": i}})).collect::<Vec<_>>()})
+    };
+    let (status, pe) = faena.post("/api/v1/jobs", &job(json!(["pe"]))).await;
+    assert_eq!(status, 201, "{pe}");
+    let (_, plain) = faena.post("/api/v1/jobs", &job(json!([]))).await;
+    let (_, chile) = faena.post("/api/v1/jobs", &job(json!(["cl"]))).await;
+    let (bad, refused) = faena.post("/api/v1/jobs", &job(json!(["Peru!"]))).await;
+    assert_eq!(bad, 422, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("labels[0]"),
+        "{refused}"
+    );
+
+    let pe = pe["id"].as_str().unwrap();
+    finished(&faena, pe, 120).await;
+    for item in items(&faena, pe).await {
+        assert_eq!(owners(&item), ["worker:lima"], "{item}");
+    }
+    // The unlabelled job may run anywhere; it ran, by whoever was free.
+    finished(&faena, plain["id"].as_str().unwrap(), 120).await;
+    // Nobody carries `cl`: its items wait, untouched by the engine and both workers.
+    let chile = faena.job(chile["id"].as_str().unwrap()).await;
+    assert_eq!(chile["counts"]["queued"], 12, "{chile}");
+    assert_eq!(chile["status"], "running", "{chile}");
+    let workers = faena.get("/api/v1/workers").await;
+    let lima = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "lima")
+        .unwrap_or_else(|| panic!("{workers}"));
+    assert_eq!(lima["labels"], json!(["pe", "office"]), "{workers}");
+}

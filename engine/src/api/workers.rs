@@ -29,6 +29,11 @@ pub struct ClaimBody {
     pub lease_ms: Option<u64>,
     /// Claim this specific item; 409 if it is not queued.
     pub item_id: Option<String>,
+    /// The worker's labels: items of jobs with `labels` go only to workers with all
+    /// of them.
+    #[oai(default, validator(max_items = 16))]
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Object)]
@@ -117,6 +122,7 @@ impl WorkersApi {
             return Err(ApiError::invalid("max: must be between 1 and 100"));
         }
         check_lease("lease_ms", b.lease_ms)?;
+        crate::model::check_labels("labels", &b.labels).map_err(ApiError::invalid)?;
         let item = match &body.0.item_id {
             Some(id) => Some(
                 ItemKey::parse(id)
@@ -133,6 +139,7 @@ impl WorkersApi {
                 plugins: vec![plugin.0],
                 max: body.0.max.unwrap_or(1) as usize,
                 lease_ms: body.0.lease_ms,
+                labels: b.labels.clone(),
                 item,
             })
             .await?;
@@ -326,6 +333,11 @@ pub struct WorkerClaimBody {
     /// Plugins to claim items of.
     #[oai(validator(min_items = 1, max_items = 64))]
     pub plugins: Vec<String>,
+    /// The worker's labels: items of jobs with `labels` go only to workers with all
+    /// of them.
+    #[oai(default, validator(max_items = 16))]
+    #[serde(default)]
+    pub labels: Vec<String>,
     /// Claim up to this many items.
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub max: u32,
@@ -431,6 +443,7 @@ impl FleetApi {
     ) -> ApiResult<Json<WorkerAssignment>> {
         valid_worker_name(&name.0)?;
         let hello = body.0;
+        crate::model::check_labels("labels", &hello.labels).map_err(ApiError::invalid)?;
         self.state
             .fleet
             .seen(&self.state.tenant(), &name.0, self.now(), Some(&hello));
@@ -476,6 +489,7 @@ impl FleetApi {
         if !(1..=100).contains(&b.max) {
             return Err(ApiError::invalid("max: must be between 1 and 100"));
         }
+        crate::model::check_labels("labels", &b.labels).map_err(ApiError::invalid)?;
         let wait = std::time::Duration::from_millis(b.wait_ms.unwrap_or(0).min(30_000));
         let tenant = self.state.tenant();
         let store = &self.state.store;
@@ -492,6 +506,7 @@ impl FleetApi {
                     plugins: b.plugins.clone(),
                     max: b.max as usize,
                     lease_ms: None,
+                    labels: b.labels.clone(),
                     item: None,
                 })
                 .await?;

@@ -147,7 +147,8 @@ pub struct WorkerArgs {
     /// host name).
     #[arg(long, env = "FAENA_WORKER_NAME")]
     pub name: Option<String>,
-    /// Labels, comma-separated (shown in the engine's worker list).
+    /// Labels, comma-separated: jobs with `labels` in their options run only on
+    /// workers that carry all of them (e.g. `pe` for the network it answers from).
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Plugins to run, comma-separated (default: every plugin the engine has).

@@ -118,6 +118,42 @@ pub struct JobOptions {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unique_references: Option<ReferencePolicy>,
+    /// Run the items only on workers that carry all these labels (e.g. `pe` for a
+    /// portal that answers only from a Peruvian address); the engine's own dispatcher
+    /// has none, so a labelled job waits for such a worker.
+    #[oai(default, validator(max_items = 16))]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+/// Most labels a job may require.
+pub const MAX_LABELS: usize = 16;
+
+/// Whether `label` is a valid routing label: 1 to 32 characters of lowercase letters,
+/// digits, `-`, `_` and `.`.
+pub fn valid_label(label: &str) -> bool {
+    (1..=32).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// Check a list of routing labels, naming the first bad one by `field`.
+pub fn check_labels(field: &str, labels: &[String]) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{field}: at most {MAX_LABELS} labels, got {}",
+            labels.len()
+        ));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        if !valid_label(l) {
+            return Err(format!(
+                "{field}[{i}]: `{l}` must be 1-32 characters of a-z, 0-9, `-`, `_` and `.`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A pool of resources a job's items are spread over. Each run holds one resource;
@@ -207,6 +243,7 @@ impl JobOptions {
                 ..p.clone()
             }),
             unique_references: self.unique_references,
+            labels: self.labels.clone(),
         }
     }
 
@@ -237,6 +274,7 @@ impl Default for JobOptions {
             lease_ms: 30_000,
             pool: None,
             unique_references: None,
+            labels: Vec::new(),
         }
     }
 }

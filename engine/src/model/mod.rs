@@ -11,7 +11,7 @@ pub use event::{Event, kind};
 pub use item::{Attempt, ErrorKind, Item, ItemError, Lease, Step};
 pub use job::{
     Counts, FailurePolicy, Job, JobOptions, NewItem, NewJob, PoolOptions, RATE_LIMITED,
-    ReferencePolicy, ResourceUse, Skipped, limits,
+    ReferencePolicy, ResourceUse, Skipped, check_labels, limits, valid_label,
 };
 pub use schedule::{
     JobSchedule, JobTemplate, MissedPolicy, NewSchedule, OverlapPolicy, QueuedRun, Schedule,

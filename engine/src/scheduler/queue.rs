@@ -114,6 +114,7 @@ impl Queue for Store {
                 plugins,
                 max,
                 lease_ms: None,
+                labels: Vec::new(),
                 item: None,
             },
         ))

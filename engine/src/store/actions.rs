@@ -70,14 +70,7 @@ impl Writer {
                     None,
                     json!({"queued": queued.len(), "total": j.counts.total()}),
                 );
-                self.ready.add_job(
-                    id,
-                    &j.plugin,
-                    &j.tenant,
-                    j.options.priority,
-                    j.options.effective_concurrency(),
-                    false,
-                );
+                self.ready.add_job(&j, false);
                 for key in queued {
                     self.ready.push(key, None, tx.now);
                 }
@@ -283,14 +276,7 @@ impl Writer {
         }
         let paused = job.status == JobStatus::Paused;
         if job.status != JobStatus::Pending {
-            self.ready.add_job(
-                &job.id,
-                &job.plugin,
-                &job.tenant,
-                job.options.priority,
-                job.options.effective_concurrency(),
-                paused,
-            );
+            self.ready.add_job(&job, paused);
             self.ready.push(
                 ItemKey {
                     job: item.job_id.clone(),

@@ -69,6 +69,7 @@ fn check_options(o: &JobOptions) -> Result<()> {
     if let Some(pool) = &o.pool {
         check_pool(pool)?;
     }
+    crate::model::check_labels("options.labels", &o.labels).map_err(StoreError::Invalid)?;
     Ok(())
 }
 
@@ -318,14 +319,7 @@ impl Writer {
                 None,
                 json!({"queued": n, "total": n}),
             );
-            self.ready.add_job(
-                &job.id,
-                &job.plugin,
-                &job.tenant,
-                job.options.priority,
-                job.options.effective_concurrency(),
-                false,
-            );
+            self.ready.add_job(job, false);
             self.ready.push_all(&job.id, n);
             self.wake = true;
         }

@@ -1143,14 +1143,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {
         let job: Job = serde_json::from_slice(&kv?.1)?;
         if matches!(job.status, JobStatus::Running | JobStatus::Paused) {
-            ready.add_job(
-                &job.id,
-                &job.plugin,
-                &job.tenant,
-                job.options.priority,
-                job.options.effective_concurrency(),
-                job.status == JobStatus::Paused,
-            );
+            ready.add_job(&job, job.status == JobStatus::Paused);
         }
     }
     for kv in tree.scan_prefix(keys::status_prefix(ItemStatus::Queued, None)) {

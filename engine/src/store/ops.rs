@@ -48,6 +48,9 @@ pub struct ClaimRequest {
     pub owner: String,
     pub tenant: Option<String>,
     pub plugins: Vec<String>,
+    /// The claimer's labels: items of jobs that need labels go only to claimers with
+    /// all of them.
+    pub labels: Vec<String>,
     pub max: usize,
     pub lease_ms: Option<u64>,
     /// Claim this item and no other (409 if it is not queued).
@@ -136,6 +139,12 @@ impl Writer {
                 )));
             }
             let job = tx.job(&item.job_id)?;
+            if let Some(missing) = job.options.labels.iter().find(|l| !req.labels.contains(l)) {
+                return Err(StoreError::Conflict(format!(
+                    "item `{}` runs only where label `{missing}` is: this claimer lacks it",
+                    item.id
+                )));
+            }
             if job.status != JobStatus::Running {
                 return Err(StoreError::Conflict(format!(
                     "job `{}` is {}: its items cannot be claimed",
@@ -146,10 +155,13 @@ impl Writer {
             self.ready.count_running(key);
             out.items.push(self.start(tx, item, &req)?);
         } else {
-            for picked in self
-                .ready
-                .take(&req.plugins, req.tenant.as_deref(), req.max, tx.now)
-            {
+            for picked in self.ready.take(
+                &req.plugins,
+                &req.labels,
+                req.tenant.as_deref(),
+                req.max,
+                tx.now,
+            ) {
                 let item = tx.item(&picked.key)?;
                 let tenant_ok = req.tenant.as_ref().is_none_or(|t| *t == item.tenant);
                 if item.status != ItemStatus::Queued || !tenant_ok {

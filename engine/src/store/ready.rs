@@ -8,10 +8,14 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::fair::{Lanes, Seat};
 use super::keys::ItemKey;
+use crate::model::Job;
 
 #[derive(Debug)]
 struct JobQueue {
     plugin: String,
+    /// Where its seat is in the lanes: the plugin, or the plugin and the labels its
+    /// items need (see [`lane_of`]).
+    lane: String,
     tenant: String,
     priority: i32,
     /// 0: no per-job limit.
@@ -42,6 +46,31 @@ pub struct Ready {
     tenant_limits: HashMap<String, u32>,
     leases: BTreeSet<(i64, ItemKey)>,
     lease_of: HashMap<ItemKey, i64>,
+    /// Per plugin, its labelled lanes: the labels each needs and how many jobs use it.
+    labelled: HashMap<String, HashMap<String, LabelledLane>>,
+}
+
+#[derive(Debug)]
+struct LabelledLane {
+    labels: Vec<String>,
+    jobs: usize,
+}
+
+/// The lane of a plugin's jobs that need `labels` (sorted, without repeats): the
+/// plugin's own name when they need none.
+fn lane_of(plugin: &str, labels: &[String]) -> String {
+    if labels.is_empty() {
+        plugin.to_owned()
+    } else {
+        // A label never holds a space, so no plugin name and label set share a lane.
+        format!("{plugin} {}", labels.join(" "))
+    }
+}
+
+/// A job's labels, sorted and without repeats.
+fn label_set(labels: &[String]) -> Vec<String> {
+    let set: BTreeSet<&String> = labels.iter().collect();
+    set.into_iter().cloned().collect()
 }
 
 /// Plugin and job of a claimable item, handed back by [`Ready::take`].
@@ -50,25 +79,50 @@ pub struct Picked {
 }
 
 impl Ready {
-    pub fn add_job(
-        &mut self,
-        job: &str,
-        plugin: &str,
-        tenant: &str,
-        priority: i32,
-        concurrency: u32,
-        paused: bool,
-    ) {
-        self.jobs.entry(job.to_owned()).or_insert_with(|| JobQueue {
-            plugin: plugin.to_owned(),
-            tenant: tenant.to_owned(),
-            priority,
-            concurrency,
-            running: 0,
-            paused,
-            ready: BTreeSet::new(),
-            seat: None,
-        });
+    /// Know a running or paused job, so its items can be queued.
+    pub fn add_job(&mut self, job: &Job, paused: bool) {
+        if self.jobs.contains_key(&job.id) {
+            return;
+        }
+        let labels = label_set(&job.options.labels);
+        let lane = lane_of(&job.plugin, &labels);
+        if !labels.is_empty() {
+            self.labelled
+                .entry(job.plugin.clone())
+                .or_default()
+                .entry(lane.clone())
+                .or_insert(LabelledLane { labels, jobs: 0 })
+                .jobs += 1;
+        }
+        self.jobs.insert(
+            job.id.clone(),
+            JobQueue {
+                plugin: job.plugin.clone(),
+                lane,
+                tenant: job.tenant.clone(),
+                priority: job.options.priority,
+                concurrency: job.options.effective_concurrency(),
+                running: 0,
+                paused,
+                ready: BTreeSet::new(),
+                seat: None,
+            },
+        );
+    }
+
+    /// The lanes of `plugin` a claimer with `labels` may serve: the unlabelled one,
+    /// then those whose labels it all carries.
+    fn lanes_for(&self, plugin: &str, labels: &[String]) -> Vec<String> {
+        let mut out = vec![plugin.to_owned()];
+        if let Some(lanes) = self.labelled.get(plugin) {
+            out.extend(
+                lanes
+                    .iter()
+                    .filter(|(_, l)| l.labels.iter().all(|x| labels.contains(x)))
+                    .map(|(lane, _)| lane.clone()),
+            );
+        }
+        out
     }
 
     /// Keep a job in the lanes exactly while it can be served.
@@ -78,7 +132,7 @@ impl Ready {
         };
         match (q.seat.is_some(), q.servable()) {
             (false, true) => {
-                q.seat = Some(self.lanes.seat(&q.plugin, &q.tenant, job, q.priority));
+                q.seat = Some(self.lanes.seat(&q.lane, &q.tenant, job, q.priority));
             }
             (true, false) => {
                 if let Some(seat) = q.seat.take() {
@@ -127,6 +181,19 @@ impl Ready {
                 self.lanes.unseat(&seat);
             }
             self.add_running(&q.plugin, &q.tenant, -(q.running as i64));
+            if q.lane != q.plugin
+                && let Some(lanes) = self.labelled.get_mut(&q.plugin)
+            {
+                if let Some(l) = lanes.get_mut(&q.lane) {
+                    l.jobs -= 1;
+                    if l.jobs == 0 {
+                        lanes.remove(&q.lane);
+                    }
+                }
+                if lanes.is_empty() {
+                    self.labelled.remove(&q.plugin);
+                }
+            }
         }
         self.delayed.retain(|(_, k)| k.job != job);
         let keys: Vec<ItemKey> = self
@@ -224,13 +291,15 @@ impl Ready {
     }
 
     /// Take up to `max` claimable items of the given plugins (of one tenant's jobs, if
-    /// `tenant` is given): tenants in turn, a tenant's jobs by priority and then in
-    /// turn, within the per-job, per-tenant and per-plugin limits. The items leave the
-    /// ready sets and count as running; the caller puts one back with [`Ready::push`]
-    /// after [`Ready::finished`].
+    /// `tenant` is given) whose jobs need no labels but some of `labels`: tenants in
+    /// turn, a tenant's jobs by priority and then in turn, within the per-job,
+    /// per-tenant and per-plugin limits. The items leave the ready sets and count as
+    /// running; the caller puts one back with [`Ready::push`] after
+    /// [`Ready::finished`].
     pub fn take(
         &mut self,
         plugins: &[String],
+        labels: &[String],
         tenant: Option<&str>,
         max: usize,
         now: i64,
@@ -239,9 +308,20 @@ impl Ready {
         let mut out = Vec::new();
         for plugin in plugins {
             let mut budget = (self.plugin_free(plugin) as usize).min(max - out.len());
+            let lanes = self.lanes_for(plugin, labels);
+            let mut lanes = lanes.iter();
+            let Some(mut lane) = lanes.next() else {
+                continue;
+            };
             while budget > 0 {
-                let Some(job) = self.lanes.next(plugin, tenant) else {
-                    break;
+                let Some(job) = self.lanes.next(lane, tenant) else {
+                    match lanes.next() {
+                        Some(l) => {
+                            lane = l;
+                            continue;
+                        }
+                        None => break,
+                    }
                 };
                 let Some(q) = self.jobs.get_mut(&job) else {
                     break;
@@ -354,17 +434,80 @@ mod tests {
     }
 
     fn take(r: &mut Ready, plugin: &str, max: usize, now: i64) -> Vec<(String, u64)> {
-        r.take(&[plugin.to_owned()], None, max, now)
+        r.take(&[plugin.to_owned()], &[], None, max, now)
             .into_iter()
             .map(|p| (p.key.job, p.key.index))
             .collect()
     }
 
+    fn job(
+        id: &str,
+        plugin: &str,
+        tenant: &str,
+        priority: i32,
+        concurrency: u32,
+        labels: &[&str],
+    ) -> Job {
+        Job {
+            id: id.into(),
+            tenant: tenant.into(),
+            plugin: plugin.into(),
+            operation: "op".into(),
+            plugin_version: None,
+            name: None,
+            status: crate::model::JobStatus::Running,
+            options: crate::model::JobOptions {
+                priority,
+                concurrency,
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                ..Default::default()
+            },
+            counts: Default::default(),
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            updated_at: 0,
+            resources: Default::default(),
+            awaiting_review: false,
+            skipped: None,
+            schedule: None,
+        }
+    }
+
+    fn take_labelled(r: &mut Ready, labels: &[&str]) -> Vec<String> {
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        r.take(&["p".to_owned()], &labels, None, 100, 0)
+            .into_iter()
+            .map(|p| format!("{}{}", p.key.job, p.key.index))
+            .collect()
+    }
+
+    #[test]
+    fn labelled_jobs_go_only_to_claimers_with_every_label() {
+        let mut r = Ready::default();
+        r.add_job(&job("plain", "p", "t", 0, 0, &[]), false);
+        r.add_job(&job("pe", "p", "t", 0, 0, &["pe"]), false);
+        r.add_job(&job("both", "p", "t", 0, 0, &["office", "pe", "pe"]), false);
+        for j in ["plain", "pe", "both"] {
+            r.push(key(j, 0), None, 0);
+            r.push(key(j, 1), None, 0);
+        }
+        // The engine's own dispatcher (no labels) gets only the unlabelled job.
+        assert_eq!(take_labelled(&mut r, &[]), ["plain0", "plain1"]);
+        // `pe` alone is not enough for a job that also needs `office`.
+        assert_eq!(take_labelled(&mut r, &["pe"]), ["pe0", "pe1"]);
+        assert_eq!(take_labelled(&mut r, &["office", "pe"]), ["both0", "both1"]);
+        // Removing the last job of a label set forgets its lane.
+        r.remove_job("pe");
+        r.remove_job("both");
+        assert!(r.labelled.is_empty());
+    }
+
     #[test]
     fn priority_then_age_then_index() {
         let mut r = Ready::default();
-        r.add_job("A", "p", "t", 0, 0, false);
-        r.add_job("B", "p", "t", 5, 0, false);
+        r.add_job(&job("A", "p", "t", 0, 0, &[]), false);
+        r.add_job(&job("B", "p", "t", 5, 0, &[]), false);
         for i in [2, 0, 1] {
             r.push(key("A", i), None, 0);
         }
@@ -383,8 +526,8 @@ mod tests {
     #[test]
     fn job_and_plugin_limits_and_pause() {
         let mut r = Ready::default();
-        r.add_job("A", "p", "t", 0, 2, false);
-        r.add_job("B", "p", "t", 0, 0, false);
+        r.add_job(&job("A", "p", "t", 0, 2, &[]), false);
+        r.add_job(&job("B", "p", "t", 0, 0, &[]), false);
         for i in 0..5 {
             r.push(key("A", i), None, 0);
             r.push(key("B", i), None, 0);
@@ -415,7 +558,7 @@ mod tests {
     #[test]
     fn delayed_items_wait_for_their_time() {
         let mut r = Ready::default();
-        r.add_job("A", "p", "t", 0, 0, false);
+        r.add_job(&job("A", "p", "t", 0, 0, &[]), false);
         r.push(key("A", 0), Some(100), 0);
         assert!(take(&mut r, "p", 10, 99).is_empty());
         assert_eq!(r.next_due(), Some(100));
@@ -426,11 +569,11 @@ mod tests {
     #[test]
     fn tenants_take_turns_within_their_caps() {
         let mut r = Ready::default();
-        r.add_job("big", "p", "A", 100, 0, false);
+        r.add_job(&job("big", "p", "A", 100, 0, &[]), false);
         for i in 0..1000 {
             r.push(key("big", i), None, 0);
         }
-        r.add_job("small", "p", "B", 0, 0, false);
+        r.add_job(&job("small", "p", "B", 0, 0, &[]), false);
         for i in 0..3 {
             r.push(key("small", i), None, 0);
         }
@@ -440,7 +583,7 @@ mod tests {
         assert_eq!(jobs, ["big", "small", "big", "small", "big", "small"]);
         // A tenant-scoped claim sees only that tenant's work.
         let only: Vec<(String, u64)> = r
-            .take(&["p".to_owned()], Some("B"), 5, 0)
+            .take(&["p".to_owned()], &[], Some("B"), 5, 0)
             .into_iter()
             .map(|p| (p.key.job, p.key.index))
             .collect();
@@ -457,7 +600,7 @@ mod tests {
         // A cancelled job gives its tenant's running count back.
         r.set_tenant_limit("A", Some(1));
         r.remove_job("big");
-        r.add_job("next", "p", "A", 0, 0, false);
+        r.add_job(&job("next", "p", "A", 0, 0, &[]), false);
         r.push(key("next", 0), None, 0);
         assert_eq!(take(&mut r, "p", 10, 0), vec![("next".into(), 0)]);
     }
