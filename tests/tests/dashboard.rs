@@ -433,6 +433,35 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         ))
         .await;
     assert_eq!(paused["paused"], true, "{paused}");
+
+    // A worker that reported shows in the Workers section with its labels.
+    let (_, worker_key) = e
+        .post(
+            "/api/v1/keys",
+            json!({"name": "robot", "role": "worker", "tenant": "default"}),
+        )
+        .await;
+    let hello = common::client(worker_key["token"].as_str().unwrap())
+        .post(format!("{}/api/v1/workers/robot1/heartbeat", e.url))
+        .json(&json!({"version": "test", "concurrency": 2, "running": 1,
+                      "labels": ["pe"], "plugins": ["gsp"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+    visit(
+        &page,
+        "#/workers",
+        "!!document.querySelector('#workers tr[data-worker=\"robot1\"] .status.live')",
+    )
+    .await;
+    let row = eval(
+        &page,
+        "document.querySelector('#workers tr[data-worker=\"robot1\"]').textContent",
+    )
+    .await;
+    assert!(row.as_str().unwrap().contains("1 / 2"), "{row}");
+    shot(&page, "workers").await;
     // The team's frontend, on its own origin, creates a job with the key it was given
     // and follows it on the feed to its end.
     let html = CROSS_ORIGIN_PAGE
@@ -465,6 +494,7 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
         "session",
         "plugins",
         "schedules",
+        "workers",
     ] {
         let png = std::fs::read(shots_dir().join(format!("{name}.png"))).unwrap();
         assert!(

@@ -649,6 +649,25 @@ async function schedulesPage() {
   cleanup.push(onFeed((ev) => { if (ev.type.startsWith('schedule_')) route(); }));
 }
 
+/** The `faena worker` processes reporting to this engine. They report every few seconds
+ * over HTTP, not on the feed, so the list is read again on a timer. */
+async function workersPage() {
+  const table = el('table', { id: 'workers' });
+  const render = (list) => table.replaceChildren(
+    el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'Plugins', 'Version', 'Running', 'Last heard', 'State'].map((h) => el('th', {}, h)))),
+    el('tbody', {}, list.length ? list.map((w) => el('tr', { dataset: { worker: w.name } },
+      el('td', {}, w.name), el('td', {}, w.labels.join(', ')), el('td', {}, w.plugins.join(', ') || 'all'),
+      el('td', { class: 'small' }, w.version), el('td', { class: 'num' }, `${w.running} / ${w.concurrency}`),
+      el('td', { class: 'small' }, fmtTime(w.last_seen_at)), el('td', {}, status(w.gone ? 'gone' : 'live'))))
+      : el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'No workers have reported. Start one with `faena worker --server URL --key KEY`.'))));
+  render((await api('/workers')).workers);
+  mount(el('h1', {}, 'Workers'),
+    el('p', { class: 'muted' }, 'Processes that run plugins for this engine on other machines; one silent for three heartbeats is gone, and its items run again elsewhere.'),
+    table);
+  const timer = setInterval(async () => { try { render((await api('/workers')).workers); } catch { /* shown at the next tick */ } }, 5000);
+  cleanup.push(() => clearInterval(timer));
+}
+
 async function pluginsPage() {
   const list = (await api('/plugins')).plugins;
   mount(el('h1', {}, 'Plugins'),
@@ -722,6 +741,7 @@ async function route() {
     else if (parts[0] === 'sessions') await sessionsPage();
     else if (parts[0] === 'plugins') await pluginsPage();
     else if (parts[0] === 'schedules') await schedulesPage();
+    else if (parts[0] === 'workers') await workersPage();
     else await jobsPage(params);
     document.title = `faena · ${tab || 'jobs'}`;
   } catch (e) {
@@ -732,8 +752,8 @@ async function route() {
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (e.ctrlKey || e.metaKey || e.altKey || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName)) return;
-  const tabs = ['jobs', 'review', 'events', 'sessions', 'plugins', 'schedules'];
-  if (e.key >= '1' && e.key <= '6') { location.hash = `#/${tabs[Number(e.key) - 1]}`; e.preventDefault(); }
+  const tabs = ['jobs', 'review', 'events', 'sessions', 'plugins', 'schedules', 'workers'];
+  if (e.key >= '1' && e.key <= '7') { location.hash = `#/${tabs[Number(e.key) - 1]}`; e.preventDefault(); }
   if (e.key === '/') {
     const search = view().querySelector('input[type=search], input[placeholder*="(/)"]');
     if (search) { search.focus(); e.preventDefault(); }
