@@ -96,6 +96,9 @@ pub struct BrowserFileConfig {
     pub executable: Option<PathBuf>,
     /// Use a browser already running, by its CDP URL, instead of launching one.
     pub remote_url: Option<String>,
+    /// Use these browsers (CDP endpoints, each with the contexts it holds at once)
+    /// instead of launching one: `[{ url = "ws://…", capacity = 4 }, …]`.
+    pub endpoints: Option<Vec<crate::runtime::browser::Endpoint>>,
     /// Flags added to faena's own when it launches Chromium.
     pub args: Option<Vec<String>>,
 }
@@ -104,7 +107,8 @@ pub struct BrowserFileConfig {
 pub struct BrowserSettings {
     pub enabled: bool,
     pub executable: PathBuf,
-    pub remote_url: Option<String>,
+    /// Browsers elsewhere; empty: launch one.
+    pub endpoints: Vec<crate::runtime::browser::Endpoint>,
     pub args: Vec<String>,
 }
 
@@ -175,6 +179,41 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+}
+
+/// The browsers to use instead of launching one: `--cdp-url` or `remote_url` (one,
+/// unbounded), or `[browser] endpoints`, each checked.
+fn browser_endpoints(
+    cdp_url: Option<String>,
+    b: BrowserFileConfig,
+) -> Result<Vec<crate::runtime::browser::Endpoint>, String> {
+    let endpoints = match (cdp_url.or(b.remote_url), b.endpoints) {
+        (Some(url), None) => vec![crate::runtime::browser::Endpoint { url, capacity: 0 }],
+        (None, Some(e)) => e,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err("[browser]: give `endpoints` or `remote_url` (--cdp-url), not both".into());
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let scheme_ok = ["ws://", "wss://", "http://", "https://"]
+            .iter()
+            .any(|s| e.url.starts_with(s) && e.url.len() > s.len());
+        if !scheme_ok {
+            return Err(format!(
+                "[browser] endpoints[{i}]: `{}` is not a ws://, wss://, http:// or https:// URL",
+                e.url
+            ));
+        }
+        if !seen.insert(&e.url) {
+            return Err(format!(
+                "[browser] endpoints[{i}]: `{}` is listed twice",
+                e.url
+            ));
+        }
+    }
+    Ok(endpoints)
 }
 
 /// Values given on the command line or in the environment (clap reads both).
@@ -283,6 +322,14 @@ impl Config {
                 ),
             });
         }
+        let endpoints = browser_endpoints(
+            over.cdp_url.clone(),
+            file_cfg.browser.clone().unwrap_or_default(),
+        )
+        .map_err(|message| ConfigError::Invalid {
+            path: file.map(Path::to_owned).unwrap_or_default(),
+            message,
+        })?;
         let import = file_cfg.import.unwrap_or_default();
         if import.max_bytes == 0 || import.max_rows == 0 || import.max_cells == 0 {
             return Err(ConfigError::Invalid {
@@ -329,7 +376,7 @@ impl Config {
                         .chromium
                         .or(b.executable)
                         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
-                    remote_url: over.cdp_url.or(b.remote_url),
+                    endpoints,
                     args: b.args.unwrap_or_default(),
                 }
             },
@@ -350,6 +397,38 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_endpoints_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faena.toml");
+        let load = |text: &str, cdp: Option<&str>| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(
+                Some(&path),
+                Overrides {
+                    cdp_url: cdp.map(str::to_owned),
+                    ..Default::default()
+                },
+            )
+        };
+        let fleet = "[browser]\nendpoints = [{ url = \"http://a:9222\", capacity = 4 }, { url = \"ws://b:3000\" }]\n";
+        let cfg = load(fleet, None).unwrap();
+        assert_eq!(cfg.browser.endpoints.len(), 2);
+        assert_eq!(cfg.browser.endpoints[0].capacity, 4);
+        assert_eq!(cfg.browser.endpoints[1].capacity, 0, "no limit by default");
+        let both = load(fleet, Some("ws://c:1")).unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        let one = load("", Some("ws://c:1")).unwrap();
+        assert_eq!(one.browser.endpoints[0].url, "ws://c:1");
+        let bad = load("[browser]\nendpoints = [{ url = \"c:9222\" }]\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("endpoints[0]"), "{bad}");
+        let twice = "[browser]\nendpoints = [{ url = \"ws://a\" }, { url = \"ws://a\" }]\n";
+        let twice = load(twice, None).unwrap_err().to_string();
+        assert!(twice.contains("listed twice"), "{twice}");
+    }
 
     #[test]
     fn flags_beat_file_beats_defaults() {

@@ -49,7 +49,8 @@ pub struct WorkerOptions {
     pub plugins: Vec<String>,
     pub concurrency: usize,
     pub chromium: Option<PathBuf>,
-    pub cdp_url: Option<String>,
+    /// Browsers elsewhere to use instead of launching one.
+    pub endpoints: Vec<crate::runtime::browser::Endpoint>,
     pub no_browser: bool,
     pub data_dir: PathBuf,
     pub grace: Duration,
@@ -551,7 +552,7 @@ pub async fn run(
             .chromium
             .clone()
             .unwrap_or_else(|| ChromiumSettings::default().executable),
-        remote: opts.cdp_url.clone(),
+        endpoints: opts.endpoints.clone(),
         profile_dir: data_dir.join("chromium"),
         args: Vec::new(),
     });

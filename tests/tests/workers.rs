@@ -1,15 +1,19 @@
 //! Scale-out: one engine that runs nothing itself (`concurrency = 0`) and `faena worker`
 //! processes, each with its own Chromium, placing gsp orders against the simulator.
 //! A worker killed mid-batch loses nothing; a worker frozen past its lease and thawed
-//! places nothing twice; a worker key reaches nothing but the worker protocol.
+//! places nothing twice; a worker key reaches nothing but the worker protocol; jobs go
+//! to the workers with their labels; an engine spreads its contexts over a fleet of
+//! browser endpoints and carries on when one dies.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::process::{Faena, Worker, free_port};
+use common::process::{Chrome, Faena, Worker, free_port};
 use faena_tests::portals::{self, gsp};
 use serde_json::{Value, json};
 
@@ -460,4 +464,106 @@ async fn labelled_jobs_run_only_on_workers_with_their_labels() {
         .find(|w| w["name"] == "lima")
         .unwrap_or_else(|| panic!("{workers}"));
     assert_eq!(lima["labels"], json!(["pe", "office"]), "{workers}");
+}
+
+/// The most portal pages each browser showed at once, polled until `stop` is set.
+fn watch_pages(
+    chromes: Vec<(&'static str, u16)>,
+    portal: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<&'static str, usize>> {
+    tokio::spawn(async move {
+        let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (name, port) in &chromes {
+                let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await
+                else {
+                    continue;
+                };
+                let list: Value = resp.json().await.unwrap_or(Value::Null);
+                let n = list.as_array().map_or(0, |l| {
+                    l.iter()
+                        .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(&portal)))
+                        .count()
+                });
+                let max = seen.entry(*name).or_default();
+                *max = (*max).max(n);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_spreads_contexts_over_browser_endpoints_and_outlives_one() {
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Chrome::start(pa, dir.path());
+    let b = Chrome::start(pb, dir.path());
+    a.ready().await;
+    b.ready().await;
+    let data = dir.path().join("engine");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let config = dir.path().join("faena.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nport = {port}\nconcurrency = 4\n\
+             [browser]\nendpoints = [{{ url = \"{}\", capacity = 2 }}, {{ url = \"{}\", capacity = 2 }}]\n\
+             [plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_supervisor\", \"gsp_password\"]\n\
+             settings = {{ portal_url = \"{portal}\" }}\n\
+             [secrets]\ngsp_supervisor = \"{}\"\ngsp_password = \"{}\"\n",
+            a.url(),
+            b.url(),
+            gsp::SUPERVISOR,
+            gsp::PASSWORD,
+            data = data.display().to_string(),
+            portal = portals.url,
+        ),
+    )
+    .unwrap();
+    let faena = Faena::start(&config, &data, port);
+    faena.ready().await;
+    let browsers = vec![("a", pa), ("b", pb)];
+
+    // Four at once over two endpoints of two: both carry pages; one is killed
+    // mid-batch and the batch finishes on the other, each order placed once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_pages(browsers.clone(), portals.url.clone(), stop.clone());
+    let id = submit(&faena, orders(12, 9_000), 30_000).await;
+    until_counts(&faena, &id, |done, running| done >= 3 && running > 0, 100).await;
+    a.kill();
+    each_placed_once(&faena, &id, &portals.gsp, 12).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    assert!(
+        seen.get("a").is_some_and(|n| *n >= 1),
+        "a was used: {seen:?}"
+    );
+    assert!(
+        seen.get("b").is_some_and(|n| *n >= 1),
+        "b was used: {seen:?}"
+    );
+    assert!(seen.values().all(|n| *n <= 2), "capacity held: {seen:?}");
+
+    // The endpoint comes back on its own address: the engine uses it again.
+    let a = Chrome::start(pa, dir.path());
+    a.ready().await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // past the time it is left alone
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_pages(browsers, portals.url.clone(), stop.clone());
+    let id = submit(&faena, orders(8, 9_100), 30_000).await;
+    let job = finished(&faena, &id, 300).await;
+    assert_eq!(job["counts"]["succeeded"], 8, "{job}");
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    assert!(
+        seen.get("a").is_some_and(|n| *n >= 1),
+        "a is used again: {seen:?}"
+    );
+    assert_eq!(placed(&portals.gsp).len(), 20);
+    drop(a);
 }

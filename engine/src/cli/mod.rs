@@ -160,9 +160,19 @@ pub struct WorkerArgs {
     /// Chromium to launch for browser plugins (default /usr/bin/chromium).
     #[arg(long, env = "FAENA_CHROMIUM")]
     pub chromium: Option<PathBuf>,
-    /// Use a browser already running at this CDP URL instead of launching one.
-    #[arg(long, env = "FAENA_CDP_URL", conflicts_with = "chromium")]
-    pub cdp_url: Option<String>,
+    /// Use browsers already running at these CDP URLs instead of launching one
+    /// (repeat it, or separate with commas, for a fleet: contexts go to the one with
+    /// the most free capacity, and one that cannot be reached is skipped for a while).
+    #[arg(
+        long,
+        env = "FAENA_CDP_URL",
+        value_delimiter = ',',
+        conflicts_with = "chromium"
+    )]
+    pub cdp_url: Vec<String>,
+    /// Contexts each `--cdp-url` browser holds at once (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub cdp_capacity: usize,
     /// Run without a browser (browser plugins fail their items).
     #[arg(long)]
     pub no_browser: bool,
@@ -191,7 +201,14 @@ impl WorkerArgs {
             plugins: self.plugins,
             concurrency: self.concurrency,
             chromium: self.chromium,
-            cdp_url: self.cdp_url,
+            endpoints: self
+                .cdp_url
+                .into_iter()
+                .map(|url| crate::runtime::browser::Endpoint {
+                    url,
+                    capacity: self.cdp_capacity,
+                })
+                .collect(),
             no_browser: self.no_browser,
             data_dir: self.data_dir,
             grace: std::time::Duration::from_secs(self.grace_secs),

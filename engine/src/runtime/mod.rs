@@ -765,7 +765,7 @@ pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, Runti
     }
     let chromium = config.browser.enabled.then(|| ChromiumSettings {
         executable: config.browser.executable.clone(),
-        remote: config.browser.remote_url.clone(),
+        endpoints: config.browser.endpoints.clone(),
         profile_dir: config.data_dir.join("chromium"),
         args: config.browser.args.clone(),
     });

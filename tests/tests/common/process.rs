@@ -226,3 +226,90 @@ impl Drop for Worker {
         kill_chromium(&self.data);
     }
 }
+
+/// A Chromium started by hand with its DevTools on a port: a browser endpoint of a
+/// fleet, as Chrome with `--remote-debugging-port` or a grid node offers one.
+pub struct Chrome {
+    pub port: u16,
+    profile: PathBuf,
+    child: Child,
+}
+
+impl Chrome {
+    pub fn start(port: u16, dir: &Path) -> Chrome {
+        let profile = dir.join(format!("chrome-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new("/usr/bin/chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-address=127.0.0.1",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Chrome {
+            port,
+            profile,
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Wait until its DevTools answer.
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while reqwest::get(format!("{}/json/version", self.url()))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Chromium did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its open pages' URLs.
+    pub async fn pages(&self) -> Vec<String> {
+        let Ok(resp) = reqwest::get(format!("{}/json/list", self.url())).await else {
+            return Vec::new();
+        };
+        let list: Value = resp.json().await.unwrap_or(Value::Null);
+        list.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|t| t["type"] == "page")
+                    .filter_map(|t| t["url"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL, with every process of its profile.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("pkill")
+            .args(["-9", "-f"])
+            .arg(self.profile.display().to_string())
+            .status();
+    }
+}
+
+impl Drop for Chrome {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

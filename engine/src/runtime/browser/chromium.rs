@@ -1,12 +1,15 @@
-//! One Chromium for the whole engine, launched on first use (Debian's
-//! `/usr/bin/chromium`, headless) or reached over CDP by URL. If it dies, the next
-//! use launches a new one; items that were using it fail with an application error
-//! and are retried. A launched browser dies with the engine and takes its profile
-//! with it ([`super::process`]).
+//! The engine's browsers: one Chromium launched on first use (Debian's
+//! `/usr/bin/chromium`, headless), or a fleet of CDP endpoints elsewhere (Chrome with
+//! `--remote-debugging-port`, browserless, a grid node). Contexts go to the endpoint
+//! with the most free capacity; one that cannot be reached is marked down and tried
+//! again after a while, so its items run on the others. A browser that dies is
+//! launched or reconnected at its next use; items that were using it fail with an
+//! application error and are retried. A launched browser dies with the engine and
+//! takes its profile with it ([`super::process`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chromiumoxide::browser::Browser;
@@ -16,17 +19,31 @@ use chromiumoxide::error::CdpError;
 use chromiumoxide::handler::HandlerConfig;
 use chromiumoxide::handler::viewport::Viewport;
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
+use serde::Deserialize;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::process::{self, Process};
 
+/// A browser elsewhere, reached over CDP.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ws://…` (the browser's or a grid's WebSocket) or `http://host:port` (its
+    /// DevTools address, asked for the WebSocket).
+    pub url: String,
+    /// Contexts (items or sessions) it holds at once; 0: no limit.
+    #[serde(default)]
+    pub capacity: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct ChromiumSettings {
     pub executable: PathBuf,
-    /// Connect to this CDP endpoint (`ws://…` or `http://host:port`) instead of launching.
-    pub remote: Option<String>,
+    /// Use these browsers instead of launching one.
+    pub endpoints: Vec<Endpoint>,
     /// Where launched browsers keep their profiles, one directory each. It belongs to
     /// one engine: what is in it when the engine starts is a killed engine's leftover
     /// and is removed, with any Chromium still running on it.
@@ -39,7 +56,7 @@ impl Default for ChromiumSettings {
     fn default() -> Self {
         ChromiumSettings {
             executable: PathBuf::from("/usr/bin/chromium"),
-            remote: None,
+            endpoints: Vec::new(),
             profile_dir: std::env::temp_dir().join("faena-chromium"),
             args: Vec::new(),
         }
@@ -63,12 +80,61 @@ pub struct Context {
     pub browser: Arc<Browser>,
     pub id: BrowserContextId,
     pub dead: CancellationToken,
+    /// Its place in its endpoint's capacity, given back when the context is dropped.
+    _seat: Seat,
+}
+
+/// One browser: launched here (`url` is `None`) or an endpoint.
+struct Slot {
+    url: Option<String>,
+    /// Contexts it holds at once (`usize::MAX`: no limit).
+    capacity: usize,
+    in_use: AtomicUsize,
+    live: Mutex<Option<Live>>,
+    /// An endpoint that could not be reached is not tried again before this.
+    down_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn free(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.in_use.load(Ordering::Acquire))
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .expect("down lock")
+            .is_some_and(|t| now < t)
+    }
+
+    fn name(&self) -> &str {
+        self.url.as_deref().unwrap_or("the launched Chromium")
+    }
+}
+
+/// A context's claim on its slot's capacity.
+struct Seat {
+    slot: Arc<Slot>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.slot.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
 }
 
 pub struct Chromium {
     settings: ChromiumSettings,
-    live: Mutex<Option<Live>>,
+    slots: Vec<Arc<Slot>>,
+    /// Woken when a context gives its seat back.
+    freed: Arc<Notify>,
 }
+
+/// How long an endpoint that could not be reached is left alone.
+const DOWN_FOR: Duration = Duration::from_secs(5);
 
 /// Flags this machine needs: headless with DevTools on a free port, no sandbox as
 /// root, and no background traffic (the network is closed, and Chromium's retries
@@ -118,32 +184,54 @@ impl Chromium {
     /// The browser of an engine starting on `settings`; a launching one first clears
     /// what a killed engine left in its profile directory.
     pub fn new(settings: ChromiumSettings) -> Self {
-        if settings.remote.is_none() {
+        let slot = |url: Option<String>, capacity: usize| {
+            Arc::new(Slot {
+                url,
+                capacity: if capacity == 0 { usize::MAX } else { capacity },
+                in_use: AtomicUsize::new(0),
+                live: Mutex::new(None),
+                down_until: std::sync::Mutex::new(None),
+            })
+        };
+        let slots = if settings.endpoints.is_empty() {
             process::clean_leftovers(&settings.profile_dir);
-        }
+            vec![slot(None, 0)]
+        } else {
+            settings
+                .endpoints
+                .iter()
+                .map(|e| slot(Some(e.url.clone()), e.capacity))
+                .collect()
+        };
         Chromium {
             settings,
-            live: Mutex::new(None),
+            slots,
+            freed: Arc::new(Notify::new()),
         }
     }
 
-    /// The running browser, launched (again) if needed.
-    pub async fn browser(&self) -> Result<(Arc<Browser>, CancellationToken), String> {
-        let mut live = self.live.lock().await;
+    /// The browser of `slot`, launched or connected (again) if needed.
+    async fn browser(&self, slot: &Slot) -> Result<(Arc<Browser>, CancellationToken), String> {
+        let mut live = slot.live.lock().await;
         if let Some(l) = live.as_ref()
             && l.alive.load(Ordering::Acquire)
         {
             return Ok((l.browser.clone(), l.dead.clone()));
         }
         if let Some(old) = live.take() {
-            warn!("Chromium went away; starting a new one");
+            warn!(
+                browser = slot.name(),
+                "the browser went away; connecting again"
+            );
             // Its processes and profile go before the next one starts.
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         }
-        let (process, browser, mut handler) = match &self.settings.remote {
+        let (process, browser, mut handler) = match &slot.url {
             Some(url) => {
-                let (browser, handler) = Browser::connect(url.clone())
+                let connect = Browser::connect_with_config(url.clone(), handler_config());
+                let (browser, handler) = tokio::time::timeout(LAUNCH_TIMEOUT, connect)
                     .await
+                    .map_err(|_| format!("the browser at {url} did not answer"))?
                     .map_err(|e| format!("cannot connect to the browser at {url}: {e}"))?;
                 (None, browser, handler)
             }
@@ -183,7 +271,7 @@ impl Chromium {
                 let _ = tokio::time::timeout(Duration::from_secs(10), b.version()).await;
             }
         });
-        info!("Chromium started");
+        info!(browser = slot.name(), "browser connected");
         *live = Some(Live {
             browser: browser.clone(),
             alive,
@@ -213,15 +301,11 @@ impl Chromium {
                 let launched =
                     Process::launch(&self.settings.executable, &args, profile, LAUNCH_TIMEOUT)
                         .await?;
-                let config = HandlerConfig {
-                    viewport: Some(Viewport::default()),
-                    request_timeout: REQUEST_TIMEOUT,
-                    ..HandlerConfig::default()
-                };
                 // On an error the process is dropped: killed, its profile removed.
-                let (browser, handler) = Browser::connect_with_config(&launched.ws_url, config)
-                    .await
-                    .map_err(|e| format!("cannot connect to the Chromium it started: {e}"))?;
+                let (browser, handler) =
+                    Browser::connect_with_config(&launched.ws_url, handler_config())
+                        .await
+                        .map_err(|e| format!("cannot connect to the Chromium it started: {e}"))?;
                 Ok::<_, String>((launched.process, browser, handler))
             };
             match started.await {
@@ -235,22 +319,98 @@ impl Chromium {
         }
     }
 
-    /// Kill a launched browser and remove its profile (a clean stop of the engine).
+    /// Kill a launched browser and remove its profile; disconnect from endpoints (a
+    /// clean stop of the engine).
     pub async fn stop(&self) {
-        if let Some(live) = self.live.lock().await.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(live)).await;
+        for slot in &self.slots {
+            if let Some(live) = slot.live.lock().await.take() {
+                let _ = tokio::task::spawn_blocking(move || drop(live)).await;
+            }
         }
     }
 
-    /// A fresh isolated context (own cookies and storage) for one item.
+    /// A fresh isolated context (own cookies and storage) for one item, on the
+    /// browser with the most free capacity. When every endpoint is full it waits for
+    /// a free one (up to the launch timeout); one that cannot be reached is marked
+    /// down and the next is tried; when none can be, the error is the item's
+    /// (an application error: retried).
     pub async fn new_context(&self) -> Result<Context, String> {
-        let (browser, dead) = self.browser().await?;
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let now = Instant::now();
+            let mut open: Vec<&Arc<Slot>> = self.slots.iter().filter(|s| !s.is_down(now)).collect();
+            if open.is_empty() {
+                return Err(format!(
+                    "no browser can be reached (all {} endpoints are down; each is tried again within {} s)",
+                    self.slots.len(),
+                    DOWN_FOR.as_secs()
+                ));
+            }
+            open.sort_by_key(|s| std::cmp::Reverse(s.free()));
+            let mut last_error = None;
+            for slot in open {
+                if slot.in_use.fetch_add(1, Ordering::AcqRel) >= slot.capacity {
+                    slot.in_use.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let seat = Seat {
+                    slot: slot.clone(),
+                    freed: self.freed.clone(),
+                };
+                match self.context_on(slot).await {
+                    Ok((browser, id, dead)) => {
+                        return Ok(Context {
+                            browser,
+                            id,
+                            dead,
+                            _seat: seat,
+                        });
+                    }
+                    Err(e) => {
+                        if slot.url.is_some() {
+                            warn!(browser = slot.name(), error = %e, "browser endpoint is down");
+                            *slot.down_until.lock().expect("down lock") =
+                                Some(Instant::now() + DOWN_FOR);
+                        }
+                        last_error = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = last_error {
+                return Err(e);
+            }
+            // Every reachable browser is full: wait for a context to close.
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err("every browser endpoint is at its capacity".into());
+                }
+            }
+        }
+    }
+
+    async fn context_on(
+        &self,
+        slot: &Slot,
+    ) -> Result<(Arc<Browser>, BrowserContextId, CancellationToken), String> {
+        let (browser, dead) = self.browser(slot).await?;
         let id = tokio::select! {
             r = browser.create_browser_context(CreateBrowserContextParams::default()) => {
-                r.map_err(|e| format!("cannot create a browser context: {e}"))?
+                r.map_err(|e| format!("cannot create a browser context on {}: {e}", slot.name()))?
             }
-            _ = dead.cancelled() => return Err("the browser went away".into()),
+            _ = dead.cancelled() => return Err(format!("{} went away", slot.name())),
         };
-        Ok(Context { browser, id, dead })
+        Ok((browser, id, dead))
+    }
+}
+
+fn handler_config() -> HandlerConfig {
+    HandlerConfig {
+        viewport: Some(Viewport::default()),
+        request_timeout: REQUEST_TIMEOUT,
+        ..HandlerConfig::default()
     }
 }

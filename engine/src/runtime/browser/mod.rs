@@ -13,7 +13,7 @@ use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::page::ScreenshotParams;
 
-pub use chromium::{Chromium, ChromiumSettings};
+pub use chromium::{Chromium, ChromiumSettings, Endpoint};
 
 /// Longest a single browser command may take before the run gets an application error.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
