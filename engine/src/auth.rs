@@ -378,7 +378,9 @@ enum WorkerCall {
 fn worker_protocol(method: &Method, path: &str) -> Option<WorkerCall> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
-        (&Method::POST, ["", "api", "v1", "workers", _, "heartbeat" | "claim"]) => {
+        (&Method::POST, ["", "api", "v1", "workers", _, "heartbeat" | "claim"])
+        | (&Method::POST, ["", "api", "v1", "workers", _, "sessions", "poll" | "reply"])
+        | (&Method::POST, ["", "api", "v1", "workers", _, "sessions", _, "artifacts"]) => {
             Some(WorkerCall::WorkerOnly)
         }
         (

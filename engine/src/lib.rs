@@ -26,7 +26,13 @@
 //!   Chromium with a context per item, which dies with the engine and leaves no
 //!   profile behind, `http` to allowlisted hosts).
 //! - [`sessions`]: long-lived plugin instances with their own browser context, opened
-//!   by a login operation and called one call at a time.
+//!   by a login operation and called one call at a time; placed on a worker when one
+//!   polls for sessions, its calls relayed ([`sessions::relay`]).
+//! - [`worker`]: `faena worker`, the same dispatcher and runtime on another machine:
+//!   it claims items from the engine over HTTP ([`worker::RemoteQueue`], a
+//!   [`scheduler::queue::Queue`]), reports through the lease protocol, fetches the
+//!   plugins' components, and holds sessions for the engine. Jobs with labels go only
+//!   to workers carrying them.
 //! - [`import`]: CSV and XLSX spreadsheets to items, every problem named by row and
 //!   column. `POST /api/v1/jobs/import` reads the file as a stream on a blocking
 //!   thread and hands items to the store in chunks under a "being created" marker

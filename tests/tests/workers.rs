@@ -567,3 +567,170 @@ async fn an_engine_spreads_contexts_over_browser_endpoints_and_outlives_one() {
     assert_eq!(placed(&portals.gsp).len(), 20);
     drop(a);
 }
+
+/// A sunat session opened through a coordinator-only engine lands on a worker; its
+/// calls, downloads and screenshots are relayed; when that worker dies the session
+/// closes as `worker_lost`, and opening the account again lands on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lives_on_a_worker_and_moves_when_the_worker_dies() {
+    use faena_tests::portals::sunat;
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("engine");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let config = dir.path().join("faena.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nport = {port}\nconcurrency = 0\n[browser]\nenabled = false\n\
+             [plugins.sunat]\nbrowser = true\nsecrets = [\"sunat_password\"]\n\
+             settings = {{ portal_url = \"{}\" }}\n[secrets]\nsunat_password = \"{}\"\n",
+            portals.url,
+            sunat::PASSWORD,
+            data = data.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let faena = Faena::start(&config, &data, port);
+    faena.ready().await;
+    let k = key(&faena, "worker", "default").await;
+    let mut robots = BTreeMap::new();
+    for name in ["robot1", "robot2"] {
+        let w = Worker::start(&faena.url, &k, name, &dir.path().join(name), &[]);
+        robots.insert(name.to_owned(), w);
+    }
+    // Both take sessions once they have started (and compiled their plugins).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let w = faena.get("/api/v1/workers").await;
+        let ready = w["workers"].as_array().map_or(0, |l| {
+            l.iter().filter(|w| w["takes_sessions"] == true).count()
+        });
+        if ready == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{w}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let open = json!({"plugin": "sunat", "account": "20123456789/FAENA01",
+                      "input": {"ruc": sunat::RUC, "user": sunat::USER}});
+    let (status, s) = faena.post("/api/v1/sessions", &open).await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let holder = s["worker"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_owned();
+    assert!(robots.contains_key(&holder), "{s}");
+    assert_eq!(s["login"]["logged_in"], true, "{s}");
+    // One active session per account, whichever worker holds it.
+    let (status, same) = faena.post("/api/v1/sessions", &open).await;
+    assert_eq!((status, &same["id"]), (200, &s["id"]), "{same}");
+
+    let (status, listed) = faena
+        .post(
+            &format!("/api/v1/sessions/{id}/invoke"),
+            &json!({"operation": "list_inbox", "input": {"page": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["result"]["messages"].as_array().unwrap().len(), 10);
+    let (status, got) = faena
+        .post(
+            &format!("/api/v1/sessions/{id}/invoke"),
+            &json!({"operation": "download", "input": {"message_id": 4}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["artifacts"][0]["session_id"], id.as_str(), "{got}");
+    let artifact = got["result"]["artifact_id"].as_str().unwrap();
+    let bytes = faena
+        .client()
+        .get(format!("{}/api/v1/artifacts/{artifact}", faena.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], &sunat::attachment(4).unwrap().2[..]);
+    let png = faena
+        .client()
+        .get(format!("{}/api/v1/sessions/{id}/screenshot", faena.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.status(), 200);
+    assert!(png.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    // The live view: JPEG frames relayed from the worker.
+    let admin = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let (mut cast, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws/sessions/{id}/screencast?token={}",
+        faena.url.replacen("http://", "ws://", 1),
+        admin.trim()
+    ))
+    .await
+    .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(15), async {
+        use futures_util::StreamExt;
+        loop {
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) =
+                cast.next().await.unwrap().unwrap()
+            {
+                return b;
+            }
+        }
+    })
+    .await
+    .expect("a frame of the live view");
+    assert!(frame.starts_with(&[0xFF, 0xD8]), "a JPEG frame");
+    drop(cast);
+    let workers = faena.get("/api/v1/workers").await;
+    let held = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == holder.as_str())
+        .unwrap()["sessions"]
+        .clone();
+    assert_eq!(held, 1, "{workers}");
+
+    // The holder dies: the session closes as worker_lost.
+    robots.get_mut(&holder).unwrap().kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let closed = loop {
+        let s = faena.get(&format!("/api/v1/sessions/{id}")).await;
+        if s["state"] != "open" {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still open: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(closed["close_reason"], "worker_lost", "{closed}");
+    let events = faena
+        .get("/api/v1/events?type=session_closed&limit=10")
+        .await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["session_id"] == id.as_str() && e["data"]["reason"] == "worker_lost"),
+        "{events}"
+    );
+
+    // Opening the account again lands on the live worker.
+    let (status, again) = faena.post("/api/v1/sessions", &open).await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["worker"], holder.as_str(), "{again}");
+    assert_ne!(again["id"], id.as_str());
+    let (status, listed) = faena
+        .post(
+            &format!("/api/v1/sessions/{}/invoke", again["id"].as_str().unwrap()),
+            &json!({"operation": "list_inbox", "input": {"page": 3}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["result"]["messages"].as_array().unwrap().len(), 5);
+}

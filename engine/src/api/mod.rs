@@ -14,6 +14,7 @@ mod items;
 mod jobs;
 mod keys;
 mod plugins;
+mod relay;
 mod schedules;
 mod sessions;
 mod spec;
@@ -375,6 +376,7 @@ pub fn openapi(state: &AppState) -> OpenApiService<impl OpenApi, ()> {
             items::ItemsApi { state: s() },
             workers::WorkersApi { state: s() },
             workers::FleetApi { state: s() },
+            relay::RelayApi { state: s() },
             events::EventsApi { state: s() },
             plugins::PluginsApi { state: s() },
             sessions::SessionsApi { state: s() },

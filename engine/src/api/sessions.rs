@@ -104,7 +104,7 @@ impl SessionsApi {
     }
 }
 
-fn sessions(state: &AppState) -> ApiResult<&Sessions> {
+pub(super) fn sessions(state: &AppState) -> ApiResult<&Sessions> {
     state.sessions.as_ref().ok_or_else(|| {
         ApiError::Unavailable(error_body(
             ErrorCode::Unavailable,

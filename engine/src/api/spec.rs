@@ -40,6 +40,8 @@ const STRICT_BODIES: &[&str] = &[
     "LogBody",
     "ProgressBody",
     "ReleaseBody",
+    "SessionPoll",
+    "SessionReply",
 ];
 
 pub(super) const SCHEMAS: &str = "#/components/schemas/";

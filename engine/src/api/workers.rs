@@ -236,6 +236,8 @@ impl Fleet {
                 version: String::new(),
                 concurrency: 0,
                 running: 0,
+                takes_sessions: false,
+                sessions: 0,
                 last_seen_at: now,
                 gone: false,
             });
@@ -294,6 +296,12 @@ pub struct WorkerInfo {
     pub version: String,
     pub concurrency: u32,
     pub running: u32,
+    /// Whether sessions may be placed on it (it has a browser and polls for them).
+    #[serde(default)]
+    pub takes_sessions: bool,
+    /// Sessions it holds.
+    #[serde(default)]
+    pub sessions: u32,
     /// Milliseconds since the Unix epoch.
     pub last_seen_at: i64,
     /// No report for three heartbeat periods: its leases expire as any other.
@@ -394,7 +402,7 @@ pub enum Done {
     NoContent,
 }
 
-fn valid_worker_name(name: &str) -> ApiResult<()> {
+pub(super) fn valid_worker_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -424,9 +432,17 @@ impl FleetApi {
     /// The `faena worker` processes of this tenant, as last heard from.
     #[oai(path = "/workers", method = "get", operation_id = "list_workers")]
     async fn list(&self) -> ApiResult<Json<WorkerList>> {
-        Ok(Json(WorkerList {
-            workers: self.state.fleet.list(&self.state.tenant(), self.now()),
-        }))
+        let tenant = self.state.tenant();
+        let mut workers = self.state.fleet.list(&tenant, self.now());
+        if let Some(sessions) = &self.state.sessions {
+            for w in &mut workers {
+                if let Some(n) = sessions.held_by(&tenant, &w.name) {
+                    w.takes_sessions = true;
+                    w.sessions = n as u32;
+                }
+            }
+        }
+        Ok(Json(WorkerList { workers }))
     }
 
     /// A worker reports itself (a worker key only) and learns which plugins to run,

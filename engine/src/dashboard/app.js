@@ -654,12 +654,13 @@ async function schedulesPage() {
 async function workersPage() {
   const table = el('table', { id: 'workers' });
   const render = (list) => table.replaceChildren(
-    el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'Plugins', 'Version', 'Running', 'Last heard', 'State'].map((h) => el('th', {}, h)))),
+    el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'Plugins', 'Version', 'Running', 'Sessions', 'Last heard', 'State'].map((h) => el('th', {}, h)))),
     el('tbody', {}, list.length ? list.map((w) => el('tr', { dataset: { worker: w.name } },
       el('td', {}, w.name), el('td', {}, w.labels.join(', ')), el('td', {}, w.plugins.join(', ') || 'all'),
       el('td', { class: 'small' }, w.version), el('td', { class: 'num' }, `${w.running} / ${w.concurrency}`),
+      el('td', { class: 'num' }, w.takes_sessions ? w.sessions : '—'),
       el('td', { class: 'small' }, fmtTime(w.last_seen_at)), el('td', {}, status(w.gone ? 'gone' : 'live'))))
-      : el('tr', {}, el('td', { colspan: 7, class: 'muted' }, 'No workers have reported. Start one with `faena worker --server URL --key KEY`.'))));
+      : el('tr', {}, el('td', { colspan: 8, class: 'muted' }, 'No workers have reported. Start one with `faena worker --server URL --key KEY`.'))));
   render((await api('/workers')).workers);
   mount(el('h1', {}, 'Workers'),
     el('p', { class: 'muted' }, 'Processes that run plugins for this engine on other machines; one silent for three heartbeats is gone, and its items run again elsewhere.'),

@@ -191,6 +191,11 @@ impl Runtime {
         &self.registry
     }
 
+    /// The engine's secrets (`None` on a worker).
+    pub fn secrets(&self) -> Option<&Secrets> {
+        self.secrets.as_ref()
+    }
+
     pub fn artifacts(&self) -> Option<&Artifacts> {
         self.artifacts.as_ref()
     }
@@ -565,16 +570,20 @@ impl Runtime {
     pub async fn open_instance(
         &self,
         plugin: &str,
+        version: Option<&str>,
         tenant: &str,
         session_id: &str,
         page: browser::SessionPage,
+        link: Option<Arc<dyn host::SessionLink>>,
     ) -> Result<Instance, String> {
-        let loaded = self
-            .registry
-            .get(plugin, None)
-            .ok_or_else(|| format!("plugin `{plugin}` is not installed"))?;
+        let loaded = self.registry.get(plugin, version).ok_or_else(|| {
+            format!(
+                "plugin `{plugin}` version {} is not installed",
+                version.unwrap_or("(any)")
+            )
+        })?;
         let mut state = self.state(&loaded, tenant, None, None);
-        state.host = state.host.in_session(session_id);
+        state.host = state.host.in_session(session_id, link);
         state.browser = state.browser.for_session(page);
         let mut store = self.new_store(state);
         let flow = tokio::time::timeout(

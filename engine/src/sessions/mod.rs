@@ -8,6 +8,10 @@
 //! away. Its record is kept in sled; a session that was open when the engine stopped
 //! is marked `lost` at the next start (a portal login does not survive a restart),
 //! with a `session_closed` event saying so.
+//!
+//! When workers that hold sessions are polling ([`relay`]), a new session is placed on
+//! the one holding the fewest, and every call, screenshot and frame of it is relayed
+//! to that worker; if the worker goes, its sessions close as `worker_lost`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,9 +31,11 @@ use crate::runtime::browser::SessionPage;
 use crate::runtime::{CallError, Instance, Runtime};
 use crate::store::{Store, StoreError};
 
+pub mod relay;
 mod screencast;
 
-pub use screencast::Frames;
+pub use relay::{Command, CommandKind, Relay, Reply};
+pub use screencast::{Frames, screenshot_as};
 
 /// The operation that opens a session, unless the request names another.
 pub const LOGIN: &str = "login";
@@ -77,6 +83,10 @@ pub struct Session {
     pub error: Option<ItemError>,
     /// It closes after this many seconds without a call.
     pub idle_timeout_secs: u64,
+    /// The worker that holds it; absent: the engine does.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// What a call returned, and the files it saved.
@@ -115,10 +125,10 @@ impl Default for SessionsConfig {
     }
 }
 
-struct Call {
-    operation: String,
-    input: Value,
-    reply: oneshot::Sender<Result<Value, CallError>>,
+pub(crate) struct Call {
+    pub operation: String,
+    pub input: Value,
+    pub reply: oneshot::Sender<Result<Value, CallError>>,
 }
 
 /// An open session: the channel to the task that owns its instance.
@@ -129,6 +139,8 @@ struct Live {
     busy: AtomicUsize,
     page: SessionPage,
     frames: Frames,
+    /// The worker holding it, if one does.
+    worker: Option<String>,
 }
 
 type Key = (String, String, String);
@@ -145,6 +157,7 @@ struct Inner {
     /// Per tenant + plugin + account: the open lock (two opens of one account wait
     /// for each other) and the active session's id.
     accounts: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<String>>>>>,
+    relay: Arc<Relay>,
 }
 
 #[derive(Clone)]
@@ -197,6 +210,7 @@ impl Sessions {
                 live: Mutex::default(),
                 engine: tokio::runtime::Handle::current(),
                 accounts: Mutex::default(),
+                relay: Arc::default(),
             }),
         };
         let weak = Arc::downgrade(&sessions.inner);
@@ -206,7 +220,11 @@ impl Sessions {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
-                Sessions { inner }.close_idle().await;
+                let sessions = Sessions { inner };
+                sessions.close_idle().await;
+                for (tenant, lost) in sessions.inner.relay.sweep() {
+                    sessions.worker_gone(&tenant, lost).await;
+                }
             }
         });
         Ok(sessions)
@@ -271,12 +289,37 @@ impl Sessions {
         }
         let id = ulid::Ulid::new().to_string();
         let page: SessionPage = Arc::default();
-        let instance = self
-            .inner
-            .runtime
-            .open_instance(plugin, tenant, &id, page.clone())
-            .await
-            .map_err(SessionError::Invalid)?;
+        let worker = self.inner.relay.pick(tenant, plugin);
+        let (tx, rx) = mpsc::channel(16);
+        let frames = match &worker {
+            Some(w) => {
+                self.open_on_worker(w, tenant, plugin, &meta.version, &id)
+                    .await?;
+                self.inner.engine.spawn(relay_calls(
+                    self.inner.relay.clone(),
+                    tenant.to_owned(),
+                    w.clone(),
+                    id.clone(),
+                    rx,
+                ));
+                Frames::remote(remote_snap(
+                    self.inner.relay.clone(),
+                    tenant.to_owned(),
+                    w.clone(),
+                    id.clone(),
+                ))
+            }
+            None => {
+                let instance = self
+                    .inner
+                    .runtime
+                    .open_instance(plugin, Some(&meta.version), tenant, &id, page.clone(), None)
+                    .await
+                    .map_err(SessionError::Invalid)?;
+                self.inner.engine.spawn(serve(instance, rx));
+                Frames::new(page.clone())
+            }
+        };
         let now = wall_ms();
         let record = Session {
             id: id.clone(),
@@ -294,16 +337,16 @@ impl Sessions {
             close_reason: None,
             error: None,
             idle_timeout_secs: self.inner.config.idle_timeout.as_secs(),
+            worker: worker.clone(),
         };
         self.save(&record).await?;
-        let (tx, rx) = mpsc::channel(16);
-        self.inner.engine.spawn(serve(instance, rx));
         let live = Arc::new(Live {
             record: Mutex::new(record),
             calls: tx,
             busy: AtomicUsize::new(0),
-            frames: Frames::new(page.clone()),
+            frames,
             page,
+            worker,
         });
         self.inner
             .live
@@ -320,14 +363,15 @@ impl Sessions {
                 };
                 self.save(&s).await?;
                 *active = Some(id.clone());
-                info!(session = %id, %plugin, %account, "session opened");
+                info!(session = %id, %plugin, %account, worker = ?s.worker, "session opened");
                 self.inner
                     .store
                     .session_event(
                         tenant,
                         kind::SESSION_OPENED,
                         &id,
-                        json!({"plugin": plugin, "account": account, "operations": s.operations}),
+                        json!({"plugin": plugin, "account": account, "operations": s.operations,
+                       "worker": s.worker}),
                     )
                     .await?;
                 Ok((s, true))
@@ -478,6 +522,7 @@ impl Sessions {
                 let reason = match (broken, error.code.as_deref()) {
                     (false, _) => None,
                     (true, Some(BROWSER_LOST)) => Some(BROWSER_LOST),
+                    (true, Some(relay::WORKER_LOST)) => Some(relay::WORKER_LOST),
                     (true, _) => Some("broken"),
                 };
                 if let Some(reason) = reason
@@ -522,7 +567,11 @@ impl Sessions {
             s.error = error;
             s.clone()
         };
-        // Dropping the last sender ends the task, which closes the browser context.
+        // Dropping the last sender ends the task, which closes the browser context
+        // (on a worker: tells the worker to).
+        if let Some(w) = &live.worker {
+            self.inner.relay.close(&s.tenant, w, id);
+        }
         drop(live);
         self.save(&s).await?;
         let key = (s.tenant.clone(), s.plugin.clone(), s.account.clone());
@@ -593,6 +642,19 @@ impl Sessions {
     /// A PNG of the session's page now.
     pub async fn screenshot(&self, tenant: &str, id: &str) -> Result<Vec<u8>, SessionError> {
         let live = self.open_live(tenant, id)?;
+        if let Some(w) = &live.worker {
+            return remote_snap(
+                self.inner.relay.clone(),
+                tenant.into(),
+                w.clone(),
+                id.into(),
+            )("png")
+            .await
+            .map_err(|e| SessionError::Call {
+                error: ItemError::application(e),
+                closed: false,
+            });
+        }
         let page = live.page.lock().expect("page lock").clone();
         let page =
             page.ok_or_else(|| SessionError::Conflict(format!("session `{id}` has no page open")))?;
@@ -625,6 +687,132 @@ impl Sessions {
         Ok(self.inner.store.artifacts()?.for_session(id)?)
     }
 
+    /// Ask `worker` to start the session's instance, with the plugin's secrets.
+    async fn open_on_worker(
+        &self,
+        worker: &str,
+        tenant: &str,
+        plugin: &str,
+        version: &str,
+        id: &str,
+    ) -> Result<(), SessionError> {
+        let mut secrets = std::collections::BTreeMap::new();
+        if let (Some(p), Some(store)) = (
+            self.inner.runtime.registry().get(plugin, Some(version)),
+            self.inner.runtime.secrets(),
+        ) {
+            for name in &p.grants.secrets {
+                if let Some(v) = store.get(tenant, name)? {
+                    secrets.insert(name.clone(), v);
+                }
+            }
+        }
+        let mut cmd = Command::new(CommandKind::Open, id);
+        cmd.tenant = Some(tenant.into());
+        cmd.plugin = Some(plugin.into());
+        cmd.plugin_version = Some(version.into());
+        cmd.secrets = Some(secrets);
+        match self.inner.relay.request(tenant, worker, cmd).await {
+            None => Err(SessionError::Call {
+                error: relay::worker_lost(worker),
+                closed: true,
+            }),
+            Some(Reply {
+                error: Some(error), ..
+            }) => {
+                self.inner.relay.close(tenant, worker, id);
+                Err(SessionError::Call {
+                    error,
+                    closed: true,
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A worker polls for its sessions' commands (a worker key's request).
+    pub async fn worker_poll(
+        &self,
+        tenant: &str,
+        worker: &str,
+        instance: &str,
+        plugins: Vec<String>,
+        wait: Duration,
+    ) -> Vec<Command> {
+        let (commands, lost) = self
+            .inner
+            .relay
+            .poll(tenant, worker, instance, plugins, wait)
+            .await;
+        if let Some(lost) = lost {
+            self.worker_gone(tenant, lost).await;
+        }
+        commands
+    }
+
+    /// A worker's answer to a command; false if nothing waits for it.
+    pub fn worker_reply(&self, tenant: &str, worker: &str, reply: Reply) -> bool {
+        self.inner.relay.reply(tenant, worker, reply)
+    }
+
+    /// Sessions the worker holds now, if it takes sessions.
+    pub fn held_by(&self, tenant: &str, worker: &str) -> Option<usize> {
+        self.inner.relay.held(tenant, worker)
+    }
+
+    /// A file a session's call saved on the worker that holds the session.
+    pub async fn worker_artifact(
+        &self,
+        tenant: &str,
+        worker: &str,
+        id: &str,
+        name: &str,
+        content_type: &str,
+        data: Vec<u8>,
+    ) -> Result<Artifact, SessionError> {
+        if !self.inner.relay.holds(tenant, worker, id) {
+            return Err(SessionError::NotFound(format!(
+                "session `{id}` is not held by worker `{worker}`"
+            )));
+        }
+        let meta = Artifact {
+            id: String::new(),
+            tenant: tenant.to_owned(),
+            job_id: None,
+            item_id: None,
+            session_id: Some(id.to_owned()),
+            name: name.to_owned(),
+            content_type: content_type.to_owned(),
+            size: 0,
+            created_at: wall_ms(),
+        };
+        Ok(self.inner.store.artifacts()?.save(meta, data).await?)
+    }
+
+    /// Close the sessions of a worker that went away.
+    async fn worker_gone(&self, tenant: &str, lost: relay::Lost) {
+        for id in lost.sessions {
+            let open = self
+                .live(&id)
+                .is_some_and(|l| l.record.lock().expect("session lock").tenant == tenant);
+            if !open {
+                continue;
+            }
+            warn!(session = %id, worker = %lost.worker, "the worker holding the session is gone");
+            if let Err(e) = self
+                .close_live(
+                    &id,
+                    SessionState::Closed,
+                    relay::WORKER_LOST,
+                    Some(relay::worker_lost(&lost.worker)),
+                )
+                .await
+            {
+                warn!(session = %id, error = %e, "could not close the session");
+            }
+        }
+    }
+
     async fn save(&self, s: &Session) -> Result<(), StoreError> {
         self.inner
             .tree
@@ -636,7 +824,7 @@ impl Sessions {
 
 /// The task that owns a session's instance: one call at a time, until every sender
 /// is gone; then the browser context is closed.
-async fn serve(mut instance: Instance, mut calls: mpsc::Receiver<Call>) {
+pub(crate) async fn serve(mut instance: Instance, mut calls: mpsc::Receiver<Call>) {
     let mut n = 0u64;
     while let Some(call) = calls.recv().await {
         n += 1;
@@ -659,6 +847,73 @@ async fn serve(mut instance: Instance, mut calls: mpsc::Receiver<Call>) {
         }
     }
     instance.close().await;
+}
+
+/// Relay a session's calls to the worker that holds it, one at a time, until every
+/// sender is gone; then tell the worker to close it.
+async fn relay_calls(
+    relay: Arc<Relay>,
+    tenant: String,
+    worker: String,
+    session: String,
+    mut calls: mpsc::Receiver<Call>,
+) {
+    while let Some(call) = calls.recv().await {
+        let mut cmd = Command::new(CommandKind::Call, &session);
+        cmd.operation = Some(call.operation);
+        cmd.input = Some(call.input);
+        let out = match relay.request(&tenant, &worker, cmd).await {
+            None => Err(CallError {
+                error: relay::worker_lost(&worker),
+                broken: true,
+            }),
+            Some(Reply {
+                error: Some(error),
+                broken,
+                ..
+            }) => Err(CallError { error, broken }),
+            Some(r) => Ok(r.result.unwrap_or(Value::Null)),
+        };
+        let broken = matches!(&out, Err(CallError { broken: true, .. }));
+        let _ = call.reply.send(out);
+        if broken {
+            break;
+        }
+    }
+    relay.close(&tenant, &worker, &session);
+}
+
+/// A picture of a worker-held session's page, in `format` (`png` or `jpeg`).
+fn remote_snap(
+    relay: Arc<Relay>,
+    tenant: String,
+    worker: String,
+    session: String,
+) -> screencast::Snap {
+    Arc::new(move |format: &'static str| {
+        let (relay, tenant, worker, session) = (
+            relay.clone(),
+            tenant.clone(),
+            worker.clone(),
+            session.clone(),
+        );
+        Box::pin(async move {
+            let mut cmd = Command::new(CommandKind::Screenshot, &session);
+            cmd.format = Some(format.into());
+            let reply = relay
+                .request(&tenant, &worker, cmd)
+                .await
+                .ok_or_else(|| format!("worker `{worker}` stopped answering"))?;
+            if let Some(e) = reply.error {
+                return Err(e.message);
+            }
+            let image = reply.image.ok_or("the worker sent no picture")?;
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(image)
+                .map_err(|e| format!("the worker's picture is not base64: {e}"))
+        })
+    })
 }
 
 /// The close reason (and error code) of a session whose browser went away.

@@ -1,6 +1,8 @@
 //! The live view of a session: a PNG of its page on demand, and a stream of JPEG
 //! frames (CDP `Page.startScreencast`) shared by every viewer. The screencast runs
-//! while someone watches and stops when the last viewer leaves.
+//! while someone watches and stops when the last viewer leaves. A session held on a
+//! worker has no page here: its frames are JPEG screenshots relayed from the worker,
+//! a few a second while someone watches.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,15 +16,23 @@ use chromiumoxide::cdp::browser_protocol::page::{
 };
 use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::broadcast;
 use tracing::debug;
 
 use crate::runtime::browser::SessionPage;
 
 pub async fn screenshot(page: &Page) -> Result<Vec<u8>, String> {
-    let params = ScreenshotParams::builder()
-        .format(CaptureScreenshotFormat::Png)
-        .build();
+    screenshot_as(page, "png").await
+}
+
+/// A picture of the page, `png` or `jpeg`.
+pub async fn screenshot_as(page: &Page, format: &str) -> Result<Vec<u8>, String> {
+    let format = match format {
+        "jpeg" => CaptureScreenshotFormat::Jpeg,
+        _ => CaptureScreenshotFormat::Png,
+    };
+    let params = ScreenshotParams::builder().format(format).build();
     match tokio::time::timeout(Duration::from_secs(15), page.screenshot(params)).await {
         Ok(Ok(png)) => Ok(png),
         Ok(Err(e)) => Err(format!("screenshot failed: {e}")),
@@ -30,29 +40,53 @@ pub async fn screenshot(page: &Page) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A picture of a page elsewhere, in the format asked (`png` or `jpeg`).
+pub type Snap =
+    Arc<dyn Fn(&'static str) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Source {
+    Page(SessionPage),
+    Remote(Snap),
+}
+
 /// The screencast of one session's page.
 #[derive(Clone)]
 pub struct Frames {
-    page: SessionPage,
+    source: Source,
     sender: Arc<Mutex<Option<broadcast::Sender<Bytes>>>>,
 }
+
+/// How often a worker-held session's page is pictured while someone watches.
+const REMOTE_FRAME_EVERY: Duration = Duration::from_millis(250);
 
 impl Frames {
     pub fn new(page: SessionPage) -> Frames {
         Frames {
-            page,
+            source: Source::Page(page),
+            sender: Arc::default(),
+        }
+    }
+
+    /// The frames of a page on a worker, pictured through `snap`.
+    pub fn remote(snap: Snap) -> Frames {
+        Frames {
+            source: Source::Remote(snap),
             sender: Arc::default(),
         }
     }
 
     /// Follow the frames; starts the screencast if nobody was watching.
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<Bytes>, String> {
-        let page = self
-            .page
-            .lock()
-            .expect("page lock")
-            .clone()
-            .ok_or("the session has no page open")?;
+        let page = match &self.source {
+            Source::Page(page) => Some(
+                page.lock()
+                    .expect("page lock")
+                    .clone()
+                    .ok_or("the session has no page open")?,
+            ),
+            Source::Remote(_) => None,
+        };
         let mut sender = self.sender.lock().expect("frames lock");
         if let Some(tx) = sender.as_ref()
             && tx.receiver_count() > 0
@@ -62,8 +96,33 @@ impl Frames {
         let (tx, rx) = broadcast::channel(8);
         *sender = Some(tx.clone());
         drop(sender);
-        tokio::spawn(run(page, tx));
+        match (&self.source, page) {
+            (_, Some(page)) => {
+                tokio::spawn(run(page, tx));
+            }
+            (Source::Remote(snap), None) => {
+                tokio::spawn(run_remote(snap.clone(), tx));
+            }
+            (Source::Page(_), None) => unreachable!("a page source has its page"),
+        }
         Ok(rx)
+    }
+}
+
+async fn run_remote(snap: Snap, tx: broadcast::Sender<Bytes>) {
+    while tx.receiver_count() > 0 {
+        match snap("jpeg").await {
+            Ok(jpeg) => {
+                if tx.send(Bytes::from(jpeg)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "no frame from the worker");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        tokio::time::sleep(REMOTE_FRAME_EVERY).await;
     }
 }
 

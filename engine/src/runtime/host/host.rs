@@ -130,11 +130,13 @@ impl Host for ItemState {
                 self.host.plugin
             ))));
         }
-        let given = self.host.run.as_ref().and_then(|r| r.given_secrets());
+        let given = match (&self.host.run, &self.host.session_link) {
+            (Some(run), _) => run.given_secrets().map(|g| g.get(&name).cloned()),
+            (None, Some(link)) => Some(link.secrets().get(&name).cloned()),
+            (None, None) => None,
+        };
         let revealed = match (given, &self.host.secrets) {
-            (Some(given), _) => Ok(given
-                .get(&name)
-                .map(|v| Arc::new(crate::secrets::Revealed::new(v.clone())))),
+            (Some(given), _) => Ok(given.map(|v| Arc::new(crate::secrets::Revealed::new(v)))),
             (None, Some(secrets)) => secrets.reveal(&self.host.tenant, &name),
             (None, None) => Ok(None),
         };

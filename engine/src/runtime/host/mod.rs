@@ -15,6 +15,17 @@ use crate::artifacts::{Artifact, Artifacts};
 use crate::scheduler::RunContext;
 use crate::secrets::{Redactor, Secrets};
 
+/// What a session held on a worker reaches the engine through: the secrets that came
+/// with its opening (in memory only) and the upload of the files its calls save.
+pub trait SessionLink: Send + Sync {
+    fn secrets(&self) -> &std::collections::BTreeMap<String, String>;
+    fn save_artifact(
+        &self,
+        meta: Artifact,
+        data: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'_, crate::store::Result<Artifact>>;
+}
+
 pub struct HostCtx {
     pub plugin: String,
     pub tenant: String,
@@ -29,6 +40,8 @@ pub struct HostCtx {
     pub run: Option<RunContext>,
     /// The session this instance serves, if it is a session's.
     pub session_id: Option<String>,
+    /// A session held on a worker: its secrets and where its files go.
+    pub session_link: Option<Arc<dyn SessionLink>>,
     /// Secret values handed to the guest in this run, redacted from what it reports.
     revealed: Redactor,
 }
@@ -52,13 +65,16 @@ impl HostCtx {
             artifacts,
             run,
             session_id: None,
+            session_link: None,
             revealed: Redactor::default(),
         }
     }
 
-    /// The context of a session's long-lived instance.
-    pub fn in_session(mut self, session_id: &str) -> Self {
+    /// The context of a session's long-lived instance; `link` for one a worker holds
+    /// for the engine.
+    pub fn in_session(mut self, session_id: &str, link: Option<Arc<dyn SessionLink>>) -> Self {
         self.session_id = Some(session_id.to_owned());
+        self.session_link = link;
         self
     }
 
@@ -113,10 +129,11 @@ impl HostCtx {
             },
         };
         // The engine keeps them itself; a worker sends its runs' to the engine.
-        match (&self.artifacts, &self.run) {
-            (Some(artifacts), _) => artifacts.save(meta, data).await,
-            (None, Some(run)) => run.save_artifact(meta, data).await,
-            (None, None) => Err(crate::store::StoreError::Invalid(
+        match (&self.artifacts, &self.run, &self.session_link) {
+            (Some(artifacts), _, _) => artifacts.save(meta, data).await,
+            (None, Some(run), _) => run.save_artifact(meta, data).await,
+            (None, None, Some(link)) => link.save_artifact(meta, data).await,
+            (None, None, None) => Err(crate::store::StoreError::Invalid(
                 "artifacts are kept only for items and sessions".into(),
             )),
         }

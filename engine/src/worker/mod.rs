@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod sessions;
+
 use crate::api::{WorkerAssignment, WorkerClaimResponse, WorkerPlugin};
 use crate::artifacts::Artifact;
 use crate::cli::client::without_nulls;
@@ -621,6 +623,15 @@ pub async fn run(
         concurrency = opts.concurrency,
         "worker started"
     );
+    // Sessions need a browser: a worker without one leaves them to others.
+    let sessions = (!opts.no_browser).then(|| {
+        tokio::spawn(sessions::serve(
+            rt.clone(),
+            queue.clone(),
+            opts.plugins.clone(),
+            shutdown.clone(),
+        ))
+    });
     let dispatcher = tokio::spawn(crate::scheduler::run_on(
         queue.clone(),
         Arc::new(WorkerExecutor {
@@ -639,6 +650,9 @@ pub async fn run(
     shutdown.cancel();
     let _ = dispatcher.await;
     let _ = reporter.await;
+    if let Some(s) = sessions {
+        let _ = s.await;
+    }
     rt.stop_browser().await;
     Ok(())
 }
