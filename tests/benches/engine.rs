@@ -15,6 +15,8 @@
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
 //!   concurrency 1, 2 and 4, and where an order's time goes
+//! - workers: no-op items through 1 and 2 `faena worker` processes against the
+//!   engine's own dispatcher, and the engine's CPU per item each way
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +34,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+mod workers;
 
 // The same allocator as the `faena` binary.
 #[global_allocator]
@@ -1169,6 +1173,48 @@ fn main() {
                     p99,
                 );
             }
+        }
+        if want("workers") {
+            let mut own = Vec::new();
+            let mut remote: Vec<Vec<workers::RemoteRun>> = vec![Vec::new(), Vec::new()];
+            for _ in 0..n {
+                own.push(workers::remote_throughput(20_000, 0).await);
+                for (w, runs) in remote.iter_mut().enumerate() {
+                    runs.push(workers::remote_throughput(20_000, w + 1).await);
+                }
+            }
+            let rates = |r: &[workers::RemoteRun]| r.iter().map(|r| r.rate).collect::<Vec<_>>();
+            let cpu = |r: &[workers::RemoteRun]| {
+                r.iter().map(|r| r.engine_cpu_us).collect::<Vec<_>>()
+            };
+            row(
+                "workers: noop items/s, engine's own dispatcher (20k, c=32)",
+                "items/s",
+                rates(&own),
+            );
+            row("workers: engine CPU per item, own dispatcher", "µs", cpu(&own));
+            for (w, runs) in remote.iter().enumerate() {
+                row(
+                    &format!("workers: noop items/s through {} worker(s) (c=32 each)", w + 1),
+                    "items/s",
+                    rates(runs),
+                );
+                row(
+                    &format!("workers: engine CPU per item, {} worker(s)", w + 1),
+                    "µs",
+                    cpu(runs),
+                );
+            }
+            // On paper: a gsp order reports about eight times what a no-op item does
+            // (claim and completion, plus six checkpoints, its logs and heartbeats).
+            let per_item = stats(cpu(&remote[0])).1;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let orders_per_s = cores * 1e6 / (per_item * 8.0);
+            row(
+                "workers: browser workers per coordinator (on paper, 40/min each)",
+                "workers",
+                vec![orders_per_s / (40.0 / 60.0)],
+            );
         }
         if want("browser") {
             let ctx = futures_vec(n, || browser_flow(10, false)).await;
