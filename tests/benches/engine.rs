@@ -1184,18 +1184,24 @@ fn main() {
                 }
             }
             let rates = |r: &[workers::RemoteRun]| r.iter().map(|r| r.rate).collect::<Vec<_>>();
-            let cpu = |r: &[workers::RemoteRun]| {
-                r.iter().map(|r| r.engine_cpu_us).collect::<Vec<_>>()
-            };
+            let cpu =
+                |r: &[workers::RemoteRun]| r.iter().map(|r| r.engine_cpu_us).collect::<Vec<_>>();
             row(
                 "workers: noop items/s, engine's own dispatcher (20k, c=32)",
                 "items/s",
                 rates(&own),
             );
-            row("workers: engine CPU per item, own dispatcher", "µs", cpu(&own));
+            row(
+                "workers: engine CPU per item, own dispatcher",
+                "µs",
+                cpu(&own),
+            );
             for (w, runs) in remote.iter().enumerate() {
                 row(
-                    &format!("workers: noop items/s through {} worker(s) (c=32 each)", w + 1),
+                    &format!(
+                        "workers: noop items/s through {} worker(s) (c=32 each)",
+                        w + 1
+                    ),
                     "items/s",
                     rates(runs),
                 );

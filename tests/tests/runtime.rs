@@ -21,6 +21,10 @@ async fn engine(grants: PluginConfig, browser: bool) -> Engine {
 
 /// Run one item of `operation` to its end; one attempt, failures fail.
 async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
+    run_with(e, operation, input, 1).await
+}
+
+async fn run_with(e: &Engine, operation: &str, input: Value, max_attempts: u32) -> Item {
     let job = e
         .store
         .create_job(
@@ -31,7 +35,8 @@ async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
                 operation: operation.into(),
                 name: None,
                 options: JobOptions {
-                    max_attempts: 1,
+                    max_attempts,
+                    backoff_ms: 0,
                     ..Default::default()
                 },
                 start: true,
@@ -61,6 +66,21 @@ async fn run_one(e: &Engine, operation: &str, input: Value) -> Item {
 async fn local_server() -> (String, faena_tests::pages::PageServer) {
     let server = faena_tests::pages::serve().await;
     (server.host.clone(), server)
+}
+
+/// A retry sees the checkpoints of every earlier attempt, not only the last one: an
+/// attempt that stopped early does not hide that an earlier one got further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sees_the_checkpoints_of_every_earlier_attempt() {
+    let e = engine(PluginConfig::default(), false).await;
+    let item = run_with(&e, "stages", json!({}), 3).await;
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.error);
+    let r = item.result.unwrap();
+    assert_eq!(r["checkpoints"], json!(["login", "submitted", "login"]));
+    assert_eq!(r["last"], "login");
+    assert_eq!(r["passed_submitted"], true);
+    assert_eq!(r["submitted_state"], "ref-77");
+    assert_eq!(r["login_state"], "from attempt 2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,6 +327,9 @@ impl Runtime {
             http: http::client_for(grants.clone()),
             grants,
         });
+        // The answer lists every installed version, as the plugin's description does.
+        let mut meta = meta;
+        meta.versions = self.registry.versions(&meta.name);
         Ok(meta)
     }
 
@@ -540,6 +543,14 @@ impl Runtime {
                 name: s.name.clone(),
                 state: s.state.clone(),
             }),
+            checkpoints: item
+                .steps
+                .iter()
+                .map(|s| bindings::Checkpoint {
+                    name: s.name.clone(),
+                    state: s.state.clone(),
+                })
+                .collect(),
             session_id: None,
             resource,
         };
@@ -701,6 +712,7 @@ impl Instance {
             attempt: 1,
             idempotency_key: format!("faena-{}-{call_id}", self.session_id),
             last_checkpoint: None,
+            checkpoints: Vec::new(),
             session_id: Some(self.session_id.clone()),
             resource: None,
         };

@@ -122,6 +122,14 @@ impl Registry {
         v.all.get(version.unwrap_or(&v.current)).cloned()
     }
 
+    /// Every installed version of a plugin, in order.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        let map = self.plugins.read().expect("registry lock");
+        map.get(name)
+            .map(|v| v.all.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn contains_version(&self, name: &str, version: &str) -> bool {
         self.get(name, Some(version)).is_some()
     }

@@ -103,13 +103,17 @@ impl Operation {
     }
 }
 
-/// Where this run stands: ids, attempt, idempotency key and the last checkpoint.
+/// Where this run stands: ids, attempt, idempotency key and the checkpoints of the
+/// earlier attempts.
 pub struct Context {
     pub job_id: String,
     pub item_id: String,
     pub attempt: u32,
     pub idempotency_key: String,
+    /// The last checkpoint an earlier attempt recorded (the last of `checkpoints`).
     pub last_checkpoint: Option<Checkpoint>,
+    /// Every checkpoint earlier attempts recorded, oldest first.
+    pub checkpoints: Vec<Checkpoint>,
     /// The session this call runs in, if it runs in one.
     pub session_id: Option<String>,
     /// The pool resource (a sending device...) this run was given, if the job has a pool.
@@ -117,11 +121,19 @@ pub struct Context {
 }
 
 impl Context {
-    /// Whether an earlier attempt already passed the step `name`.
+    /// Whether any earlier attempt recorded the step `name` (not only the last one:
+    /// an attempt that failed earlier in the flow does not hide what another did).
     pub fn passed(&self, name: &str) -> bool {
-        self.last_checkpoint
-            .as_ref()
-            .is_some_and(|c| c.name == name)
+        self.checkpoints.iter().any(|c| c.name == name)
+    }
+
+    /// The state the latest earlier attempt to record step `name` saved with it.
+    pub fn state_of(&self, name: &str) -> Option<&str> {
+        self.checkpoints
+            .iter()
+            .rev()
+            .find(|c| c.name == name)
+            .and_then(|c| c.state.as_deref())
     }
 }
 
@@ -131,8 +143,8 @@ pub trait Plugin {
     fn run(operation: &str, input: serde_json::Value, ctx: &Context) -> Result<serde_json::Value>;
 }
 
-/// Record a checkpoint; durable when this returns. A retried item finds the last one
-/// in [`Context::last_checkpoint`].
+/// Record a checkpoint; durable when this returns. A retried item finds it in
+/// [`Context::checkpoints`] (and, if it was the last, in [`Context::last_checkpoint`]).
 pub fn step(name: &str, state: Option<&str>) -> Result<()> {
     host::step(name, state).map_err(Error::from)
 }
@@ -251,6 +263,7 @@ pub fn __run<P: Plugin>(
         attempt: ctx.attempt,
         idempotency_key: ctx.idempotency_key,
         last_checkpoint: ctx.last_checkpoint,
+        checkpoints: ctx.checkpoints,
         session_id: ctx.session_id,
         resource: ctx.resource,
     };

@@ -23,6 +23,7 @@ impl Plugin for Probe {
             "socket",
             "panic",
             "fail",
+            "stages",
         ] {
             info = info.operation(Operation::new(name, name, any.clone()));
         }
@@ -37,6 +38,25 @@ impl Plugin for Probe {
 
     fn run(operation: &str, input: Value, ctx: &Context) -> Result<Value> {
         match operation {
+            // Attempt 1 gets far (`login`, `submitted`) and fails; attempt 2 fails
+            // right after `login`; attempt 3 tells what it sees of both.
+            "stages" => {
+                if ctx.attempt < 3 {
+                    let state = format!("from attempt {}", ctx.attempt);
+                    faena_plugin_sdk::step("login", Some(&state))?;
+                    if ctx.attempt == 1 {
+                        faena_plugin_sdk::step("submitted", Some("ref-77"))?;
+                    }
+                    return Err(Error::application("portal hiccup"));
+                }
+                Ok(json!({
+                    "checkpoints": ctx.checkpoints.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                    "last": ctx.last_checkpoint.as_ref().map(|c| c.name.clone()),
+                    "passed_submitted": ctx.passed("submitted"),
+                    "submitted_state": ctx.state_of("submitted"),
+                    "login_state": ctx.state_of("login"),
+                }))
+            }
             "echo" => {
                 Ok(json!({"input": input, "attempt": ctx.attempt, "key": ctx.idempotency_key}))
             }
