@@ -65,8 +65,10 @@ async fn wait_job(http: &reqwest::Client, url: &str, key: &str, id: &str) {
             .json()
             .await
             .unwrap();
-        if j["status"] == "completed" {
-            return;
+        match j["status"].as_str() {
+            Some("completed") => return,
+            Some("running" | "pending") => {}
+            _ => panic!("the benchmark's job did not complete: {j}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

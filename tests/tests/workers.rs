@@ -733,4 +733,31 @@ async fn a_session_lives_on_a_worker_and_moves_when_the_worker_dies() {
         .await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["result"]["messages"].as_array().unwrap().len(), 5);
+
+    // That worker is cut off past the engine's patience (frozen): its session closes
+    // as worker_lost; when it comes back it drops the session the engine gave up on,
+    // rather than holding its browser context forever.
+    let second = again["id"].as_str().unwrap().to_owned();
+    let other = robots.get(again["worker"].as_str().unwrap()).unwrap();
+    other.freeze();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = faena.get(&format!("/api/v1/sessions/{second}")).await;
+        if s["state"] != "open" {
+            assert_eq!(s["close_reason"], "worker_lost", "{s}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still open: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    other.thaw();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !other.log().contains("session dropped") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker kept the session: {}",
+            other.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -36,6 +36,8 @@ pub struct SessionPoll {
 #[derive(Debug, Object, serde::Serialize, Deserialize)]
 pub struct SessionCommands {
     pub commands: Vec<Command>,
+    /// The sessions the engine knows this worker to hold: drop any other.
+    pub sessions: Vec<String>,
 }
 
 pub struct RelayApi {
@@ -65,10 +67,13 @@ impl RelayApi {
         let wait = std::time::Duration::from_millis(
             b.wait_ms.unwrap_or(0).min(crate::sessions::relay::POLL_MS),
         );
-        let commands = sessions(&self.state)?
+        let (commands, held) = sessions(&self.state)?
             .worker_poll(&self.state.tenant(), &name.0, &b.instance, b.plugins, wait)
             .await;
-        Ok(Json(SessionCommands { commands }))
+        Ok(Json(SessionCommands {
+            commands,
+            sessions: held,
+        }))
     }
 
     /// The answer to one command.

@@ -290,16 +290,34 @@ impl Sessions {
         let id = ulid::Ulid::new().to_string();
         let page: SessionPage = Arc::default();
         let worker = self.inner.relay.pick(tenant, plugin);
+        // Until the session is live here, a dropped request (or a failed open) must not
+        // leave it held on the worker.
+        let mut placed = worker.as_ref().map(|w| Placed {
+            relay: self.inner.relay.clone(),
+            tenant: tenant.to_owned(),
+            worker: w.clone(),
+            id: id.clone(),
+            armed: true,
+        });
         let (tx, rx) = mpsc::channel(16);
         let frames = match &worker {
             Some(w) => {
                 self.open_on_worker(w, tenant, plugin, &meta.version, &id)
                     .await?;
+                // A call answers within the plugin's deadline, or the worker is lost.
+                let call_timeout = self
+                    .inner
+                    .runtime
+                    .registry()
+                    .get(plugin, Some(&meta.version))
+                    .map_or(Duration::from_secs(300), |p| p.grants.deadline)
+                    + Duration::from_secs(30);
                 self.inner.engine.spawn(relay_calls(
                     self.inner.relay.clone(),
                     tenant.to_owned(),
                     w.clone(),
                     id.clone(),
+                    call_timeout,
                     rx,
                 ));
                 Frames::remote(remote_snap(
@@ -353,6 +371,9 @@ impl Sessions {
             .lock()
             .expect("live lock")
             .insert(id.clone(), live.clone());
+        if let Some(p) = placed.as_mut() {
+            p.armed = false;
+        }
         match self.call_live(&live, operation, input).await {
             Ok(CallResult { result, .. }) => {
                 let s = {
@@ -712,7 +733,12 @@ impl Sessions {
         cmd.plugin = Some(plugin.into());
         cmd.plugin_version = Some(version.into());
         cmd.secrets = Some(secrets);
-        match self.inner.relay.request(tenant, worker, cmd).await {
+        match self
+            .inner
+            .relay
+            .request(tenant, worker, cmd, OPEN_TIMEOUT)
+            .await
+        {
             None => Err(SessionError::Call {
                 error: relay::worker_lost(worker),
                 closed: true,
@@ -738,8 +764,8 @@ impl Sessions {
         instance: &str,
         plugins: Vec<String>,
         wait: Duration,
-    ) -> Vec<Command> {
-        let (commands, lost) = self
+    ) -> (Vec<Command>, Vec<String>) {
+        let (commands, held, lost) = self
             .inner
             .relay
             .poll(tenant, worker, instance, plugins, wait)
@@ -747,7 +773,7 @@ impl Sessions {
         if let Some(lost) = lost {
             self.worker_gone(tenant, lost).await;
         }
-        commands
+        (commands, held)
     }
 
     /// A worker's answer to a command; false if nothing waits for it.
@@ -856,13 +882,14 @@ async fn relay_calls(
     tenant: String,
     worker: String,
     session: String,
+    call_timeout: Duration,
     mut calls: mpsc::Receiver<Call>,
 ) {
     while let Some(call) = calls.recv().await {
         let mut cmd = Command::new(CommandKind::Call, &session);
         cmd.operation = Some(call.operation);
         cmd.input = Some(call.input);
-        let out = match relay.request(&tenant, &worker, cmd).await {
+        let out = match relay.request(&tenant, &worker, cmd, call_timeout).await {
             None => Err(CallError {
                 error: relay::worker_lost(&worker),
                 broken: true,
@@ -900,8 +927,11 @@ fn remote_snap(
         Box::pin(async move {
             let mut cmd = Command::new(CommandKind::Screenshot, &session);
             cmd.format = Some(format.into());
+            if !relay.holds(&tenant, &worker, &session) {
+                return Err(SNAP_GONE.to_owned());
+            }
             let reply = relay
-                .request(&tenant, &worker, cmd)
+                .request(&tenant, &worker, cmd, SNAP_TIMEOUT)
                 .await
                 .ok_or_else(|| format!("worker `{worker}` stopped answering"))?;
             if let Some(e) = reply.error {
@@ -915,6 +945,31 @@ fn remote_snap(
         })
     })
 }
+
+/// A session placed on a worker but not yet live in the engine: told to close if the
+/// opening stops half-way.
+struct Placed {
+    relay: Arc<Relay>,
+    tenant: String,
+    worker: String,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        if self.armed {
+            self.relay.close(&self.tenant, &self.worker, &self.id);
+        }
+    }
+}
+
+/// How long the engine waits for a worker to open a session's instance (it may have
+/// to fetch and compile the plugin first), and for a picture of its page.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+const SNAP_TIMEOUT: Duration = Duration::from_secs(20);
+/// What a picture request answers once the session is no longer on its worker.
+pub(crate) const SNAP_GONE: &str = "the session is no longer held by its worker";
 
 /// The close reason (and error code) of a session whose browser went away.
 const BROWSER_LOST: &str = "browser_lost";

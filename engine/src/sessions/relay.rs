@@ -130,7 +130,9 @@ pub struct Relay {
 
 impl Relay {
     /// A worker polls: note it (as a new process if `instance` changed, returning
-    /// the old one's sessions) and take its queued commands, waiting up to `wait`.
+    /// the old one's sessions) and take its queued commands, waiting up to `wait`;
+    /// also the sessions the engine knows it to hold (it drops any other it has: the
+    /// engine closed them while it was out of reach, or the engine restarted).
     pub async fn poll(
         &self,
         tenant: &str,
@@ -138,7 +140,7 @@ impl Relay {
         instance: &str,
         plugins: Vec<String>,
         wait: Duration,
-    ) -> (Vec<Command>, Option<Lost>) {
+    ) -> (Vec<Command>, Vec<String>, Option<Lost>) {
         let key = (tenant.to_owned(), worker.to_owned());
         let (wake, lost) = {
             let mut links = self.links.lock().expect("relay lock");
@@ -168,15 +170,18 @@ impl Relay {
             let woken = wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let taken: Vec<Command> = {
+            let (taken, held): (Vec<Command>, Vec<String>) = {
                 let mut links = self.links.lock().expect("relay lock");
                 match links.get_mut(&key) {
-                    Some(l) => l.queue.drain(..).collect(),
-                    None => Vec::new(),
+                    Some(l) => (
+                        l.queue.drain(..).collect(),
+                        l.sessions.iter().cloned().collect(),
+                    ),
+                    None => (Vec::new(), Vec::new()),
                 }
             };
             if !taken.is_empty() || Instant::now() >= deadline {
-                return (taken, lost);
+                return (taken, held, lost);
             }
             tokio::select! {
                 _ = &mut woken => {}
@@ -185,14 +190,23 @@ impl Relay {
         }
     }
 
-    /// Send `cmd` to the worker and wait for its answer; `None` if the worker is
-    /// gone (or goes before it answers).
-    pub async fn request(&self, tenant: &str, worker: &str, mut cmd: Command) -> Option<Reply> {
+    /// Send `cmd` to the worker and wait up to `timeout` for its answer; `None` if
+    /// the worker is gone, goes before it answers, or does not answer in time (a lost
+    /// answer must not hold the session's calls forever).
+    pub async fn request(
+        &self,
+        tenant: &str,
+        worker: &str,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> Option<Reply> {
         let (tx, rx) = oneshot::channel();
+        let key = (tenant.to_owned(), worker.to_owned());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         {
             let mut links = self.links.lock().expect("relay lock");
-            let link = links.get_mut(&(tenant.to_owned(), worker.to_owned()))?;
-            cmd.id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let link = links.get_mut(&key)?;
+            cmd.id = id;
             link.pending.insert(cmd.id, tx);
             if cmd.kind == CommandKind::Open {
                 link.sessions.insert(cmd.session_id.clone());
@@ -200,7 +214,16 @@ impl Relay {
             link.queue.push_back(cmd);
             link.wake.notify_waiters();
         }
-        rx.await.ok()
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => {
+                if let Some(link) = self.links.lock().expect("relay lock").get_mut(&key) {
+                    link.pending.remove(&id);
+                }
+                tracing::warn!(worker, command = id, "the worker did not answer in time");
+                None
+            }
+        }
     }
 
     /// Tell the worker to end a session, without waiting for it.

@@ -109,16 +109,24 @@ impl Frames {
     }
 }
 
+/// Relay frames while someone watches; stop (which ends the viewers' streams) once
+/// the session has left its worker, or after a few pictures in a row failed.
 async fn run_remote(snap: Snap, tx: broadcast::Sender<Bytes>) {
+    let mut failed = 0;
     while tx.receiver_count() > 0 {
         match snap("jpeg").await {
             Ok(jpeg) => {
+                failed = 0;
                 if tx.send(Bytes::from(jpeg)).is_err() {
                     break;
                 }
             }
             Err(e) => {
                 debug!(error = %e, "no frame from the worker");
+                failed += 1;
+                if e == super::SNAP_GONE || failed >= 3 {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

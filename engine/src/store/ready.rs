@@ -110,10 +110,10 @@ impl Ready {
         );
     }
 
-    /// The lanes of `plugin` a claimer with `labels` may serve: the unlabelled one,
-    /// then those whose labels it all carries.
+    /// The lanes of `plugin` a claimer with `labels` may serve: those whose labels it
+    /// all carries first (only such claimers can run them), then the unlabelled one.
     fn lanes_for(&self, plugin: &str, labels: &[String]) -> Vec<String> {
-        let mut out = vec![plugin.to_owned()];
+        let mut out = Vec::new();
         if let Some(lanes) = self.labelled.get(plugin) {
             out.extend(
                 lanes
@@ -122,6 +122,7 @@ impl Ready {
                     .map(|(lane, _)| lane.clone()),
             );
         }
+        out.push(plugin.to_owned());
         out
     }
 
@@ -492,10 +493,18 @@ mod tests {
             r.push(key(j, 0), None, 0);
             r.push(key(j, 1), None, 0);
         }
+        // A labelled claimer serves the work only it can run before the rest; `pe`
+        // alone is not enough for a job that also needs `office`.
+        assert_eq!(
+            take_labelled(&mut r, &["pe"]),
+            ["pe0", "pe1", "plain0", "plain1"]
+        );
         // The engine's own dispatcher (no labels) gets only the unlabelled job.
+        for i in 0..2 {
+            r.finished(&key("plain", i));
+            r.push(key("plain", i), None, 0);
+        }
         assert_eq!(take_labelled(&mut r, &[]), ["plain0", "plain1"]);
-        // `pe` alone is not enough for a job that also needs `office`.
-        assert_eq!(take_labelled(&mut r, &["pe"]), ["pe0", "pe1"]);
         assert_eq!(take_labelled(&mut r, &["office", "pe"]), ["both0", "both1"]);
         // Removing the last job of a label set forgets its lane.
         r.remove_job("pe");

@@ -48,7 +48,16 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         match commands {
-            Ok(commands) => {
+            Ok((commands, kept)) => {
+                // Sessions the engine no longer knows here (it closed them while this
+                // worker was out of reach, or it restarted) go now.
+                held.lock().expect("held lock").retain(|id, _| {
+                    let known = kept.contains(id);
+                    if !known {
+                        info!(session = %id, "session dropped: the engine no longer has it here");
+                    }
+                    known
+                });
                 for cmd in commands {
                     tokio::spawn(handle(rt.clone(), queue.clone(), held.clone(), cmd));
                 }
@@ -215,14 +224,16 @@ impl SessionLink for Link {
 
 impl RemoteQueue {
     /// Wait (up to the engine's limit) for commands of this worker's sessions.
+    /// Also the sessions the engine knows this worker to hold.
     async fn session_poll(
         &self,
         instance: &str,
         plugins: &[String],
-    ) -> crate::store::Result<Vec<Command>> {
+    ) -> crate::store::Result<(Vec<Command>, Vec<String>)> {
         #[derive(serde::Deserialize)]
         struct Commands {
             commands: Vec<Command>,
+            sessions: Vec<String>,
         }
         let got: Commands = self
             .send(
@@ -236,20 +247,33 @@ impl RemoteQueue {
                 None,
             )
             .await?;
-        Ok(got.commands)
+        Ok((got.commands, got.sessions))
     }
 
+    /// Answer a command, tried again while the engine is out of reach (a lost
+    /// answer costs the session: the engine gives up on it).
     async fn session_reply(&self, reply: &Reply) -> crate::store::Result<()> {
-        let body = serde_json::to_value(reply)?;
-        let body = crate::cli::client::without_nulls(body);
-        self.send::<Value>(
-            self.http
-                .post(self.url(&format!("/workers/{}/sessions/reply", self.name)))
-                .json(&body),
-            None,
-        )
-        .await
-        .map(|_| ())
+        let body = crate::cli::client::without_nulls(serde_json::to_value(reply)?);
+        let until = std::time::Instant::now() + super::REPORT_RETRY;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let sent = self
+                .send::<Value>(
+                    self.http
+                        .post(self.url(&format!("/workers/{}/sessions/reply", self.name)))
+                        .json(&body),
+                    None,
+                )
+                .await;
+            match sent {
+                Err(StoreError::Storage(e)) if std::time::Instant::now() < until => {
+                    warn!(command = reply.id, error = %e, "answer failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                r => return r.map(|_| ()),
+            }
+        }
     }
 
     async fn session_artifact(

@@ -351,9 +351,11 @@ impl Chromium {
             }
             open.sort_by_key(|s| std::cmp::Reverse(s.free()));
             let mut last_error = None;
+            let mut full = false;
             for slot in open {
                 if slot.in_use.fetch_add(1, Ordering::AcqRel) >= slot.capacity {
                     slot.in_use.fetch_sub(1, Ordering::AcqRel);
+                    full = true;
                     continue;
                 }
                 let seat = Seat {
@@ -379,14 +381,16 @@ impl Chromium {
                     }
                 }
             }
-            if let Some(e) = last_error {
-                return Err(e);
+            if let (Some(e), false) = (&last_error, full) {
+                return Err(e.clone());
             }
-            // Every reachable browser is full: wait for a context to close.
+            // Every browser that answers is full: wait for a context to close.
             tokio::select! {
                 _ = &mut freed => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err("every browser endpoint is at its capacity".into());
+                    return Err(last_error.unwrap_or_else(|| {
+                        "every browser endpoint is at its capacity".into()
+                    }));
                 }
             }
         }
