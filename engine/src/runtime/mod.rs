@@ -243,7 +243,18 @@ impl Runtime {
     /// Compile, describe, check grants, register as the current version.
     pub async fn load(&self, bytes: &[u8], source: Source) -> Result<PluginMeta, RuntimeError> {
         let (pre, info) = self.prepare(bytes).await?;
-        self.register(pre, info, bytes, source)
+        self.register(pre, info, bytes, source, true)
+    }
+
+    /// Load a version beside the current one without making it current (a worker's
+    /// copy of the version an older job's item or a session was made with).
+    pub async fn load_beside(
+        &self,
+        bytes: &[u8],
+        source: Source,
+    ) -> Result<PluginMeta, RuntimeError> {
+        let (pre, info) = self.prepare(bytes).await?;
+        self.register(pre, info, bytes, source, false)
     }
 
     /// Check a described component against its grants and make it the current version.
@@ -253,6 +264,7 @@ impl Runtime {
         info: bindings::PluginInfo,
         bytes: &[u8],
         source: Source,
+        current: bool,
     ) -> Result<PluginMeta, RuntimeError> {
         let builtin = matches!(source, Source::Builtin(_));
         let grants = Arc::new(Grants::from_config(
@@ -318,15 +330,18 @@ impl Runtime {
                 .map(|o| (o.name.as_str(), &o.input_schema)),
         )?;
         info!(plugin = %meta.name, version = %meta.version, builtin, "plugin loaded");
-        self.registry.insert(LoadedPlugin {
-            meta: meta.clone(),
-            sha256: sha256_hex(bytes),
-            source,
-            inputs,
-            pre,
-            http: http::client_for(grants.clone()),
-            grants,
-        });
+        self.registry.insert(
+            LoadedPlugin {
+                meta: meta.clone(),
+                sha256: sha256_hex(bytes),
+                source,
+                inputs,
+                pre,
+                http: http::client_for(grants.clone()),
+                grants,
+            },
+            current,
+        );
         // The answer lists every installed version, as the plugin's description does.
         let mut meta = meta;
         meta.versions = self.registry.versions(&meta.name);
@@ -364,7 +379,7 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Io(e.to_string()))?
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
-        self.register(pre, info, bytes, Source::File(file.clone()))
+        self.register(pre, info, bytes, Source::File(file.clone()), true)
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&file);
             })

@@ -108,11 +108,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Add a version; it becomes the current one.
-    pub fn insert(&self, plugin: LoadedPlugin) {
+    /// Add a version; it becomes the current one if `current` (or if it is the
+    /// plugin's first).
+    pub fn insert(&self, plugin: LoadedPlugin, current: bool) {
         let mut map = self.plugins.write().expect("registry lock");
         let v = map.entry(plugin.meta.name.clone()).or_default();
-        v.current = plugin.meta.version.clone();
+        if current || v.all.is_empty() {
+            v.current = plugin.meta.version.clone();
+        }
         v.all.insert(plugin.meta.version.clone(), Arc::new(plugin));
     }
 

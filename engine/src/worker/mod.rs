@@ -474,7 +474,7 @@ impl Executor for WorkerExecutor {
             let version = task.plugin_version.clone();
             if let Some(v) = &version
                 && rt.registry().get(&plugin, Some(v)).is_none()
-                && let Err(e) = fetch(&rt, &queue, &plugin, v).await
+                && let Err(e) = fetch(&rt, &queue, &plugin, v, false).await
             {
                 running.fetch_sub(1, Ordering::Relaxed);
                 return Outcome::Failed(crate::model::ItemError::application(format!(
@@ -488,12 +488,23 @@ impl Executor for WorkerExecutor {
     }
 }
 
-async fn fetch(rt: &Runtime, queue: &RemoteQueue, name: &str, version: &str) -> anyhow::Result<()> {
+/// Fetch and load a plugin version from the engine; `current` for the version new
+/// jobs get, not for an older one an item or a session names.
+async fn fetch(
+    rt: &Runtime,
+    queue: &RemoteQueue,
+    name: &str,
+    version: &str,
+    current: bool,
+) -> anyhow::Result<()> {
     let (bytes, sha) = queue.component(name, version).await?;
-    let meta = rt
-        .load(&bytes, Source::Bytes(bytes.clone().into()))
-        .await
-        .with_context(|| format!("plugin {name} {version}"))?;
+    let source = Source::Bytes(bytes.clone().into());
+    let meta = if current {
+        rt.load(&bytes, source).await
+    } else {
+        rt.load_beside(&bytes, source).await
+    }
+    .with_context(|| format!("plugin {name} {version}"))?;
     info!(plugin = %meta.name, version = %meta.version, sha256 = %sha, "plugin fetched from the engine");
     Ok(())
 }
@@ -573,7 +584,7 @@ pub async fn run(
         None,
     )?;
     for p in &assignment.plugins {
-        fetch(&rt, &queue, &p.name, &p.version).await?;
+        fetch(&rt, &queue, &p.name, &p.version, true).await?;
     }
     let running = Arc::new(AtomicU32::new(0));
     let shutdown = CancellationToken::new();
@@ -605,7 +616,7 @@ pub async fn run(
                     Ok(a) => {
                         for p in a.plugins {
                             if rt.registry().get(&p.name, Some(&p.version)).is_none()
-                                && let Err(e) = fetch(&rt, &queue, &p.name, &p.version).await
+                                && let Err(e) = fetch(&rt, &queue, &p.name, &p.version, true).await
                             {
                                 warn!(plugin = %p.name, error = %format!("{e:#}"), "cannot load a plugin");
                             }

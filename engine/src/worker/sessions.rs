@@ -172,7 +172,7 @@ async fn open(rt: &Arc<Runtime>, queue: &Arc<RemoteQueue>, cmd: Command) -> Resu
     if let Some(v) = &version
         && rt.registry().get(&plugin, Some(v)).is_none()
     {
-        fetch(rt, queue, &plugin, v)
+        fetch(rt, queue, &plugin, v, false)
             .await
             .map_err(|e| format!("worker: {e:#}"))?;
     }
