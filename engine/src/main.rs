@@ -21,9 +21,15 @@ use faena::store::{Store, StoreOptions};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FAENA_LOG")
-        .unwrap_or_else(|_| "info,chromiumoxide=off,cranelift=warn,wasmtime=warn".into());
+fn init_tracing(format: LogFormat, quiet: bool) {
+    // `faena plugin run` prints the item itself: only problems go to the log.
+    let default = if quiet {
+        "warn,chromiumoxide=off,cranelift=warn,wasmtime=warn"
+    } else {
+        "info,chromiumoxide=off,cranelift=warn,wasmtime=warn"
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FAENA_LOG").unwrap_or_else(|_| default.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -37,7 +43,10 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> ExitCode {
     faena::no_transparent_huge_pages();
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_tracing(
+        cli.log_format,
+        matches!(cli.command, Command::Plugin { .. }),
+    );
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => faena::worker::run(args.options(), signal()).await,
@@ -52,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Keys { remote, command } => faena::cli::run_keys(&remote.client(), command)
             .await
             .map_err(Into::into),
+        Command::Plugin { command } => faena::cli::run_plugin(command).await,
         Command::Webhooks { remote, command } => {
             faena::cli::run_webhooks(&remote.client(), command)
                 .await

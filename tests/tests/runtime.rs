@@ -523,3 +523,71 @@ async fn the_example_plugin_installs_and_runs() {
     assert_eq!(flaky.attempts.len(), 2);
     assert_eq!(flaky.result.unwrap()["greeting"], "hello, Bo");
 }
+
+/// `faena plugin run`: one item here with no server, its steps and result printed,
+/// a failure's kind and code in the error and the exit status; `faena plugin install`
+/// puts the component on a running engine with the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_run_and_install_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let faena = |args: &[&str]| {
+        let out = std::process::Command::new(common::process::faena_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = faena(&["plugin", "run", PROBE, "--op", "stages", "--attempts", "3"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("step submitted (attempt 1): ref-77"), "{out}");
+    let printed: Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(printed["passed_submitted"], true, "{out}");
+
+    let (ok, out, err) = faena(&[
+        "plugin",
+        "run",
+        PROBE,
+        "--op",
+        "fail",
+        "--input",
+        r#"{"kind":"business"}"#,
+    ]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("business error [bad-data]: bad data"), "{err}");
+    let (ok, _, err) = faena(&["plugin", "run", PROBE, "--op", "nope"]);
+    assert!(!ok && err.contains("has no operation `nope`"), "{err}");
+    let (ok, _, err) = faena(&["plugin", "run", PROBE, "--op", "echo", "--input", "{bad"]);
+    assert!(!ok && err.contains("--input is not JSON"), "{err}");
+    // A built-in plugin by name.
+    let (ok, out, err) = faena(&[
+        "plugin",
+        "run",
+        "noop",
+        "--op",
+        "run",
+        "--input",
+        r#"{"a":1}"#,
+    ]);
+    assert!(ok && out.contains("\"a\": 1"), "{out}{err}");
+
+    let e = engine(PluginConfig::default(), false).await;
+    let hello = faena_tests::guests::PLUGIN_HELLO;
+    let (ok, out, err) = faena(&[
+        "plugin", "install", hello, "--server", &e.url, "--key", &e.key,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("installed hello"), "{out}");
+    let (ok, _, err) = faena(&[
+        "plugin", "install", hello, "--server", &e.url, "--key", &e.key,
+    ]);
+    assert!(
+        !ok && err.contains("409") || err.contains("already"),
+        "{err}"
+    );
+}

@@ -116,6 +116,16 @@ impl Client {
         self.send(req).await
     }
 
+    /// POST raw bytes (`application/octet-stream`), e.g. a plugin's component.
+    pub async fn upload(&self, path: &str, bytes: Vec<u8>) -> Result<Value, CliError> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        self.send(req).await
+    }
+
     pub async fn revoke_key(&self, id: &str) -> Result<(), CliError> {
         self.send(self.http.delete(format!("{}/api/v1/keys/{id}", self.base)))
             .await

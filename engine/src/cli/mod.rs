@@ -1,7 +1,9 @@
-//! The `faena` command line: `serve`, and `jobs …`, `schedules …`, `webhooks …` and
-//! `keys …`, which talk to a running engine over its REST API and WebSocket feed.
+//! The `faena` command line: `serve`, `worker`, `plugin run` (one item here, no
+//! server), and `jobs …`, `schedules …`, `webhooks …`, `keys …` and `plugin install`,
+//! which talk to a running engine over its REST API and WebSocket feed.
 
 pub mod client;
+mod plugin;
 mod schedules;
 mod watch;
 mod webhooks;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use client::{CliError, Client};
+pub use plugin::{PluginCommand, run_plugin};
 pub use schedules::{SchedulesCommand, run_schedules};
 pub use webhooks::{WebhooksCommand, run_webhooks};
 
@@ -68,6 +71,12 @@ pub enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Write plugins: run one item of a plugin here with no server, or install it on
+    /// a running engine.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
     },
     /// Manage the tenant's webhooks on a running engine (changes need an admin key).
     Webhooks {

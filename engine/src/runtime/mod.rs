@@ -788,6 +788,18 @@ impl Executor for WasmExecutor {
 /// Build the runtime for `faena serve`: artifacts and secrets next to the store,
 /// compiled-code cache and uploaded plugins in the data directory, built-ins loaded.
 pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, RuntimeError> {
+    let rt = prepare(config, store, config.data_dir.join("cache"))?;
+    rt.load_all().await?;
+    Ok(rt)
+}
+
+/// The runtime of `config` on `store`, with no plugin loaded yet; compiled components
+/// are cached in `cache_dir`.
+pub fn prepare(
+    config: &Config,
+    store: &Store,
+    cache_dir: PathBuf,
+) -> Result<Arc<Runtime>, RuntimeError> {
     let artifacts = store
         .artifacts()
         .map_err(|e| RuntimeError::Io(e.to_string()))?;
@@ -805,16 +817,14 @@ pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, Runti
         profile_dir: config.data_dir.join("chromium"),
         args: config.browser.args.clone(),
     });
-    let rt = Runtime::new(
+    Runtime::new(
         RuntimeOptions {
-            cache_dir: config.data_dir.join("cache"),
+            cache_dir,
             plugin_dir: config.data_dir.join("plugins"),
             plugins: config.plugins.clone(),
             chromium,
         },
         Some(artifacts),
         Some(secrets),
-    )?;
-    rt.load_all().await?;
-    Ok(rt)
+    )
 }
