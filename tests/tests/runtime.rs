@@ -591,3 +591,63 @@ async fn plugin_run_and_install_from_the_command_line() {
         "{err}"
     );
 }
+
+/// `faena plugin new` writes a project that builds outside this repository (its own
+/// crate, the SDK and WIT beside it), `faena plugin build` builds it, and the
+/// component runs.
+#[test]
+fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let faena = |args: &[&str]| {
+        let out = std::process::Command::new(common::process::faena_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = faena(&["plugin", "new", "permits"]);
+    assert!(ok, "{out}");
+    let (ok, out) = faena(&["plugin", "new", "permits"]);
+    assert!(!ok && out.contains("exists already"), "{out}");
+    let (ok, out) = faena(&["plugin", "new", "Bad Name"]);
+    assert!(!ok && out.contains("is not a plugin name"), "{out}");
+    let (ok, out) = faena(&["plugin", "build", "permits"]);
+    assert!(ok, "{out}");
+    let wasm = out
+        .lines()
+        .find(|l| l.ends_with(".wasm"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_owned();
+    assert!(
+        wasm.ends_with("permits/target/wasm32-wasip2/release/permits.wasm"),
+        "{out}"
+    );
+    let (ok, out) = faena(&[
+        "plugin",
+        "run",
+        &wasm,
+        "--op",
+        "run",
+        "--input",
+        r#"{"name":"Ana"}"#,
+    ]);
+    assert!(ok && out.contains("hello, Ana"), "{out}");
+    let (ok, out) = faena(&[
+        "plugin",
+        "run",
+        &wasm,
+        "--op",
+        "run",
+        "--input",
+        r#"{"name":""}"#,
+    ]);
+    assert!(!ok && out.contains("--input"), "{out}");
+}

@@ -4,6 +4,7 @@
 
 pub mod client;
 mod plugin;
+mod scaffold;
 mod schedules;
 mod watch;
 mod webhooks;

@@ -20,8 +20,28 @@ use crate::runtime::{Source, WasmExecutor};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::store::Store;
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Start a plugin project (a folder that builds as it is, outside any workspace).
+    New {
+        /// The plugin's name: a lowercase letter, then letters, digits, `-`, `_`.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the plugin project in DIR (default: here) for `wasm32-wasip2`.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Install a plugin's component (`.wasm`) on a running engine: a new plugin, or a
     /// new version of one (new jobs get it; running ones keep theirs).
     Install {
@@ -58,6 +78,23 @@ pub struct RunArgs {
 
 pub async fn run_plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
+        PluginCommand::New { name, lang, dir } => {
+            let root = match lang {
+                Lang::Rust => super::scaffold::new_rust(&name, dir.as_deref())?,
+            };
+            println!(
+                "wrote {}: `cd {} && faena plugin build` builds it",
+                root.display(),
+                root.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { dir } => {
+            let dir2 = dir.clone();
+            let wasm = tokio::task::spawn_blocking(move || super::scaffold::build(&dir2)).await??;
+            println!("{}", wasm.display());
+            Ok(())
+        }
         PluginCommand::Install { file, remote } => install(&remote.client(), &file).await,
         PluginCommand::Run(args) => run(args).await,
     }

@@ -1,6 +1,7 @@
-//! A plugin to copy. It greets someone, records a checkpoint, and shows the two kinds
+//! A plugin to read. It greets someone, records a checkpoint, and shows the two kinds
 //! of failure: a business error (bad input: never retried, goes to review or fails)
-//! and an application error (retried with backoff).
+//! and an application error (retried with backoff). To start your own outside this
+//! repository, `faena plugin new NAME` writes a project that builds where it is.
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2 -p faena-example-hello`
 //! and install it with an admin key of the `default` tenant (the first start writes one
