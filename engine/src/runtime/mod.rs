@@ -547,7 +547,12 @@ impl Runtime {
             )));
         };
         let resource = ctx.resource().map(str::to_owned);
-        let state = self.state(&plugin, &item.tenant, Some(item.job_id.clone()), Some(ctx));
+        let mut state = self.state(&plugin, &item.tenant, Some(item.job_id.clone()), Some(ctx));
+        state.host.checkpoints = item
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.state.clone()))
+            .collect();
         let mut store = self.new_store(state);
         let context = bindings::Context {
             job_id: item.job_id.clone(),
@@ -558,14 +563,6 @@ impl Runtime {
                 name: s.name.clone(),
                 state: s.state.clone(),
             }),
-            checkpoints: item
-                .steps
-                .iter()
-                .map(|s| bindings::Checkpoint {
-                    name: s.name.clone(),
-                    state: s.state.clone(),
-                })
-                .collect(),
             session_id: None,
             resource,
         };
@@ -727,7 +724,6 @@ impl Instance {
             attempt: 1,
             idempotency_key: format!("faena-{}-{call_id}", self.session_id),
             last_checkpoint: None,
-            checkpoints: Vec::new(),
             session_id: Some(self.session_id.clone()),
             resource: None,
         };

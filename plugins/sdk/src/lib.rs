@@ -263,7 +263,7 @@ pub fn __run<P: Plugin>(
         attempt: ctx.attempt,
         idempotency_key: ctx.idempotency_key,
         last_checkpoint: ctx.last_checkpoint,
-        checkpoints: ctx.checkpoints,
+        checkpoints: host::checkpoints(),
         session_id: ctx.session_id,
         resource: ctx.resource,
     };

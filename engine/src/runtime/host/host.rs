@@ -84,6 +84,18 @@ impl Host for ItemState {
         Ok(run.step(&name, state).await.map_err(store_error))
     }
 
+    async fn checkpoints(&mut self) -> wasmtime::Result<Vec<types::Checkpoint>> {
+        Ok(self
+            .host
+            .checkpoints
+            .iter()
+            .map(|(name, state)| types::Checkpoint {
+                name: name.clone(),
+                state: state.clone(),
+            })
+            .collect())
+    }
+
     async fn progress(&mut self, data: String) -> wasmtime::Result<Result<(), PluginError>> {
         let run = match self.host.running("progress") {
             Ok(Running::Item(r)) => r,

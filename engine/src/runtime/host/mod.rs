@@ -42,6 +42,8 @@ pub struct HostCtx {
     pub session_id: Option<String>,
     /// A session held on a worker: its secrets and where its files go.
     pub session_link: Option<Arc<dyn SessionLink>>,
+    /// The checkpoints earlier attempts of the running item recorded (name, state).
+    pub checkpoints: Vec<(String, Option<String>)>,
     /// Secret values handed to the guest in this run, redacted from what it reports.
     revealed: Redactor,
 }
@@ -66,6 +68,7 @@ impl HostCtx {
             run,
             session_id: None,
             session_link: None,
+            checkpoints: Vec::new(),
             revealed: Redactor::default(),
         }
     }
