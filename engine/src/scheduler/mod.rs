@@ -56,7 +56,56 @@ impl Default for SchedulerConfig {
 /// engine is shutting down and the grace period is over.
 const SHUTDOWN_REASON: &str = "the engine shut down before the item finished";
 
-type Running = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
+type Running = Arc<Mutex<Runs>>;
+
+/// The runs under way (item → lease token and its stop), and the items the feed said
+/// left `running` when no run of theirs was registered yet: a claim's answer and the
+/// cancel of its item can cross, and the run registered a moment later must still stop.
+#[derive(Default)]
+struct Runs {
+    by_item: HashMap<String, (u64, CancellationToken)>,
+    left: HashMap<String, u64>,
+    left_order: std::collections::VecDeque<String>,
+}
+
+/// How many unmatched "left running" events are remembered.
+const LEFT_KEPT: usize = 4096;
+
+impl Runs {
+    /// Register a run; false if its item already left `running` under this lease.
+    fn start(&mut self, item: &str, token: u64, cancel: CancellationToken) -> bool {
+        let gone = self.left.remove(item).is_some_and(|seq| seq > token);
+        self.by_item.insert(item.to_owned(), (token, cancel));
+        !gone
+    }
+
+    fn remove(&mut self, item: &str) {
+        self.by_item.remove(item);
+    }
+
+    /// The item left `running` at `seq`: stop its run, or (if `remember`) remember it
+    /// for a run not registered yet.
+    fn left_running(&mut self, item: &str, seq: u64, remember: bool) {
+        match self.by_item.get(item) {
+            Some((token, cancel)) => {
+                if seq > *token {
+                    cancel.cancel();
+                }
+            }
+            None if !remember => {}
+            None => {
+                if self.left.insert(item.to_owned(), seq).is_none() {
+                    self.left_order.push_back(item.to_owned());
+                }
+                while self.left_order.len() > LEFT_KEPT {
+                    if let Some(old) = self.left_order.pop_front() {
+                        self.left.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Start dispatching until `shutdown` is cancelled, then drain: nothing new is
 /// claimed, running items get [`SchedulerConfig::grace`] to finish, and the rest are
@@ -119,10 +168,15 @@ pub async fn run_on(
                             .try_acquire_owned()
                             .expect("a free slot was counted");
                         let cancel = stop_runs.child_token();
-                        running
-                            .lock()
-                            .expect("running lock")
-                            .insert(task.item.id.clone(), (task.lease_token, cancel.clone()));
+                        let live = running.lock().expect("running lock").start(
+                            &task.item.id,
+                            task.lease_token,
+                            cancel.clone(),
+                        );
+                        if !live {
+                            // Cancelled between its claim and now: it stops at once.
+                            cancel.cancel();
+                        }
                         let (queue, executor, running, freed, pools, stop_runs) = (
                             queue.clone(),
                             executor.clone(),
@@ -347,11 +401,45 @@ async fn watch_events(
         if from != &serde_json::json!(ItemStatus::Running) {
             continue;
         }
-        let guard = running.lock().expect("running lock");
-        if let Some((token, cancel)) = guard.get(item)
-            && event.seq > *token
-        {
-            cancel.cancel();
+        // A run's own outcome also leaves `running`; only a stop from elsewhere (a
+        // cancel, a requeue) needs remembering for a run not registered yet.
+        let stopped = matches!(
+            event.data.get("to").and_then(|t| t.as_str()),
+            Some("cancelled" | "queued")
+        );
+        running
+            .lock()
+            .expect("running lock")
+            .left_running(item, event.seq, stopped);
+    }
+}
+
+#[cfg(test)]
+mod runs_tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_that_comes_before_its_run_is_registered_still_stops_it() {
+        let mut runs = Runs::default();
+        // The cancel of item a (seq 20) is seen before its run (lease token 10) starts.
+        runs.left_running("a", 20, true);
+        assert!(!runs.start("a", 10, CancellationToken::new()));
+        // An event of an earlier lease does not stop a later run.
+        runs.left_running("b", 5, true);
+        assert!(runs.start("b", 10, CancellationToken::new()));
+        // A registered run is stopped at once; a run's own outcome is not remembered.
+        let cancel = CancellationToken::new();
+        assert!(runs.start("c", 30, cancel.clone()));
+        runs.left_running("c", 31, true);
+        assert!(cancel.is_cancelled());
+        runs.remove("c");
+        runs.left_running("d", 40, false);
+        assert!(runs.start("d", 35, CancellationToken::new()));
+        // What is remembered is bounded.
+        for i in 0..LEFT_KEPT + 10 {
+            runs.left_running(&format!("x{i}"), 1, true);
         }
+        assert_eq!(runs.left.len(), LEFT_KEPT);
+        assert_eq!(runs.left_order.len(), LEFT_KEPT);
     }
 }
