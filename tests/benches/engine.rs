@@ -35,6 +35,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+// Under a folder of its own: a file beside this one would be a bench target too.
+#[path = "engine/workers.rs"]
 mod workers;
 
 // The same allocator as the `faena` binary.
@@ -1303,7 +1305,6 @@ where
 /// CPU seconds (user + system) used so far by this process's threads whose name
 /// starts with `prefix`, from /proc.
 fn thread_cpu_seconds(prefix: &str) -> f64 {
-    let ticks_per_s = 100.0; // USER_HZ on Linux
     let mut total = 0.0;
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -1315,11 +1316,20 @@ fn thread_cpu_seconds(prefix: &str) -> f64 {
         if !stat[open + 1..close].starts_with(prefix) {
             continue;
         }
-        // Fields after the name: state is the 3rd field of the line, utime the 14th.
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let utime: f64 = fields[11].parse().unwrap();
-        let stime: f64 = fields[12].parse().unwrap();
-        total += (utime + stime) / ticks_per_s;
+        total += stat_cpu_seconds(&stat);
     }
     total
+}
+
+/// User + system CPU seconds in a `/proc/…/stat` line.
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let close = stat
+        .rfind(')')
+        .expect("a stat line names its command in parentheses");
+    // Fields after the name: state is the 3rd field of the line, utime the 14th.
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let utime: f64 = fields[11].parse().unwrap();
+    let stime: f64 = fields[12].parse().unwrap();
+    (utime + stime) / ticks_per_s
 }

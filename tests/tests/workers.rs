@@ -17,28 +17,27 @@ use common::process::{Chrome, Faena, Worker, free_port};
 use faena_tests::portals::{self, gsp};
 use serde_json::{Value, json};
 
+/// gsp's grants, settings and secrets against the simulator at `portal`.
+fn gsp_grants(portal: &str) -> String {
+    format!(
+        "[plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_supervisor\", \"gsp_password\"]\n\
+         settings = {{ portal_url = \"{portal}\" }}\n\
+         [secrets]\ngsp_supervisor = \"{}\"\ngsp_password = \"{}\"\n",
+        gsp::SUPERVISOR,
+        gsp::PASSWORD,
+    )
+}
+
 /// A coordinator-only engine granting gsp the browser and its secrets.
 async fn coordinator(dir: &Path, portal: &str) -> Faena {
-    let data = dir.join("engine");
-    std::fs::create_dir_all(&data).unwrap();
-    let port = free_port();
-    let config = dir.join("faena.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nport = {port}\nconcurrency = 0\n[browser]\nenabled = false\n\
-             [plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_supervisor\", \"gsp_password\"]\n\
-             settings = {{ portal_url = \"{portal}\" }}\n\
-             [secrets]\ngsp_supervisor = \"{}\"\ngsp_password = \"{}\"\n",
-            gsp::SUPERVISOR,
-            gsp::PASSWORD,
-            data = data.display().to_string(),
+    Faena::configured(
+        dir,
+        &format!(
+            "concurrency = 0\n[browser]\nenabled = false\n{}",
+            gsp_grants(portal)
         ),
     )
-    .unwrap();
-    let faena = Faena::start(&config, &data, port);
-    faena.ready().await;
-    faena
+    .await
 }
 
 async fn key(faena: &Faena, role: &str, tenant: &str) -> String {
@@ -406,20 +405,8 @@ async fn a_worker_key_reaches_only_the_worker_protocol_of_its_tenant() {
 async fn labelled_jobs_run_only_on_workers_with_their_labels() {
     let dir = tempfile::tempdir().unwrap();
     // This engine runs items itself too: a labelled job must still pass it by.
-    let data = dir.path().join("engine");
-    std::fs::create_dir_all(&data).unwrap();
-    let port = free_port();
-    let config = dir.path().join("faena.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nport = {port}\nconcurrency = 2\n[browser]\nenabled = false\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
-    let faena = Faena::start(&config, &data, port);
-    faena.ready().await;
+    let faena =
+        Faena::configured(dir.path(), "concurrency = 2\n[browser]\nenabled = false\n").await;
     let k = key(&faena, "worker", "default").await;
     let args = ["--no-browser", "--plugins", "noop", "--concurrency", "2"];
     let _lima = Worker::start(
@@ -504,29 +491,17 @@ async fn an_engine_spreads_contexts_over_browser_endpoints_and_outlives_one() {
     let b = Chrome::start(pb, dir.path());
     a.ready().await;
     b.ready().await;
-    let data = dir.path().join("engine");
-    std::fs::create_dir_all(&data).unwrap();
-    let port = free_port();
-    let config = dir.path().join("faena.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nport = {port}\nconcurrency = 4\n\
-             [browser]\nendpoints = [{{ url = \"{}\", capacity = 2 }}, {{ url = \"{}\", capacity = 2 }}]\n\
-             [plugins.gsp]\nbrowser = true\nsecrets = [\"gsp_supervisor\", \"gsp_password\"]\n\
-             settings = {{ portal_url = \"{portal}\" }}\n\
-             [secrets]\ngsp_supervisor = \"{}\"\ngsp_password = \"{}\"\n",
+    let faena = Faena::configured(
+        dir.path(),
+        &format!(
+            "concurrency = 4\n[browser]\nendpoints = [{{ url = \"{}\", capacity = 2 }}, \
+             {{ url = \"{}\", capacity = 2 }}]\n{}",
             a.url(),
             b.url(),
-            gsp::SUPERVISOR,
-            gsp::PASSWORD,
-            data = data.display().to_string(),
-            portal = portals.url,
+            gsp_grants(&portals.url)
         ),
     )
-    .unwrap();
-    let faena = Faena::start(&config, &data, port);
-    faena.ready().await;
+    .await;
     let browsers = vec![("a", pa), ("b", pb)];
 
     // Four at once over two endpoints of two: both carry pages; one is killed
@@ -576,24 +551,17 @@ async fn a_session_lives_on_a_worker_and_moves_when_the_worker_dies() {
     use faena_tests::portals::sunat;
     let portals = portals::serve(0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("engine");
-    std::fs::create_dir_all(&data).unwrap();
-    let port = free_port();
-    let config = dir.path().join("faena.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nport = {port}\nconcurrency = 0\n[browser]\nenabled = false\n\
-             [plugins.sunat]\nbrowser = true\nsecrets = [\"sunat_password\"]\n\
-             settings = {{ portal_url = \"{}\" }}\n[secrets]\nsunat_password = \"{}\"\n",
+    let faena = Faena::configured(
+        dir.path(),
+        &format!(
+            "concurrency = 0\n[browser]\nenabled = false\n[plugins.sunat]\nbrowser = true\n\
+             secrets = [\"sunat_password\"]\nsettings = {{ portal_url = \"{}\" }}\n\
+             [secrets]\nsunat_password = \"{}\"\n",
             portals.url,
             sunat::PASSWORD,
-            data = data.display().to_string(),
         ),
     )
-    .unwrap();
-    let faena = Faena::start(&config, &data, port);
-    faena.ready().await;
+    .await;
     let k = key(&faena, "worker", "default").await;
     let mut robots = BTreeMap::new();
     for name in ["robot1", "robot2"] {
@@ -664,7 +632,7 @@ async fn a_session_lives_on_a_worker_and_moves_when_the_worker_dies() {
     assert_eq!(png.status(), 200);
     assert!(png.bytes().await.unwrap().starts_with(b"\x89PNG"));
     // The live view: JPEG frames relayed from the worker.
-    let admin = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let admin = std::fs::read_to_string(faena.data.join("admin.key")).unwrap();
     let (mut cast, _) = tokio_tungstenite::connect_async(format!(
         "{}/ws/sessions/{id}/screencast?token={}",
         faena.url.replacen("http://", "ws://", 1),

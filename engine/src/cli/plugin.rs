@@ -228,14 +228,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     stop.cancel();
     let _ = dispatcher.await;
-    let artifacts = rt.artifacts().map(|a| a.for_item(&item_id)).transpose()?;
-    for a in artifacts.unwrap_or_default() {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("cannot create {}", args.out.display()))?;
-        let path = args.out.join(format!("{}-{}", a.id, a.name));
-        let data = rt.artifacts().expect("listed above").read(&a).await?;
-        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("  file  {}", path.display());
+    if let Some(files) = rt.artifacts() {
+        for a in files.for_item(&item_id)? {
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("cannot create {}", args.out.display()))?;
+            let path = args.out.join(format!("{}-{}", a.id, a.name));
+            let data = files.read(&a).await?;
+            std::fs::write(&path, data)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("  file  {}", path.display());
+        }
     }
     rt.stop_browser().await;
     store.close().await;

@@ -162,12 +162,23 @@ impl RemoteQueue {
         token: u64,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<T> {
+        self.retried(item, Some((item, token)), make).await
+    }
+
+    /// [`Self::send`], tried again with backoff for up to [`REPORT_RETRY`] while the
+    /// engine is out of reach; `what` names the report in the log.
+    async fn retried<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        item: Option<(&str, u64)>,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T> {
         let until = std::time::Instant::now() + REPORT_RETRY;
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.send(make(), Some((item, token))).await {
+            match self.send(make(), item).await {
                 Err(StoreError::Storage(e)) if std::time::Instant::now() < until => {
-                    warn!(item, error = %e, "report failed; trying again");
+                    warn!(what, error = %e, "report failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }

@@ -254,26 +254,12 @@ impl RemoteQueue {
     /// answer costs the session: the engine gives up on it).
     async fn session_reply(&self, reply: &Reply) -> crate::store::Result<()> {
         let body = crate::cli::client::without_nulls(serde_json::to_value(reply)?);
-        let until = std::time::Instant::now() + super::REPORT_RETRY;
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let sent = self
-                .send::<Value>(
-                    self.http
-                        .post(self.url(&format!("/workers/{}/sessions/reply", self.name)))
-                        .json(&body),
-                    None,
-                )
-                .await;
-            match sent {
-                Err(StoreError::Storage(e)) if std::time::Instant::now() < until => {
-                    warn!(command = reply.id, error = %e, "answer failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                r => return r.map(|_| ()),
-            }
-        }
+        let url = self.url(&format!("/workers/{}/sessions/reply", self.name));
+        self.retried::<Value>(&format!("session command {}", reply.id), None, || {
+            self.http.post(&url).json(&body)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn session_artifact(

@@ -40,6 +40,26 @@ pub struct Faena {
 }
 
 impl Faena {
+    /// Start one on a free port with its data in `dir/engine` and `settings` (TOML,
+    /// after `data_dir` and `port`) in `dir/faena.toml`, and wait until it answers.
+    pub async fn configured(dir: &Path, settings: &str) -> Faena {
+        let data = dir.join("engine");
+        std::fs::create_dir_all(&data).unwrap();
+        let port = free_port();
+        let config = dir.join("faena.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nport = {port}\n{settings}",
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        let faena = Faena::start(&config, &data, port);
+        faena.ready().await;
+        faena
+    }
+
     pub fn start(config: &Path, data: &Path, port: u16) -> Faena {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -30,11 +30,7 @@ fn free_port() -> u16 {
 /// CPU seconds (user + system) a process has used, from /proc.
 fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let close = stat.rfind(')').unwrap();
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let utime: f64 = fields[11].parse().unwrap();
-    let stime: f64 = fields[12].parse().unwrap();
-    (utime + stime) / 100.0
+    super::stat_cpu_seconds(&stat)
 }
 
 struct Procs(Vec<Child>);
