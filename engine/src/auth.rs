@@ -394,6 +394,9 @@ fn worker_protocol(method: &Method, path: &str) -> Option<WorkerCall> {
                 "heartbeat" | "step" | "complete" | "log" | "progress" | "artifacts" | "release",
             ],
         ) => Some(WorkerCall::Shared),
+        (&Method::GET | &Method::PUT, ["", "api", "v1", "items", _, "state"]) => {
+            Some(WorkerCall::Shared)
+        }
         (&Method::GET, ["", "api", "v1", "plugins", _, "versions", _, "component"]) => {
             Some(WorkerCall::Shared)
         }

@@ -651,3 +651,101 @@ fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
     ]);
     assert!(!ok && out.contains("--input"), "{out}");
 }
+
+/// A portal whose request list shows only what the current login session filed: the
+/// first attempt files a request and dies before its checkpoint; the retry, which kept
+/// the portal session (`keep_state`), finds the request in that session's list and
+/// does not file it again. Without keeping the state, the retry signs in afresh, finds
+/// nothing and files a second request — the duplicate this prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_keeps_the_portal_session_and_finds_what_it_filed() {
+    let portals = faena_tests::portals::serve(0).await.unwrap();
+    let e = engine(
+        PluginConfig {
+            browser: Some(true),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let input = |keep: bool, address: &str, floors: &str| {
+        json!({"url": portals.url, "address": address, "floors": floors,
+               "crash_after_submit": true, "keep_state": keep})
+    };
+    let kept = run_with(&e, "permit", input(true, "Av. Arequipa 120", "3"), 3).await;
+    assert_eq!(kept.status, ItemStatus::Succeeded, "{:?}", kept.error);
+    let result = kept.result.clone().unwrap();
+    assert_eq!(result["recovered"], true, "{result}");
+    assert_eq!(result["attempt"], 2, "{result}");
+    let key = kept.idempotency_key();
+    assert_eq!(portals.submissions("permits").get(&key), Some(&1));
+    assert_eq!(
+        *portals.permits.logins.lock().unwrap(),
+        1,
+        "the retry kept the session"
+    );
+    let filed = portals.permits.filed.lock().unwrap().clone();
+    assert_eq!(filed.len(), 1);
+    assert_eq!(
+        (
+            filed[0].kind.as_str(),
+            filed[0].use_.as_str(),
+            filed[0].floors
+        ),
+        ("extension", "residential", 3)
+    );
+    // The kept state (sealed: no cookie value in the clear) is gone with the item.
+    assert_eq!(e.store.kept_state(&kept.id).unwrap(), None);
+
+    // The control: the same crash without keeping the portal session files twice.
+    let lost = run_with(&e, "permit", input(false, "Jr. Cusco 45", "2"), 3).await;
+    assert_eq!(lost.status, ItemStatus::Succeeded, "{:?}", lost.error);
+    assert_eq!(lost.result.clone().unwrap()["recovered"], false);
+    assert_eq!(
+        portals.submissions("permits").get(&lost.idempotency_key()),
+        Some(&2)
+    );
+
+    // A number the form's `step` refuses fails at once, as the data's fault, with the
+    // browser's message: no retry, nothing filed.
+    let before = portals.permits.filed.lock().unwrap().len();
+    let refused = run_with(&e, "permit", input(true, "Calle Lima 9", "2.5"), 3).await;
+    assert_eq!(refused.status, ItemStatus::Failed);
+    assert_eq!(refused.attempt, 1);
+    let err = refused.error.unwrap();
+    assert_eq!(
+        (err.kind, err.code.as_deref()),
+        (ErrorKind::Business, Some("invalid_form")),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("field `floors`"), "{}", err.message);
+    assert_eq!(portals.permits.filed.lock().unwrap().len(), before);
+}
+
+/// The HTTP capability's cookie jar and redirects: a form login answered with a 303
+/// that sets the session cookie is seen as it is without following, the cookie goes
+/// back on the next request, and a followed login lands on the page it redirects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_keeps_cookies_and_can_stop_at_a_redirect() {
+    let portals = faena_tests::portals::serve(0).await.unwrap();
+    let host = portals.url.trim_start_matches("http://").to_owned();
+    let e = engine(
+        PluginConfig {
+            http_hosts: Some(vec![host]),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let item = run_one(&e, "http-session", json!({"url": portals.url})).await;
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.error);
+    let r = item.result.unwrap();
+    assert_eq!(r["login_status"], 303, "{r}");
+    assert_eq!(r["location"], "/permits/api/whoami", "{r}");
+    assert_eq!(r["set_cookie"], true, "{r}");
+    assert_eq!(r["whoami_status"], 200, "{r}");
+    assert_eq!(r["whoami"], "{\"user\":\"arq.vera\"}", "{r}");
+    assert_eq!(r["followed_status"], 200, "{r}");
+    assert_eq!(r["jar"], json!(["permits_sid"]), "{r}");
+}

@@ -402,6 +402,16 @@ pub enum Done {
     NoContent,
 }
 
+#[derive(poem_openapi::ApiResponse)]
+pub enum KeptState {
+    /// The kept state (opaque to clients: the engine's JSON).
+    #[oai(status = 200)]
+    Ok(poem_openapi::payload::Binary<Vec<u8>>),
+    /// Nothing kept.
+    #[oai(status = 204)]
+    NoContent,
+}
+
 pub(super) fn valid_worker_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -592,6 +602,54 @@ impl FleetApi {
             .progress(&id.0, b.token, b.data, b.resource)
             .await?;
         Ok(Done::NoContent)
+    }
+
+    /// Keep a running item's portal state (a plugin's `keep-state`: cookies, local
+    /// storage, its HTTP cookie jar) for its next attempt; an empty body forgets it.
+    /// Stored encrypted, deleted when the item ends. Fenced by the lease token.
+    #[oai(
+        path = "/items/:id/state",
+        method = "put",
+        operation_id = "keep_item_state"
+    )]
+    async fn keep_state(
+        &self,
+        id: Path<String>,
+        token: poem_openapi::param::Query<u64>,
+        data: poem_openapi::payload::Binary<Vec<u8>>,
+    ) -> ApiResult<Done> {
+        self.state.item(&id.0)?;
+        let state = Some(data.0).filter(|d| !d.is_empty());
+        self.state.store.keep_state(&id.0, token.0, state).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// The portal state earlier attempts of a running item kept (204 when none).
+    #[oai(
+        path = "/items/:id/state",
+        method = "get",
+        operation_id = "kept_item_state"
+    )]
+    async fn kept_state(
+        &self,
+        id: Path<String>,
+        token: poem_openapi::param::Query<u64>,
+    ) -> ApiResult<KeptState> {
+        let item = self.state.item(&id.0)?;
+        if item.status != crate::model::ItemStatus::Running
+            || item.lease.as_ref().map(|l| l.token) != Some(token.0)
+        {
+            return Err(crate::store::StoreError::StaleLease {
+                item: id.0.clone(),
+                token: token.0,
+                reason: "the item is not running under this lease".into(),
+            }
+            .into());
+        }
+        Ok(match self.state.store.kept_state(&id.0)? {
+            Some(state) => KeptState::Ok(poem_openapi::payload::Binary(state)),
+            None => KeptState::NoContent,
+        })
     }
 
     /// Give a running item back to the queue without counting the attempt (the

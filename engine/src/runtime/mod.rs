@@ -13,6 +13,7 @@ pub mod grants;
 pub mod host;
 pub mod http;
 pub mod inputs;
+mod kept;
 pub mod plugin;
 mod state;
 
@@ -337,7 +338,7 @@ impl Runtime {
                 source,
                 inputs,
                 pre,
-                http: http::client_for(grants.clone()),
+                http: http::client(),
                 grants,
             },
             current,
@@ -402,11 +403,7 @@ impl Runtime {
                 None,
             ),
             BrowserCtx::new("(describe)", false, None),
-            HttpCtx {
-                plugin: "(describe)".into(),
-                grants: grants.clone(),
-                client: reqwest::Client::new(),
-            },
+            HttpCtx::new("(describe)", grants.clone(), reqwest::Client::new()),
         );
         let mut store = self.new_store(state);
         let call = async {
@@ -526,11 +523,7 @@ impl Runtime {
                 run,
             ),
             BrowserCtx::new(name, grants.browser, self.chromium.clone()),
-            HttpCtx {
-                plugin: name.clone(),
-                grants: grants.clone(),
-                client: plugin.http.clone(),
-            },
+            HttpCtx::new(name, grants.clone(), plugin.http.clone()),
         )
     }
 
@@ -581,6 +574,10 @@ impl Runtime {
         let state = store.data_mut();
         if matches!(outcome, Outcome::Failed(_)) {
             state.save_failure_screenshots().await;
+            // What the next attempt starts from, as this one left it.
+            if let Err(e) = state.save_kept_state().await {
+                warn!(item = %item.id, error = %e.message, "the portal state could not be kept");
+            }
         }
         state.browser.close().await;
         // Resources left in the table (pages the guest did not drop) go with the store.

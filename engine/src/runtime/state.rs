@@ -21,6 +21,8 @@ pub struct ItemState {
     pub browser: BrowserCtx,
     pub http: HttpCtx,
     pub stderr: MemoryOutputPipe,
+    /// The plugin asked to keep this item's portal state (`browser.keep-state`).
+    pub keeping: bool,
 }
 
 impl ItemState {
@@ -49,6 +51,7 @@ impl ItemState {
             browser,
             http,
             stderr,
+            keeping: false,
         }
     }
 

@@ -78,6 +78,18 @@ impl RunContext {
             .await
     }
 
+    /// Keep the run's portal state for the item's next attempt (encrypted by the engine).
+    pub async fn keep_state(&self, state: Vec<u8>) -> Result<()> {
+        self.queue
+            .keep_state(&self.item, self.token, Some(state))
+            .await
+    }
+
+    /// The portal state an earlier attempt of this item kept.
+    pub async fn kept_state(&self) -> Result<Option<Vec<u8>>> {
+        self.queue.kept_state(&self.item, self.token).await
+    }
+
     /// Publish progress; the feed shows the resource the run holds with it.
     pub async fn progress(&self, data: serde_json::Value) -> Result<()> {
         self.queue

@@ -44,6 +44,21 @@ pub trait Queue: Send + Sync + 'static {
         state: Option<String>,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Keep (or, `None`, forget) the run's portal state for its item's next attempt.
+    fn keep_state<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        state: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The portal state an earlier attempt kept.
+    fn kept_state<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+
     fn progress<'a>(
         &'a self,
         item: &'a str,
@@ -140,6 +155,23 @@ impl Queue for Store {
         state: Option<String>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(Store::step(self, item, token, name, state))
+    }
+
+    fn keep_state<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        state: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Store::keep_state(self, item, token, state))
+    }
+
+    fn kept_state<'a>(
+        &'a self,
+        item: &'a str,
+        _token: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(async move { Store::kept_state(self, item) })
     }
 
     fn progress<'a>(

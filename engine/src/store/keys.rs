@@ -24,6 +24,8 @@ pub const STAGED: u8 = b'c';
 pub const IDEMPOTENCY: u8 = b'k';
 pub const REFERENCE: u8 = b'r';
 pub const SCHEDULE_RUN: u8 = b't';
+/// An item's kept portal state (sealed), while the item lives.
+pub const KEPT: u8 = b'p';
 
 pub const JOB_ID_LEN: usize = 26;
 
@@ -66,6 +68,10 @@ impl ItemKey {
         item_key(&self.job, self.index)
     }
 
+    pub fn kept_key(&self) -> Vec<u8> {
+        kept_key(&self.job, self.index)
+    }
+
     pub fn status_key(&self, status: ItemStatus) -> Vec<u8> {
         status_key(status, &self.job, self.index)
     }
@@ -86,6 +92,14 @@ pub fn staged_key(job: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + JOB_ID_LEN);
     k.push(STAGED);
     k.extend_from_slice(job.as_bytes());
+    k
+}
+
+pub fn kept_key(job: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + JOB_ID_LEN + 8);
+    k.push(KEPT);
+    k.extend_from_slice(job.as_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
     k
 }
 

@@ -694,6 +694,42 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
+    /// Keep a running item's portal state across its attempts, sealed with the
+    /// store's key (bound to the item's id); `None` forgets it. Fenced by the lease.
+    pub async fn keep_state(&self, item: &str, token: u64, state: Option<Vec<u8>>) -> Result<()> {
+        let id = item;
+        let item = Self::item_key(item)?;
+        if state.as_ref().is_some_and(|s| s.len() > MAX_KEPT_STATE) {
+            return Err(StoreError::Invalid(format!(
+                "the portal state to keep is larger than {} KiB",
+                MAX_KEPT_STATE / 1024
+            )));
+        }
+        self.writable()?;
+        let sealed = state.map(|s| self.secrets.key().seal(kept_aad(id).as_bytes(), &s));
+        self.send(|reply| Command::KeepState {
+            item,
+            token,
+            sealed,
+            reply,
+        })
+        .await
+    }
+
+    /// The portal state an earlier attempt of `item` kept, if any.
+    pub fn kept_state(&self, item: &str) -> Result<Option<Vec<u8>>> {
+        let key = Self::item_key(item)?;
+        let Some(sealed) = self.tree.get(key.kept_key())? else {
+            return Ok(None);
+        };
+        match self.secrets.key().open(kept_aad(item).as_bytes(), &sealed) {
+            Some(plain) => Ok(Some(plain)),
+            None => Err(StoreError::Invalid(format!(
+                "the kept portal state of item {item} does not decrypt with this engine's key"
+            ))),
+        }
+    }
+
     pub async fn step(
         &self,
         item: &str,
@@ -1108,6 +1144,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Largest portal state (cookies, local storage, HTTP jar) kept for one item.
+pub const MAX_KEPT_STATE: usize = 1024 * 1024;
+
+fn kept_aad(item: &str) -> String {
+    format!("kept:{item}")
 }
 
 fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {

@@ -529,6 +529,21 @@ impl Writer {
         Ok(())
     }
 
+    pub(crate) fn keep_state(
+        &mut self,
+        tx: &mut Tx<'_>,
+        key: &ItemKey,
+        token: u64,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.leased(tx, key, token)?;
+        match sealed {
+            Some(s) => tx.put(key.kept_key(), s),
+            None => tx.del(key.kept_key()),
+        }
+        Ok(())
+    }
+
     pub(crate) fn step(
         &mut self,
         tx: &mut Tx<'_>,

@@ -115,6 +115,7 @@ impl<'a> Tx<'a> {
         self.status_deltas[status.code() as usize] -= 1;
         self.del(key.status_key(status));
         self.del(key.item_key());
+        self.del(key.kept_key());
     }
 
     pub fn insert_job(&mut self, job: Job) {
@@ -157,6 +158,11 @@ impl<'a> Tx<'a> {
         );
         self.job_mut(&item.job_id)?.counts.moved(from, to);
         self.put_item(item);
+        if !to.is_open() {
+            // The portal state kept across attempts ends with the item (an operator's
+            // retry later starts a fresh portal session).
+            self.del(keys::kept_key(&item.job_id, item.index));
+        }
         Ok(())
     }
 

@@ -67,6 +67,13 @@ pub(crate) enum Command {
         why: String,
         reply: Reply<Item>,
     },
+    /// Keep (or, with `None`, forget) a running item's sealed portal state.
+    KeepState {
+        item: ItemKey,
+        token: u64,
+        sealed: Option<Vec<u8>>,
+        reply: Reply<()>,
+    },
     Step {
         item: ItemKey,
         token: u64,
@@ -451,6 +458,12 @@ impl Writer {
                 why,
                 reply,
             } => self.run_tx(group, reply, |w, tx| w.release(tx, &item, token, &why)),
+            Command::KeepState {
+                item,
+                token,
+                sealed,
+                reply,
+            } => self.run_tx(group, reply, |w, tx| w.keep_state(tx, &item, token, sealed)),
             Command::Step {
                 item,
                 token,

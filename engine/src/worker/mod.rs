@@ -120,19 +120,28 @@ impl RemoteQueue {
         req: reqwest::RequestBuilder,
         item: Option<(&str, u64)>,
     ) -> Result<T> {
+        let resp = self.answer(req, item).await?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return serde_json::from_value(Value::Null).map_err(StoreError::from);
+        }
+        resp.json()
+            .await
+            .map_err(|e| StoreError::Storage(format!("the engine's answer: {e}")))
+    }
+
+    /// Send a request; a success comes back as it is, a refusal as a store error.
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        item: Option<(&str, u64)>,
+    ) -> Result<reqwest::Response> {
         let resp = req
             .send()
             .await
             .map_err(|e| StoreError::Storage(format!("the engine at {}: {e}", self.base)))?;
         let status = resp.status();
         if status.is_success() {
-            if status == reqwest::StatusCode::NO_CONTENT {
-                return serde_json::from_value(Value::Null).map_err(StoreError::from);
-            }
-            return resp
-                .json()
-                .await
-                .map_err(|e| StoreError::Storage(format!("the engine's answer: {e}")));
+            return Ok(resp);
         }
         let message = resp
             .json::<Value>()
@@ -341,6 +350,47 @@ impl Queue for RemoteQueue {
             })
             .await
             .map(drop)
+        })
+    }
+
+    fn keep_state<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+        state: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let body = bytes::Bytes::from(state.unwrap_or_default());
+            self.report::<()>(item, token, || {
+                self.http
+                    .put(self.url(&format!("/items/{item}/state")))
+                    .query(&[("token", token)])
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body.clone())
+            })
+            .await
+        })
+    }
+
+    fn kept_state<'a>(
+        &'a self,
+        item: &'a str,
+        token: u64,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let req = self
+                .http
+                .get(self.url(&format!("/items/{item}/state")))
+                .query(&[("token", token)]);
+            let resp = self.answer(req, Some((item, token))).await?;
+            if resp.status() == reqwest::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            let data = resp
+                .bytes()
+                .await
+                .map_err(|e| StoreError::Storage(format!("the engine's answer: {e}")))?;
+            Ok(Some(data.to_vec()))
         })
     }
 

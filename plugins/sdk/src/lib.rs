@@ -34,7 +34,7 @@ pub mod bindings {
 mod error;
 pub mod page;
 
-pub use bindings::faena::plugin::types::Checkpoint;
+pub use bindings::faena::plugin::types::{Checkpoint, Cookie};
 pub use error::{Error, Result};
 pub use page::Page;
 pub use serde_json;
@@ -173,6 +173,15 @@ pub fn required_setting(name: &str) -> Result<String> {
     })
 }
 
+/// Keep this item's portal state (browser cookies and local storage, the HTTP cookie
+/// jar) across its attempts: a retry starts logged in where the last attempt was, so it
+/// can look up what that attempt submitted in portals whose lists are per session. Call
+/// it before [`Page::open`]. Saved, encrypted, at every [`step`] and when an attempt
+/// fails; deleted when the item ends.
+pub fn keep_state() -> Result<()> {
+    bindings::faena::plugin::browser::keep_state().map_err(Error::from)
+}
+
 pub fn save_artifact(name: &str, content_type: &str, data: &[u8]) -> Result<String> {
     host::save_artifact(name, content_type, data).map_err(Error::from)
 }
@@ -187,11 +196,29 @@ pub fn warn(message: &str) {
 
 pub mod http {
     //! HTTP to the hosts this plugin is granted.
-    pub use crate::bindings::faena::plugin::http::{Request, Response};
-    use crate::{Error, Result};
+    pub use crate::bindings::faena::plugin::http::{Request, Response, SendOptions};
+    use crate::{Cookie, Error, Result};
 
+    /// Send a request; redirects are followed (within the grants) and cookies go
+    /// through the item's jar.
     pub fn send(request: &Request) -> Result<Response> {
         crate::bindings::faena::plugin::http::send(request).map_err(Error::from)
+    }
+
+    /// Send a request without following redirects: a 3xx comes back as it is.
+    pub fn send_no_redirect(request: &Request) -> Result<Response> {
+        crate::bindings::faena::plugin::http::send_with(
+            request,
+            SendOptions {
+                follow_redirects: false,
+            },
+        )
+        .map_err(Error::from)
+    }
+
+    /// The cookies in the item's jar.
+    pub fn cookies() -> Vec<Cookie> {
+        crate::bindings::faena::plugin::http::cookies()
     }
 
     pub fn post_json(

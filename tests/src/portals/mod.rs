@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod gsp;
+pub mod permits;
 pub mod sunat;
 pub mod ultimus;
 pub mod whatsapp;
@@ -244,6 +245,7 @@ pub struct Portals {
     pub gsp: Arc<gsp::Gsp>,
     pub sunat: Arc<sunat::Sunat>,
     pub whatsapp: Arc<whatsapp::Whatsapp>,
+    pub permits: Arc<permits::Permits>,
     stop: CancellationToken,
 }
 
@@ -260,6 +262,7 @@ impl Portals {
             "ultimus" => &self.ultimus.portal,
             "gsp" => &self.gsp.portal,
             "sunat" => &self.sunat.portal,
+            "permits" => &self.permits.portal,
             other => panic!("no portal {other}"),
         };
         p.submissions.lock().unwrap().clone()
@@ -270,6 +273,7 @@ impl Portals {
             "ultimus" => &self.ultimus.portal,
             "gsp" => &self.gsp.portal,
             "sunat" => &self.sunat.portal,
+            "permits" => &self.permits.portal,
             other => panic!("no portal {other}"),
         };
         *p.knobs.lock().unwrap() = knobs;
@@ -282,16 +286,18 @@ pub async fn serve(port: u16) -> std::io::Result<Portals> {
     let gsp = gsp::Gsp::new();
     let sunat = sunat::Sunat::new();
     let whatsapp = whatsapp::Whatsapp::new();
+    let permits = permits::Permits::new();
     let app = poem::Route::new()
         .nest("/ultimus", ultimus::routes(ultimus.clone()))
         .nest("/gsp", gsp::routes(gsp.clone()))
         .nest("/sunat", sunat::routes(sunat.clone()))
         .nest("/whatsapp", whatsapp::routes(whatsapp.clone()))
+        .nest("/permits", permits::routes(permits.clone()))
         .at(
             "/",
             poem::endpoint::make_sync(|_| {
                 poem::web::Html(
-                    "<html><body><a href=\"/ultimus/login\">ultimus</a> · <a href=\"/gsp/login\">gsp</a> · <a href=\"/sunat/login\">sunat</a> · whatsapp API at /whatsapp/v1/messages</body></html>",
+                    "<html><body><a href=\"/ultimus/login\">ultimus</a> · <a href=\"/gsp/login\">gsp</a> · <a href=\"/sunat/login\">sunat</a> · <a href=\"/permits/login\">permits</a> · whatsapp API at /whatsapp/v1/messages</body></html>",
                 )
             }),
         );
@@ -311,6 +317,7 @@ pub async fn serve(port: u16) -> std::io::Result<Portals> {
         gsp,
         sunat,
         whatsapp,
+        permits,
         stop,
     })
 }

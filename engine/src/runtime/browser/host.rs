@@ -10,9 +10,11 @@ use serde_json::{Value, json};
 use tracing::warn;
 use wasmtime::component::Resource;
 
+use super::state::KeptCookie;
 use super::{COMMAND_TIMEOUT, PageHandle};
 use crate::runtime::bindings::PluginError;
 use crate::runtime::bindings::faena::plugin::browser::{Host, HostPage};
+use crate::runtime::bindings::faena::plugin::types::Cookie;
 use crate::runtime::state::ItemState;
 
 type Res<T> = wasmtime::Result<Result<T, PluginError>>;
@@ -136,6 +138,81 @@ impl Host for ItemState {
             Err(e) => Ok(Err(PluginError::app(e))),
         }
     }
+
+    async fn keep_state(&mut self) -> Res<()> {
+        Ok(self.keep_state().await)
+    }
+}
+
+/// Wait, at most `timeout_ms`, until the document marked by [`mark_document`] has been
+/// replaced by a new one that has loaded.
+async fn new_document(page: &Page, timeout_ms: u32, after: &str) -> Result<(), PluginError> {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
+    let js = "window.__faenaOld !== true && document.readyState !== 'loading'".to_owned();
+    loop {
+        // While the navigation is under way the evaluation may fail: keep polling.
+        if let Ok(Value::Bool(true)) = eval(page, js.clone()).await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut e = PluginError::app(format!(
+                "no new page loaded within {timeout_ms} ms after {after}; {}",
+                whereabouts(page).await
+            ));
+            e.code = Some("timeout".into());
+            return Err(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Mark the current document; the next one will not carry the mark.
+async fn mark_document(page: &Page) -> Result<(), PluginError> {
+    eval(page, "window.__faenaOld = true".into())
+        .await
+        .map(drop)
+}
+
+/// Wait, at most `timeout_ms`, until `js` evaluates to true; `what` says what was
+/// awaited when it does not.
+async fn wait_until(
+    page: &Page,
+    js: String,
+    timeout_ms: u32,
+    what: &str,
+) -> Result<(), PluginError> {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
+    loop {
+        // While a navigation is under way the evaluation may fail: keep polling.
+        if let Ok(Value::Bool(true)) = eval(page, js.clone()).await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut e = PluginError::app(format!(
+                "{what} within {timeout_ms} ms; {}",
+                whereabouts(page).await
+            ));
+            e.code = Some("timeout".into());
+            return Err(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Run `body` (JavaScript using `el`) on the element `selector` matches; a missing
+/// element is [`not_found`].
+async fn on_element(page: &Page, selector: &str, body: &str) -> Result<Value, PluginError> {
+    let js = format!(
+        "(() => {{ const el = document.querySelector({s}); if (!el) return {{missing: true}}; return {{value: (() => {{ {body} }})()}}; }})()",
+        s = lit(selector)
+    );
+    let v = eval(page, js).await?;
+    if v.get("missing").is_some() {
+        return Err(not_found(selector));
+    }
+    Ok(v.get("value").cloned().unwrap_or(Value::Null))
 }
 
 impl HostPage for ItemState {
@@ -177,31 +254,13 @@ impl HostPage for ItemState {
         timeout_ms: u32,
     ) -> Res<()> {
         let page = self.page(&h)?;
-        // Mark the current document; the next one will not carry the mark.
-        if let Err(e) = eval(&page, "window.__faenaOld = true".into()).await {
+        if let Err(e) = mark_document(&page).await {
             return Ok(Err(e));
         }
         if let Err(e) = click(&page, &selector).await {
             return Ok(Err(e));
         }
-        let deadline =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
-        let js = "window.__faenaOld !== true && document.readyState !== 'loading'".to_owned();
-        loop {
-            // While the navigation is under way the evaluation may fail: keep polling.
-            if let Ok(Value::Bool(true)) = eval(&page, js.clone()).await {
-                return Ok(Ok(()));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut e = PluginError::app(format!(
-                    "no new page loaded within {timeout_ms} ms after clicking `{selector}`; {}",
-                    whereabouts(&page).await
-                ));
-                e.code = Some("timeout".into());
-                return Ok(Err(e));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        Ok(new_document(&page, timeout_ms, &format!("clicking `{selector}`")).await)
     }
 
     async fn select(
@@ -235,24 +294,9 @@ impl HostPage for ItemState {
         timeout_ms: u32,
     ) -> Res<()> {
         let page = self.page(&h)?;
-        let deadline =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
         let js = format!("!!document.querySelector({})", lit(&selector));
-        loop {
-            // While a navigation is under way the evaluation may fail: keep polling.
-            if let Ok(Value::Bool(true)) = eval(&page, js.clone()).await {
-                return Ok(Ok(()));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut e = PluginError::app(format!(
-                    "`{selector}` did not appear within {timeout_ms} ms; {}",
-                    whereabouts(&page).await
-                ));
-                e.code = Some("timeout".into());
-                return Ok(Err(e));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let what = format!("`{selector}` did not appear");
+        Ok(wait_until(&page, js, timeout_ms, &what).await)
     }
 
     async fn exists(&mut self, h: Resource<PageHandle>, selector: String) -> Res<bool> {
@@ -369,6 +413,245 @@ impl HostPage for ItemState {
     async fn evaluate(&mut self, h: Resource<PageHandle>, expression: String) -> Res<String> {
         let page = self.page(&h)?;
         Ok(eval(&page, expression).await.map(|v| json!(v).to_string()))
+    }
+
+    async fn cookies(&mut self, _h: Resource<PageHandle>) -> Res<Vec<Cookie>> {
+        Ok(self
+            .browser
+            .cookies()
+            .await
+            .map(|c| c.iter().map(KeptCookie::to_wit).collect())
+            .map_err(PluginError::app))
+    }
+
+    async fn set_cookies(&mut self, _h: Resource<PageHandle>, cookies: Vec<Cookie>) -> Res<()> {
+        self.host.check_lease()?;
+        let kept: Result<Vec<KeptCookie>, String> =
+            cookies.iter().map(KeptCookie::from_wit).collect();
+        Ok(match kept {
+            Ok(kept) => self
+                .browser
+                .set_cookies(&kept)
+                .await
+                .map_err(PluginError::app),
+            Err(e) => Err(PluginError::business(e)),
+        })
+    }
+
+    async fn title(&mut self, h: Resource<PageHandle>) -> Res<String> {
+        let page = self.page(&h)?;
+        Ok(eval(&page, "document.title".into())
+            .await
+            .map(|v| v.as_str().unwrap_or("").to_owned()))
+    }
+
+    async fn content(&mut self, h: Resource<PageHandle>) -> Res<String> {
+        let page = self.page(&h)?;
+        Ok(eval(&page, "document.documentElement.outerHTML".into())
+            .await
+            .map(|v| v.as_str().unwrap_or("").to_owned()))
+    }
+
+    async fn count(&mut self, h: Resource<PageHandle>, selector: String) -> Res<u32> {
+        let page = self.page(&h)?;
+        let js = format!("document.querySelectorAll({}).length", lit(&selector));
+        Ok(eval(&page, js)
+            .await
+            .map(|v| v.as_u64().unwrap_or(0) as u32))
+    }
+
+    async fn texts(&mut self, h: Resource<PageHandle>, selector: String) -> Res<Vec<String>> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "[...document.querySelectorAll({})].map(el => el.innerText ?? el.textContent)",
+            lit(&selector)
+        );
+        Ok(eval(&page, js).await.map(|v| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|t| t.as_str().unwrap_or("").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn is_visible(&mut self, h: Resource<PageHandle>, selector: String) -> Res<bool> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({}); if (!el) return false;
+               const s = getComputedStyle(el); return s.visibility !== 'hidden' && s.display !== 'none' && el.getClientRects().length > 0; }})()",
+            lit(&selector)
+        );
+        Ok(eval(&page, js).await.map(|v| v == Value::Bool(true)))
+    }
+
+    async fn check(&mut self, h: Resource<PageHandle>, selector: String, checked: bool) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        let body = format!(
+            "if (el.type !== 'checkbox' && el.type !== 'radio') return 'not-checkable';
+             if (el.type === 'radio' && !{checked}) return 'radio';
+             if (el.checked !== {checked}) el.click();
+             return el.checked === {checked} ? 'ok' : 'refused';"
+        );
+        Ok(match on_element(&page, &selector, &body).await {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(v) if v == "not-checkable" => Err(PluginError::business(format!(
+                "`{selector}` is not a checkbox or a radio button"
+            ))),
+            Ok(v) if v == "radio" => Err(PluginError::business(format!(
+                "`{selector}` is a radio button: choose another one of its group instead of unchecking it"
+            ))),
+            Ok(_) => Err(PluginError::app(format!(
+                "`{selector}` did not change when clicked (disabled, or the page prevents it)"
+            ))),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn select_label(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        label: String,
+    ) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        let body = format!(
+            "const o = [...(el.options || [])].find(o => o.label.trim() === {l} || o.text.trim() === {l});
+             if (!o) return 'no-option';
+             el.value = o.value; el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', {{bubbles: true}})); return 'ok';",
+            l = lit(label.trim())
+        );
+        Ok(match on_element(&page, &selector, &body).await {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(_) => Err(PluginError::business(format!(
+                "`{selector}` has no option labelled `{label}`"
+            ))),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn press(&mut self, h: Resource<PageHandle>, selector: String, key: String) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        let found =
+            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
+        let el = match found {
+            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
+            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
+            Ok(Ok(el)) => el,
+        };
+        let pressed = async {
+            el.focus().await?;
+            el.press_key(&key).await
+        };
+        Ok(match tokio::time::timeout(COMMAND_TIMEOUT, pressed).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(PluginError::business(format!(
+                "pressing `{key}` in `{selector}` failed: {e}"
+            ))),
+            Err(_) => Err(PluginError::app(format!("pressing `{key}` timed out"))),
+        })
+    }
+
+    async fn upload(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        name: String,
+        content_type: String,
+        data: Vec<u8>,
+    ) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        // Built inside the page (not a path on the browser's disk), so it works the same
+        // with a browser on another machine.
+        let body = format!(
+            "if (el.type !== 'file') return 'not-file';
+             const b = atob({d}); const bytes = new Uint8Array(b.length);
+             for (let i = 0; i < b.length; i++) bytes[i] = b.charCodeAt(i);
+             const dt = new DataTransfer(); dt.items.add(new File([bytes], {n}, {{type: {t}}}));
+             el.files = dt.files;
+             el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', {{bubbles: true}}));
+             return 'ok';",
+            d = lit(&base64::engine::general_purpose::STANDARD.encode(&data)),
+            n = lit(&name),
+            t = lit(&content_type)
+        );
+        Ok(match on_element(&page, &selector, &body).await {
+            Ok(v) if v == "ok" => Ok(()),
+            Ok(_) => Err(PluginError::business(format!(
+                "`{selector}` is not a file input"
+            ))),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn reload(&mut self, h: Resource<PageHandle>) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        if let Err(e) = mark_document(&page).await {
+            return Ok(Err(e));
+        }
+        if let Err(e) = eval(&page, "setTimeout(() => location.reload(), 0)".into()).await {
+            return Ok(Err(e));
+        }
+        Ok(new_document(&page, COMMAND_TIMEOUT.as_millis() as u32, "reloading").await)
+    }
+
+    async fn go_back(&mut self, h: Resource<PageHandle>) -> Res<()> {
+        self.host.check_lease()?;
+        let page = self.page(&h)?;
+        if let Err(e) = mark_document(&page).await {
+            return Ok(Err(e));
+        }
+        match eval(
+            &page,
+            "history.length > 1 ? (setTimeout(() => history.back(), 0), true) : false".into(),
+        )
+        .await
+        {
+            Ok(Value::Bool(true)) => {}
+            Ok(_) => {
+                return Ok(Err(PluginError::business(
+                    "the page has no history to go back to",
+                )));
+            }
+            Err(e) => return Ok(Err(e)),
+        }
+        Ok(new_document(&page, COMMAND_TIMEOUT.as_millis() as u32, "going back").await)
+    }
+
+    async fn wait_for_url(
+        &mut self,
+        h: Resource<PageHandle>,
+        part: String,
+        timeout_ms: u32,
+    ) -> Res<()> {
+        let page = self.page(&h)?;
+        let js = format!("location.href.includes({})", lit(&part));
+        let what = format!("the URL did not come to contain `{part}`");
+        Ok(wait_until(&page, js, timeout_ms, &what).await)
+    }
+
+    async fn wait_for_text(
+        &mut self,
+        h: Resource<PageHandle>,
+        selector: String,
+        text: String,
+        timeout_ms: u32,
+    ) -> Res<()> {
+        let page = self.page(&h)?;
+        let js = format!(
+            "(() => {{ const el = document.querySelector({}); return !!el && (el.innerText ?? el.textContent).includes({}); }})()",
+            lit(&selector),
+            lit(&text)
+        );
+        let what = format!("`{selector}` did not come to show `{text}`");
+        Ok(wait_until(&page, js, timeout_ms, &what).await)
     }
 
     async fn drop(&mut self, h: Resource<PageHandle>) -> wasmtime::Result<()> {

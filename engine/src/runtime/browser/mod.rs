@@ -4,6 +4,7 @@
 mod chromium;
 mod host;
 mod process;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct BrowserCtx {
     pages: Vec<Page>,
     /// Set for a session: its one page, kept across calls and shown in the live view.
     session_page: Option<SessionPage>,
+    /// Portal state an earlier attempt kept, put into this run's context and pages.
+    restore: state::BrowserState,
 }
 
 /// A session's page, shared with the live view while calls run.
@@ -45,6 +48,7 @@ impl BrowserCtx {
             context: None,
             pages: Vec::new(),
             session_page: None,
+            restore: state::BrowserState::default(),
         }
     }
 
@@ -53,6 +57,11 @@ impl BrowserCtx {
     pub fn for_session(mut self, page: SessionPage) -> Self {
         self.session_page = Some(page);
         self
+    }
+
+    /// The portal state put back into this run's context, if any.
+    pub fn restored(&self) -> &state::BrowserState {
+        &self.restore
     }
 
     /// Whether the browser this context lived in has gone away.
@@ -70,7 +79,8 @@ impl BrowserCtx {
             .chromium
             .clone()
             .ok_or("this engine runs without a browser")?;
-        if self.context.is_none() {
+        let first = self.context.is_none();
+        if first {
             self.context = Some(chromium.new_context().await?);
         }
         let ctx = self.context.as_ref().expect("just created");
@@ -86,6 +96,7 @@ impl BrowserCtx {
             _ = ctx.dead.cancelled() => return Err("the browser went away while opening a page".into()),
         };
         self.pages.push(page.clone());
+        self.apply_restore(&page, first).await?;
         if let Some(shared) = &self.session_page {
             *shared.lock().expect("session page lock") = Some(page.clone());
         }

@@ -81,7 +81,11 @@ impl Host for ItemState {
             Err(e) => return Ok(Err(e)),
         };
         let state = state.map(|s| self.host.redact(&s));
-        Ok(run.step(&name, state).await.map_err(store_error))
+        if let Err(e) = run.step(&name, state).await {
+            return Ok(Err(store_error(e)));
+        }
+        // A checkpoint is where a retry resumes: the portal session goes with it.
+        Ok(self.save_kept_state().await)
     }
 
     async fn checkpoints(&mut self) -> wasmtime::Result<Vec<types::Checkpoint>> {

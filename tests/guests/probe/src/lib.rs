@@ -33,7 +33,9 @@ impl Plugin for Probe {
         .operation(Operation::new("http", "one request", any.clone()))
         .operation(Operation::new("secret", "read a secret", any.clone()))
         .operation(Operation::new("form", "fill a form", any.clone()).browser())
-        .operation(Operation::new("missing", "wait for what never comes", any).browser())
+        .operation(Operation::new("missing", "wait for what never comes", any.clone()).browser())
+        .operation(Operation::new("permit", "file a permit request", any.clone()).browser())
+        .operation(Operation::new("http-session", "log in over HTTP", any))
     }
 
     fn run(operation: &str, input: Value, ctx: &Context) -> Result<Value> {
@@ -127,6 +129,38 @@ impl Plugin for Probe {
                 Ok(_) => Ok(json!({"connected": true})),
                 Err(e) => Err(Error::business(format!("could not connect: {e}"))),
             },
+            "permit" => permit(&input, ctx),
+            "http-session" => {
+                let base = s(&input, "url");
+                let login = http::Request {
+                    method: "POST".into(),
+                    url: format!("{base}/permits/api/login"),
+                    headers: vec![(
+                        "content-type".into(),
+                        "application/x-www-form-urlencoded".into(),
+                    )],
+                    body: Some(b"user=arq.vera&password=permits-demo".to_vec()),
+                    timeout_ms: None,
+                };
+                let first = http::send_no_redirect(&login)?;
+                let header = |r: &http::Response, name: &str| {
+                    r.headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                let whoami = http::get(&format!("{base}/permits/api/whoami"))?;
+                let followed = http::send(&login)?;
+                Ok(json!({
+                    "login_status": first.status,
+                    "location": header(&first, "location"),
+                    "set_cookie": header(&first, "set-cookie").is_some(),
+                    "whoami_status": whoami.status,
+                    "whoami": String::from_utf8_lossy(&whoami.body),
+                    "followed_status": followed.status,
+                    "jar": http::cookies().iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                }))
+            }
             "panic" => panic!("probe panicked on purpose"),
             "fail" => Err(match s(&input, "kind") {
                 "business" => Error::business("bad data").code("bad-data"),
@@ -135,6 +169,52 @@ impl Plugin for Probe {
             other => Err(Error::business(format!("unknown operation `{other}`"))),
         }
     }
+}
+
+/// File a permit request in the permits simulator, the way a portal flow that keeps
+/// its portal session does: a retry looks the request up in the session's own list
+/// before filing again. `crash_after_submit`: the first attempt dies (a trap) right
+/// after the portal accepted the request, before its checkpoint.
+fn permit(input: &Value, ctx: &Context) -> Result<Value> {
+    let keep = input["keep_state"].as_bool().unwrap_or(true);
+    if keep {
+        faena_plugin_sdk::keep_state()?;
+    }
+    let base = s(input, "url");
+    let page = Page::open()?;
+    page.goto(&format!("{base}/permits/requests"))?;
+    if page.url()?.contains("/login") {
+        page.fill_all(&[("#user", "arq.vera"), ("#password", "permits-demo")])?;
+        page.click_and_wait("#login", 10_000)?;
+        faena_plugin_sdk::step("logged_in", None)?;
+    }
+    let key = &ctx.idempotency_key;
+    if ctx.attempt > 1 {
+        let found = page.evaluate(&format!(
+            "(() => {{ const r = [...document.querySelectorAll('#requests tr')].find(r => r.dataset.note === {});
+               return r ? r.querySelector('.permit-id').textContent : null; }})()",
+            faena_plugin_sdk::serde_json::to_string(key).expect("strings serialize")
+        ))?;
+        if let Some(id) = found.as_str() {
+            faena_plugin_sdk::step("filed", Some(id))?;
+            return Ok(json!({"permit": id, "recovered": true, "attempt": ctx.attempt}));
+        }
+    }
+    page.click_and_wait("#new", 10_000)?;
+    page.fill("#address", s(input, "address"))?;
+    page.wait_for("#kind option", 5_000)?;
+    page.select_label("#kind", "Extension")?;
+    page.check("#use-residential", true)?;
+    page.fill("#floors", s(input, "floors"))?;
+    page.fill("#note", key)?;
+    page.check("#declaration", true)?;
+    page.click_and_wait("#file", 10_000)?;
+    let id = page.text("#permit-id")?;
+    if input["crash_after_submit"].as_bool() == Some(true) && ctx.attempt == 1 {
+        panic!("crashed after the portal filed {id}");
+    }
+    faena_plugin_sdk::step("filed", Some(&id))?;
+    Ok(json!({"permit": id, "recovered": false, "attempt": ctx.attempt}))
 }
 
 export!(Probe);
