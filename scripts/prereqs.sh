@@ -4,6 +4,7 @@
 #   - Debian's chromium (the browser capability and its tests)
 #   - openapi-spec-validator from PyPI (the test suite validates /openapi.json)
 #   - schemathesis from PyPI, in target/test-venv (the test suite fuzzes the API)
+#   - componentize-py from PyPI, in target/test-venv (the suite builds Python plugins)
 #   - openapi-python-client from PyPI, in target/test-venv, and the npm packages of
 #     examples/clients/typescript and tests/asyncapi (the suite generates clients from
 #     /openapi.json and runs them, and validates /asyncapi.json)
@@ -34,6 +35,11 @@ ensure_prereqs() {
     [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
     target/test-venv/bin/pip install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
   fi
+  if [ "${1:-}" = "--test" ] && ! target/test-venv/bin/componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+    echo "== installing componentize-py $COMPONENTIZE_PY_VERSION into target/test-venv"
+    [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
+    target/test-venv/bin/pip install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+  fi
   if [ "${1:-}" = "--test" ]; then
     if ! command -v npm >/dev/null 2>&1; then
       echo "== installing nodejs and npm"
@@ -54,3 +60,5 @@ ensure_prereqs() {
 
 SCHEMATHESIS_VERSION=4.32.5
 OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+# Also in plugins/sdk-python/requirements.txt and engine/src/cli/scaffold.rs.
+COMPONENTIZE_PY_VERSION=0.25.1

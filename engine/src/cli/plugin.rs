@@ -23,6 +23,7 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Lang {
     Rust,
+    Python,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,7 +38,8 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Build the plugin project in DIR (default: here) for `wasm32-wasip2`.
+    /// Build the plugin project in DIR (default: here): cargo for a Rust project,
+    /// componentize-py for a Python one (`$FAENA_COMPONENTIZE_PY`, `DIR/.venv`, or PATH).
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -81,6 +83,7 @@ pub async fn run_plugin(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::New { name, lang, dir } => {
             let root = match lang {
                 Lang::Rust => super::scaffold::new_rust(&name, dir.as_deref())?,
+                Lang::Python => super::scaffold::new_python(&name, dir.as_deref())?,
             };
             println!(
                 "wrote {}: `cd {} && faena plugin build` builds it",

@@ -1,7 +1,9 @@
-//! `faena plugin new NAME` writes a plugin project that builds where it is, outside
-//! this repository: its own crate (no workspace to inherit from) with a copy of the
-//! SDK and the WIT it was built against, as this binary carries them. `faena plugin
-//! build [DIR]` builds it for `wasm32-wasip2` and says where the component is.
+//! `faena plugin new NAME [--lang rust|python]` writes a plugin project that builds
+//! where it is, outside this repository, with a copy of the SDK and the WIT it was
+//! built against, as this binary carries them: for Rust its own crate (no workspace to
+//! inherit from), for Python an `app.py` beside the `faena` package. `faena plugin
+//! build [DIR]` builds either (cargo for `wasm32-wasip2`, or componentize-py) and says
+//! where the component is.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,28 @@ const SDK_PAGE: &str = include_str!("../../../plugins/sdk/src/page.rs");
 const WIT: &str = include_str!("../../../wit/faena-plugin.wit");
 /// For the versions of the SDK's dependencies.
 const WORKSPACE: &str = include_str!("../../../Cargo.toml");
+/// The Python SDK, and the componentize-py it is built with.
+const PY_SDK: [(&str, &str); 4] = [
+    (
+        "faena/__init__.py",
+        include_str!("../../../plugins/sdk-python/faena/__init__.py"),
+    ),
+    (
+        "faena/errors.py",
+        include_str!("../../../plugins/sdk-python/faena/errors.py"),
+    ),
+    (
+        "faena/http.py",
+        include_str!("../../../plugins/sdk-python/faena/http.py"),
+    ),
+    (
+        "faena/page.py",
+        include_str!("../../../plugins/sdk-python/faena/page.py"),
+    ),
+];
+const PY_REQUIREMENTS: &str = include_str!("../../../plugins/sdk-python/requirements.txt");
+/// The componentize-py the SDK is tested with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
 
 /// Whether `name` is a plugin name a crate can have too: a lowercase letter, then
 /// lowercase letters, digits, `-` or `_`, at most 64.
@@ -35,7 +59,8 @@ fn dependency(krate: &str) -> anyhow::Result<String> {
     Ok(format!("{krate} = {dep}"))
 }
 
-pub fn new_rust(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Where a new project goes, checked: a valid name, a folder that does not exist.
+fn new_root(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     if !valid_name(name) {
         bail!(
             "`{name}` is not a plugin name: a lowercase letter, then lowercase letters, digits, `-` or `_` (at most 64)"
@@ -45,6 +70,24 @@ pub fn new_rust(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     if root.exists() {
         bail!("{} exists already: choose another place", root.display());
     }
+    Ok(root)
+}
+
+fn write_all<'a>(
+    root: &Path,
+    files: impl IntoIterator<Item = (&'a str, String)>,
+) -> anyhow::Result<()> {
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn new_rust(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let root = new_root(name, dir)?;
     let (serde, serde_json, wit_bindgen) = (
         dependency("serde")?,
         dependency("serde_json")?,
@@ -105,16 +148,170 @@ strip = true
         ("sdk/src/error.rs", SDK_ERROR.into()),
         ("sdk/src/page.rs", SDK_PAGE.into()),
     ];
-    for (path, text) in files
-        .iter()
-        .chain([("sdk/wit/faena-plugin.wit", WIT.to_owned())].iter())
-    {
-        let path = root.join(path);
-        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_all(
+        &root,
+        files
+            .into_iter()
+            .chain([("sdk/wit/faena-plugin.wit", WIT.to_owned())]),
+    )?;
     Ok(root)
+}
+
+/// A Python project: `app.py`, the `faena` package and the WIT beside it, a
+/// `pyproject.toml` that names it, and the componentize-py pin.
+pub fn new_python(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let root = new_root(name, dir)?;
+    let pyproject = format!(
+        "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.9\"\n\
+         # The plugin runs on the CPython inside the component; this only builds it.\n\
+         dependencies = [\"componentize-py=={COMPONENTIZE_PY}\"]\n"
+    );
+    let files = [
+        ("app.py", py_template(name)),
+        ("pyproject.toml", pyproject),
+        ("requirements.txt", PY_REQUIREMENTS.to_owned()),
+        (
+            ".gitignore",
+            "/dist\n/faena-run\n/.venv\n__pycache__/\n".into(),
+        ),
+        ("README.md", py_readme(name)),
+        ("wit/faena-plugin.wit", WIT.to_owned()),
+    ];
+    write_all(
+        &root,
+        files
+            .into_iter()
+            .chain(PY_SDK.iter().map(|(p, t)| (*p, (*t).to_owned()))),
+    )?;
+    Ok(root)
+}
+
+fn py_template(name: &str) -> String {
+    format!(
+        r#""""{name}: a faena portal flow."""
+
+from faena import BusinessError, Context, Operation, Plugin, export, step
+
+
+class Flow(Plugin):
+    name = "{name}"
+    version = "0.1.0"
+    description = "Greets someone (replace with your portal flow)"
+    operations = [
+        Operation(
+            "run",
+            "Greet someone by name",
+            {{
+                "type": "object",
+                "required": ["name"],
+                "properties": {{"name": {{"type": "string", "minLength": 1}}}},
+            }},
+            # browser=True, http_hosts=["portal.example.com"], secrets=["portal_password"],
+        )
+    ]
+
+    def run(self, operation: str, input: dict, ctx: Context):
+        if operation != "run":
+            raise BusinessError(f"{name} has no operation `{{operation}}`")
+        name = input.get("name", "").strip()
+        if not name:
+            raise BusinessError("input.name: a name is required", code="bad-input")
+        step("greeted", name)
+        return {{"greeting": f"hello {{name}}", "attempt": ctx.attempt}}
+
+
+WitWorld = export(Flow)
+"#
+    )
+}
+
+fn py_readme(name: &str) -> String {
+    format!(
+        "# {name}\n\nA faena plugin in Python.\n\n```sh\n\
+         python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once: componentize-py\n\
+         faena plugin build                 # dist/{name}.wasm\n\
+         faena plugin run dist/{name}.wasm --op run --input '{{\"name\": \"Ana\"}}'\n\
+         faena plugin install dist/{name}.wasm --server http://127.0.0.1:8080 --key \"$KEY\"\n```\n\n\
+         `faena/` is the faena Python SDK and `wit/` the interface this project was made with.\n\
+         Import what you use at the top of `app.py`: componentize-py runs it once when it\n\
+         builds, and the component has no files to import from when it runs.\n"
+    )
+}
+
+/// The componentize-py to build with: `$FAENA_COMPONENTIZE_PY`, the project's
+/// `.venv`, or the one on `PATH`.
+fn componentize_py(dir: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("FAENA_COMPONENTIZE_PY") {
+        return PathBuf::from(p);
+    }
+    let venv = dir.join(".venv/bin/componentize-py");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("componentize-py")
+}
+
+/// Build the Python project in `dir` with componentize-py; the component's path.
+fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = std::fs::read_to_string(dir.join("pyproject.toml"))
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|d| d.get("project")?.get("name")?.as_str().map(str::to_owned))
+        .or_else(|| {
+            std::fs::canonicalize(dir)
+                .ok()?
+                .file_name()?
+                .to_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "plugin".into());
+    if !dir.join("wit").is_dir() || !dir.join("faena").is_dir() {
+        bail!(
+            "{} has app.py but no wit/ or faena/ beside it (`faena plugin new NAME --lang python` writes both)",
+            dir.display()
+        );
+    }
+    let tool = componentize_py(dir);
+    let version = std::process::Command::new(&tool).arg("--version").output();
+    match version {
+        Err(_) => bail!(
+            "componentize-py is not installed: `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` in {} (or put componentize-py {COMPONENTIZE_PY} on PATH)",
+            dir.display()
+        ),
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stdout);
+            if !said.contains(COMPONENTIZE_PY) {
+                eprintln!(
+                    "warning: {} is {}; the SDK is tested with {COMPONENTIZE_PY}",
+                    tool.display(),
+                    said.trim()
+                );
+            }
+        }
+    }
+    let out = PathBuf::from("dist").join(format!("{name}.wasm"));
+    std::fs::create_dir_all(dir.join("dist"))
+        .with_context(|| format!("cannot create {}", dir.join("dist").display()))?;
+    let status = std::process::Command::new(&tool)
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "flow",
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+        ])
+        .arg(&out)
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot run {}", tool.display()))?;
+    if !status.success() {
+        bail!("componentize-py could not build {}", dir.display());
+    }
+    Ok(dir.join(out))
 }
 
 fn flow_template(name: &str) -> String {
@@ -174,9 +371,13 @@ fn readme(name: &str) -> String {
     )
 }
 
-/// Build the plugin project in `dir` for `wasm32-wasip2`; the component's path.
+/// Build the plugin project in `dir`: a Rust crate for `wasm32-wasip2`, or a Python
+/// app with componentize-py. The component's path.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
+    if !manifest.exists() && dir.join("app.py").exists() {
+        return build_python(dir);
+    }
     let text = std::fs::read_to_string(&manifest).with_context(|| {
         format!(
             "no plugin project in {}: {} is missing",

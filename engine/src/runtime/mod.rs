@@ -238,6 +238,7 @@ impl Runtime {
             RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
         })?;
         let info = self.describe(&pre).await?;
+        self.check_fits(&pre, &info.name).await?;
         Ok((pre, info))
     }
 
@@ -386,13 +387,11 @@ impl Runtime {
             })
     }
 
-    async fn describe(
-        &self,
-        pre: &FlowPre<ItemState>,
-    ) -> Result<bindings::PluginInfo, RuntimeError> {
+    /// An instance's data with nothing granted and `memory_bytes` of memory.
+    fn bare_state(&self, memory_bytes: usize) -> ItemState {
         let grants = Arc::new(Grants::default());
-        let state = ItemState::new(
-            grants.memory_bytes,
+        ItemState::new(
+            memory_bytes,
             HostCtx::new(
                 "(describe)",
                 crate::model::DEFAULT_TENANT,
@@ -403,9 +402,36 @@ impl Runtime {
                 None,
             ),
             BrowserCtx::new("(describe)", false, None),
-            HttpCtx::new("(describe)", grants.clone(), reqwest::Client::new()),
-        );
-        let mut store = self.new_store(state);
+            HttpCtx::new("(describe)", grants, reqwest::Client::new()),
+        )
+    }
+
+    /// Start the component once within its own memory grant: one that cannot (a
+    /// Python plugin, whose interpreter needs about 13 MiB, given less) is refused when
+    /// it loads, instead of failing every item it is given.
+    async fn check_fits(&self, pre: &FlowPre<ItemState>, name: &str) -> Result<(), RuntimeError> {
+        let grants = Grants::from_config(name, self.options.plugins.get(name))?;
+        if grants.memory_bytes >= Grants::default().memory_bytes {
+            return Ok(()); // `describe` started it with that much already
+        }
+        let mut store = self.new_store(self.bare_state(grants.memory_bytes));
+        pre.instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|e| RuntimeError::Plugin {
+                name: name.to_owned(),
+                message: format!(
+                    "it cannot start within its memory grant of {} MiB (`memory_mib`): {e:#}",
+                    grants.memory_bytes >> 20
+                ),
+            })
+    }
+
+    async fn describe(
+        &self,
+        pre: &FlowPre<ItemState>,
+    ) -> Result<bindings::PluginInfo, RuntimeError> {
+        let mut store = self.new_store(self.bare_state(Grants::default().memory_bytes));
         let call = async {
             let flow = pre.instantiate_async(&mut store).await?;
             flow.call_describe(&mut store).await
