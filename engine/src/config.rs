@@ -101,6 +101,9 @@ pub struct BrowserFileConfig {
     pub endpoints: Option<Vec<crate::runtime::browser::Endpoint>>,
     /// Flags added to faena's own when it launches Chromium.
     pub args: Option<Vec<String>>,
+    /// Launch Chromium without a window (default true); false shows the pages being
+    /// driven, on a desktop, to watch a flow while writing it.
+    pub headless: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,7 @@ pub struct BrowserSettings {
     /// Browsers elsewhere; empty: launch one.
     pub endpoints: Vec<crate::runtime::browser::Endpoint>,
     pub args: Vec<String>,
+    pub headless: bool,
 }
 
 /// What a plugin may do. Everything not granted is denied.
@@ -378,6 +382,7 @@ impl Config {
                         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
                     endpoints,
                     args: b.args.unwrap_or_default(),
+                    headless: b.headless.unwrap_or(true),
                 }
             },
             plugins: file_cfg.plugins,

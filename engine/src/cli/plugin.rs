@@ -76,6 +76,9 @@ pub struct RunArgs {
     /// Attempts, the first included: application errors are retried at once.
     #[arg(long, default_value_t = 1)]
     pub attempts: u32,
+    /// Show the browser's window while the flow drives it (needs a desktop).
+    #[arg(long)]
+    pub headed: bool,
 }
 
 pub async fn run_plugin(command: PluginCommand) -> anyhow::Result<()> {
@@ -126,13 +129,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .with_context(|| format!("--input is not JSON: {}", args.input))?;
     let scratch = tempfile::tempdir().context("cannot make a scratch directory")?;
-    let config = Config::load(
+    let mut config = Config::load(
         args.config.as_deref(),
         Overrides {
             data_dir: Some(scratch.path().to_owned()),
             ..Default::default()
         },
     )?;
+    if args.headed {
+        if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+            bail!(
+                "--headed shows the browser's window: it needs a desktop (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+            );
+        }
+        config.browser.headless = false;
+    }
     let store = Store::open(&scratch.path().join("store"), Clock::new()).await?;
     // Compiled code is kept between runs (a Python component takes seconds to compile).
     let cache = std::env::var_os("XDG_CACHE_HOME")

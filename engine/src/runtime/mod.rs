@@ -835,6 +835,7 @@ pub fn prepare(
         endpoints: config.browser.endpoints.clone(),
         profile_dir: config.data_dir.join("chromium"),
         args: config.browser.args.clone(),
+        headless: config.browser.headless,
     });
     Runtime::new(
         RuntimeOptions {

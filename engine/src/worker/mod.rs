@@ -629,6 +629,7 @@ pub async fn run(
         endpoints: opts.endpoints.clone(),
         profile_dir: data_dir.join("chromium"),
         args: Vec::new(),
+        headless: true,
     });
     let rt = Runtime::new(
         RuntimeOptions {

@@ -50,6 +50,8 @@ pub struct ChromiumSettings {
     pub profile_dir: PathBuf,
     /// Flags added to the built-in ones when launching, e.g. `--lang=es-PE`.
     pub args: Vec<String>,
+    /// false: a launched Chromium shows its windows (to watch a flow being written).
+    pub headless: bool,
 }
 
 impl Default for ChromiumSettings {
@@ -59,6 +61,7 @@ impl Default for ChromiumSettings {
             endpoints: Vec::new(),
             profile_dir: std::env::temp_dir().join("faena-chromium"),
             args: Vec::new(),
+            headless: true,
         }
     }
 }
@@ -288,6 +291,9 @@ impl Chromium {
         let _ = std::fs::create_dir_all(&self.settings.profile_dir);
         let args: Vec<String> = FLAGS
             .iter()
+            .filter(|f| {
+                self.settings.headless || !matches!(**f, "--headless" | "--hide-scrollbars")
+            })
             .map(|f| (*f).to_owned())
             .chain(self.settings.args.iter().cloned())
             .collect();
