@@ -4,7 +4,8 @@
 #   - Debian's chromium (the browser capability and its tests)
 #   - openapi-spec-validator from PyPI (the test suite validates /openapi.json)
 #   - schemathesis from PyPI, in target/test-venv (the test suite fuzzes the API)
-#   - componentize-py from PyPI, in target/test-venv (the suite builds Python plugins)
+#   - componentize-py from PyPI, in target/test-venv (tests and benchmarks build
+#     Python plugins)
 #   - openapi-python-client from PyPI, in target/test-venv, and the npm packages of
 #     examples/clients/typescript and tests/asyncapi (the suite generates clients from
 #     /openapi.json and runs them, and validates /asyncapi.json)
@@ -35,11 +36,7 @@ ensure_prereqs() {
     [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
     target/test-venv/bin/pip install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
   fi
-  if [ "${1:-}" = "--test" ] && ! target/test-venv/bin/componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
-    echo "== installing componentize-py $COMPONENTIZE_PY_VERSION into target/test-venv"
-    [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
-    target/test-venv/bin/pip install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
-  fi
+  if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then ensure_componentize_py; fi
   if [ "${1:-}" = "--test" ]; then
     if ! command -v npm >/dev/null 2>&1; then
       echo "== installing nodejs and npm"
@@ -55,6 +52,15 @@ ensure_prereqs() {
         cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
       fi
     done
+  fi
+}
+
+# componentize-py builds the Python plugins of the tests and benchmarks.
+ensure_componentize_py() {
+  if ! target/test-venv/bin/componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+    echo "== installing componentize-py $COMPONENTIZE_PY_VERSION into target/test-venv"
+    [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
+    target/test-venv/bin/pip install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
   fi
 }
 

@@ -15,6 +15,8 @@
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
 //!   concurrency 1, 2 and 4, and where an order's time goes
+//! - python: the gsp flow written in Python (examples/plugin-python, built with
+//!   componentize-py) against the Rust gsp plugin, orders per minute in the same run
 //! - workers: no-op items through 1 and 2 `faena worker` processes against the
 //!   engine's own dispatcher, and the engine's CPU per item each way
 
@@ -849,12 +851,49 @@ fn gsp_order(i: usize, products: usize) -> NewItem {
 /// gsp orders per minute through the whole engine at `concurrency`, after one warm-up
 /// order (Chromium's launch is not counted); and the mean milliseconds per stage.
 async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64)>) {
+    gsp_orders_of("gsp", None, orders, concurrency).await
+}
+
+/// The gsp example flow in Python, built with componentize-py (`scripts/bench`
+/// installs it into target/test-venv).
+fn gsp_python() -> Vec<u8> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!(
+        "faena-bench-gsp-python-{}.wasm",
+        std::process::id()
+    ));
+    let status = std::process::Command::new(root.join("target/test-venv/bin/componentize-py"))
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", "flow", "componentize", "-p"])
+        .arg(root.join("examples/plugin-python"))
+        .arg("-p")
+        .arg(root.join("plugins/sdk-python"))
+        .args(["app", "-o"])
+        .arg(&out)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("componentize-py (scripts/bench installs it into target/test-venv)");
+    assert!(status.success(), "componentize-py failed");
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    bytes
+}
+
+/// [`gsp_orders`] for `plugin`, loaded from `component` when it is not built in.
+async fn gsp_orders_of(
+    plugin: &str,
+    component: Option<&[u8]>,
+    orders: usize,
+    concurrency: usize,
+) -> (f64, Vec<(String, f64)>) {
     use faena_tests::portals::{self, gsp};
     let portals = portals::serve(0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let grants = BTreeMap::from([(
-        "gsp".to_owned(),
+        plugin.to_owned(),
         PluginConfig {
             browser: Some(true),
             secrets: Some(vec!["gsp_supervisor".into(), "gsp_password".into()]),
@@ -863,6 +902,11 @@ async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64
         },
     )]);
     let rt = runtime(dir.path(), &store, grants, true).await;
+    if let Some(bytes) = component {
+        rt.load(bytes, faena::runtime::Source::Bytes(bytes.to_vec().into()))
+            .await
+            .unwrap();
+    }
     let secrets = store.secrets().unwrap();
     secrets
         .set("default", "gsp_supervisor", gsp::SUPERVISOR)
@@ -880,12 +924,12 @@ async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64
         },
         stop.clone(),
     ));
-    let version = rt.version_for_new_job("gsp", "run").unwrap();
+    let version = rt.version_for_new_job(plugin, "run").unwrap();
     let run = |items: Vec<NewItem>| {
         let store = store.clone();
         let version = version.clone();
         async move {
-            let mut new = job("gsp", 0);
+            let mut new = job(plugin, 0);
             new.items = items;
             new.options.max_attempts = 1;
             let j = store.create_job("default", new, version).await.unwrap();
@@ -1285,6 +1329,36 @@ fn main() {
                     .map(|(name, ms)| format!("{name} {ms:.0}"))
                     .collect();
                 println!("    ms to each stage (last run): {}", breakdown.join(", "));
+            }
+        }
+        if want("python") {
+            let component = gsp_python();
+            for concurrency in [1, 2, 4] {
+                let (mut rust, mut python, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..n {
+                    let orders = 8 * concurrency;
+                    let (r, _) = gsp_orders_of("gsp", None, orders, concurrency).await;
+                    let (p, _) =
+                        gsp_orders_of("gsp-python", Some(&component), orders, concurrency).await;
+                    rust.push(r);
+                    python.push(p);
+                    ratio.push(p / r);
+                }
+                row(
+                    &format!("gsp in Rust, concurrency {concurrency}"),
+                    "orders/min",
+                    rust,
+                );
+                row(
+                    &format!("gsp in Python, concurrency {concurrency}"),
+                    "orders/min",
+                    python,
+                );
+                row(
+                    &format!("gsp Python / Rust, concurrency {concurrency}"),
+                    "ratio",
+                    ratio,
+                );
             }
         }
     });

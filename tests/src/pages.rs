@@ -34,6 +34,36 @@ fn constrained_form() -> Html<String> {
     ))
 }
 
+/// A page with one of each thing the page capability's calls act on: each control
+/// writes what it received into `#log`, so a test reads back what the calls did.
+const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
+    <ul><li class="row">one</li><li class="row">two</li><li class="row">three</li></ul>
+    <p id="hidden" style="display:none">hidden</p>
+    <label><input type="checkbox" id="agree"> agree</label>
+    <label><input type="radio" name="size" id="small" value="s"> small</label>
+    <label><input type="radio" name="size" id="large" value="l"> large</label>
+    <select id="office"><option value="">-</option><option value="LIM-01">Lima centre</option><option value="ARE-02">Arequipa</option></select>
+    <input type="file" id="doc">
+    <input id="search" onkeydown="if (event.key === 'Enter') log('enter ' + this.value)">
+    <button id="delete" onclick="log('confirm ' + confirm('Delete it?'))">Delete</button>
+    <div id="menu" onmouseover="document.getElementById('submenu').style.display='block'">Menu</div>
+    <div id="submenu" style="display:none">Submenu</div>
+    <a id="next" href="/ping">next</a>
+    <pre id="log"></pre>
+    <script>
+      function log(line) { document.getElementById('log').textContent += line + '\n'; }
+      document.getElementById('doc').addEventListener('change', async e => {
+        const f = e.target.files[0]; log('file ' + f.name + ' ' + f.type + ' ' + (await f.text()));
+      });
+      document.getElementById('office').addEventListener('change', e => log('office ' + e.target.value));
+      setTimeout(() => log('late'), 300);
+    </script></body></html>"#;
+
+#[handler]
+fn calls_page() -> Html<&'static str> {
+    Html(CALLS)
+}
+
 /// The form, after a two-second wait (a slow portal).
 #[handler]
 async fn slow_form(started: Data<&Arc<AtomicUsize>>) -> Html<&'static str> {
@@ -83,6 +113,7 @@ pub async fn serve() -> PageServer {
         .at("/ping", get(ping))
         .at("/form", get(form_page))
         .at("/constrained", get(constrained_form))
+        .at("/calls", get(calls_page))
         .at("/slow", get(slow_form))
         .at("/submit", post(submit))
         .data(slow_loads.clone());

@@ -749,3 +749,76 @@ async fn http_keeps_cookies_and_can_stop_at_a_redirect() {
     assert_eq!(r["followed_status"], 200, "{r}");
     assert_eq!(r["jar"], json!(["permits_sid"]), "{r}");
 }
+
+/// Every page call, once, in real Chromium, each checked by what the page saw: texts,
+/// counts, visibility, checkbox and radio, a select by its label, a file upload, a key
+/// press, dialogs answered OK then Cancel, hover, waits on text and URL, cookies, back
+/// and reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_calls_do_what_they_say() {
+    let (host, _stop) = local_server().await;
+    let e = engine(
+        PluginConfig {
+            browser: Some(true),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let url = format!("http://{host}/calls");
+    let item = run_one(&e, "page-calls", json!({ "url": url })).await;
+    assert_eq!(item.status, ItemStatus::Succeeded, "{:?}", item.error);
+    let r = item.result.unwrap();
+    assert_eq!(r["title"], "Calls");
+    assert_eq!(r["rows"], json!(["one", "two", "three"]));
+    assert_eq!(r["count"], 3);
+    assert_eq!(r["visible"], json!([true, false]));
+    assert_eq!(r["checked"], json!([true, true]));
+    assert!(
+        r["radio_uncheck"]
+            .as_str()
+            .unwrap()
+            .contains("radio button"),
+        "{r}"
+    );
+    assert!(
+        r["no_label"]
+            .as_str()
+            .unwrap()
+            .contains("no option labelled `Cusco`"),
+        "{r}"
+    );
+    assert_eq!(r["submenu"], true);
+    assert!(
+        r["waited"]
+            .as_str()
+            .unwrap()
+            .contains("did not come to show `never`"),
+        "{r}"
+    );
+    assert_eq!(r["has_html"], true);
+    assert!(
+        r["cookies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("probe=42")),
+        "{r}"
+    );
+    let log = r["log"].as_str().unwrap();
+    for line in [
+        "office ARE-02",
+        "file note.txt text/plain hello file",
+        "enter RUC 2055",
+        "confirm true",
+        "confirm false",
+        "late",
+    ] {
+        assert!(log.contains(line), "`{line}` not in the page's log: {log}");
+    }
+    assert_eq!(
+        r["dialogs"],
+        json!(["confirm: Delete it?", "confirm: Delete it?"])
+    );
+    assert_eq!(r["back"], url);
+    assert_eq!(r["reloaded"], url);
+}

@@ -72,6 +72,18 @@ class Page:
         """Wait until an element's visible text contains `text`."""
         host_call(self._inner.wait_for_text, selector, text, timeout_ms)
 
+    def hover(self, selector: str) -> None:
+        """Move the mouse over the element (a menu that opens on hover)."""
+        host_call(self._inner.hover, selector)
+
+    def dialogs(self) -> list[str]:
+        """The dialogs (alert, confirm...) the item's pages showed, as `type: message`;
+        each was answered OK at once, or Cancel after `dismiss_dialogs(True)`."""
+        return self._inner.dialogs()
+
+    def dismiss_dialogs(self, dismiss: bool = True) -> None:
+        self._inner.dismiss_dialogs(dismiss)
+
     def exists(self, selector: str) -> bool:
         """Whether an element matches now."""
         return host_call(self._inner.exists, selector)

@@ -166,4 +166,19 @@ impl Page {
             .wait_for_text(selector, text, timeout_ms)
             .map_err(Error::from)
     }
+
+    /// Move the mouse over the element.
+    pub fn hover(&self, selector: &str) -> Result<()> {
+        self.inner.hover(selector).map_err(Error::from)
+    }
+
+    /// The dialogs (alert, confirm...) the item's pages showed, as `type: message`;
+    /// each was answered OK at once, or Cancel after [`Page::dismiss_dialogs`].
+    pub fn dialogs(&self) -> Vec<String> {
+        self.inner.dialogs()
+    }
+
+    pub fn dismiss_dialogs(&self, dismiss: bool) {
+        self.inner.dismiss_dialogs(dismiss)
+    }
 }

@@ -145,11 +145,20 @@ impl Host for ItemState {
 }
 
 /// Wait, at most `timeout_ms`, until the document marked by [`mark_document`] has been
-/// replaced by a new one that has loaded.
-async fn new_document(page: &Page, timeout_ms: u32, after: &str) -> Result<(), PluginError> {
+/// replaced by one that has loaded: a new document, or (going back, which may restore
+/// an earlier document as it was, mark included) one at another address.
+async fn new_document(
+    page: &Page,
+    from: &str,
+    timeout_ms: u32,
+    after: &str,
+) -> Result<(), PluginError> {
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
-    let js = "window.__faenaOld !== true && document.readyState !== 'loading'".to_owned();
+    let js = format!(
+        "(window.__faenaOld !== true || location.href !== {}) && document.readyState !== 'loading'",
+        lit(from)
+    );
     loop {
         // While the navigation is under way the evaluation may fail: keep polling.
         if let Ok(Value::Bool(true)) = eval(page, js.clone()).await {
@@ -167,11 +176,12 @@ async fn new_document(page: &Page, timeout_ms: u32, after: &str) -> Result<(), P
     }
 }
 
-/// Mark the current document; the next one will not carry the mark.
-async fn mark_document(page: &Page) -> Result<(), PluginError> {
-    eval(page, "window.__faenaOld = true".into())
+/// Mark the current document, whose address this returns; the next one will not
+/// carry the mark.
+async fn mark_document(page: &Page) -> Result<String, PluginError> {
+    eval(page, "window.__faenaOld = true; location.href".into())
         .await
-        .map(drop)
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
 }
 
 /// Wait, at most `timeout_ms`, until `js` evaluates to true; `what` says what was
@@ -254,13 +264,14 @@ impl HostPage for ItemState {
         timeout_ms: u32,
     ) -> Res<()> {
         let page = self.page(&h)?;
-        if let Err(e) = mark_document(&page).await {
-            return Ok(Err(e));
-        }
+        let from = match mark_document(&page).await {
+            Ok(from) => from,
+            Err(e) => return Ok(Err(e)),
+        };
         if let Err(e) = click(&page, &selector).await {
             return Ok(Err(e));
         }
-        Ok(new_document(&page, timeout_ms, &format!("clicking `{selector}`")).await)
+        Ok(new_document(&page, &from, timeout_ms, &format!("clicking `{selector}`")).await)
     }
 
     async fn select(
@@ -593,21 +604,29 @@ impl HostPage for ItemState {
     async fn reload(&mut self, h: Resource<PageHandle>) -> Res<()> {
         self.host.check_lease()?;
         let page = self.page(&h)?;
-        if let Err(e) = mark_document(&page).await {
-            return Ok(Err(e));
-        }
+        let from = match mark_document(&page).await {
+            Ok(from) => from,
+            Err(e) => return Ok(Err(e)),
+        };
         if let Err(e) = eval(&page, "setTimeout(() => location.reload(), 0)".into()).await {
             return Ok(Err(e));
         }
-        Ok(new_document(&page, COMMAND_TIMEOUT.as_millis() as u32, "reloading").await)
+        Ok(new_document(
+            &page,
+            &from,
+            COMMAND_TIMEOUT.as_millis() as u32,
+            "reloading",
+        )
+        .await)
     }
 
     async fn go_back(&mut self, h: Resource<PageHandle>) -> Res<()> {
         self.host.check_lease()?;
         let page = self.page(&h)?;
-        if let Err(e) = mark_document(&page).await {
-            return Ok(Err(e));
-        }
+        let from = match mark_document(&page).await {
+            Ok(from) => from,
+            Err(e) => return Ok(Err(e)),
+        };
         match eval(
             &page,
             "history.length > 1 ? (setTimeout(() => history.back(), 0), true) : false".into(),
@@ -622,7 +641,13 @@ impl HostPage for ItemState {
             }
             Err(e) => return Ok(Err(e)),
         }
-        Ok(new_document(&page, COMMAND_TIMEOUT.as_millis() as u32, "going back").await)
+        Ok(new_document(
+            &page,
+            &from,
+            COMMAND_TIMEOUT.as_millis() as u32,
+            "going back",
+        )
+        .await)
     }
 
     async fn wait_for_url(
@@ -652,6 +677,41 @@ impl HostPage for ItemState {
         );
         let what = format!("`{selector}` did not come to show `{text}`");
         Ok(wait_until(&page, js, timeout_ms, &what).await)
+    }
+
+    async fn hover(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
+        let page = self.page(&h)?;
+        let found =
+            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
+        let el = match found {
+            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
+            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
+            Ok(Ok(el)) => el,
+        };
+        Ok(
+            match tokio::time::timeout(COMMAND_TIMEOUT, el.hover()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(PluginError::app(format!(
+                    "hovering over `{selector}` failed: {e}"
+                ))),
+                Err(_) => Err(PluginError::app(format!(
+                    "hovering over `{selector}` timed out"
+                ))),
+            },
+        )
+    }
+
+    async fn dialogs(&mut self, _h: Resource<PageHandle>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.browser.dialogs())
+    }
+
+    async fn dismiss_dialogs(
+        &mut self,
+        _h: Resource<PageHandle>,
+        dismiss: bool,
+    ) -> wasmtime::Result<()> {
+        self.browser.dismiss_dialogs(dismiss);
+        Ok(())
     }
 
     async fn drop(&mut self, h: Resource<PageHandle>) -> wasmtime::Result<()> {

@@ -34,6 +34,9 @@ pub struct BrowserCtx {
     session_page: Option<SessionPage>,
     /// Portal state an earlier attempt kept, put into this run's context and pages.
     restore: state::BrowserState,
+    /// The dialogs the pages showed (`type: message`), and whether to cancel them.
+    dialogs: Arc<std::sync::Mutex<Vec<String>>>,
+    dismiss_dialogs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A session's page, shared with the live view while calls run.
@@ -49,6 +52,8 @@ impl BrowserCtx {
             pages: Vec::new(),
             session_page: None,
             restore: state::BrowserState::default(),
+            dialogs: Arc::default(),
+            dismiss_dialogs: Arc::default(),
         }
     }
 
@@ -96,11 +101,51 @@ impl BrowserCtx {
             _ = ctx.dead.cancelled() => return Err("the browser went away while opening a page".into()),
         };
         self.pages.push(page.clone());
+        self.answer_dialogs(&page).await?;
         self.apply_restore(&page, first).await?;
         if let Some(shared) = &self.session_page {
             *shared.lock().expect("session page lock") = Some(page.clone());
         }
         Ok(page)
+    }
+
+    /// Answer every dialog the page opens, at once (an unanswered alert stalls the page
+    /// and every later command), and note its message. The task ends with the page.
+    async fn answer_dialogs(&self, page: &Page) -> Result<(), String> {
+        use chromiumoxide::cdp::browser_protocol::page::{
+            EventJavascriptDialogOpening, HandleJavaScriptDialogParams,
+        };
+        use futures_util::StreamExt as _;
+        let mut opened = page
+            .event_listener::<EventJavascriptDialogOpening>()
+            .await
+            .map_err(|e| format!("cannot follow the page's dialogs: {e}"))?;
+        let (page, seen, dismiss) = (
+            page.clone(),
+            self.dialogs.clone(),
+            self.dismiss_dialogs.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(dialog) = opened.next().await {
+                let kind = format!("{:?}", dialog.r#type).to_lowercase();
+                seen.lock()
+                    .expect("dialogs lock")
+                    .push(format!("{kind}: {}", dialog.message));
+                let accept = !dismiss.load(std::sync::atomic::Ordering::Relaxed);
+                let answer = HandleJavaScriptDialogParams::new(accept);
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, page.execute(answer)).await;
+            }
+        });
+        Ok(())
+    }
+
+    pub fn dialogs(&self) -> Vec<String> {
+        self.dialogs.lock().expect("dialogs lock").clone()
+    }
+
+    pub fn dismiss_dialogs(&self, dismiss: bool) {
+        self.dismiss_dialogs
+            .store(dismiss, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// PNGs of the pages still open (for the failure screenshot).

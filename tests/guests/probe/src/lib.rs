@@ -35,6 +35,7 @@ impl Plugin for Probe {
         .operation(Operation::new("form", "fill a form", any.clone()).browser())
         .operation(Operation::new("missing", "wait for what never comes", any.clone()).browser())
         .operation(Operation::new("permit", "file a permit request", any.clone()).browser())
+        .operation(Operation::new("page-calls", "every page call", any.clone()).browser())
         .operation(Operation::new("http-session", "log in over HTTP", any))
     }
 
@@ -130,6 +131,7 @@ impl Plugin for Probe {
                 Err(e) => Err(Error::business(format!("could not connect: {e}"))),
             },
             "permit" => permit(&input, ctx),
+            "page-calls" => page_calls(s(&input, "url")),
             "http-session" => {
                 let base = s(&input, "url");
                 let login = http::Request {
@@ -215,6 +217,69 @@ fn permit(input: &Value, ctx: &Context) -> Result<Value> {
     }
     faena_plugin_sdk::step("filed", Some(&id))?;
     Ok(json!({"permit": id, "recovered": false, "attempt": ctx.attempt}))
+}
+
+/// Each page call once on the test server's `/calls` page; what the page saw comes
+/// back for the test to check.
+fn page_calls(url: &str) -> Result<Value> {
+    let page = Page::open()?;
+    page.goto(url)?;
+    let title = page.title()?;
+    let rows = page.texts("li.row")?;
+    let count = page.count("li.row")?;
+    let visible = (page.is_visible("li.row")?, page.is_visible("#hidden")?);
+    page.check("#agree", true)?;
+    page.check("#large", true)?;
+    let radio_uncheck = page.check("#large", false).err().map(|e| e.message);
+    let checked = page.evaluate(
+        "[document.querySelector('#agree').checked, document.querySelector('#large').checked]",
+    )?;
+    page.select_label("#office", "Arequipa")?;
+    let no_label = page
+        .select_label("#office", "Cusco")
+        .err()
+        .map(|e| e.message);
+    page.upload("#doc", "note.txt", "text/plain", b"hello file")?;
+    page.fill("#search", "RUC 2055")?;
+    page.press("#search", "Enter")?;
+    page.click("#delete")?;
+    page.dismiss_dialogs(true);
+    page.click("#delete")?;
+    page.hover("#menu")?;
+    let submenu = page.is_visible("#submenu")?;
+    page.wait_for_text("#log", "late", 5_000)?;
+    let waited = page
+        .wait_for_text("#log", "never", 300)
+        .err()
+        .map(|e| e.message);
+    let html = page.content()?;
+    page.set_cookies(&[faena_plugin_sdk::Cookie {
+        name: "probe".into(),
+        value: "42".into(),
+        domain: "127.0.0.1".into(),
+        path: "/".into(),
+        expires: None,
+        http_only: false,
+        secure: false,
+    }])?;
+    let cookies: Vec<String> = page
+        .cookies()?
+        .iter()
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect();
+    let log = page.text("#log")?;
+    page.click_and_wait("#next", 5_000)?;
+    page.wait_for_url("/ping", 5_000)?;
+    page.go_back()?;
+    let back = page.url()?;
+    page.reload()?;
+    Ok(json!({
+        "title": title, "rows": rows, "count": count, "visible": [visible.0, visible.1],
+        "radio_uncheck": radio_uncheck, "checked": checked, "no_label": no_label,
+        "submenu": submenu, "waited": waited, "has_html": html.contains("<pre id=\"log\">"),
+        "cookies": cookies, "log": log, "back": back, "reloaded": page.url()?,
+        "dialogs": page.dialogs(),
+    }))
 }
 
 export!(Probe);
