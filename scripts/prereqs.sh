@@ -66,5 +66,5 @@ ensure_componentize_py() {
 
 SCHEMATHESIS_VERSION=4.32.5
 OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
-# Also in plugins/sdk-python/requirements.txt and engine/src/cli/scaffold.rs.
-COMPONENTIZE_PY_VERSION=0.25.1
+# The pin of the Python SDK (faena plugin new and build read it there too).
+COMPONENTIZE_PY_VERSION=$(sed -n 's/^componentize-py==//p' plugins/sdk-python/requirements.txt)

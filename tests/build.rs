@@ -3,7 +3,11 @@
 include!("../engine/build/guests.rs");
 
 fn main() {
-    let built = build_guests(&["tests/guests/probe", "examples/plugin-hello"]);
+    let built = build_guests(&[
+        "tests/guests/probe",
+        "tests/guests/first-wit",
+        "examples/plugin-hello",
+    ]);
     let mut code = String::new();
     for (name, path) in &built {
         code.push_str(&format!(

@@ -378,7 +378,10 @@ enum WorkerCall {
 fn worker_protocol(method: &Method, path: &str) -> Option<WorkerCall> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
-        (&Method::POST, ["", "api", "v1", "workers", _, "heartbeat" | "claim"])
+        // A kept portal state is a logged-in session: only the worker running the item
+        // reads or replaces it (a lease token is no secret: viewers see it).
+        (&Method::GET | &Method::PUT, ["", "api", "v1", "items", _, "state"])
+        | (&Method::POST, ["", "api", "v1", "workers", _, "heartbeat" | "claim"])
         | (&Method::POST, ["", "api", "v1", "workers", _, "sessions", "poll" | "reply"])
         | (&Method::POST, ["", "api", "v1", "workers", _, "sessions", _, "artifacts"]) => {
             Some(WorkerCall::WorkerOnly)
@@ -394,9 +397,6 @@ fn worker_protocol(method: &Method, path: &str) -> Option<WorkerCall> {
                 "heartbeat" | "step" | "complete" | "log" | "progress" | "artifacts" | "release",
             ],
         ) => Some(WorkerCall::Shared),
-        (&Method::GET | &Method::PUT, ["", "api", "v1", "items", _, "state"]) => {
-            Some(WorkerCall::Shared)
-        }
         (&Method::GET, ["", "api", "v1", "plugins", _, "versions", _, "component"]) => {
             Some(WorkerCall::Shared)
         }

@@ -1296,3 +1296,133 @@ async fn pages_of_a_listed_origin_may_call_the_api() {
         );
     }
 }
+
+/// `PUT` a kept portal state as `api`.
+async fn put_state(api: &Api, path: &str, body: &'static [u8]) -> StatusCode {
+    api.cli
+        .put(path)
+        .content_type("application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .0
+        .status()
+}
+
+/// `GET` a kept portal state as `api`: the status and the raw body.
+async fn get_state(api: &Api, path: &str) -> (StatusCode, Vec<u8>) {
+    let resp = api.cli.get(path).send().await.0;
+    let status = resp.status();
+    (
+        status,
+        resp.into_body().into_bytes().await.unwrap().to_vec(),
+    )
+}
+
+/// A running item's kept portal state through the worker protocol: only worker keys
+/// read or replace it (a viewer sees the lease token, so the token alone is no
+/// credential), it is sealed at rest, a stale lease gets 409, and it is gone once the
+/// item ends — completed, or its job cancelled.
+#[tokio::test]
+async fn kept_portal_state_is_for_the_worker_holding_the_lease() {
+    let e = engine(None, 1).await;
+    let state = AppState::new(e.store.clone(), None).unwrap();
+    let keys = state.auth.keys.clone();
+    let key = |role| keys.create("default", role, "t", 0).unwrap().1;
+    let admin = Api::with_key(state.clone(), &key(Role::Admin));
+    let viewer = Api::with_key(state.clone(), &key(Role::Viewer));
+    let worker = Api::with_key(state.clone(), &key(Role::Worker));
+    let (_, job) = admin
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "ext", "items": [{"input": 1}, {"input": 2}]}),
+        )
+        .await;
+    let jid = job["id"].as_str().unwrap().to_owned();
+    // Claimed through the queue route (a worker key claims through its own, with
+    // secrets, which this test does not need); the lease is what the state hangs on.
+    let (st, c) = admin
+        .post(
+            "/api/v1/queues/ext/claim",
+            json!({"worker": "w1", "max": 2}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    let lease = |i: usize| {
+        (
+            c["items"][i]["item"]["id"].as_str().unwrap().to_owned(),
+            c["items"][i]["lease_token"].as_u64().unwrap(),
+        )
+    };
+    let (item, token) = lease(0);
+    let path = |token: u64| format!("/api/v1/items/{item}/state?token={token}");
+    let cookie = b"portal_sid=7f3c9d2e-secret-session";
+
+    // Nothing kept yet: 204.
+    assert_eq!(
+        get_state(&worker, &path(token)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put_state(&worker, &path(token), cookie).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get_state(&worker, &path(token)).await,
+        (StatusCode::OK, cookie.to_vec())
+    );
+    // Viewers and admins get 403 with the very token a viewer can read.
+    for api in [&viewer, &admin] {
+        assert_eq!(get_state(api, &path(token)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            put_state(api, &path(token), b"planted=1").await,
+            StatusCode::FORBIDDEN
+        );
+    }
+    // A stale token: 409, and nothing changes.
+    assert_eq!(
+        get_state(&worker, &path(token + 1)).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        put_state(&worker, &path(token + 1), b"planted=1").await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(e.store.kept_state(&item).unwrap().unwrap(), cookie.to_vec());
+    // Sealed at rest: the value is nowhere in the database in the clear.
+    let clear = e
+        .store
+        .tree("faena")
+        .unwrap()
+        .iter()
+        .any(|kv| kv.unwrap().1.windows(cookie.len()).any(|w| w == cookie));
+    assert!(!clear, "the kept cookie is stored in the clear");
+
+    // Completed: gone, and the route answers 409 for the finished item.
+    let (st, body) = worker
+        .post(
+            &format!("/api/v1/items/{item}/complete"),
+            json!({"token": token, "status": "succeeded", "result": {}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(e.store.kept_state(&item).unwrap(), None);
+    assert_eq!(
+        get_state(&worker, &path(token)).await.0,
+        StatusCode::CONFLICT
+    );
+
+    // The other item keeps a state, then its job is cancelled: gone too.
+    let (other, other_token) = lease(1);
+    let other_path = format!("/api/v1/items/{other}/state?token={other_token}");
+    assert_eq!(
+        put_state(&worker, &other_path, b"sid=2").await,
+        StatusCode::NO_CONTENT
+    );
+    assert!(e.store.kept_state(&other).unwrap().is_some());
+    let (st, body) = admin
+        .post(&format!("/api/v1/jobs/{jid}/cancel"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(e.store.kept_state(&other).unwrap(), None);
+}

@@ -118,6 +118,8 @@ async fn python_plugins_run_in_the_engine_beside_each_other() {
                 PluginConfig {
                     deadline_secs: Some(5),
                     memory_mib: Some(64),
+                    browser: Some(true),
+                    http_hosts: Some(vec![portals.url.trim_start_matches("http://").to_owned()]),
                     ..Default::default()
                 },
             ),
@@ -149,11 +151,11 @@ async fn python_plugins_run_in_the_engine_beside_each_other() {
         .await;
     assert_eq!(status, 201, "{hostile}");
     let mut hostile_jobs = vec![hostile["id"].as_str().unwrap().to_owned()];
-    for op in ["loop", "alloc", "raise", "business"] {
+    for op in ["loop", "alloc", "raise", "business", "sdk"] {
         let (status, job) = e
             .post(
                 "/api/v1/jobs",
-                json!({"plugin": "python-hostile", "operation": op, "items": [{"input": {}}],
+                json!({"plugin": "python-hostile", "operation": op, "items": [{"input": {"url": portals.url}}],
                        "options": {"max_attempts": 1}}),
             )
             .await;
@@ -242,6 +244,23 @@ async fn python_plugins_run_in_the_engine_beside_each_other() {
         (business.kind, business.code.as_deref()),
         (ErrorKind::Business, Some("bad-data"))
     );
+    // The SDK's wrappers reach the host: a 303 seen as it is, its cookie in the jar and
+    // sent back, cookies set on the page, a dialog answered and listed.
+    let sdk = outcome(5);
+    assert_eq!(sdk.status, ItemStatus::Succeeded, "{:?}", sdk.error);
+    let r = sdk.result.unwrap();
+    assert_eq!(r["status"], 303, "{r}");
+    assert_eq!(r["location"], "/permits/api/whoami", "{r}");
+    assert_eq!(r["whoami"]["user"], "arq.vera", "{r}");
+    assert_eq!(r["jar"], json!(["permits_sid"]), "{r}");
+    assert!(
+        r["page_cookies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("probe")),
+        "{r}"
+    );
+    assert_eq!(r["dialogs"], json!(["alert: hi from python"]), "{r}");
 }
 
 /// `faena plugin new NAME --lang python` writes a project that builds outside this

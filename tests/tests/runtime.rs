@@ -677,6 +677,8 @@ async fn a_retry_keeps_the_portal_session_and_finds_what_it_filed() {
     let result = kept.result.clone().unwrap();
     assert_eq!(result["recovered"], true, "{result}");
     assert_eq!(result["attempt"], 2, "{result}");
+    // The page's local storage came back too, before the portal's scripts ran.
+    assert_eq!(result["draft"], "from attempt 1", "{result}");
     let key = kept.idempotency_key();
     assert_eq!(portals.submissions("permits").get(&key), Some(&1));
     assert_eq!(
@@ -820,5 +822,46 @@ async fn page_calls_do_what_they_say() {
         json!(["confirm: Delete it?", "confirm: Delete it?"])
     );
     assert_eq!(r["back"], url);
-    assert_eq!(r["reloaded"], url);
+    assert_eq!(r["reloaded"], true, "reload loads the page again");
+}
+
+/// A component built against the WIT as first released (before functions were added
+/// to it) still loads and runs its items, browser included: the WIT only grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_against_the_first_wit_still_runs() {
+    let (host, _stop) = local_server().await;
+    let e = common::start(
+        BTreeMap::from([(
+            "first-wit".to_owned(),
+            PluginConfig {
+                browser: Some(true),
+                ..Default::default()
+            },
+        )]),
+        true,
+        2,
+    )
+    .await;
+    e.load(&std::fs::read(faena_tests::guests::FIRST_WIT).unwrap())
+        .await;
+    let (status, job) = e
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "first-wit", "operation": "echo",
+                   "items": [{"input": {"n": 1}}, {"input": {"url": format!("http://{host}/calls")}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    e.wait_finished(&id, 60).await;
+    let plain = e.item(&format!("{id}-0"));
+    assert_eq!(plain.status, ItemStatus::Succeeded, "{:?}", plain.error);
+    assert_eq!(
+        plain.result.unwrap(),
+        json!({"input": {"n": 1}, "title": null})
+    );
+    assert_eq!(plain.steps[0].name, "echoed");
+    let paged = e.item(&format!("{id}-1"));
+    assert_eq!(paged.status, ItemStatus::Succeeded, "{:?}", paged.error);
+    assert_eq!(paged.result.unwrap()["title"], "Calls");
 }

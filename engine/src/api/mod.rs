@@ -187,6 +187,22 @@ impl AppState {
         Ok(item)
     }
 
+    /// The caller's item, if it is running under the lease `token` (409 otherwise).
+    pub fn leased_item(&self, id: &str, token: u64) -> ApiResult<Item> {
+        let item = self.item(id)?;
+        if item.status != crate::model::ItemStatus::Running
+            || item.lease.as_ref().map(|l| l.token) != Some(token)
+        {
+            return Err(crate::store::StoreError::StaleLease {
+                item: id.to_owned(),
+                token,
+                reason: "the item is not running under this lease".into(),
+            }
+            .into());
+        }
+        Ok(item)
+    }
+
     /// 422 naming the item and the field when an item's input (with the job's shared
     /// fields) does not match its operation's JSON Schema.
     pub fn check_inputs(&self, job: &crate::model::NewJob) -> ApiResult<()> {

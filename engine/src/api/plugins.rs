@@ -205,15 +205,7 @@ impl PluginsApi {
         content_type: poem_openapi::param::Query<String>,
         data: poem_openapi::payload::Binary<Vec<u8>>,
     ) -> ApiResult<ArtifactSaved> {
-        let item = self.state.item(&id.0)?;
-        if item.lease.as_ref().map(|l| l.token) != Some(token.0) {
-            return Err(crate::store::StoreError::StaleLease {
-                item: id.0.clone(),
-                token: token.0,
-                reason: "the item is not running under this lease".into(),
-            }
-            .into());
-        }
+        let item = self.state.leased_item(&id.0, token.0)?;
         if name.0.is_empty() || name.0.len() > 255 || content_type.0.len() > 255 {
             return Err(ApiError::invalid("name and content_type: 1-255 characters"));
         }

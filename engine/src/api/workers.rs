@@ -606,7 +606,8 @@ impl FleetApi {
 
     /// Keep a running item's portal state (a plugin's `keep-state`: cookies, local
     /// storage, its HTTP cookie jar) for its next attempt; an empty body forgets it.
-    /// Stored encrypted, deleted when the item ends. Fenced by the lease token.
+    /// Stored encrypted, deleted when the item ends. Worker keys only; fenced by the
+    /// lease token.
     #[oai(
         path = "/items/:id/state",
         method = "put",
@@ -625,6 +626,7 @@ impl FleetApi {
     }
 
     /// The portal state earlier attempts of a running item kept (204 when none).
+    /// Worker keys only; fenced by the lease token.
     #[oai(
         path = "/items/:id/state",
         method = "get",
@@ -635,17 +637,7 @@ impl FleetApi {
         id: Path<String>,
         token: poem_openapi::param::Query<u64>,
     ) -> ApiResult<KeptState> {
-        let item = self.state.item(&id.0)?;
-        if item.status != crate::model::ItemStatus::Running
-            || item.lease.as_ref().map(|l| l.token) != Some(token.0)
-        {
-            return Err(crate::store::StoreError::StaleLease {
-                item: id.0.clone(),
-                token: token.0,
-                reason: "the item is not running under this lease".into(),
-            }
-            .into());
-        }
+        self.state.leased_item(&id.0, token.0)?;
         Ok(match self.state.store.kept_state(&id.0)? {
             Some(state) => KeptState::Ok(poem_openapi::payload::Binary(state)),
             None => KeptState::NoContent,

@@ -36,8 +36,14 @@ const PY_SDK: [(&str, &str); 4] = [
     ),
 ];
 const PY_REQUIREMENTS: &str = include_str!("../../../plugins/sdk-python/requirements.txt");
-/// The componentize-py the SDK is tested with.
-pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The componentize-py the SDK is tested with, as its requirements pin it.
+fn componentize_py_version() -> &'static str {
+    PY_REQUIREMENTS
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("componentize-py=="))
+        .expect("plugins/sdk-python/requirements.txt pins componentize-py")
+}
 
 /// Whether `name` is a plugin name a crate can have too: a lowercase letter, then
 /// lowercase letters, digits, `-` or `_`, at most 64.
@@ -164,7 +170,8 @@ pub fn new_python(name: &str, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let pyproject = format!(
         "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.9\"\n\
          # The plugin runs on the CPython inside the component; this only builds it.\n\
-         dependencies = [\"componentize-py=={COMPONENTIZE_PY}\"]\n"
+         dependencies = [\"componentize-py=={v}\"]\n",
+        v = componentize_py_version()
     );
     let files = [
         ("app.py", py_template(name)),
@@ -275,16 +282,18 @@ fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
     let version = std::process::Command::new(&tool).arg("--version").output();
     match version {
         Err(_) => bail!(
-            "componentize-py is not installed: `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` in {} (or put componentize-py {COMPONENTIZE_PY} on PATH)",
-            dir.display()
+            "componentize-py is not installed: `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` in {} (or put componentize-py {} on PATH)",
+            dir.display(),
+            componentize_py_version()
         ),
         Ok(out) => {
             let said = String::from_utf8_lossy(&out.stdout);
-            if !said.contains(COMPONENTIZE_PY) {
+            if !said.contains(componentize_py_version()) {
                 eprintln!(
-                    "warning: {} is {}; the SDK is tested with {COMPONENTIZE_PY}",
+                    "warning: {} is {}; the SDK is tested with {}",
                     tool.display(),
-                    said.trim()
+                    said.trim(),
+                    componentize_py_version()
                 );
             }
         }

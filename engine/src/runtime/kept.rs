@@ -33,9 +33,23 @@ impl ItemState {
         if self.keeping {
             return Ok(());
         }
-        let kept = run.kept_state().await.map_err(|e| {
-            PluginError::app(format!("reading the portal state kept for this item: {e}"))
-        })?;
+        let kept = match run.kept_state().await {
+            Ok(kept) => kept,
+            // Sealed under another key, say: a fresh portal session, not a failed item.
+            Err(crate::store::StoreError::Invalid(why)) => {
+                self.host
+                    .note(&format!(
+                        "the kept portal state cannot be used ({why}); starting without it"
+                    ))
+                    .await;
+                None
+            }
+            Err(e) => {
+                return Err(PluginError::app(format!(
+                    "reading the portal state kept for this item: {e}"
+                )));
+            }
+        };
         self.keeping = true;
         let Some(bytes) = kept else {
             return Ok(());
@@ -43,40 +57,47 @@ impl ItemState {
         let state: PortalState = match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
-                warn!(plugin = %self.host.plugin, error = %e, "the kept portal state cannot be read; starting without it");
+                self.host
+                    .note(&format!(
+                        "the kept portal state cannot be read ({e}); starting without it"
+                    ))
+                    .await;
                 return Ok(());
             }
         };
         if let Some(jar) = &state.http {
             self.http.load_jar(jar);
         }
-        self.browser
-            .restore(state.browser)
-            .await
-            .map_err(PluginError::app)
+        self.browser.restore(state.browser).await;
+        Ok(())
     }
 
-    /// Save the portal state as it is now, if the plugin asked to keep it.
-    pub async fn save_kept_state(&mut self) -> Result<(), PluginError> {
+    /// Save the portal state as it is now, if the plugin asked to keep it. A state
+    /// that cannot be kept (too large, the engine out of reach) does not fail the run:
+    /// the item's log says so, and the next attempt starts from what was kept before.
+    pub async fn save_kept_state(&mut self) {
         let (true, Some(run)) = (self.keeping, &self.host.run) else {
-            return Ok(());
-        };
-        let browser = match self.browser.capture().await {
-            Some(b) => b,
-            None => self.browser.restored().clone(),
+            return;
         };
         let state = PortalState {
-            browser,
+            browser: self.browser.capture().await,
             http: self.http.save_jar(),
         };
         let bytes = serde_json::to_vec(&state).expect("portal state serializes");
-        run.keep_state(bytes).await.map_err(|e| match e {
-            crate::store::StoreError::Invalid(m) => {
-                let mut e = PluginError::business(m);
-                e.code = Some("state_too_large".into());
-                e
-            }
-            other => PluginError::app(format!("keeping the portal state: {other}")),
-        })
+        if let Err(e) = run.keep_state(bytes).await {
+            self.host
+                .note(&format!("the portal state could not be kept: {e}"))
+                .await;
+        }
+    }
+}
+
+impl super::host::HostCtx {
+    /// A warning in the item's log (and the engine's).
+    async fn note(&self, message: &str) {
+        warn!(plugin = %self.plugin, "{message}");
+        if let Some(run) = &self.run {
+            let _ = run.log("warn", message).await;
+        }
     }
 }

@@ -601,9 +601,7 @@ impl Runtime {
         if matches!(outcome, Outcome::Failed(_)) {
             state.save_failure_screenshots().await;
             // What the next attempt starts from, as this one left it.
-            if let Err(e) = state.save_kept_state().await {
-                warn!(item = %item.id, error = %e.message, "the portal state could not be kept");
-            }
+            state.save_kept_state().await;
         }
         state.browser.close().await;
         // Resources left in the table (pages the guest did not drop) go with the store.

@@ -705,7 +705,7 @@ impl Store {
                 MAX_KEPT_STATE / 1024
             )));
         }
-        self.writable()?;
+        // Not refused on a low disk: like a checkpoint, it belongs to a run under way.
         let sealed = state.map(|s| self.secrets.key().seal(kept_aad(id).as_bytes(), &s));
         self.send(|reply| Command::KeepState {
             item,

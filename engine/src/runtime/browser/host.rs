@@ -102,12 +102,7 @@ async fn click(page: &Page, selector: &str) -> Result<(), PluginError> {
 }
 
 async fn click_element(page: &Page, selector: &str) -> Result<(), PluginError> {
-    let found = tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector)).await;
-    let el = match found {
-        Err(_) => return Err(PluginError::app("the browser did not answer in time")),
-        Ok(Err(_)) => return Err(not_found(selector)),
-        Ok(Ok(el)) => el,
-    };
+    let el = find(page, selector).await?;
     match tokio::time::timeout(COMMAND_TIMEOUT, el.click()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(PluginError::app(format!(
@@ -144,44 +139,48 @@ impl Host for ItemState {
     }
 }
 
-/// Wait, at most `timeout_ms`, until the document marked by [`mark_document`] has been
-/// replaced by one that has loaded: a new document, or (going back, which may restore
-/// an earlier document as it was, mark included) one at another address.
+/// The document a navigation starts from: its address, and the mark it was given.
+struct Mark {
+    from: String,
+    nonce: String,
+}
+
+/// Mark the current document with a mark of its own (a document restored from the
+/// back/forward cache still carries an earlier one) and note its address.
+async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
+    let nonce = ulid::Ulid::new().to_string();
+    let from = eval(
+        page,
+        format!("window.__faenaMark = {}; location.href", lit(&nonce)),
+    )
+    .await?;
+    Ok(Mark {
+        from: from.as_str().unwrap_or_default().to_owned(),
+        nonce,
+    })
+}
+
+/// Wait, at most `timeout_ms`, until the marked document has been replaced by one that
+/// has loaded: a new document, or (going back, which may restore an earlier document as
+/// it was) one at another address.
 async fn new_document(
     page: &Page,
-    from: &str,
+    mark: &Mark,
     timeout_ms: u32,
     after: &str,
 ) -> Result<(), PluginError> {
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
     let js = format!(
-        "(window.__faenaOld !== true || location.href !== {}) && document.readyState !== 'loading'",
-        lit(from)
+        "(window.__faenaMark !== {} || location.href !== {}) && document.readyState !== 'loading'",
+        lit(&mark.nonce),
+        lit(&mark.from)
     );
-    loop {
-        // While the navigation is under way the evaluation may fail: keep polling.
-        if let Ok(Value::Bool(true)) = eval(page, js.clone()).await {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let mut e = PluginError::app(format!(
-                "no new page loaded within {timeout_ms} ms after {after}; {}",
-                whereabouts(page).await
-            ));
-            e.code = Some("timeout".into());
-            return Err(e);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
-/// Mark the current document, whose address this returns; the next one will not
-/// carry the mark.
-async fn mark_document(page: &Page) -> Result<String, PluginError> {
-    eval(page, "window.__faenaOld = true; location.href".into())
-        .await
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
+    wait_until(
+        page,
+        js,
+        timeout_ms,
+        &format!("no new page loaded after {after}"),
+    )
+    .await
 }
 
 /// Wait, at most `timeout_ms`, until `js` evaluates to true; `what` says what was
@@ -207,7 +206,16 @@ async fn wait_until(
             e.code = Some("timeout".into());
             return Err(e);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// The element `selector` matches, found the way a click finds it.
+async fn find(page: &Page, selector: &str) -> Result<chromiumoxide::Element, PluginError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector)).await {
+        Err(_) => Err(PluginError::app("the browser did not answer in time")),
+        Ok(Err(_)) => Err(not_found(selector)),
+        Ok(Ok(el)) => Ok(el),
     }
 }
 
@@ -264,14 +272,14 @@ impl HostPage for ItemState {
         timeout_ms: u32,
     ) -> Res<()> {
         let page = self.page(&h)?;
-        let from = match mark_document(&page).await {
-            Ok(from) => from,
+        let mark = match mark_document(&page).await {
+            Ok(mark) => mark,
             Err(e) => return Ok(Err(e)),
         };
         if let Err(e) = click(&page, &selector).await {
             return Ok(Err(e));
         }
-        Ok(new_document(&page, &from, timeout_ms, &format!("clicking `{selector}`")).await)
+        Ok(new_document(&page, &mark, timeout_ms, &format!("clicking `{selector}`")).await)
     }
 
     async fn select(
@@ -440,11 +448,14 @@ impl HostPage for ItemState {
         let kept: Result<Vec<KeptCookie>, String> =
             cookies.iter().map(KeptCookie::from_wit).collect();
         Ok(match kept {
-            Ok(kept) => self
-                .browser
-                .set_cookies(&kept)
-                .await
-                .map_err(PluginError::app),
+            Ok(kept) => match self.browser.set_cookies(&kept).await {
+                Ok(refused) if refused.is_empty() => Ok(()),
+                Ok(refused) => Err(PluginError::business(format!(
+                    "the browser refused cookies: {}",
+                    refused.join("; ")
+                ))),
+                Err(e) => Err(PluginError::app(e)),
+            },
             Err(e) => Err(PluginError::business(e)),
         })
     }
@@ -548,12 +559,9 @@ impl HostPage for ItemState {
     async fn press(&mut self, h: Resource<PageHandle>, selector: String, key: String) -> Res<()> {
         self.host.check_lease()?;
         let page = self.page(&h)?;
-        let found =
-            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
-        let el = match found {
-            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
-            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
-            Ok(Ok(el)) => el,
+        let el = match find(&page, &selector).await {
+            Ok(el) => el,
+            Err(e) => return Ok(Err(e)),
         };
         let pressed = async {
             el.focus().await?;
@@ -604,8 +612,8 @@ impl HostPage for ItemState {
     async fn reload(&mut self, h: Resource<PageHandle>) -> Res<()> {
         self.host.check_lease()?;
         let page = self.page(&h)?;
-        let from = match mark_document(&page).await {
-            Ok(from) => from,
+        let mark = match mark_document(&page).await {
+            Ok(mark) => mark,
             Err(e) => return Ok(Err(e)),
         };
         if let Err(e) = eval(&page, "setTimeout(() => location.reload(), 0)".into()).await {
@@ -613,7 +621,7 @@ impl HostPage for ItemState {
         }
         Ok(new_document(
             &page,
-            &from,
+            &mark,
             COMMAND_TIMEOUT.as_millis() as u32,
             "reloading",
         )
@@ -623,8 +631,8 @@ impl HostPage for ItemState {
     async fn go_back(&mut self, h: Resource<PageHandle>) -> Res<()> {
         self.host.check_lease()?;
         let page = self.page(&h)?;
-        let from = match mark_document(&page).await {
-            Ok(from) => from,
+        let mark = match mark_document(&page).await {
+            Ok(mark) => mark,
             Err(e) => return Ok(Err(e)),
         };
         match eval(
@@ -643,7 +651,7 @@ impl HostPage for ItemState {
         }
         Ok(new_document(
             &page,
-            &from,
+            &mark,
             COMMAND_TIMEOUT.as_millis() as u32,
             "going back",
         )
@@ -681,12 +689,9 @@ impl HostPage for ItemState {
 
     async fn hover(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
         let page = self.page(&h)?;
-        let found =
-            tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector.as_str())).await;
-        let el = match found {
-            Err(_) => return Ok(Err(PluginError::app("the browser did not answer in time"))),
-            Ok(Err(_)) => return Ok(Err(not_found(&selector))),
-            Ok(Ok(el)) => el,
+        let el = match find(&page, &selector).await {
+            Ok(el) => el,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(
             match tokio::time::timeout(COMMAND_TIMEOUT, el.hover()).await {

@@ -19,6 +19,10 @@ pub use chromium::{Chromium, ChromiumSettings, Endpoint};
 /// Longest a single browser command may take before the run gets an application error.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Dialogs remembered per run (the latest), and characters kept of each message.
+const MAX_DIALOGS: usize = 100;
+const MAX_DIALOG_CHARS: usize = 1024;
+
 /// A guest's handle on a page.
 pub struct PageHandle {
     pub page: Page,
@@ -34,6 +38,8 @@ pub struct BrowserCtx {
     session_page: Option<SessionPage>,
     /// Portal state an earlier attempt kept, put into this run's context and pages.
     restore: state::BrowserState,
+    /// Kept cookies the browser refused to take back (kept again as they were).
+    unrestored: Vec<state::KeptCookie>,
     /// The dialogs the pages showed (`type: message`), and whether to cancel them.
     dialogs: Arc<std::sync::Mutex<Vec<String>>>,
     dismiss_dialogs: Arc<std::sync::atomic::AtomicBool>,
@@ -52,6 +58,7 @@ impl BrowserCtx {
             pages: Vec::new(),
             session_page: None,
             restore: state::BrowserState::default(),
+            unrestored: Vec::new(),
             dialogs: Arc::default(),
             dismiss_dialogs: Arc::default(),
         }
@@ -102,7 +109,7 @@ impl BrowserCtx {
         };
         self.pages.push(page.clone());
         self.answer_dialogs(&page).await?;
-        self.apply_restore(&page, first).await?;
+        self.apply_restore(&page, first).await;
         if let Some(shared) = &self.session_page {
             *shared.lock().expect("session page lock") = Some(page.clone());
         }
@@ -113,7 +120,7 @@ impl BrowserCtx {
     /// and every later command), and note its message. The task ends with the page.
     async fn answer_dialogs(&self, page: &Page) -> Result<(), String> {
         use chromiumoxide::cdp::browser_protocol::page::{
-            EventJavascriptDialogOpening, HandleJavaScriptDialogParams,
+            DialogType, EventJavascriptDialogOpening, HandleJavaScriptDialogParams,
         };
         use futures_util::StreamExt as _;
         let mut opened = page
@@ -127,10 +134,21 @@ impl BrowserCtx {
         );
         tokio::spawn(async move {
             while let Some(dialog) = opened.next().await {
-                let kind = format!("{:?}", dialog.r#type).to_lowercase();
-                seen.lock()
-                    .expect("dialogs lock")
-                    .push(format!("{kind}: {}", dialog.message));
+                let kind = match dialog.r#type {
+                    DialogType::Alert => "alert",
+                    DialogType::Confirm => "confirm",
+                    DialogType::Prompt => "prompt",
+                    DialogType::Beforeunload => "leave-page",
+                };
+                // Bounded: a page (or a plugin) can open dialogs without end.
+                let message: String = dialog.message.chars().take(MAX_DIALOG_CHARS).collect();
+                {
+                    let mut seen = seen.lock().expect("dialogs lock");
+                    if seen.len() >= MAX_DIALOGS {
+                        seen.remove(0);
+                    }
+                    seen.push(format!("{kind}: {message}"));
+                }
                 let accept = !dismiss.load(std::sync::atomic::Ordering::Relaxed);
                 let answer = HandleJavaScriptDialogParams::new(accept);
                 let _ = tokio::time::timeout(COMMAND_TIMEOUT, page.execute(answer)).await;

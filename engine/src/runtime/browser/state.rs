@@ -7,6 +7,7 @@ use chromiumoxide::cdp::browser_protocol::network::{
 use chromiumoxide::cdp::browser_protocol::page::AddScriptToEvaluateOnNewDocumentParams;
 use chromiumoxide::cdp::browser_protocol::storage::{GetCookiesParams, SetCookiesParams};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{BrowserCtx, COMMAND_TIMEOUT};
 use crate::runtime::bindings::faena::plugin::types::Cookie;
@@ -64,9 +65,17 @@ impl From<&CdpCookie> for KeptCookie {
 }
 
 impl KeptCookie {
+    /// The cookie as CDP sets it. A host-only cookie (a domain without a leading dot)
+    /// is set by URL and no domain: with one, Chromium would make it a domain cookie,
+    /// and refuses `__Host-` cookies outright.
     fn param(&self) -> CookieParam {
         let mut p = CookieParam::new(self.name.clone(), self.value.clone());
-        p.domain = Some(self.domain.clone());
+        if self.domain.starts_with('.') {
+            p.domain = Some(self.domain.clone());
+        } else {
+            let scheme = if self.secure { "https" } else { "http" };
+            p.url = Some(format!("{scheme}://{}{}", self.domain, self.path));
+        }
         p.path = Some(self.path.clone());
         p.http_only = Some(self.http_only);
         p.secure = Some(self.secure);
@@ -76,6 +85,10 @@ impl KeptCookie {
             .as_ref()
             .and_then(|s| serde_json::from_value::<CookieSameSite>(serde_json::json!(s)).ok());
         p
+    }
+
+    fn same(&self, other: &KeptCookie) -> bool {
+        self.name == other.name && self.domain == other.domain && self.path == other.path
     }
 
     pub fn to_wit(&self) -> Cookie {
@@ -146,73 +159,102 @@ impl BrowserCtx {
         Ok(got.result.cookies.iter().map(KeptCookie::from).collect())
     }
 
-    pub async fn set_cookies(&self, cookies: &[KeptCookie]) -> Result<(), String> {
+    /// Set cookies one by one (Chromium refuses a whole batch for one bad cookie);
+    /// the ones it refused, with why.
+    pub async fn set_cookies(&self, cookies: &[KeptCookie]) -> Result<Vec<String>, String> {
         let Some(ctx) = &self.context else {
             return Err("no page is open".into());
         };
-        if cookies.is_empty() {
-            return Ok(());
+        let mut refused = Vec::new();
+        for cookie in cookies {
+            let mut params = SetCookiesParams::new(vec![cookie.param()]);
+            params.browser_context_id = Some(ctx.id.clone());
+            match tokio::time::timeout(COMMAND_TIMEOUT, ctx.browser.execute(params)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => refused.push(format!("{} ({}): {e}", cookie.name, cookie.domain)),
+                Err(_) => return Err("the browser did not answer in time".into()),
+            }
         }
-        let mut params = SetCookiesParams::new(cookies.iter().map(KeptCookie::param).collect());
-        params.browser_context_id = Some(ctx.id.clone());
-        tokio::time::timeout(COMMAND_TIMEOUT, ctx.browser.execute(params))
-            .await
-            .map_err(|_| "the browser did not answer in time".to_owned())?
-            .map_err(|e| format!("setting cookies: {e}"))?;
-        Ok(())
+        Ok(refused)
     }
 
-    /// What this run's context holds now, for keeping; `None` when it never opened
-    /// a page (what an earlier attempt kept then stays as it was).
-    pub async fn capture(&self) -> Option<BrowserState> {
-        self.context.as_ref()?;
-        let cookies = self.cookies().await.ok()?;
-        let mut storage: Vec<OriginStorage> = self.restore.storage.clone();
+    /// What this run's portal state is now, for keeping: the context's cookies and the
+    /// local storage of its pages' origins, over what was restored into it (a cookie
+    /// that could not be restored, or a run that never opened a page, keeps what an
+    /// earlier attempt left).
+    pub async fn capture(&self) -> BrowserState {
+        let mut state = self.restore.clone();
+        if self.context.is_none() {
+            return state;
+        }
+        match self.cookies().await {
+            Ok(live) => {
+                let mut cookies = live;
+                for lost in &self.unrestored {
+                    if !cookies.iter().any(|c| c.same(lost)) {
+                        cookies.push(lost.clone());
+                    }
+                }
+                state.cookies = cookies;
+            }
+            Err(e) => warn!(plugin = %self.plugin, error = %e, "cookies could not be read to keep"),
+        }
         for page in &self.pages {
             let js = "(() => { try { return [location.origin, Object.entries(localStorage)]; } catch (e) { return null; } })()";
-            let Ok(Some(v)) = page.evaluate(js).await.map(|r| r.value().cloned()) else {
+            let Ok(Ok(v)) = tokio::time::timeout(COMMAND_TIMEOUT, page.evaluate(js)).await else {
                 continue;
             };
-            let Ok((origin, items)) = serde_json::from_value::<(String, Vec<(String, String)>)>(v)
+            let Some(Ok((origin, items))) = v
+                .value()
+                .cloned()
+                .map(serde_json::from_value::<(String, Vec<(String, String)>)>)
             else {
                 continue;
             };
             if origin == "null" || !origin.starts_with("http") {
                 continue;
             }
-            storage.retain(|o| o.origin != origin);
-            storage.push(OriginStorage { origin, items });
+            state.storage.retain(|o| o.origin != origin);
+            state.storage.push(OriginStorage { origin, items });
         }
-        Some(BrowserState { cookies, storage })
+        state
     }
 
     /// Put kept state back: cookies into the context now (or when it is created), local
     /// storage into every page opened from now on.
-    pub async fn restore(&mut self, state: BrowserState) -> Result<(), String> {
+    pub async fn restore(&mut self, state: BrowserState) {
         self.restore = state;
         if self.context.is_some() {
-            self.set_cookies(&self.restore.cookies.clone()).await?;
+            self.restore_cookies().await;
         }
-        Ok(())
     }
 
-    /// Called for a context just created and each page just opened.
-    pub(super) async fn apply_restore(
-        &self,
-        page: &chromiumoxide::Page,
-        first: bool,
-    ) -> Result<(), String> {
-        if first {
-            self.set_cookies(&self.restore.cookies).await?;
+    async fn restore_cookies(&mut self) {
+        let cookies = self.restore.cookies.clone();
+        let refused = match self.set_cookies(&cookies).await {
+            Ok(refused) => refused,
+            Err(e) => vec![e],
+        };
+        if refused.is_empty() {
+            return;
+        }
+        warn!(plugin = %self.plugin, refused = ?refused, "kept cookies the browser refused");
+        // Kept as they were for the next attempt; this one goes on without them.
+        self.unrestored = cookies;
+    }
+
+    /// Called for a context just created and each page just opened. What cannot be
+    /// put back is logged: the run goes on without it.
+    pub(super) async fn apply_restore(&mut self, page: &chromiumoxide::Page, first: bool) {
+        if first && !self.restore.cookies.is_empty() {
+            self.restore_cookies().await;
         }
         if !self.restore.storage.is_empty() {
             let params =
                 AddScriptToEvaluateOnNewDocumentParams::new(storage_script(&self.restore.storage));
-            tokio::time::timeout(COMMAND_TIMEOUT, page.execute(params))
-                .await
-                .map_err(|_| "the browser did not answer in time".to_owned())?
-                .map_err(|e| format!("restoring local storage: {e}"))?;
+            if let Err(e) = tokio::time::timeout(COMMAND_TIMEOUT, page.execute(params)).await {
+                warn!(plugin = %self.plugin, error = %e, "kept local storage could not be put back");
+            }
         }
-        Ok(())
     }
 }

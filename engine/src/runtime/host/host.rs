@@ -72,6 +72,11 @@ impl Host for ItemState {
         name: String,
         state: Option<String>,
     ) -> wasmtime::Result<Result<(), PluginError>> {
+        if matches!(self.host.running("step"), Ok(Running::Item(_))) {
+            // A checkpoint is where a retry resumes: the portal session goes with it,
+            // saved first so that a retry that sees the checkpoint has the session too.
+            self.save_kept_state().await;
+        }
         let run = match self.host.running("step") {
             Ok(Running::Item(r)) => r,
             Ok(Running::Session(session)) => {
@@ -81,11 +86,7 @@ impl Host for ItemState {
             Err(e) => return Ok(Err(e)),
         };
         let state = state.map(|s| self.host.redact(&s));
-        if let Err(e) = run.step(&name, state).await {
-            return Ok(Err(store_error(e)));
-        }
-        // A checkpoint is where a retry resumes: the portal session goes with it.
-        Ok(self.save_kept_state().await)
+        Ok(run.step(&name, state).await.map_err(store_error))
     }
 
     async fn checkpoints(&mut self) -> wasmtime::Result<Vec<types::Checkpoint>> {

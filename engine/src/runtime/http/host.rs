@@ -82,15 +82,24 @@ impl HttpCtx {
         let mut method =
             reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
                 .map_err(|_| PluginError::business(format!("bad method `{}`", request.method)))?;
-        let timeout = request
+        // One deadline for the request and the redirects it follows.
+        let deadline = request
             .timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()));
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms.into()));
         let mut headers = request.headers;
         let mut body = request.body;
         let mut hops = 0;
         let resp = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(PluginError::app(format!(
+                    "HTTP request to {} timed out while following its redirects",
+                    request.url
+                )));
+            }
+            // A hop to a host outside the grants is refused in `hop`, as a first one is.
             let resp = self
-                .hop(method.clone(), &url, &headers, body.clone(), timeout)
+                .hop(method.clone(), &url, &headers, body.clone(), left)
                 .await?;
             let status = resp.status();
             let location = resp
@@ -106,11 +115,6 @@ impl HttpCtx {
                 return Err(PluginError::app(format!(
                     "HTTP request to {} was redirected more than {MAX_REDIRECTS} times",
                     request.url
-                )));
-            }
-            if !self.grants.allows_url(&next) {
-                return Err(PluginError::app(format!(
-                    "redirect to {next} is outside the granted hosts"
                 )));
             }
             // 307 and 308 repeat the request; the others turn it into a GET.
@@ -183,7 +187,11 @@ impl Host for ItemState {
             .map(|c| Cookie {
                 name: c.name().to_owned(),
                 value: c.value().to_owned(),
-                domain: String::from(&c.domain),
+                // A cookie for a domain and its subdomains, written as browsers do.
+                domain: match &c.domain {
+                    cookie_store::CookieDomain::Suffix(d) => format!(".{d}"),
+                    other => String::from(other),
+                },
                 path: String::from(&c.path),
                 expires: c.expires_datetime().map(|t| t.unix_timestamp()),
                 http_only: c.http_only().unwrap_or(false),

@@ -188,10 +188,15 @@ fn permit(input: &Value, ctx: &Context) -> Result<Value> {
     if page.url()?.contains("/login") {
         page.fill_all(&[("#user", "arq.vera"), ("#password", "permits-demo")])?;
         page.click_and_wait("#login", 10_000)?;
+        page.evaluate(&format!(
+            "localStorage.setItem('draft', 'from attempt {}')",
+            ctx.attempt
+        ))?;
         faena_plugin_sdk::step("logged_in", None)?;
     }
     let key = &ctx.idempotency_key;
     if ctx.attempt > 1 {
+        let draft = page.evaluate("localStorage.getItem('draft')")?;
         let found = page.evaluate(&format!(
             "(() => {{ const r = [...document.querySelectorAll('#requests tr')].find(r => r.dataset.note === {});
                return r ? r.querySelector('.permit-id').textContent : null; }})()",
@@ -199,7 +204,9 @@ fn permit(input: &Value, ctx: &Context) -> Result<Value> {
         ))?;
         if let Some(id) = found.as_str() {
             faena_plugin_sdk::step("filed", Some(id))?;
-            return Ok(json!({"permit": id, "recovered": true, "attempt": ctx.attempt}));
+            return Ok(
+                json!({"permit": id, "recovered": true, "attempt": ctx.attempt, "draft": draft}),
+            );
         }
     }
     page.click_and_wait("#new", 10_000)?;
@@ -272,12 +279,15 @@ fn page_calls(url: &str) -> Result<Value> {
     page.wait_for_url("/ping", 5_000)?;
     page.go_back()?;
     let back = page.url()?;
+    page.evaluate("window.__beforeReload = 1")?;
     page.reload()?;
+    let reloaded =
+        page.evaluate("window.__beforeReload === undefined && location.pathname === '/calls'")?;
     Ok(json!({
         "title": title, "rows": rows, "count": count, "visible": [visible.0, visible.1],
         "radio_uncheck": radio_uncheck, "checked": checked, "no_label": no_label,
         "submenu": submenu, "waited": waited, "has_html": html.contains("<pre id=\"log\">"),
-        "cookies": cookies, "log": log, "back": back, "reloaded": page.url()?,
+        "cookies": cookies, "log": log, "back": back, "reloaded": reloaded,
         "dialogs": page.dialogs(),
     }))
 }
