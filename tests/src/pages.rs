@@ -13,6 +13,17 @@ fn ping() -> &'static str {
     "pong"
 }
 
+/// The request's header names, as JSON: what a client sent.
+#[handler]
+fn headers(req: &poem::Request) -> poem::web::Json<Vec<String>> {
+    poem::web::Json(
+        req.headers()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect(),
+    )
+}
+
 const FORM: &str = r#"<html><body><h1>Purchase request</h1>
     <form method="post" action="/submit">
       <input id="name" name="name"><select id="kind" name="kind">
@@ -111,6 +122,7 @@ pub async fn serve() -> PageServer {
     let slow_loads = Arc::new(AtomicUsize::new(0));
     let app = Route::new()
         .at("/ping", get(ping))
+        .at("/headers", get(headers))
         .at("/form", get(form_page))
         .at("/constrained", get(constrained_form))
         .at("/calls", get(calls_page))

@@ -865,3 +865,65 @@ async fn a_component_built_against_the_first_wit_still_runs() {
     assert_eq!(paged.status, ItemStatus::Succeeded, "{:?}", paged.error);
     assert_eq!(paged.result.unwrap()["title"], "Calls");
 }
+
+/// Redirects the HTTP capability follows stay inside the grants, as the first request
+/// does (`denied`), credentials the plugin set are not carried to another host, and a
+/// chain longer than five stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_redirects_stay_inside_the_grants() {
+    let portals = faena_tests::portals::serve(0).await.unwrap();
+    let (other, _stop) = local_server().await;
+    let portal = portals.url.trim_start_matches("http://").to_owned();
+    let bounce = |to: &str| {
+        reqwest::Url::parse_with_params(
+            &format!("{}/permits/api/bounce", portals.url),
+            [("to", to)],
+        )
+        .unwrap()
+        .to_string()
+    };
+    let granted = |hosts: Vec<String>| PluginConfig {
+        http_hosts: Some(hosts),
+        ..Default::default()
+    };
+    // Only the portal is granted: a redirect to the other host is refused as denied.
+    let e = engine(granted(vec![portal.clone()]), false).await;
+    let out = run_one(
+        &e,
+        "http-get",
+        json!({"url": bounce(&format!("http://{other}/ping"))}),
+    )
+    .await;
+    let err = out.error.expect("the redirect is refused");
+    assert_eq!(
+        (err.kind, err.code.as_deref()),
+        (ErrorKind::Business, Some("denied")),
+        "{}",
+        err.message
+    );
+    // Six hops on the portal itself: more than five.
+    let mut url = format!("{}/permits/api/whoami", portals.url);
+    for _ in 0..6 {
+        url = bounce(&url);
+    }
+    let out = run_one(&e, "http-get", json!({"url": url})).await;
+    let err = out.error.expect("too many redirects");
+    assert!(err.message.contains("more than 5 times"), "{}", err.message);
+
+    // Both granted: followed, but the plugin's Authorization and Cookie headers stay
+    // with the portal.
+    let e = engine(granted(vec![portal, other.clone()]), false).await;
+    let out = run_one(
+        &e,
+        "http-get",
+        json!({"url": bounce(&format!("http://{other}/headers")),
+               "headers": {"authorization": "Bearer portal-token", "cookie": "sid=1", "x-trace": "t1"}}),
+    )
+    .await;
+    assert_eq!(out.status, ItemStatus::Succeeded, "{:?}", out.error);
+    let r = out.result.unwrap();
+    let sent: Vec<String> = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert!(sent.contains(&"x-trace".to_owned()), "{sent:?}");
+    assert!(!sent.contains(&"authorization".to_owned()), "{sent:?}");
+    assert!(!sent.contains(&"cookie".to_owned()), "{sent:?}");
+}

@@ -61,6 +61,7 @@ pub fn routes(p: Arc<Permits>) -> poem::endpoint::BoxEndpoint<'static> {
         .at("/requests/:id", get(filed_page))
         .at("/api/login", poem::post(api_login))
         .at("/api/whoami", get(whoami))
+        .at("/api/bounce", get(bounce))
         .nest(
             "/admin",
             admin_routes(p.portal.clone(), {
@@ -304,6 +305,20 @@ async fn whoami(Data(p): Data<&Arc<Permits>>, req: &Request) -> Response {
             .status(StatusCode::UNAUTHORIZED)
             .body("not signed in"),
     }
+}
+
+#[derive(Deserialize)]
+struct Bounce {
+    to: String,
+}
+
+/// A redirect to wherever `to` says (a portal's single sign-on hop, say).
+#[handler]
+async fn bounce(poem::web::Query(b): poem::web::Query<Bounce>) -> Response {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(poem::http::header::LOCATION, b.to)
+        .finish()
 }
 
 #[handler]

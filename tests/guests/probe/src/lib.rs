@@ -36,7 +36,12 @@ impl Plugin for Probe {
         .operation(Operation::new("missing", "wait for what never comes", any.clone()).browser())
         .operation(Operation::new("permit", "file a permit request", any.clone()).browser())
         .operation(Operation::new("page-calls", "every page call", any.clone()).browser())
-        .operation(Operation::new("http-session", "log in over HTTP", any))
+        .operation(Operation::new(
+            "http-session",
+            "log in over HTTP",
+            any.clone(),
+        ))
+        .operation(Operation::new("http-get", "one GET, with headers", any))
     }
 
     fn run(operation: &str, input: Value, ctx: &Context) -> Result<Value> {
@@ -131,6 +136,24 @@ impl Plugin for Probe {
                 Err(e) => Err(Error::business(format!("could not connect: {e}"))),
             },
             "permit" => permit(&input, ctx),
+            "http-get" => {
+                let headers = input["headers"]
+                    .as_object()
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let resp = http::send(&http::Request {
+                    method: "GET".into(),
+                    url: s(&input, "url").into(),
+                    headers,
+                    body: None,
+                    timeout_ms: None,
+                })?;
+                Ok(json!({"status": resp.status, "body": String::from_utf8_lossy(&resp.body)}))
+            }
             "page-calls" => page_calls(s(&input, "url")),
             "http-session" => {
                 let base = s(&input, "url");
