@@ -265,9 +265,10 @@ async fn python_plugins_run_in_the_engine_beside_each_other() {
 
 /// `faena plugin new NAME --lang python` writes a project that builds outside this
 /// repository (the SDK and the WIT beside `app.py`), `faena plugin build` builds it
-/// with componentize-py, and the component runs.
-#[test]
-fn a_new_python_project_builds_and_runs_outside_the_repository() {
+/// with componentize-py, the component runs here, and `faena plugin install` puts it
+/// on an engine that runs its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_python_project_builds_and_runs_outside_the_repository() {
     let dir = tempfile::tempdir().unwrap();
     let faena = |args: &[&str]| {
         let out = std::process::Command::new(common::process::faena_bin())
@@ -337,4 +338,5 @@ fn a_new_python_project_builds_and_runs_outside_the_repository() {
         "small.toml",
     ]);
     assert!(!ok && out.contains("memory_mib"), "{out}");
+    common::installed_project_runs(&dir.path().join(&wasm), "hello Ana").await;
 }

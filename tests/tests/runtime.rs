@@ -593,10 +593,10 @@ async fn plugin_run_and_install_from_the_command_line() {
 }
 
 /// `faena plugin new` writes a project that builds outside this repository (its own
-/// crate, the SDK and WIT beside it), `faena plugin build` builds it, and the
-/// component runs.
-#[test]
-fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
+/// crate, the SDK and WIT beside it), `faena plugin build` builds it, the component
+/// runs here, and `faena plugin install` puts it on an engine that runs its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
     let dir = tempfile::tempdir().unwrap();
     let faena = |args: &[&str]| {
         let out = std::process::Command::new(common::process::faena_bin())
@@ -650,6 +650,7 @@ fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
         r#"{"name":""}"#,
     ]);
     assert!(!ok && out.contains("--input"), "{out}");
+    common::installed_project_runs(&dir.path().join(&wasm), "hello, Ana").await;
 }
 
 /// A portal whose request list shows only what the current login session filed: the

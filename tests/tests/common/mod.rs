@@ -352,3 +352,39 @@ pub async fn assert_png(e: &Engine, artifact: &str) {
         "a real PNG"
     );
 }
+
+/// Install the component of a project `faena plugin new permits` wrote (at `wasm`) on a
+/// fresh engine with `faena plugin install`, run one job of it through the API, and
+/// check that its result's greeting is `greeting`.
+pub async fn installed_project_runs(wasm: &std::path::Path, greeting: &str) {
+    let e = start(BTreeMap::new(), false, 2).await;
+    let out = tokio::process::Command::new(process::faena_bin())
+        .arg("plugin")
+        .arg("install")
+        .arg(wasm)
+        .args(["--server", &e.url, "--key", &e.key])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("installed permits"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, job) = e
+        .post(
+            "/api/v1/jobs",
+            serde_json::json!({"plugin": "permits", "operation": "run", "items": [{"input": {"name": "Ana"}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    e.wait_finished(&id, 60).await;
+    let item = e.item(&format!("{id}-0"));
+    assert_eq!(
+        item.result.as_ref().map(|r| r["greeting"].clone()),
+        Some(serde_json::json!(greeting)),
+        "{item:?}"
+    );
+}
