@@ -18,8 +18,15 @@ use faena::store::{Store, StoreOptions};
 
 // sled copies and frees node buffers on every write; glibc's allocator spent a third of
 // the store's time there (perf), mimalloc makes the durable path ~1.4× faster.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// `cargo build --release --features dhat-heap`: a heap profile of the run, written to
+// dhat-heap.json when the process ends (see docs/benchmarks.md for how to read it).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
 
 fn init_tracing(format: LogFormat, quiet: bool) {
     // `faena plugin run` prints the item itself: only problems go to the log.
@@ -41,6 +48,8 @@ fn init_tracing(format: LogFormat, quiet: bool) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     faena::no_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing(
