@@ -729,3 +729,59 @@ async fn a_session_lives_on_a_worker_and_moves_when_the_worker_dies() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Portal state kept across attempts when the attempts run on a worker: the worker
+/// keeps it through the engine (which seals it) and gets it back for the retry. The
+/// first attempt files a permit request and dies before its checkpoint; the retry is
+/// still logged in to the same portal session, finds the request in that session's
+/// list, and files nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_the_portal_session_across_attempts() {
+    let portals = portals::serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let faena = Faena::configured(
+        dir.path(),
+        "concurrency = 0\n[browser]\nenabled = false\n[plugins.probe]\nbrowser = true\n",
+    )
+    .await;
+    let resp = faena
+        .client()
+        .post(format!("{}/api/v1/plugins", faena.url))
+        .header("content-type", "application/octet-stream")
+        .body(std::fs::read(faena_tests::guests::PROBE).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let k = key(&faena, "worker", "default").await;
+    let _robot = Worker::start(
+        &faena.url,
+        &k,
+        "robot",
+        &dir.path().join("robot"),
+        &["--plugins", "probe", "--concurrency", "1"],
+    );
+    let (status, job) = faena
+        .post(
+            "/api/v1/jobs",
+            &json!({"plugin": "probe", "operation": "permit",
+                    "items": [{"input": {"url": portals.url, "address": "Av. Brasil 300", "floors": "4",
+                                         "crash_after_submit": true}}],
+                    "options": {"max_attempts": 3, "backoff_ms": 0}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    finished(&faena, id, 120).await;
+    let item = &items(&faena, id).await[0];
+    assert_eq!(item["status"], "succeeded", "{item}");
+    assert_eq!(item["result"]["recovered"], true, "{item}");
+    assert_eq!(item["result"]["attempt"], 2, "{item}");
+    assert_eq!(owners(item), ["worker:robot", "worker:robot"], "{item}");
+    assert_eq!(
+        *portals.permits.logins.lock().unwrap(),
+        1,
+        "the retry kept the session"
+    );
+    assert_eq!(portals.permits.filed.lock().unwrap().len(), 1);
+}
