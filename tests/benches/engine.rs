@@ -857,28 +857,11 @@ async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64
 /// The gsp example flow in Python, built with componentize-py (`scripts/bench`
 /// installs it into target/test-venv).
 fn gsp_python() -> Vec<u8> {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::env::temp_dir().join(format!(
-        "faena-bench-gsp-python-{}.wasm",
-        std::process::id()
-    ));
-    let status = std::process::Command::new(root.join("target/test-venv/bin/componentize-py"))
-        .arg("-d")
-        .arg(root.join("wit"))
-        .args(["-w", "flow", "componentize", "-p"])
-        .arg(root.join("examples/plugin-python"))
-        .arg("-p")
-        .arg(root.join("plugins/sdk-python"))
-        .args(["app", "-o"])
-        .arg(&out)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("componentize-py (scripts/bench installs it into target/test-venv)");
-    assert!(status.success(), "componentize-py failed");
-    let bytes = std::fs::read(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    bytes
+    let out = tempfile::tempdir().unwrap();
+    faena_tests::python::build(
+        "examples/plugin-python",
+        &out.path().join("gsp-python.wasm"),
+    )
 }
 
 /// [`gsp_orders`] for `plugin`, loaded from `component` when it is not built in.

@@ -7,3 +7,4 @@ pub mod guests {
 
 pub mod pages;
 pub mod portals;
+pub mod python;

@@ -6,48 +6,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use faena::config::PluginConfig;
 use faena::model::{ErrorKind, ItemStatus};
 use faena_tests::portals::{self, Knobs, gsp};
 use serde_json::{Value, json};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn componentize_py() -> PathBuf {
-    std::env::var_os("FAENA_COMPONENTIZE_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/test-venv/bin/componentize-py"))
-}
-
-/// Build the Python app in `app` (its `app.py` defines `WitWorld`) with the repository's
-/// SDK and WIT into `out`; the component's bytes.
-async fn build(app: &Path, out: &Path) -> Vec<u8> {
-    let mut cmd = tokio::process::Command::new(componentize_py());
-    cmd.arg("-d")
-        .arg(root().join("wit"))
-        .args(["-w", "flow", "componentize", "-p"])
-        .arg(app)
-        .arg("-p")
-        .arg(root().join("plugins/sdk-python"))
-        .args(["app", "-o"])
-        .arg(out)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let done = cmd.output().await.unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (scripts/test installs componentize-py into target/test-venv)",
-            componentize_py().display()
-        )
-    });
-    assert!(
-        done.status.success(),
-        "componentize-py failed: {}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    std::fs::read(out).unwrap()
+/// [`faena_tests::python::build`], off the runtime's threads.
+async fn build(app: &'static str, out: PathBuf) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || faena_tests::python::build(app, &out))
+        .await
+        .unwrap()
 }
 
 async fn install(e: &common::Engine, wasm: Vec<u8>) -> Value {
@@ -88,14 +58,10 @@ fn order(consultant: &str, lines: &[(&str, u32)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_plugins_run_in_the_engine_beside_each_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let gsp_wasm = build(
-        &root().join("examples/plugin-python"),
-        &tmp.path().join("gsp-python.wasm"),
-    )
-    .await;
+    let gsp_wasm = build("examples/plugin-python", tmp.path().join("gsp-python.wasm")).await;
     let hostile_wasm = build(
-        &root().join("tests/guests/python-hostile"),
-        &tmp.path().join("python-hostile.wasm"),
+        "tests/guests/python-hostile",
+        tmp.path().join("python-hostile.wasm"),
     )
     .await;
     let portals = portals::serve(0).await.unwrap();
@@ -270,31 +236,19 @@ async fn python_plugins_run_in_the_engine_beside_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_python_project_builds_and_runs_outside_the_repository() {
     let dir = tempfile::tempdir().unwrap();
+    let tool = faena_tests::python::componentize_py();
     let faena = |args: &[&str]| {
-        let out = std::process::Command::new(common::process::faena_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .env("FAENA_COMPONENTIZE_PY", componentize_py())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        common::process::faena_in(
+            dir.path(),
+            &[("FAENA_COMPONENTIZE_PY", tool.as_os_str())],
+            args,
+        )
     };
     let (ok, out) = faena(&["plugin", "new", "permits", "--lang", "python"]);
     assert!(ok, "{out}");
     let (ok, out) = faena(&["plugin", "build", "permits"]);
     assert!(ok, "{out}");
-    let wasm = out
-        .lines()
-        .find(|l| l.ends_with(".wasm"))
-        .unwrap_or_else(|| panic!("{out}"))
-        .trim()
-        .to_owned();
+    let wasm = common::process::built_component(&out);
     assert!(wasm.ends_with("dist/permits.wasm"), "{out}");
     let (ok, out) = faena(&[
         "plugin",

@@ -598,20 +598,7 @@ async fn plugin_run_and_install_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let faena = |args: &[&str]| {
-        let out = std::process::Command::new(common::process::faena_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let faena = |args: &[&str]| common::process::faena_in(dir.path(), &[], args);
     let (ok, out) = faena(&["plugin", "new", "permits"]);
     assert!(ok, "{out}");
     let (ok, out) = faena(&["plugin", "new", "permits"]);
@@ -620,12 +607,7 @@ async fn a_new_plugin_project_builds_and_runs_outside_the_repository() {
     assert!(!ok && out.contains("is not a plugin name"), "{out}");
     let (ok, out) = faena(&["plugin", "build", "permits"]);
     assert!(ok, "{out}");
-    let wasm = out
-        .lines()
-        .find(|l| l.ends_with(".wasm"))
-        .unwrap_or_else(|| panic!("{out}"))
-        .trim()
-        .to_owned();
+    let wasm = common::process::built_component(&out);
     assert!(
         wasm.ends_with("permits/target/wasm32-wasip2/release/permits.wasm"),
         "{out}"

@@ -333,3 +333,30 @@ impl Drop for Chrome {
         self.kill();
     }
 }
+
+/// Run `faena ARGS` in `dir` (its compile cache there too, and `env` set): whether it
+/// succeeded, and what it printed (stdout, then stderr).
+pub fn faena_in(dir: &Path, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> (bool, String) {
+    let out = Command::new(faena_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The component's path that `faena plugin build` printed.
+pub fn built_component(out: &str) -> String {
+    out.lines()
+        .find(|l| l.ends_with(".wasm"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_owned()
+}
