@@ -174,8 +174,10 @@ impl Keys {
                 "tenant `{tenant}`: use 1-64 lowercase letters, digits, `-` or `_`"
             )));
         }
+        // The length is the one the OpenAPI schema promises: of the name as sent.
+        let too_long = name.chars().count() > 100;
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
+        if name.is_empty() || too_long {
             return Err(StoreError::Invalid(
                 "name: give the key a name of 1-100 characters".into(),
             ));
@@ -602,7 +604,15 @@ mod tests {
         }
         let e = keys.create("acme", Role::Viewer, "  ", 1).unwrap_err();
         assert!(e.to_string().contains("name"), "{e}");
+        // 101 characters as sent is over the schema's 100 even if trimming would fit it.
+        let padded = format!("\u{b}{}", "x".repeat(100));
+        let e = keys.create("acme", Role::Viewer, &padded, 1).unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
         assert!(keys.list(None).unwrap().is_empty(), "nothing written");
+        let (key, _) = keys
+            .create("acme", Role::Viewer, &"x".repeat(100), 1)
+            .unwrap();
+        assert_eq!(key.name.len(), 100);
     }
 
     #[test]

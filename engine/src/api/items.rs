@@ -107,7 +107,12 @@ impl ItemsApi {
         body: JsonBody<TransitionRequest>,
     ) -> ApiResult<Json<Item>> {
         self.state.item(&id.0)?;
-        if body.0.reason.as_ref().is_some_and(|r| r.len() > 2048) {
+        if body
+            .0
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > 2048)
+        {
             return Err(ApiError::invalid("reason: longer than 2048 characters"));
         }
         let TransitionRequest { to, reason, input } = body.0;

@@ -98,13 +98,15 @@ impl WebhooksApi {
         if types.len() > 100 {
             return Err(ApiError::invalid("types: at most 100"));
         }
-        let description = body.description.map(|d| d.trim().to_owned());
-        if description
+        // Measured as sent, as the OpenAPI schema says, before trimming.
+        if body
+            .description
             .as_ref()
             .is_some_and(|d| d.chars().count() > 200)
         {
             return Err(ApiError::invalid("description: at most 200 characters"));
         }
+        let description = body.description.map(|d| d.trim().to_owned());
         let secret = match body.secret {
             Some(s) => {
                 signature::secret_key(&s).map_err(|e| ApiError::invalid(format!("secret: {e}")))?;

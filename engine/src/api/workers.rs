@@ -115,7 +115,7 @@ impl WorkersApi {
         body: JsonBody<ClaimBody>,
     ) -> ApiResult<Json<ClaimResponse>> {
         let b = &body.0;
-        if b.worker.is_empty() || b.worker.len() > 128 {
+        if b.worker.is_empty() || b.worker.chars().count() > 128 {
             return Err(ApiError::invalid("worker: must be 1-128 characters"));
         }
         if b.max.is_some_and(|m| !(1..=100).contains(&m)) {

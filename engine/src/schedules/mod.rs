@@ -162,7 +162,7 @@ impl Scheduler {
     /// wrong, the template included: it is checked as a job would be.
     pub fn create(&self, tenant: &str, new: NewSchedule) -> Result<Schedule, ScheduleError> {
         if let Some(name) = &new.name
-            && (name.is_empty() || name.len() > 200)
+            && (name.is_empty() || name.chars().count() > 200)
         {
             return Err(ScheduleError::Invalid(
                 "name: must be 1-200 characters".into(),

@@ -244,7 +244,10 @@ impl Sessions {
         operation: Option<&str>,
         input: Value,
     ) -> Result<(Session, bool), SessionError> {
-        if account.is_empty() || account.len() > 128 || account.chars().any(char::is_control) {
+        if account.is_empty()
+            || account.chars().count() > 128
+            || account.chars().any(char::is_control)
+        {
             return Err(SessionError::Invalid(
                 "account: must be 1-128 characters without control characters".into(),
             ));

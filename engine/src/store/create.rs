@@ -197,7 +197,11 @@ pub(super) fn new_item(
     defaults: Option<&serde_json::Value>,
     now: i64,
 ) -> Result<Item> {
-    if it.reference.as_ref().is_some_and(|r| r.len() > 256) {
+    if it
+        .reference
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 256)
+    {
         return Err(StoreError::Invalid(format!(
             "items[{index}].reference: longer than 256 characters"
         )));

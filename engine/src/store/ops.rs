@@ -553,7 +553,7 @@ impl Writer {
         state: Option<String>,
     ) -> Result<()> {
         let mut item = self.leased(tx, key, token)?;
-        if name.is_empty() || name.len() > 128 {
+        if name.is_empty() || name.chars().count() > 128 {
             return Err(StoreError::Invalid(
                 "step name: must be 1-128 characters".into(),
             ));
