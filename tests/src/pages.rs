@@ -24,7 +24,7 @@ fn headers(req: &poem::Request) -> poem::web::Json<Vec<String>> {
     )
 }
 
-const FORM: &str = r#"<html><body><h1>Purchase request</h1>
+const FORM: &str = r#"<html><head><title>Purchase request</title></head><body><h1>Purchase request</h1>
     <form method="post" action="/submit">
       <input id="name" name="name"><select id="kind" name="kind">
       <option value="normal">Normal</option><option value="urgent">Urgent</option></select>

@@ -266,9 +266,12 @@ async fn browser_flow_in_chromium_and_failure_screenshot() {
     assert_eq!(bad.status, ItemStatus::Failed);
     let err = bad.error.unwrap();
     assert_eq!(err.code.as_deref(), Some("timeout"), "{}", err.message);
-    // It says where the page is instead.
+    // It says what it waited for and where the page is instead: its URL and title.
     assert!(
-        err.message.contains(&format!("http://{host}/form")),
+        err.message.contains("`#never-there` did not appear")
+            && err
+                .message
+                .contains(&format!("http://{host}/form (\"Purchase request\")")),
         "{}",
         err.message
     );
@@ -522,6 +525,83 @@ async fn the_example_plugin_installs_and_runs() {
     let flaky = e.store.item(&format!("{id}-1")).unwrap();
     assert_eq!(flaky.attempts.len(), 2);
     assert_eq!(flaky.result.unwrap()["greeting"], "hello, Bo");
+}
+
+/// The commands in the example plugin's doc, run as they are written: its build command
+/// in the repository (into the folder the suite builds guests in, so nothing is built
+/// twice) and its install command from a folder holding `target/` and `data/admin.key`,
+/// only the engine's address put in place of `localhost:8080`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plugins_doc_commands_work_as_written() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let doc: String = std::fs::read_to_string(root.join("examples/plugin-hello/src/lib.rs"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let quoted = |after: &str| -> String {
+        let from = doc
+            .find(after)
+            .unwrap_or_else(|| panic!("`{after}` in the doc"))
+            + after.len();
+        let rest = &doc[from..];
+        rest[..rest.find('`').unwrap()].to_owned()
+    };
+    let build = quoted("Build it with `");
+    let install = format!("curl{}", quoted("`curl"));
+    assert!(build.starts_with("cargo build"), "{build}");
+    assert!(install.contains("data/admin.key"), "{install}");
+
+    // PLUGIN_HELLO is `<wasm target>/wasm32-wasip2/release/faena_example_hello.wasm`.
+    let wasm_target = std::path::Path::new(faena_tests::guests::PLUGIN_HELLO)
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_owned();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(&build).current_dir(root);
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.env("CARGO_TARGET_DIR", &wasm_target).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{build}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let e = common::start(BTreeMap::new(), false, 2).await;
+    let here = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&wasm_target, here.path().join("target")).unwrap();
+    std::fs::create_dir(here.path().join("data")).unwrap();
+    std::fs::write(here.path().join("data/admin.key"), &e.key).unwrap();
+    let address = e.url.trim_start_matches("http://");
+    let install = install.replace("localhost:8080", address);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{install} -sS -w '\\n%{{http_code}}'"))
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && answer.ends_with("\n201"),
+        "{install}: {answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(answer.contains(r#""name":"hello""#), "{answer}");
+    let job = e
+        .http
+        .post(format!("{}/api/v1/jobs", e.url))
+        .json(&json!({"plugin": "hello", "items": [{"input": {"name": "Ana"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 201);
 }
 
 /// `faena plugin run`: one item here with no server, its steps and result printed,
