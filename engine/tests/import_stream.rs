@@ -58,8 +58,12 @@ impl Server {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {key}").parse().unwrap(),
         );
+        // A fresh connection per request: an upload refused midway leaves its
+        // connection closed by the server, and a pooled one could be taken for the
+        // next request before the client saw it close.
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         Server {
