@@ -1,9 +1,11 @@
 //! The built-in dispatcher: claims items for the plugins an [`Executor`] runs, runs
-//! each under a lease it renews by heartbeat, and reports the outcome. An item whose
+//! each under a lease (renewed for all runs together, see [`leases`]), and reports the
+//! outcome. An item whose
 //! lease is lost (cancelled, expired, claimed again) is stopped, and whatever it
 //! returns afterwards is discarded by the store's fencing.
 
 mod context;
+mod leases;
 pub mod pool;
 pub mod queue;
 
@@ -135,6 +137,8 @@ pub async fn run_on(
     shutdown: CancellationToken,
 ) {
     let running: Running = Arc::default();
+    let leases = Arc::new(leases::Leases::default());
+    let renewing = tokio::spawn(leases::renew(queue.clone(), leases.clone()));
     let pools = Pools::default();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let freed = Arc::new(Notify::new());
@@ -177,10 +181,11 @@ pub async fn run_on(
                             // Cancelled between its claim and now: it stops at once.
                             cancel.cancel();
                         }
-                        let (queue, executor, running, freed, pools, stop_runs) = (
+                        let (queue, executor, running, leases, freed, pools, stop_runs) = (
                             queue.clone(),
                             executor.clone(),
                             running.clone(),
+                            leases.clone(),
                             freed.clone(),
                             pools.clone(),
                             stop_runs.clone(),
@@ -189,6 +194,7 @@ pub async fn run_on(
                             let run = Run {
                                 queue: &queue,
                                 running: &running,
+                                leases: &leases,
                                 pools: &pools,
                                 shutdown: &stop_runs,
                             };
@@ -239,6 +245,7 @@ pub async fn run_on(
     if let Some(w) = watcher {
         w.abort();
     }
+    renewing.abort();
     info!("dispatcher stopped");
 }
 
@@ -246,6 +253,7 @@ pub async fn run_on(
 struct Run<'a> {
     queue: &'a Arc<dyn Queue>,
     running: &'a Running,
+    leases: &'a leases::Leases,
     pools: &'a Pools,
     /// Cancelled when a shutdown's grace period is over.
     shutdown: &'a CancellationToken,
@@ -263,31 +271,20 @@ impl Run<'_> {
             .map(|p: &PoolOptions| self.pools.of(&task.item.job_id, p));
         let lease_left = (task.lease_expires_at - queue.clock().now_ms()).max(300) as u64;
         let ctx = RunContext::new(queue.clone(), &task, cancel.clone());
-        let heartbeat = {
-            let (queue, id, cancel, ctx) = (queue.clone(), id.clone(), cancel.clone(), ctx.clone());
-            tokio::spawn(async move {
-                let every = Duration::from_millis(lease_left / 3);
-                loop {
-                    tokio::time::sleep(every).await;
-                    match queue.heartbeat(&id, token).await {
-                        Ok(until) => ctx.renewed(until),
-                        Err(StoreError::StaleLease { .. }) | Err(StoreError::NotFound { .. }) => {
-                            info!(item = %id, "lease lost (expired or cancelled); stopping the run");
-                            cancel.cancel();
-                            break;
-                        }
-                        Err(e) => warn!(item = %id, error = %e, "heartbeat failed"),
-                    }
-                }
-            })
-        };
+        self.leases.add(
+            &id,
+            token,
+            Duration::from_millis(lease_left / 3),
+            cancel.clone(),
+            ctx.clone(),
+        );
         // A pool job's run waits (its lease kept alive) for one of the pool's resources.
         let held = match &pool {
             None => None,
             Some(p) => tokio::select! {
                 h = p.acquire() => Some(h),
                 _ = cancel.cancelled() => {
-                    heartbeat.abort();
+                    self.leases.remove(&id, token);
                     self.stopped(&id, token).await;
                     return;
                 }
@@ -313,7 +310,7 @@ impl Run<'_> {
             (o, _, _) => o,
         };
         drop(held);
-        heartbeat.abort();
+        self.leases.remove(&id, token);
         queue.record_run(&plugin, started.elapsed());
         let Some(outcome) = outcome else {
             self.stopped(&id, token).await;
@@ -366,51 +363,36 @@ async fn watch_events(
             Some(Err(_)) => continue,
             None => return,
         };
-        if !matches!(
-            &*published.kind,
-            kind::JOB_UPDATED
-                | kind::JOB_COMPLETED
-                | kind::JOB_CANCELLED
-                | kind::ITEM_STATUS_CHANGED
-        ) {
+        if let Some(moved) = &published.moved {
+            if moved.from != ItemStatus::Running {
+                continue;
+            }
+            // A run's own outcome also leaves `running`; only a stop from elsewhere (a
+            // cancel, a requeue) needs remembering for a run not registered yet.
+            let stopped = matches!(moved.to, ItemStatus::Cancelled | ItemStatus::Queued);
+            running
+                .lock()
+                .expect("running lock")
+                .left_running(&moved.item, published.seq, stopped);
             continue;
         }
-        let event = published.event();
-        match event.kind.as_str() {
+        match &*published.kind {
             kind::JOB_UPDATED => {
+                let event = published.event();
                 if let (Some(job), Ok(pool)) = (
                     &event.job_id,
                     serde_json::from_value::<PoolOptions>(event.data["pool"].clone()),
                 ) {
                     pools.update(job, &pool);
                 }
-                continue;
             }
             kind::JOB_COMPLETED | kind::JOB_CANCELLED => {
-                if let Some(job) = &event.job_id {
+                if let Some(job) = &published.job_id {
                     pools.remove(job);
                 }
-                continue;
             }
-            kind::ITEM_STATUS_CHANGED => {}
-            _ => continue,
+            _ => {}
         }
-        let (Some(item), Some(from)) = (&event.item_id, event.data.get("from")) else {
-            continue;
-        };
-        if from != &serde_json::json!(ItemStatus::Running) {
-            continue;
-        }
-        // A run's own outcome also leaves `running`; only a stop from elsewhere (a
-        // cancel, a requeue) needs remembering for a run not registered yet.
-        let stopped = matches!(
-            event.data.get("to").and_then(|t| t.as_str()),
-            Some("cancelled" | "queued")
-        );
-        running
-            .lock()
-            .expect("running lock")
-            .left_running(item, event.seq, stopped);
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use crate::artifacts::Artifact;
 use crate::clock::Clock;
 use crate::store::feed::Follower;
-use crate::store::{ClaimRequest, Claimed, ClaimedItem, Outcome, Result, Store};
+use crate::store::{ClaimRequest, Claimed, ClaimedItem, Outcome, Result, Store, StoreError};
 
 /// Secret values handed over with a claim (a worker's), by name. `None` on the engine,
 /// whose runs read the store's.
@@ -35,6 +35,16 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Renew the lease; the answer is when it now runs out.
     fn heartbeat<'a>(&'a self, item: &'a str, token: u64) -> BoxFuture<'a, Result<i64>>;
+
+    /// Renew many leases: one answer per item, in order. By default, each on its own,
+    /// all at once.
+    fn heartbeats<'a>(&'a self, items: &'a [(String, u64)]) -> BoxFuture<'a, Vec<Result<i64>>> {
+        Box::pin(futures_util::future::join_all(
+            items
+                .iter()
+                .map(|(item, token)| self.heartbeat(item, *token)),
+        ))
+    }
 
     fn step<'a>(
         &'a self,
@@ -144,6 +154,27 @@ impl Queue for Store {
             Store::heartbeat(self, item, token, None)
                 .await
                 .map(|l| l.expires_at)
+        })
+    }
+
+    /// One command, one commit for the whole round.
+    fn heartbeats<'a>(&'a self, items: &'a [(String, u64)]) -> BoxFuture<'a, Vec<Result<i64>>> {
+        Box::pin(async move {
+            match Store::heartbeats(self, items).await {
+                Ok(renewed) => renewed
+                    .into_iter()
+                    .map(|r| r.map(|l| l.expires_at))
+                    .collect(),
+                Err(e) => items
+                    .iter()
+                    .map(|_| {
+                        Err(match &e {
+                            StoreError::Closed => StoreError::Closed,
+                            other => StoreError::Storage(other.to_string()),
+                        })
+                    })
+                    .collect(),
+            }
         })
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use crate::model::Event;
+use crate::model::{Event, ItemStatus, kind};
 
 /// An event as committed: its JSON as stored and as the feed sends it, and the fields
 /// subscribers filter on. The rest of the record stays in the text, so the feed can
@@ -24,8 +24,33 @@ pub struct Published {
     pub kind: Box<str>,
     pub job_id: Option<Box<str>>,
     pub topic: Option<Box<str>>,
+    /// For an item's status change, the item and its move, typed: the dispatcher stops
+    /// runs on this without reading the text again.
+    pub moved: Option<Moved>,
     /// UTF-8 JSON, shared by every connection that sends it.
     pub json: bytes::Bytes,
+}
+
+/// An item's status change as the dispatcher needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub item: Box<str>,
+    pub from: ItemStatus,
+    pub to: ItemStatus,
+}
+
+impl Moved {
+    fn of(event: &Event) -> Option<Moved> {
+        if event.kind != kind::ITEM_STATUS_CHANGED {
+            return None;
+        }
+        let status = |field: &str| event.data.get(field)?.as_str()?.parse().ok();
+        Some(Moved {
+            item: event.item_id.as_deref()?.into(),
+            from: status("from")?,
+            to: status("to")?,
+        })
+    }
 }
 
 impl Published {
@@ -36,6 +61,7 @@ impl Published {
             kind: event.kind.as_str().into(),
             job_id: event.job_id.as_deref().map(Into::into),
             topic: event.topic.as_deref().map(Into::into),
+            moved: Moved::of(event),
             json: serde_json::to_vec(event).expect("event serializes").into(),
         }
     }

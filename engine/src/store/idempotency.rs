@@ -63,7 +63,7 @@ pub(super) fn lookup(
     keep_ms: i64,
 ) -> Result<Option<serde_json::Value>> {
     let Some(raw) = raw else { return Ok(None) };
-    let rec: Recorded = serde_json::from_slice(raw)?;
+    let rec: Recorded = super::codec::decode(raw)?;
     if now.saturating_sub(rec.at) > keep_ms {
         return Ok(None);
     }
@@ -93,17 +93,14 @@ pub(super) fn record(tx: &mut Tx<'_>, idem: &Idempotency, response: serde_json::
         at: tx.now,
         response,
     };
-    tx.put(
-        idem.store_key.clone(),
-        serde_json::to_vec(&rec).expect("record serializes"),
-    );
+    tx.put(idem.store_key.clone(), super::codec::encode(&rec));
 }
 
 /// Most keys one sweep command removes, so that it never holds the writer for long.
 pub(super) const SWEEP_CHUNK: usize = 5_000;
 
 fn expired(raw: &[u8], now: i64, keep_ms: i64) -> bool {
-    serde_json::from_slice::<Recorded>(raw)
+    super::codec::decode::<Recorded>(raw)
         .map(|r| now.saturating_sub(r.at) > keep_ms)
         .unwrap_or(true)
 }

@@ -3,15 +3,19 @@
 //!
 //! | prefix | key                                | value                        |
 //! |--------|------------------------------------|------------------------------|
-//! | `j`    | job id (26-byte ULID)              | job JSON                     |
-//! | `i`    | job id, item index (u64 BE)        | item JSON                    |
+//! | `j`    | job id (26-byte ULID)              | job (MessagePack, `codec`)   |
+//! | `i`    | job id, item index (u64 BE)        | item (MessagePack)           |
 //! | `s`    | status byte, job id, item index    | `not_before` (i64 BE) or ""  |
 //! | `e`    | seq (u64 BE)                       | event JSON                   |
-//! | `l`    | job id, item index, seq (u64 BE)   | log line JSON                |
+//! | `l`    | job id, item index, seq (u64 BE)   | log line (MessagePack)       |
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
 //! | `k`    | tenant, 0, client key              | an answered request (`idempotency`) |
 //! | `r`    | tenant, plugin, operation, reference, 0, item id | "" (`references`) |
 //! | `t`    | schedule id                        | its latest run: instant and job (`schedules`) |
+//! | `p`    | job id, item index                 | kept portal state, sealed    |
+//! | `v`    | (the key is `v`)                   | the store's format (u32 BE, `codec::FORMAT`) |
+//!
+//! Events are JSON, the text the feed sends; every other record is MessagePack.
 
 use crate::model::ItemStatus;
 
@@ -86,6 +90,14 @@ pub fn job_key(job: &str) -> Vec<u8> {
     k.push(JOB);
     k.extend_from_slice(job.as_bytes());
     k
+}
+
+/// The job id of a job record's key.
+pub fn job_of_key(key: &[u8]) -> Option<&str> {
+    match key.split_first() {
+        Some((&JOB, id)) if id.len() == JOB_ID_LEN => std::str::from_utf8(id).ok(),
+        _ => None,
+    }
 }
 
 pub fn staged_key(job: &str) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //! only after the flush.
 
 mod actions;
+mod codec;
 pub use actions::{Publication, valid_topic};
 mod create;
 mod error;
@@ -621,6 +622,26 @@ impl Store {
         .await
     }
 
+    /// Renew the leases of many running items in one commit; one answer per item, in
+    /// order (an item id that is not one answers `NotFound`).
+    pub async fn heartbeats(&self, items: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
+        let mut keys = Vec::with_capacity(items.len());
+        let mut bad = Vec::new();
+        for (i, (id, token)) in items.iter().enumerate() {
+            match Self::item_key(id) {
+                Ok(key) => keys.push((key, *token)),
+                Err(e) => bad.push((i, e)),
+            }
+        }
+        let mut renewed = self
+            .send(|reply| Command::Heartbeats { items: keys, reply })
+            .await?;
+        for (i, e) in bad {
+            renewed.insert(i, Err(e));
+        }
+        Ok(renewed)
+    }
+
     pub async fn complete(&self, item: &str, token: u64, outcome: Outcome) -> Result<Item> {
         self.complete_on(item, token, outcome, None).await
     }
@@ -888,7 +909,7 @@ impl Store {
             .tree
             .get(keys::job_key(id))?
             .ok_or_else(|| StoreError::not_found("job", id))?;
-        Ok(serde_json::from_slice(&raw)?)
+        codec::decode(&raw)
     }
 
     pub fn item(&self, id: &str) -> Result<Item> {
@@ -897,7 +918,7 @@ impl Store {
             .tree
             .get(key.item_key())?
             .ok_or_else(|| StoreError::not_found("item", id))?;
-        Ok(serde_json::from_slice(&raw)?)
+        codec::decode(&raw)
     }
 
     /// Jobs, newest first. `cursor` is the last job id of the previous page.
@@ -914,7 +935,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.tree.range(vec![keys::JOB]..upper).rev() {
             let (_, v) = kv?;
-            let job: Job = serde_json::from_slice(&v)?;
+            let job: Job = codec::decode(&v)?;
             let keep = filter.tenant.as_ref().is_none_or(|t| *t == job.tenant)
                 && filter.status.is_none_or(|s| s == job.status)
                 && filter.plugin.as_ref().is_none_or(|p| *p == job.plugin)
@@ -962,7 +983,7 @@ impl Store {
                     if !k.starts_with(&prefix) || out.len() == limit {
                         break;
                     }
-                    push(serde_json::from_slice(&v)?, &mut out);
+                    push(codec::decode(&v)?, &mut out);
                 }
             }
             Some(status) => {
@@ -975,7 +996,7 @@ impl Store {
                     }
                     let key = keys::split_item_suffix(&k).expect("status key");
                     if let Some(raw) = self.tree.get(key.item_key())? {
-                        push(serde_json::from_slice(&raw)?, &mut out);
+                        push(codec::decode(&raw)?, &mut out);
                     }
                 }
             }
@@ -1021,7 +1042,7 @@ impl Store {
                 continue;
             }
             if let Some(raw) = self.tree.get(key.item_key())? {
-                let item: Item = serde_json::from_slice(&raw)?;
+                let item: Item = codec::decode(&raw)?;
                 if tenant.is_none_or(|t| t == item.tenant) {
                     out.push(item);
                 }
@@ -1126,7 +1147,7 @@ impl Store {
         let key = Self::item_key(id)?;
         let mut out = Vec::new();
         for kv in self.tree.scan_prefix(keys::log_prefix(&key.job, key.index)) {
-            out.push(serde_json::from_slice(&kv?.1)?);
+            out.push(codec::decode(&kv?.1)?);
         }
         Ok(out)
     }
@@ -1174,6 +1195,14 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Rebuild the in-memory queues from the status indexes. Returns the ready state, the
 /// next event seq and the items whose lease belonged to a previous engine process.
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
+    let migrated = codec::migrate(tree)?;
+    if migrated > 0 {
+        info!(
+            records = migrated,
+            format = codec::FORMAT,
+            "rewrote the records of an older engine as MessagePack"
+        );
+    }
     let unfinished = staging::discard_unfinished(tree)?;
     if unfinished > 0 {
         info!(
@@ -1184,7 +1213,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
     let mut ready = Ready::default();
     let next_seq = last_event_seq(tree)? + 1;
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {
-        let job: Job = serde_json::from_slice(&kv?.1)?;
+        let job: Job = codec::decode(&kv?.1)?;
         if matches!(job.status, JobStatus::Running | JobStatus::Paused) {
             ready.add_job(&job, job.status == JobStatus::Paused);
         }
@@ -1201,7 +1230,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
         let Some(raw) = tree.get(key.item_key())? else {
             continue;
         };
-        let item: Item = serde_json::from_slice(&raw)?;
+        let item: Item = codec::decode(&raw)?;
         ready.count_running(&key);
         match item.lease {
             Some(l) if !l.owner.starts_with("engine:") => ready.set_lease(key, l.expires_at),

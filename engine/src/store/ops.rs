@@ -633,7 +633,7 @@ impl Writer {
         );
         tx.put(
             keys::log_key(&key.job, key.index, seq),
-            serde_json::to_vec(&line)?,
+            super::codec::encode(&line),
         );
         Ok(())
     }

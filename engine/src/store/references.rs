@@ -82,7 +82,7 @@ pub(super) fn taken_in_tree(tree: &sled::Tree, job: &Job, reference: &str) -> Re
             .keys()
             .map(|k| k.map_err(StoreError::from)),
         |key| match tree.get(key.item_key())? {
-            Some(raw) => Ok(Some(serde_json::from_slice::<Item>(&raw)?)),
+            Some(raw) => Ok(Some(super::codec::decode::<Item>(&raw)?)),
             None => Ok(None),
         },
     )

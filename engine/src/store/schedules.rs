@@ -55,7 +55,7 @@ impl Writer {
     ) -> Result<RunJob> {
         let key = run_key(&run.schedule.id);
         if let Some(raw) = tx.get(&key)? {
-            let last: LastRun = serde_json::from_slice(&raw)?;
+            let last: LastRun = super::codec::decode(&raw)?;
             if last.at >= run.schedule.at {
                 // Created before (a crash kept the cursor behind): that job is the run.
                 return Ok(RunJob {
@@ -76,7 +76,7 @@ impl Writer {
             at: run.schedule.at,
             job_id: job.id.clone(),
         };
-        tx.put(key, serde_json::to_vec(&last)?);
+        tx.put(key, super::codec::encode(&last));
         tx.emit(
             &run.tenant,
             kind::SCHEDULE_FIRED,
@@ -147,7 +147,7 @@ impl Store {
     /// The latest run of `schedule` that created a job, as the writer recorded it.
     pub fn last_schedule_run(&self, schedule: &str) -> Result<Option<LastRun>> {
         match self.tree.get(run_key(schedule))? {
-            Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
+            Some(raw) => Ok(Some(super::codec::decode(&raw)?)),
             None => Ok(None),
         }
     }

@@ -34,7 +34,7 @@ fn staged(tx: &Tx<'_>, id: &str) -> Result<Staged> {
     let raw = tx
         .get(&keys::staged_key(id))?
         .ok_or_else(|| StoreError::not_found("job being created", id))?;
-    Ok(serde_json::from_slice(&raw)?)
+    super::codec::decode(&raw)
 }
 
 impl Writer {
@@ -52,10 +52,7 @@ impl Writer {
             job,
             input: new.input,
         };
-        tx.put(
-            keys::staged_key(&id),
-            serde_json::to_vec(&marker).expect("job serializes"),
-        );
+        tx.put(keys::staged_key(&id), super::codec::encode(&marker));
         Ok(id)
     }
 
@@ -206,7 +203,7 @@ impl Store {
             .tree
             .get(keys::staged_key(job))?
             .ok_or_else(|| StoreError::not_found("job being created", job))?;
-        let marker: Staged = serde_json::from_slice(&raw)?;
+        let marker: Staged = super::codec::decode(&raw)?;
         if first + items.len() as u64 > MAX_ITEMS_PER_JOB as u64 {
             return Err(StoreError::Invalid(format!(
                 "items: more than the {MAX_ITEMS_PER_JOB} one job may hold"
@@ -245,7 +242,7 @@ impl Store {
                 }
                 writes.push((
                     keys::item_key(&item.job_id, index),
-                    serde_json::to_vec(&item)?,
+                    super::codec::encode(&item),
                 ));
                 writes.push((keys::status_key(status, &item.job_id, index), Vec::new()));
             }
@@ -328,7 +325,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
     let mut markers = Vec::new();
     for kv in tree.scan_prefix([keys::STAGED]) {
         let (k, v) = kv?;
-        let marker: Staged = serde_json::from_slice(&v)?;
+        let marker: Staged = super::codec::decode(&v)?;
         markers.push((k, marker.job));
     }
     for (marker, job) in &markers {
@@ -337,7 +334,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
         let mut n: usize = 0;
         for kv in tree.scan_prefix(keys::item_prefix(&job.id)) {
             let (k, v) = kv?;
-            if let Ok(item) = serde_json::from_slice::<crate::model::Item>(&v)
+            if let Ok(item) = super::codec::decode::<crate::model::Item>(&v)
                 && let Some(entry) = references::entry(job, &item)
             {
                 batch.remove(entry);

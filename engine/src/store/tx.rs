@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use sled::IVec;
 
+use super::codec;
 use super::error::{Result, StoreError};
 use super::feed::Published;
 use super::keys::{self, ItemKey};
@@ -13,13 +14,31 @@ use crate::model::{Event, Item, ItemStatus, Job};
 
 pub(crate) type Overlay = HashMap<Vec<u8>, Option<IVec>>;
 
+/// Jobs changed by the group's earlier commands, kept decoded: a job's counts change
+/// with every transition of its items, and the record is encoded once per group, when
+/// the group is applied, not once per command.
+pub(crate) type Jobs = HashMap<String, Job>;
+
+/// What a successful command leaves for its group.
+pub(crate) struct Finished {
+    pub writes: Overlay,
+    /// Jobs this command changed (their records are not in `writes`).
+    pub jobs: Vec<Job>,
+    pub events: Vec<Published>,
+    pub next_seq: u64,
+    pub status_deltas: [i64; ItemStatus::ALL.len()],
+}
+
 pub(crate) struct Tx<'a> {
     tree: &'a sled::Tree,
     base: &'a Overlay,
+    base_jobs: &'a Jobs,
     pub writes: Overlay,
     pub events: Vec<Published>,
     /// Jobs read or changed in this command, written once at the end.
     jobs: HashMap<String, (Job, bool)>,
+    /// Items changed in this command, encoded once at the end however often changed.
+    items: HashMap<Vec<u8>, Item>,
     pub next_seq: u64,
     pub now: i64,
     /// Items gained or lost per status, for the metrics once the command succeeds.
@@ -27,13 +46,21 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub fn new(tree: &'a sled::Tree, base: &'a Overlay, next_seq: u64, now: i64) -> Self {
+    pub fn new(
+        tree: &'a sled::Tree,
+        base: &'a Overlay,
+        base_jobs: &'a Jobs,
+        next_seq: u64,
+        now: i64,
+    ) -> Self {
         Tx {
             tree,
             base,
+            base_jobs,
             writes: Overlay::new(),
             events: Vec::new(),
             jobs: HashMap::new(),
+            items: HashMap::new(),
             next_seq,
             now,
             status_deltas: [0; ItemStatus::ALL.len()],
@@ -41,6 +68,9 @@ impl<'a> Tx<'a> {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
+        if let Some(item) = self.items.get(key) {
+            return Ok(Some(codec::encode(item).into()));
+        }
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
         }
@@ -51,10 +81,12 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: impl Into<IVec>) {
+        self.items.remove(&key);
         self.writes.insert(key, Some(value.into()));
     }
 
     pub fn del(&mut self, key: Vec<u8>) {
+        self.items.remove(&key);
         self.writes.insert(key, None);
     }
 
@@ -77,15 +109,23 @@ impl<'a> Tx<'a> {
         }
         // A key removed in `base` but written again in `writes` is present.
         keys.retain(|k| !matches!(self.writes.get(k), Some(None)));
+        // Items changed in this command are neither in the tree nor the overlays yet.
+        keys.extend(self.items.keys().filter(|k| k.starts_with(prefix)).cloned());
         Ok(keys.into_iter().collect())
     }
 
     fn load_job(&mut self, id: &str) -> Result<&mut (Job, bool)> {
         if !self.jobs.contains_key(id) {
-            let raw = self
-                .get(&keys::job_key(id))?
-                .ok_or_else(|| StoreError::not_found("job", id))?;
-            let job: Job = serde_json::from_slice(&raw)?;
+            let key = keys::job_key(id);
+            let job = match (self.writes.contains_key(&key), self.base_jobs.get(id)) {
+                (false, Some(job)) => job.clone(),
+                _ => {
+                    let raw = self
+                        .get(&key)?
+                        .ok_or_else(|| StoreError::not_found("job", id))?;
+                    codec::decode(&raw)?
+                }
+            };
             self.jobs.insert(id.to_owned(), (job, false));
         }
         Ok(self.jobs.get_mut(id).expect("just loaded"))
@@ -123,15 +163,19 @@ impl<'a> Tx<'a> {
     }
 
     pub fn item(&self, key: &ItemKey) -> Result<Item> {
+        if let Some(item) = self.items.get(&key.item_key()) {
+            return Ok(item.clone());
+        }
         let raw = self
             .get(&key.item_key())?
             .ok_or_else(|| StoreError::not_found("item", key.id()))?;
-        Ok(serde_json::from_slice(&raw)?)
+        codec::decode(&raw)
     }
 
     pub fn put_item(&mut self, item: &Item) {
         let key = keys::item_key(&item.job_id, item.index);
-        self.put(key, serde_json::to_vec(item).expect("item serializes"));
+        self.writes.remove(&key);
+        self.items.insert(key, item.clone());
     }
 
     /// Write a new item and its status index entry (no counts: the caller sets them).
@@ -248,17 +292,23 @@ impl<'a> Tx<'a> {
         seq
     }
 
-    /// Write back the jobs this command changed; consumes the transaction's writes.
-    pub fn finish(mut self) -> (Overlay, Vec<Published>, u64, [i64; ItemStatus::ALL.len()]) {
-        for (id, (job, dirty)) in std::mem::take(&mut self.jobs) {
-            if dirty {
-                self.writes.insert(
-                    keys::job_key(&id),
-                    Some(serde_json::to_vec(&job).expect("job serializes").into()),
-                );
-            }
+    /// The command's writes with its items encoded, and the jobs it changed.
+    pub fn finish(mut self) -> Finished {
+        for (key, item) in std::mem::take(&mut self.items) {
+            self.writes.insert(key, Some(codec::encode(&item).into()));
         }
-        (self.writes, self.events, self.next_seq, self.status_deltas)
+        let jobs = self
+            .jobs
+            .into_values()
+            .filter_map(|(job, dirty)| dirty.then_some(job))
+            .collect();
+        Finished {
+            writes: self.writes,
+            jobs,
+            events: self.events,
+            next_seq: self.next_seq,
+            status_deltas: self.status_deltas,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::feed::{Feed, Published};
 use super::idempotency::Idempotency;
 use super::ops::{ClaimRequest, Claimed, JobAction, Outcome};
 use super::ready::Ready;
-use super::tx::{Overlay, Tx};
+use super::tx::{Finished, Jobs, Overlay, Tx};
 use super::{Shared, keys::ItemKey};
 use crate::clock::Clock;
 use crate::model::{Event, Item, ItemStatus, Job, Lease, NewJob};
@@ -53,6 +53,11 @@ pub(crate) enum Command {
         token: u64,
         extend_ms: Option<u64>,
         reply: Reply<Lease>,
+    },
+    /// Renew many leases at once (the dispatcher's round of renewals).
+    Heartbeats {
+        items: Vec<(ItemKey, u64)>,
+        reply: Reply<Vec<Result<Lease>>>,
     },
     Complete {
         item: ItemKey,
@@ -184,6 +189,10 @@ pub(crate) enum Command {
 
 type Done = Box<dyn FnOnce(bool) + Send>;
 
+fn commit_failed() -> StoreError {
+    StoreError::Storage("the commit failed".into())
+}
+
 /// A group applied to the tree and being flushed to disk.
 struct Flushing {
     flush: tokio::task::JoinHandle<Result<(), sled::Error>>,
@@ -215,8 +224,14 @@ async fn flushed(f: &mut Option<Flushing>) {
 #[derive(Default)]
 struct Group {
     writes: Overlay,
+    /// Jobs changed in this group, encoded into `writes` when it is applied.
+    jobs: Jobs,
     events: Vec<Published>,
     done: Vec<Done>,
+    /// Answers that need only what earlier groups wrote to be durable (see
+    /// [`Writer::claim_early`]): given once the group is applied and the flush before
+    /// it is done, not after the group's own flush.
+    early: Vec<Done>,
 }
 
 pub(crate) struct Writer {
@@ -258,6 +273,7 @@ impl Writer {
                 }
             };
             let mut group = Group::default();
+            self.ready.fresh = false;
             let mut next = first;
             while let Some(cmd) = next.take() {
                 match cmd {
@@ -269,6 +285,7 @@ impl Writer {
                 }
             }
             self.expire_leases(&mut group);
+            let early = std::mem::take(&mut group.early);
             let applied = self.apply(group).await;
             if let Some(f) = flushing.take()
                 && self.finish(f).await.is_err()
@@ -276,7 +293,12 @@ impl Writer {
                 break;
             }
             match applied {
-                Ok(f) => flushing = Some(f),
+                Ok(f) => {
+                    for d in early {
+                        d(true);
+                    }
+                    flushing = Some(f)
+                }
                 Err(e) => {
                     self.fail(&e);
                     break;
@@ -308,10 +330,18 @@ impl Writer {
     /// Apply the group's batch (in memory: the next group reads it) and start its flush.
     async fn apply(&mut self, group: Group) -> Result<Flushing, StoreError> {
         let Group {
-            writes,
+            mut writes,
+            jobs,
             events,
             done,
+            early: _,
         } = group;
+        for (id, job) in jobs {
+            writes.insert(
+                super::keys::job_key(&id),
+                Some(super::codec::encode(&job).into()),
+            );
+        }
         let started = std::time::Instant::now();
         let n = writes.len();
         let tree = self.tree.clone();
@@ -389,32 +419,77 @@ impl Writer {
         reply: Reply<T>,
         f: impl FnOnce(&mut Self, &mut Tx<'_>) -> Result<T>,
     ) {
+        match self.try_tx(group, f) {
+            Ok(value) => group.done.push(Box::new(move |ok| {
+                let _ = reply.send(if ok { Ok(value) } else { Err(commit_failed()) });
+            })),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// A claim is answered before its own group is flushed when nothing it could take
+    /// became claimable in this group: everything it sees was then committed by earlier
+    /// groups, flushed before the answer, so a run starts on durable work one flush
+    /// sooner. Were the engine to crash before the claim itself is flushed, its items
+    /// are still queued on restart and run again under the same idempotency key, as
+    /// after any crash mid-run. Otherwise it waits for its group, like any command.
+    fn claim_early(&mut self, group: &mut Group, reply: Reply<Claimed>, req: ClaimRequest) {
+        if self.ready.fresh {
+            return self.run_tx(group, reply, |w, tx| w.claim(tx, req));
+        }
+        match self.try_tx(group, |w, tx| w.claim(tx, req)) {
+            Ok(claimed) => group.early.push(Box::new(move |_| {
+                let _ = reply.send(Ok(claimed));
+            })),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Run `f` in a fresh transaction and, if it succeeds, fold its writes into the
+    /// group; its answer holds only once the group is durable.
+    fn try_tx<T>(
+        &mut self,
+        group: &mut Group,
+        f: impl FnOnce(&mut Self, &mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tree = self.tree.clone();
         let now = self.clock.now_ms();
-        let mut tx = Tx::new(&tree, &group.writes, self.next_seq, now);
-        match f(self, &mut tx) {
-            Ok(value) => {
-                let (writes, events, next_seq, deltas) = tx.finish();
-                self.next_seq = next_seq;
-                self.shared.metrics.add_status(&deltas);
-                group.writes.extend(writes);
-                self.shared.metrics.record_events(events.len());
-                group.events.extend(events);
-                group.done.push(Box::new(move |ok| {
-                    let _ = reply.send(if ok {
-                        Ok(value)
-                    } else {
-                        Err(StoreError::Storage("the commit failed".into()))
-                    });
-                }));
-            }
+        let mut tx = Tx::new(&tree, &group.writes, &group.jobs, self.next_seq, now);
+        let value = match f(self, &mut tx) {
+            Ok(value) => value,
             Err(e) => {
                 if let StoreError::Storage(msg) = &e {
                     warn!(error = %msg, "read failed inside a command");
                 }
-                let _ = reply.send(Err(e));
+                return Err(e);
+            }
+        };
+        let Finished {
+            writes,
+            jobs,
+            events,
+            next_seq,
+            status_deltas,
+        } = tx.finish();
+        self.next_seq = next_seq;
+        self.shared.metrics.add_status(&status_deltas);
+        for key in writes.keys() {
+            // A job record written or removed as bytes replaces the decoded one.
+            if let Some(id) = super::keys::job_of_key(key) {
+                group.jobs.remove(id);
             }
         }
+        group.writes.extend(writes);
+        for job in jobs {
+            group.jobs.insert(job.id.clone(), job);
+        }
+        self.shared.metrics.record_events(events.len());
+        group.events.extend(events);
+        Ok(value)
     }
 
     fn handle(&mut self, cmd: Command, group: &mut Group) {
@@ -434,7 +509,24 @@ impl Writer {
             Command::DeleteJob { job, reply } => {
                 self.run_tx(group, reply, |w, tx| w.delete_job(tx, &job))
             }
-            Command::Claim { req, reply } => self.run_tx(group, reply, |w, tx| w.claim(tx, req)),
+            Command::Claim { req, reply } => self.claim_early(group, reply, req),
+            Command::Heartbeats { items, reply } => {
+                // One command and one commit for a round of renewals; each lease is
+                // its own transaction, so a lost one fails alone.
+                let renewed: Vec<Result<Lease>> = items
+                    .into_iter()
+                    .map(|(item, token)| {
+                        self.try_tx(group, |w, tx| w.heartbeat(tx, &item, token, None))
+                    })
+                    .collect();
+                group.done.push(Box::new(move |ok| {
+                    let _ = reply.send(if ok {
+                        Ok(renewed)
+                    } else {
+                        Err(commit_failed())
+                    });
+                }));
+            }
             Command::Heartbeat {
                 item,
                 token,

@@ -1,0 +1,174 @@
+//! How the store's own records are written: MessagePack (rmp-serde), fields by name so
+//! that a field added later, or one skipped when empty, still reads back.
+//!
+//! Format 1 (engines before MessagePack) wrote every record as JSON. A JSON record
+//! always starts with `{`, which as the first byte of MessagePack is a positive integer,
+//! never a record: [`decode`] tells the two apart by that byte, so a data directory is
+//! readable while [`migrate`] rewrites it and after a migration a crash cut short.
+//!
+//! Events stay JSON: the feed sends each one as the text it was stored as.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::error::{Result, StoreError};
+use super::keys;
+
+/// The store's format: 2 is MessagePack records.
+pub const FORMAT: u32 = 2;
+
+/// Where the format is recorded, in the `faena` tree (no record prefix is `v`).
+pub const FORMAT_KEY: &[u8] = b"v";
+
+/// Prefixes of the records [`migrate`] rewrites. Events (`e`) stay JSON; status index
+/// entries, references and kept portal state were never JSON.
+const RECORDS: [u8; 6] = [
+    keys::JOB,
+    keys::ITEM,
+    keys::LOG,
+    keys::STAGED,
+    keys::IDEMPOTENCY,
+    keys::SCHEDULE_RUN,
+];
+
+/// Records rewritten per batch by [`migrate`].
+const MIGRATE_CHUNK: usize = 4096;
+
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("a record serializes to MessagePack")
+}
+
+pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T> {
+    if is_json(raw) {
+        return Ok(serde_json::from_slice(raw)?);
+    }
+    rmp_serde::from_slice(raw).map_err(|e| StoreError::Storage(format!("corrupt record: {e}")))
+}
+
+fn is_json(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'{')
+}
+
+/// The format the tree is in: absent means format 1, or a new, empty tree.
+pub fn stored_format(tree: &sled::Tree) -> Result<u32> {
+    Ok(match tree.get(FORMAT_KEY)? {
+        Some(v) => u32::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Storage("corrupt store format marker".into()))?,
+        ),
+        None => 1,
+    })
+}
+
+/// Bring the tree to [`FORMAT`]: every JSON record rewritten as MessagePack, a chunk per
+/// batch, then the format recorded. Answers how many records were rewritten. A store of
+/// a newer format than this engine knows is refused rather than misread.
+pub fn migrate(tree: &sled::Tree) -> Result<u64> {
+    let format = stored_format(tree)?;
+    if format > FORMAT {
+        return Err(StoreError::Storage(format!(
+            "the store is in format {format}, newer than this engine's {FORMAT}: \
+             run the faena release that wrote it"
+        )));
+    }
+    if format == FORMAT {
+        return Ok(0);
+    }
+    let mut rewritten: u64 = 0;
+    for prefix in RECORDS {
+        let mut batch = sled::Batch::default();
+        let mut pending: u64 = 0;
+        for kv in tree.scan_prefix([prefix]) {
+            let (k, v) = kv?;
+            if !is_json(&v) {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_slice(&v)?;
+            batch.insert(k, encode(&value));
+            pending += 1;
+            if pending == MIGRATE_CHUNK as u64 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                rewritten += pending;
+                pending = 0;
+            }
+        }
+        tree.apply_batch(batch)?;
+        rewritten += pending;
+    }
+    tree.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+    tree.flush()?;
+    Ok(rewritten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Item, ItemStatus};
+
+    fn item() -> Item {
+        Item {
+            id: "01JX0000000000000000000000-3".into(),
+            job_id: "01JX0000000000000000000000".into(),
+            tenant: "acme".into(),
+            index: 3,
+            plugin: "gsp".into(),
+            reference: Some("OC-3".into()),
+            input: serde_json::json!({
+                "n": -3, "big": u64::MAX, "pi": 3.25, "list": [1, "two", null, {"x": true}]
+            }),
+            status: ItemStatus::Queued,
+            attempt: 1,
+            max_attempts: 3,
+            not_before: None,
+            lease: None,
+            attempts: vec![],
+            steps: vec![],
+            error: None,
+            result: None,
+            resource: None,
+            created_at: 1,
+            updated_at: 2,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_json_still_reads() {
+        let it = item();
+        let packed = encode(&it);
+        assert!(!is_json(&packed));
+        assert!(packed.len() < serde_json::to_vec(&it).unwrap().len());
+        assert_eq!(decode::<Item>(&packed).unwrap(), it);
+        let json = serde_json::to_vec(&it).unwrap();
+        assert_eq!(decode::<Item>(&json).unwrap(), it);
+        assert!(matches!(
+            decode::<Item>(b"\xc1garbage"),
+            Err(StoreError::Storage(m)) if m.contains("corrupt record")
+        ));
+    }
+
+    #[test]
+    fn migrate_rewrites_json_records_once_and_leaves_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("faena").unwrap();
+        let it = item();
+        let key = keys::item_key(&it.job_id, it.index);
+        tree.insert(&key, serde_json::to_vec(&it).unwrap()).unwrap();
+        tree.insert(keys::event_key(1), &b"{\"seq\":1}"[..])
+            .unwrap();
+        assert_eq!(stored_format(&tree).unwrap(), 1);
+        assert_eq!(migrate(&tree).unwrap(), 1);
+        assert_eq!(stored_format(&tree).unwrap(), FORMAT);
+        let raw = tree.get(&key).unwrap().unwrap();
+        assert!(!is_json(&raw));
+        assert_eq!(decode::<Item>(&raw).unwrap(), it);
+        assert_eq!(
+            tree.get(keys::event_key(1)).unwrap().unwrap().as_ref(),
+            b"{\"seq\":1}"
+        );
+        assert_eq!(migrate(&tree).unwrap(), 0);
+        tree.insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes())
+            .unwrap();
+        assert!(matches!(migrate(&tree), Err(StoreError::Storage(m)) if m.contains("newer")));
+    }
+}
