@@ -1,5 +1,6 @@
 //! The WebAssembly plugin runtime (wasmtime component model). Each plugin is compiled
-//! and pre-instantiated once; each item gets a fresh instance with a memory limit, a
+//! and pre-instantiated once (on its first use, when this engine described the same
+//! component before); each item gets a fresh instance with a memory limit, a
 //! wall-clock deadline, nothing of WASI, and only the faena capabilities its plugin is
 //! granted. A trap, a deadline or a denied call fails that item; the engine goes on.
 //!
@@ -42,7 +43,7 @@ use browser::{BrowserCtx, Chromium, ChromiumSettings};
 use grants::Grants;
 use host::HostCtx;
 use http::HttpCtx;
-use plugin::{GrantsMeta, LoadedPlugin, Needs, OperationMeta};
+use plugin::{Described, GrantsMeta, LoadedPlugin, Needs, OperationMeta};
 pub use plugin::{PluginMeta, Registry, Source};
 use state::ItemState;
 
@@ -219,10 +220,15 @@ impl Runtime {
     }
 
     /// Compile (or take from the cache), pre-instantiate and describe a component.
-    async fn prepare(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(FlowPre<ItemState>, bindings::PluginInfo), RuntimeError> {
+    async fn prepare(&self, bytes: &[u8]) -> Result<(FlowPre<ItemState>, Described), RuntimeError> {
+        let pre = self.compile(bytes).await?;
+        let info = Described::from(self.describe(&pre).await?);
+        self.check_fits(&pre, &info.name).await?;
+        Ok((pre, info))
+    }
+
+    /// Compile (or take from the compile cache) and pre-instantiate a component.
+    async fn compile(&self, bytes: &[u8]) -> Result<FlowPre<ItemState>, RuntimeError> {
         let engine = self.engine.clone();
         let owned = bytes.to_vec();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
@@ -234,18 +240,51 @@ impl Runtime {
                 "the component imports something faena does not provide: {e:#}"
             ))
         })?;
-        let pre = FlowPre::new(pre).map_err(|e| {
+        FlowPre::new(pre).map_err(|e| {
             RuntimeError::Invalid(format!("the component is not a faena:plugin/flow: {e:#}"))
-        })?;
-        let info = self.describe(&pre).await?;
-        self.check_fits(&pre, &info.name).await?;
-        Ok((pre, info))
+        })
     }
 
-    /// Compile, describe, check grants, register as the current version.
+    /// Describe, check grants, register as the current version. A component this
+    /// engine described before (the same bytes) is registered from that description
+    /// and compiled on first use: an engine that starts with many plugins, most of
+    /// them idle, neither compiles nor instantiates them until it runs them.
     pub async fn load(&self, bytes: &[u8], source: Source) -> Result<PluginMeta, RuntimeError> {
+        let sha256 = sha256_hex(bytes);
+        if let Some(info) = Described::cached(&self.options.cache_dir, &sha256)
+            && self.fits_unchecked(&info.name)?
+        {
+            return self.register(None, info, sha256, source, true);
+        }
         let (pre, info) = self.prepare(bytes).await?;
-        self.register(pre, info, bytes, source, true)
+        info.keep(&self.options.cache_dir, &sha256);
+        self.register(Some(pre), info, sha256, source, true)
+    }
+
+    /// The plugin's pre-instantiated component, compiled (or read from the compile
+    /// cache) the first time it is needed.
+    async fn pre<'p>(
+        &self,
+        plugin: &'p LoadedPlugin,
+    ) -> Result<&'p FlowPre<ItemState>, RuntimeError> {
+        plugin
+            .pre
+            .get_or_try_init(|| async {
+                let source = plugin.source.clone();
+                let bytes = tokio::task::spawn_blocking(move || source.read())
+                    .await
+                    .map_err(|e| RuntimeError::Engine(e.to_string()))?
+                    .map_err(|e| RuntimeError::Io(format!("reading the component: {e}")))?;
+                if sha256_hex(&bytes) != plugin.sha256 {
+                    return Err(RuntimeError::Invalid(format!(
+                        "plugin `{}` {}: its component changed on disk since it was loaded",
+                        plugin.meta.name, plugin.meta.version
+                    )));
+                }
+                info!(plugin = %plugin.meta.name, version = %plugin.meta.version, "compiling on first use");
+                self.compile(&bytes).await
+            })
+            .await
     }
 
     /// Load a version beside the current one without making it current (a worker's
@@ -256,15 +295,15 @@ impl Runtime {
         source: Source,
     ) -> Result<PluginMeta, RuntimeError> {
         let (pre, info) = self.prepare(bytes).await?;
-        self.register(pre, info, bytes, source, false)
+        self.register(Some(pre), info, sha256_hex(bytes), source, false)
     }
 
     /// Check a described component against its grants and make it the current version.
     fn register(
         &self,
-        pre: FlowPre<ItemState>,
-        info: bindings::PluginInfo,
-        bytes: &[u8],
+        pre: Option<FlowPre<ItemState>>,
+        info: Described,
+        sha256: String,
         source: Source,
         current: bool,
     ) -> Result<PluginMeta, RuntimeError> {
@@ -292,8 +331,7 @@ impl Runtime {
                     name: info.name.clone(),
                     message: format!("operation `{}`: input schema is not JSON: {e}", op.name),
                 })?;
-            let not_granted =
-                grants.missing(op.needs.browser, &op.needs.http_hosts, &op.needs.secrets);
+            let not_granted = grants.missing(op.browser, &op.http_hosts, &op.secrets);
             if !not_granted.is_empty() {
                 warn!(plugin = %info.name, operation = %op.name, missing = ?not_granted, "operation needs capabilities that are not granted");
             }
@@ -302,9 +340,9 @@ impl Runtime {
                 description: op.description,
                 input_schema,
                 needs: Needs {
-                    browser: op.needs.browser,
-                    http_hosts: op.needs.http_hosts,
-                    secrets: op.needs.secrets,
+                    browser: op.browser,
+                    http_hosts: op.http_hosts,
+                    secrets: op.secrets,
                 },
                 not_granted,
             });
@@ -331,14 +369,14 @@ impl Runtime {
                 .iter()
                 .map(|o| (o.name.as_str(), &o.input_schema)),
         )?;
-        info!(plugin = %meta.name, version = %meta.version, builtin, "plugin loaded");
+        info!(plugin = %meta.name, version = %meta.version, builtin, compiled = pre.is_some(), "plugin loaded");
         self.registry.insert(
             LoadedPlugin {
                 meta: meta.clone(),
-                sha256: sha256_hex(bytes),
+                sha256,
                 source,
                 inputs,
-                pre,
+                pre: tokio::sync::OnceCell::new_with(pre),
                 http: http::client(),
                 grants,
             },
@@ -381,10 +419,17 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Io(e.to_string()))?
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
-        self.register(pre, info, bytes, Source::File(file.clone()), true)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&file);
-            })
+        info.keep(&self.options.cache_dir, &sha256_hex(bytes));
+        self.register(
+            Some(pre),
+            info,
+            sha256_hex(bytes),
+            Source::File(file.clone()),
+            true,
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&file);
+        })
     }
 
     /// An instance's data with nothing granted and `memory_bytes` of memory.
@@ -406,14 +451,21 @@ impl Runtime {
         )
     }
 
+    /// Whether `name`'s memory grant is at least what `describe` starts a component
+    /// with, so that a component described before needs no start to know it fits.
+    fn fits_unchecked(&self, name: &str) -> Result<bool, RuntimeError> {
+        let grants = Grants::from_config(name, self.options.plugins.get(name))?;
+        Ok(grants.memory_bytes >= Grants::default().memory_bytes)
+    }
+
     /// Start the component once within its own memory grant: one that cannot (a
     /// Python plugin, whose interpreter needs about 13 MiB, given less) is refused when
     /// it loads, instead of failing every item it is given.
     async fn check_fits(&self, pre: &FlowPre<ItemState>, name: &str) -> Result<(), RuntimeError> {
-        let grants = Grants::from_config(name, self.options.plugins.get(name))?;
-        if grants.memory_bytes >= Grants::default().memory_bytes {
+        if self.fits_unchecked(name)? {
             return Ok(()); // `describe` started it with that much already
         }
+        let grants = Grants::from_config(name, self.options.plugins.get(name))?;
         let mut store = self.new_store(self.bare_state(grants.memory_bytes));
         pre.instantiate_async(&mut store)
             .await
@@ -587,8 +639,17 @@ impl Runtime {
         };
         let input = item.input.to_string();
         let deadline = plugin.grants.deadline;
+        let pre = match self.pre(&plugin).await {
+            Ok(pre) => pre,
+            Err(e) => {
+                return Outcome::Failed(ItemError::application(format!(
+                    "plugin `{}` could not be compiled: {e}",
+                    plugin.meta.name
+                )));
+            }
+        };
         let call = async {
-            let flow = plugin.pre.instantiate_async(&mut store).await?;
+            let flow = pre.instantiate_async(&mut store).await?;
             flow.call_run(&mut store, &task.operation, &input, &context)
                 .await
         };
@@ -630,13 +691,14 @@ impl Runtime {
         state.host = state.host.in_session(session_id, link);
         state.browser = state.browser.for_session(page);
         let mut store = self.new_store(state);
-        let flow = tokio::time::timeout(
-            Duration::from_secs(10),
-            loaded.pre.instantiate_async(&mut store),
-        )
-        .await
-        .map_err(|_| format!("plugin `{plugin}` did not start within 10 s"))?
-        .map_err(|e| format!("plugin `{plugin}` could not start: {e:#}"))?;
+        let pre = self
+            .pre(&loaded)
+            .await
+            .map_err(|e| format!("plugin `{plugin}` could not be compiled: {e}"))?;
+        let flow = tokio::time::timeout(Duration::from_secs(10), pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| format!("plugin `{plugin}` did not start within 10 s"))?
+            .map_err(|e| format!("plugin `{plugin}` could not start: {e:#}"))?;
         Ok(Instance {
             store,
             flow,

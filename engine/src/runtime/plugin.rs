@@ -1,5 +1,6 @@
-//! Loaded plugins: compiled and pre-instantiated once, described, checked against
-//! their grants, kept by name and version (a job runs the version it was created with).
+//! Loaded plugins: described, checked against their grants, compiled and
+//! pre-instantiated once (on first use when described before), kept by name and
+//! version (a job runs the version it was created with).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -85,7 +86,9 @@ pub struct LoadedPlugin {
     pub source: Source,
     /// Its operations' input schemas, compiled.
     pub inputs: super::inputs::InputSchemas,
-    pub pre: FlowPre<ItemState>,
+    /// Compiled on first use when the plugin was registered from a description kept
+    /// earlier (see [`Described`]).
+    pub pre: tokio::sync::OnceCell<FlowPre<ItemState>>,
     pub grants: Arc<Grants>,
     pub http: reqwest::Client,
 }
@@ -158,5 +161,75 @@ impl Registry {
                 Some(meta)
             })
             .collect()
+    }
+}
+
+/// What a component says of itself (`describe`), kept beside the compiled code by the
+/// component's SHA-256 and this engine's version: a later start registers the plugin
+/// from it without compiling or starting the component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Described {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub operations: Vec<DescribedOperation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DescribedOperation {
+    pub name: String,
+    pub description: String,
+    pub input_schema: String,
+    pub browser: bool,
+    pub http_hosts: Vec<String>,
+    pub secrets: Vec<String>,
+}
+
+impl From<super::bindings::PluginInfo> for Described {
+    fn from(info: super::bindings::PluginInfo) -> Self {
+        Described {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            operations: info
+                .operations
+                .into_iter()
+                .map(|op| DescribedOperation {
+                    name: op.name,
+                    description: op.description,
+                    input_schema: op.input_schema,
+                    browser: op.needs.browser,
+                    http_hosts: op.needs.http_hosts,
+                    secrets: op.needs.secrets,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Described {
+    fn path(cache_dir: &std::path::Path, sha256: &str) -> std::path::PathBuf {
+        cache_dir
+            .join("described")
+            .join(format!("{}-{sha256}.json", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// The description kept for this component, if there is a readable one.
+    pub fn cached(cache_dir: &std::path::Path, sha256: &str) -> Option<Described> {
+        let raw = std::fs::read(Self::path(cache_dir, sha256)).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// Keep the description for the next start; a cache that cannot be written only
+    /// costs that start a compile.
+    pub fn keep(&self, cache_dir: &std::path::Path, sha256: &str) {
+        let path = Self::path(cache_dir, sha256);
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(path.parent().expect("a folder"))
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(self).expect("serializes")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not keep a plugin's description");
+        }
     }
 }
