@@ -353,6 +353,9 @@ impl Store {
             shared: shared.clone(),
             wake: false,
             idempotency_keep_ms,
+            applying: None,
+            applied: None,
+            flushed: None,
         };
         let writing = tokio::spawn(writer.run(rx));
         {

@@ -1,5 +1,6 @@
 //! A scratch transaction over the writer's current group: reads see the group's
-//! uncommitted writes, writes stay private until the command succeeds. A rejected
+//! uncommitted writes (and the group before, while it is being applied to the tree),
+//! writes stay private until the command succeeds. A rejected
 //! command is dropped with its `Tx`, so nothing partial reaches the batch.
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub(crate) struct Finished {
 
 pub(crate) struct Tx<'a> {
     tree: &'a sled::Tree,
+    /// The group before, still being applied to the tree.
+    applying: Option<&'a Overlay>,
     base: &'a Overlay,
     base_jobs: &'a Jobs,
     pub writes: Overlay,
@@ -48,6 +51,7 @@ pub(crate) struct Tx<'a> {
 impl<'a> Tx<'a> {
     pub fn new(
         tree: &'a sled::Tree,
+        applying: Option<&'a Overlay>,
         base: &'a Overlay,
         base_jobs: &'a Jobs,
         next_seq: u64,
@@ -55,6 +59,7 @@ impl<'a> Tx<'a> {
     ) -> Self {
         Tx {
             tree,
+            applying,
             base,
             base_jobs,
             writes: Overlay::new(),
@@ -77,6 +82,9 @@ impl<'a> Tx<'a> {
         if let Some(v) = self.base.get(key) {
             return Ok(v.clone());
         }
+        if let Some(v) = self.applying.and_then(|a| a.get(key)) {
+            return Ok(v.clone());
+        }
         Ok(self.tree.get(key)?)
     }
 
@@ -96,7 +104,7 @@ impl<'a> Tx<'a> {
         for kv in self.tree.scan_prefix(prefix) {
             keys.insert(kv?.0.to_vec());
         }
-        for overlay in [self.base, &self.writes] {
+        for overlay in self.applying.into_iter().chain([self.base, &self.writes]) {
             for (k, v) in overlay {
                 if k.starts_with(prefix) {
                     if v.is_some() {

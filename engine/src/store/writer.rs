@@ -3,7 +3,8 @@
 //! commits the group as one `apply_batch` and one flush (group commit). Only then are
 //! the callers answered and the group's events broadcast, so an acknowledged change is
 //! durable and an event is never seen live before it is stored. While one group is
-//! being flushed the next is prepared and applied (at most one flush in flight, groups
+//! applied to the tree and flushed by a blocking task, the next is prepared, its
+//! commands reading the first one's writes from memory (groups are applied and
 //! answered in order).
 
 use std::sync::Arc;
@@ -229,8 +230,8 @@ struct Group {
     events: Vec<Published>,
     done: Vec<Done>,
     /// Answers that need only what earlier groups wrote to be durable (see
-    /// [`Writer::claim_early`]): given once the group is applied and the flush before
-    /// it is done, not after the group's own flush.
+    /// [`Writer::claim_early`]): given once the group is applied and the groups before
+    /// it are flushed, not after the group's own flush.
     early: Vec<Done>,
 }
 
@@ -245,6 +246,13 @@ pub(crate) struct Writer {
     pub wake: bool,
     /// How long an idempotency key is remembered.
     pub idempotency_keep_ms: i64,
+    /// The last group's writes while a blocking task applies them to the tree: the
+    /// next group's commands run meanwhile and read through them.
+    pub applying: Option<Arc<Overlay>>,
+    /// Tells when that task has applied them (then the tree has them).
+    pub applied: Option<oneshot::Receiver<Result<(), String>>>,
+    /// Tells the next such task when the last one's flush is done (`true`: it worked).
+    pub flushed: Option<std::sync::mpsc::Receiver<bool>>,
 }
 
 impl Writer {
@@ -266,7 +274,8 @@ impl Writer {
                 _ = sleep_until(lease_deadline) => None,
                 _ = flushed(&mut flushing), if flushing.is_some() => {
                     let f = flushing.take().expect("checked");
-                    if self.finish(f).await.is_err() {
+                    // Flushed means applied first: this only drops the overlay.
+                    if self.finish(f).await.is_err() || self.wait_applied().await.is_err() {
                         break;
                     }
                     continue;
@@ -285,7 +294,6 @@ impl Writer {
                 }
             }
             self.expire_leases(&mut group);
-            let early = std::mem::take(&mut group.early);
             let applied = self.apply(group).await;
             if let Some(f) = flushing.take()
                 && self.finish(f).await.is_err()
@@ -293,7 +301,8 @@ impl Writer {
                 break;
             }
             match applied {
-                Ok(f) => {
+                Ok((f, early)) => {
+                    // Claims of a group with nothing to write (they took nothing).
                     for d in early {
                         d(true);
                     }
@@ -327,14 +336,36 @@ impl Writer {
         self.shared.set_fatal(e.to_string());
     }
 
-    /// Apply the group's batch (in memory: the next group reads it) and start its flush.
-    async fn apply(&mut self, group: Group) -> Result<Flushing, StoreError> {
+    /// Wait until the last group's batch is in the tree, and stop reading it from memory.
+    async fn wait_applied(&mut self) -> Result<(), StoreError> {
+        if let Some(applied) = self.applied.take() {
+            match applied.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StoreError::Storage(e)),
+                Err(_) => return Err(StoreError::Storage("the store's apply task died".into())),
+            }
+        }
+        self.applying = None;
+        Ok(())
+    }
+
+    /// Hand the group's batch to a blocking task that applies it to the tree and then
+    /// flushes; the next group is prepared meanwhile, reading this one's writes from
+    /// memory until they are applied. Batches reach sled in order: this one starts once
+    /// the one before is in.
+    ///
+    /// The group's early answers (see [`Writer::claim_early`]) are given by that task
+    /// once the batch is in the tree and the group before is flushed, so whoever reads
+    /// the store after such an answer sees it; a group that wrote nothing hands them
+    /// back, to be given once the group before is flushed.
+    async fn apply(&mut self, group: Group) -> Result<(Flushing, Vec<Done>), StoreError> {
+        self.wait_applied().await?;
         let Group {
             mut writes,
             jobs,
             events,
             done,
-            early: _,
+            mut early,
         } = group;
         for (id, job) in jobs {
             writes.insert(
@@ -348,28 +379,49 @@ impl Writer {
         let flush = if writes.is_empty() {
             tokio::spawn(async { Ok(()) })
         } else {
-            let mut batch = sled::Batch::default();
-            for (k, v) in writes {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
+            let writes = Arc::new(writes);
+            let (applied, wait) = oneshot::channel();
+            self.applying = Some(writes.clone());
+            self.applied = Some(wait);
+            let early = std::mem::take(&mut early);
+            let before = self.flushed.take();
+            let (flushed, next) = std::sync::mpsc::sync_channel(1);
+            self.flushed = Some(next);
+            tokio::task::spawn_blocking(move || {
+                let mut batch = sled::Batch::default();
+                for (k, v) in writes.iter() {
+                    match v {
+                        Some(v) => batch.insert(k.as_slice(), v.clone()),
+                        None => batch.remove(k.as_slice()),
+                    }
                 }
-            }
-            let t = tree.clone();
-            tokio::task::spawn_blocking(move || t.apply_batch(batch))
-                .await
-                .map_err(|e| StoreError::Storage(format!("writer task failed: {e}")))??;
-            tokio::task::spawn_blocking(move || tree.flush().map(|_| ()))
+                let r = tree.apply_batch(batch);
+                let _ = applied.send(r.as_ref().map(drop).map_err(|e| e.to_string()));
+                r?;
+                // The group before is flushed by its own task: a run starts only on
+                // what is durable.
+                if before.is_none_or(|b| b.recv() == Ok(true)) {
+                    for d in early {
+                        d(true);
+                    }
+                }
+                let r = tree.flush().map(drop);
+                let _ = flushed.send(r.is_ok());
+                r
+            })
         };
-        Ok(Flushing {
-            flush,
-            result: None,
-            events,
-            done,
-            wake: std::mem::take(&mut self.wake),
-            writes: n,
-            started,
-        })
+        Ok((
+            Flushing {
+                flush,
+                result: None,
+                events,
+                done,
+                wake: std::mem::take(&mut self.wake),
+                writes: n,
+                started,
+            },
+            early,
+        ))
     }
 
     /// Wait for a group's flush, then broadcast its events and answer its callers.
@@ -457,8 +509,16 @@ impl Writer {
         f: impl FnOnce(&mut Self, &mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let tree = self.tree.clone();
+        let applying = self.applying.clone();
         let now = self.clock.now_ms();
-        let mut tx = Tx::new(&tree, &group.writes, &group.jobs, self.next_seq, now);
+        let mut tx = Tx::new(
+            &tree,
+            applying.as_deref(),
+            &group.writes,
+            &group.jobs,
+            self.next_seq,
+            now,
+        );
         let value = match f(self, &mut tx) {
             Ok(value) => value,
             Err(e) => {
