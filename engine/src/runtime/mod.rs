@@ -43,7 +43,7 @@ use browser::{BrowserCtx, Chromium, ChromiumSettings};
 use grants::Grants;
 use host::HostCtx;
 use http::HttpCtx;
-use plugin::{Described, GrantsMeta, LoadedPlugin, Needs, OperationMeta};
+use plugin::{Described, GrantsMeta, LoadedPlugin, OperationMeta};
 pub use plugin::{PluginMeta, Registry, Source};
 use state::ItemState;
 
@@ -331,7 +331,8 @@ impl Runtime {
                     name: info.name.clone(),
                     message: format!("operation `{}`: input schema is not JSON: {e}", op.name),
                 })?;
-            let not_granted = grants.missing(op.browser, &op.http_hosts, &op.secrets);
+            let not_granted =
+                grants.missing(op.needs.browser, &op.needs.http_hosts, &op.needs.secrets);
             if !not_granted.is_empty() {
                 warn!(plugin = %info.name, operation = %op.name, missing = ?not_granted, "operation needs capabilities that are not granted");
             }
@@ -339,11 +340,7 @@ impl Runtime {
                 name: op.name,
                 description: op.description,
                 input_schema,
-                needs: Needs {
-                    browser: op.browser,
-                    http_hosts: op.http_hosts,
-                    secrets: op.secrets,
-                },
+                needs: op.needs,
                 not_granted,
             });
         }

@@ -180,9 +180,7 @@ pub struct DescribedOperation {
     pub name: String,
     pub description: String,
     pub input_schema: String,
-    pub browser: bool,
-    pub http_hosts: Vec<String>,
-    pub secrets: Vec<String>,
+    pub needs: Needs,
 }
 
 impl From<super::bindings::PluginInfo> for Described {
@@ -198,9 +196,11 @@ impl From<super::bindings::PluginInfo> for Described {
                     name: op.name,
                     description: op.description,
                     input_schema: op.input_schema,
-                    browser: op.needs.browser,
-                    http_hosts: op.needs.http_hosts,
-                    secrets: op.needs.secrets,
+                    needs: Needs {
+                        browser: op.needs.browser,
+                        http_hosts: op.needs.http_hosts,
+                        secrets: op.needs.secrets,
+                    },
                 })
                 .collect(),
         }
