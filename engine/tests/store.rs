@@ -438,6 +438,55 @@ async fn pause_resume_cancel() {
     e.stop().await;
 }
 
+/// Runs longer than their lease keep it: the dispatcher renews every running item's
+/// lease together, so none expires and each run sees its lease moved on; the renewed
+/// leases are in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_items_keep_short_leases_renewed_together() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let exec = executor("slow", move |_, ctx| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.unwrap().forget();
+            Outcome::Succeeded(json!({"lease_lost": ctx.lease_lost()}))
+        }
+    });
+    let e = engine(Some(exec), 3).await;
+    let mut job = new_job("slow", (0..3).map(|i| json!(i)).collect());
+    job.options.lease_ms = 300;
+    let job = e.store.create_job("default", job, None).await.unwrap();
+    wait_job(&e.store, &job.id, 10, |j| j.counts.running == 3).await;
+    let first: Vec<i64> = (0..3)
+        .map(|i| {
+            let item = e.store.item(&format!("{}-{i}", job.id)).unwrap();
+            item.lease.unwrap().expires_at
+        })
+        .collect();
+    // Five lease lengths.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let now = e.store.clock().now_ms();
+    for (i, before) in first.iter().enumerate() {
+        let item = e.store.item(&format!("{}-{i}", job.id)).unwrap();
+        assert_eq!(item.status, ItemStatus::Running, "item {i}");
+        assert_eq!(item.attempts.len(), 1, "item {i} never expired");
+        let lease = item.lease.unwrap();
+        assert!(
+            lease.expires_at > *before && lease.expires_at > now,
+            "item {i}: lease {} renewed past {before} and now {now}",
+            lease.expires_at
+        );
+    }
+    gate.add_permits(3);
+    let j = wait_job(&e.store, &job.id, 10, |j| j.counts.succeeded == 3).await;
+    assert_eq!(j.status, JobStatus::Completed);
+    for i in 0..3 {
+        let item = e.store.item(&format!("{}-{i}", job.id)).unwrap();
+        assert_eq!(item.result.unwrap()["lease_lost"], false, "item {i}");
+    }
+    e.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_moves_review_items_back_and_the_job_waits_for_them() {
     let e = engine(None, 1).await;
