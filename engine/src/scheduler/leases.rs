@@ -71,21 +71,23 @@ impl Leases {
         set.runs.remove(&(item.to_owned(), token));
     }
 
-    /// The runs due by `now`, their next renewal moved on already; and when the
-    /// next one after them is due.
-    fn take_due(&self, now: Instant) -> (Vec<(String, u64)>, Option<Instant>) {
+    /// The runs due by `now`, their next renewal moved on already; when the next one
+    /// after them is due; and the shortest interval among them.
+    fn take_due(&self, now: Instant) -> (Vec<(String, u64)>, Option<Instant>, Duration) {
         let mut set = self.runs.lock().expect("leases lock");
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
+        let mut shortest = Duration::MAX;
         for ((item, token), r) in set.runs.iter_mut() {
             if r.due <= now {
                 due.push((item.clone(), *token));
                 r.due = now + r.every;
+                shortest = shortest.min(r.every);
             }
             next = Some(next.map_or(r.due, |n| n.min(r.due)));
         }
         set.wakes_at = next;
-        (due, next)
+        (due, next, shortest)
     }
 
     fn answered(&self, item: &str, token: u64, answer: Result<i64, StoreError>) {
@@ -118,12 +120,23 @@ pub(super) async fn renew(queue: Arc<dyn Queue>, leases: Arc<Leases>) {
                 }
             } => {}
         }
-        let (due, after) = leases.take_due(Instant::now());
+        let (due, after, shortest) = leases.take_due(Instant::now());
         next = after;
         if due.is_empty() {
             continue;
         }
-        let answers = queue.heartbeats(&due).await;
+        // A round that hangs (a request on a dead connection) must not hold back the
+        // next: it is given up by the time these runs are due again.
+        let answers = match tokio::time::timeout(shortest, queue.heartbeats(&due)).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                warn!(
+                    runs = due.len(),
+                    "a round of lease renewals did not finish in time; the next round tries again"
+                );
+                continue;
+            }
+        };
         for ((item, token), answer) in due.iter().zip(answers) {
             leases.answered(item, *token, answer);
         }

@@ -355,7 +355,6 @@ impl Store {
             idempotency_keep_ms,
             applying: None,
             applied: None,
-            flushed: None,
         };
         let writing = tokio::spawn(writer.run(rx));
         {

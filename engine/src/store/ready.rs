@@ -48,9 +48,6 @@ pub struct Ready {
     lease_of: HashMap<ItemKey, i64>,
     /// Per plugin, its labelled lanes: the labels each needs and how many jobs use it.
     labelled: HashMap<String, HashMap<String, LabelledLane>>,
-    /// Something became claimable since the writer last cleared this (at the start of
-    /// each group): items queued, a job added, resumed or given more concurrency.
-    pub fresh: bool,
 }
 
 #[derive(Debug)]
@@ -87,7 +84,6 @@ impl Ready {
         if self.jobs.contains_key(&job.id) {
             return;
         }
-        self.fresh = true;
         let labels = label_set(&job.options.labels);
         let lane = lane_of(&job.plugin, &labels);
         if !labels.is_empty() {
@@ -153,7 +149,6 @@ impl Ready {
         if let Some(q) = self.jobs.get_mut(job) {
             q.concurrency = concurrency;
         }
-        self.fresh = true;
         self.relink(job);
     }
 
@@ -161,7 +156,6 @@ impl Ready {
         if let Some(q) = self.jobs.get_mut(job) {
             q.paused = paused;
         }
-        self.fresh |= !paused;
         self.relink(job);
     }
 
@@ -216,7 +210,6 @@ impl Ready {
 
     /// An item becomes claimable at `not_before` (now if `None` or past).
     pub fn push(&mut self, key: ItemKey, not_before: Option<i64>, now: i64) {
-        self.fresh = true;
         match not_before {
             Some(t) if t > now => {
                 self.delayed.insert((t, key));
@@ -232,7 +225,6 @@ impl Ready {
 
     /// Make items `0..n` of `job` claimable at once (a job just created).
     pub fn push_all(&mut self, job: &str, n: u64) {
-        self.fresh = true;
         if let Some(q) = self.jobs.get_mut(job) {
             q.ready.extend(0..n);
             self.relink(job);

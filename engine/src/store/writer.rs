@@ -229,10 +229,6 @@ struct Group {
     jobs: Jobs,
     events: Vec<Published>,
     done: Vec<Done>,
-    /// Answers that need only what earlier groups wrote to be durable (see
-    /// [`Writer::claim_early`]): given once the group is applied and the groups before
-    /// it are flushed, not after the group's own flush.
-    early: Vec<Done>,
 }
 
 pub(crate) struct Writer {
@@ -251,8 +247,6 @@ pub(crate) struct Writer {
     pub applying: Option<Arc<Overlay>>,
     /// Tells when that task has applied them (then the tree has them).
     pub applied: Option<oneshot::Receiver<Result<(), String>>>,
-    /// Tells the next such task when the last one's flush is done (`true`: it worked).
-    pub flushed: Option<std::sync::mpsc::Receiver<bool>>,
 }
 
 impl Writer {
@@ -282,7 +276,6 @@ impl Writer {
                 }
             };
             let mut group = Group::default();
-            self.ready.fresh = false;
             let mut next = first;
             while let Some(cmd) = next.take() {
                 match cmd {
@@ -298,16 +291,14 @@ impl Writer {
             if let Some(f) = flushing.take()
                 && self.finish(f).await.is_err()
             {
+                if let Ok(started) = applied {
+                    // Not left writing behind a store that reports itself stopped.
+                    let _ = started.flush.await;
+                }
                 break;
             }
             match applied {
-                Ok((f, early)) => {
-                    // Claims of a group with nothing to write (they took nothing).
-                    for d in early {
-                        d(true);
-                    }
-                    flushing = Some(f)
-                }
+                Ok(f) => flushing = Some(f),
                 Err(e) => {
                     self.fail(&e);
                     break;
@@ -353,19 +344,13 @@ impl Writer {
     /// flushes; the next group is prepared meanwhile, reading this one's writes from
     /// memory until they are applied. Batches reach sled in order: this one starts once
     /// the one before is in.
-    ///
-    /// The group's early answers (see [`Writer::claim_early`]) are given by that task
-    /// once the batch is in the tree and the group before is flushed, so whoever reads
-    /// the store after such an answer sees it; a group that wrote nothing hands them
-    /// back, to be given once the group before is flushed.
-    async fn apply(&mut self, group: Group) -> Result<(Flushing, Vec<Done>), StoreError> {
+    async fn apply(&mut self, group: Group) -> Result<Flushing, StoreError> {
         self.wait_applied().await?;
         let Group {
             mut writes,
             jobs,
             events,
             done,
-            mut early,
         } = group;
         for (id, job) in jobs {
             writes.insert(
@@ -383,10 +368,6 @@ impl Writer {
             let (applied, wait) = oneshot::channel();
             self.applying = Some(writes.clone());
             self.applied = Some(wait);
-            let early = std::mem::take(&mut early);
-            let before = self.flushed.take();
-            let (flushed, next) = std::sync::mpsc::sync_channel(1);
-            self.flushed = Some(next);
             tokio::task::spawn_blocking(move || {
                 let mut batch = sled::Batch::default();
                 for (k, v) in writes.iter() {
@@ -398,30 +379,18 @@ impl Writer {
                 let r = tree.apply_batch(batch);
                 let _ = applied.send(r.as_ref().map(drop).map_err(|e| e.to_string()));
                 r?;
-                // The group before is flushed by its own task: a run starts only on
-                // what is durable.
-                if before.is_none_or(|b| b.recv() == Ok(true)) {
-                    for d in early {
-                        d(true);
-                    }
-                }
-                let r = tree.flush().map(drop);
-                let _ = flushed.send(r.is_ok());
-                r
+                tree.flush().map(drop)
             })
         };
-        Ok((
-            Flushing {
-                flush,
-                result: None,
-                events,
-                done,
-                wake: std::mem::take(&mut self.wake),
-                writes: n,
-                started,
-            },
-            early,
-        ))
+        Ok(Flushing {
+            flush,
+            result: None,
+            events,
+            done,
+            wake: std::mem::take(&mut self.wake),
+            writes: n,
+            started,
+        })
     }
 
     /// Wait for a group's flush, then broadcast its events and answer its callers.
@@ -474,26 +443,6 @@ impl Writer {
         match self.try_tx(group, f) {
             Ok(value) => group.done.push(Box::new(move |ok| {
                 let _ = reply.send(if ok { Ok(value) } else { Err(commit_failed()) });
-            })),
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
-    /// A claim is answered before its own group is flushed when nothing it could take
-    /// became claimable in this group: everything it sees was then committed by earlier
-    /// groups, flushed before the answer, so a run starts on durable work one flush
-    /// sooner. Were the engine to crash before the claim itself is flushed, its items
-    /// are still queued on restart and run again under the same idempotency key, as
-    /// after any crash mid-run. Otherwise it waits for its group, like any command.
-    fn claim_early(&mut self, group: &mut Group, reply: Reply<Claimed>, req: ClaimRequest) {
-        if self.ready.fresh {
-            return self.run_tx(group, reply, |w, tx| w.claim(tx, req));
-        }
-        match self.try_tx(group, |w, tx| w.claim(tx, req)) {
-            Ok(claimed) => group.early.push(Box::new(move |_| {
-                let _ = reply.send(Ok(claimed));
             })),
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -569,7 +518,7 @@ impl Writer {
             Command::DeleteJob { job, reply } => {
                 self.run_tx(group, reply, |w, tx| w.delete_job(tx, &job))
             }
-            Command::Claim { req, reply } => self.claim_early(group, reply, req),
+            Command::Claim { req, reply } => self.run_tx(group, reply, |w, tx| w.claim(tx, req)),
             Command::Heartbeats { items, reply } => {
                 // One command and one commit for a round of renewals; each lease is
                 // its own transaction, so a lost one fails alone.
