@@ -416,17 +416,12 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Io(e.to_string()))?
         .map_err(|e| RuntimeError::Io(format!("saving the plugin: {e}")))?;
-        info.keep(&self.options.cache_dir, &sha256_hex(bytes));
-        self.register(
-            Some(pre),
-            info,
-            sha256_hex(bytes),
-            Source::File(file.clone()),
-            true,
-        )
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&file);
-        })
+        let sha256 = sha256_hex(bytes);
+        info.keep(&self.options.cache_dir, &sha256);
+        self.register(Some(pre), info, sha256, Source::File(file.clone()), true)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&file);
+            })
     }
 
     /// An instance's data with nothing granted and `memory_bytes` of memory.

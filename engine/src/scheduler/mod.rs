@@ -1,8 +1,7 @@
 //! The built-in dispatcher: claims items for the plugins an [`Executor`] runs, runs
 //! each under a lease (renewed for all runs together, see [`leases`]), and reports the
-//! outcome. An item whose
-//! lease is lost (cancelled, expired, claimed again) is stopped, and whatever it
-//! returns afterwards is discarded by the store's fencing.
+//! outcome. An item whose lease is lost (cancelled, expired, claimed again) is stopped,
+//! and whatever it returns afterwards is discarded by the store's fencing.
 
 mod context;
 mod leases;

@@ -31,7 +31,7 @@ const RECORDS: [u8; 6] = [
 ];
 
 /// Records rewritten per batch by [`migrate`].
-const MIGRATE_CHUNK: usize = 4096;
+const MIGRATE_CHUNK: u64 = 4096;
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("a record serializes to MessagePack")
@@ -86,7 +86,7 @@ pub fn migrate(tree: &sled::Tree) -> Result<u64> {
             let value: serde_json::Value = serde_json::from_slice(&v)?;
             batch.insert(k, encode(&value));
             pending += 1;
-            if pending == MIGRATE_CHUNK as u64 {
+            if pending == MIGRATE_CHUNK {
                 tree.apply_batch(std::mem::take(&mut batch))?;
                 rewritten += pending;
                 pending = 0;

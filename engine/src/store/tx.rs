@@ -1,7 +1,7 @@
 //! A scratch transaction over the writer's current group: reads see the group's
 //! uncommitted writes (and the group before, while it is being applied to the tree),
-//! writes stay private until the command succeeds. A rejected
-//! command is dropped with its `Tx`, so nothing partial reaches the batch.
+//! writes stay private until the command succeeds. A rejected command is dropped with
+//! its `Tx`, so nothing partial reaches the batch.
 
 use std::collections::HashMap;
 
