@@ -6,15 +6,18 @@
 //! never a record: [`decode`] tells the two apart by that byte, so a data directory is
 //! readable while [`migrate`] rewrites it and after a migration a crash cut short.
 //!
-//! Events stay JSON: the feed sends each one as the text it was stored as.
+//! Events stay JSON: the feed sends each one as the text it was stored as. Format 3
+//! stores them in compressed blocks (`eventlog`); the single events formats 1 and 2
+//! wrote are read as they are, so going to 3 rewrites nothing but the marker, and an
+//! engine of format 2 refuses the blocks it could not read.
 
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::error::{Result, StoreError};
 use super::keys;
 
-/// The store's format: 2 is MessagePack records.
-pub const FORMAT: u32 = 2;
+/// The store's format: 2 is MessagePack records, 3 events in blocks.
+pub const FORMAT: u32 = 3;
 
 /// Where the format is recorded, in the `faena` tree (no record prefix is `v`).
 pub const FORMAT_KEY: &[u8] = b"v";
@@ -74,6 +77,15 @@ pub fn migrate(tree: &sled::Tree) -> Result<u64> {
     if format == FORMAT {
         return Ok(0);
     }
+    // Format 2's records are already MessagePack; only format 1's are rewritten.
+    let rewritten = if format < 2 { rewrite_json(tree)? } else { 0 };
+    tree.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+    tree.flush()?;
+    Ok(rewritten)
+}
+
+/// Every JSON record rewritten as MessagePack, a chunk per batch.
+fn rewrite_json(tree: &sled::Tree) -> Result<u64> {
     let mut rewritten: u64 = 0;
     for prefix in RECORDS {
         let mut batch = sled::Batch::default();
@@ -95,8 +107,6 @@ pub fn migrate(tree: &sled::Tree) -> Result<u64> {
         tree.apply_batch(batch)?;
         rewritten += pending;
     }
-    tree.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
-    tree.flush()?;
     Ok(rewritten)
 }
 

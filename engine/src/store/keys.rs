@@ -6,7 +6,7 @@
 //! | `j`    | job id (26-byte ULID)              | job (MessagePack, `codec`)   |
 //! | `i`    | job id, item index (u64 BE)        | item (MessagePack)           |
 //! | `s`    | status byte, job id, item index    | `not_before` (i64 BE) or ""  |
-//! | `e`    | seq (u64 BE)                       | event JSON                   |
+//! | `e`    | seq (u64 BE) of the block's first  | events, a block (`eventlog`) |
 //! | `l`    | job id, item index, seq (u64 BE)   | log line (MessagePack)       |
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
 //! | `k`    | tenant, 0, client key              | an answered request (`idempotency`) |
@@ -15,7 +15,8 @@
 //! | `p`    | job id, item index                 | kept portal state, sealed    |
 //! | `v`    | (the key is `v`)                   | the store's format (u32 BE, `codec::FORMAT`) |
 //!
-//! Events are JSON, the text the feed sends; every other record is MessagePack.
+//! Events are JSON, the text the feed sends, in compressed blocks; every other record
+//! is MessagePack.
 
 use crate::model::ItemStatus;
 

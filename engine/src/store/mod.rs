@@ -8,6 +8,7 @@ mod codec;
 pub use actions::{Publication, valid_topic};
 mod create;
 mod error;
+mod eventlog;
 mod fair;
 pub mod feed;
 pub mod idempotency;
@@ -1070,12 +1071,9 @@ impl Store {
         let Some(first) = after.checked_add(1) else {
             return Ok((out, last));
         };
-        for kv in self
-            .tree
-            .range(keys::event_key(first).to_vec()..vec![keys::EVENT + 1])
-        {
-            let (k, v) = kv?;
-            last = keys::event_seq(&k).unwrap_or(last);
+        for kv in eventlog::after(&self.tree, first) {
+            let (seq, v) = kv?;
+            last = seq;
             let e: Event = serde_json::from_slice(&v)?;
             if filter.matches(&e) {
                 out.push(e);
@@ -1091,15 +1089,14 @@ impl Store {
     /// when none does, `None` when [`SCAN_LIMIT`] events were looked at without finding
     /// one (the feed then cannot say which event of a subscription came before).
     pub fn last_match(&self, filter: &EventFilter, at: u64) -> Option<u64> {
-        let end = keys::event_key(at.saturating_add(1)).to_vec();
-        for (looked, kv) in self.tree.range(vec![keys::EVENT]..end).rev().enumerate() {
+        for (looked, kv) in eventlog::before(&self.tree, at).enumerate() {
             if looked == SCAN_LIMIT {
                 return None;
             }
-            let (k, v) = kv.ok()?;
+            let (seq, v) = kv.ok()?;
             let head: EventHead<'_> = serde_json::from_slice(&v).ok()?;
             if head.matches(filter) {
-                return keys::event_seq(&k);
+                return Some(seq);
             }
         }
         // The log's start was reached.
@@ -1119,22 +1116,18 @@ impl Store {
         let Some(first) = after.checked_add(1) else {
             return Ok(page);
         };
-        for (scanned, kv) in self
-            .tree
-            .range(keys::event_key(first).to_vec()..vec![keys::EVENT + 1])
-            .enumerate()
-        {
+        for (scanned, kv) in eventlog::after(&self.tree, first).enumerate() {
             if scanned == SCAN_LIMIT || page.events.len() == limit {
                 page.end = false;
                 break;
             }
-            let (k, v) = kv?;
-            page.last = keys::event_seq(&k).unwrap_or(page.last);
+            let (seq, v) = kv?;
+            page.last = seq;
             let head: EventHead<'_> = serde_json::from_slice(&v)?;
             if head.matches(filter) {
-                let text = std::str::from_utf8(&v)
-                    .map_err(|e| StoreError::Storage(format!("event {}: {e}", page.last)))?;
-                page.events.push((page.last, text.to_owned()));
+                let text = String::from_utf8(v)
+                    .map_err(|e| StoreError::Storage(format!("event {seq}: {e}")))?;
+                page.events.push((seq, text));
             }
         }
         Ok(page)
@@ -1142,7 +1135,7 @@ impl Store {
 
     /// The newest stored event's seq (0 when there is none).
     pub fn last_seq(&self) -> Result<u64> {
-        Ok(last_event_seq(&self.tree)?)
+        eventlog::last_seq(&self.tree)
     }
 
     pub fn item_logs(&self, id: &str) -> Result<Vec<serde_json::Value>> {
@@ -1176,15 +1169,6 @@ fn kept_aad(item: &str) -> String {
     format!("kept:{item}")
 }
 
-fn last_event_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
-    Ok(tree
-        .range(vec![keys::EVENT]..vec![keys::EVENT + 1])
-        .next_back()
-        .transpose()?
-        .and_then(|(k, _)| keys::event_seq(&k))
-        .unwrap_or(0))
-}
-
 /// What a panicking task said, for the log and `/health`.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -1213,7 +1197,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
         );
     }
     let mut ready = Ready::default();
-    let next_seq = last_event_seq(tree)? + 1;
+    let next_seq = eventlog::last_seq(tree)? + 1;
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {
         let job: Job = codec::decode(&kv?.1)?;
         if matches!(job.status, JobStatus::Running | JobStatus::Paused) {

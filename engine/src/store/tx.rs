@@ -293,10 +293,9 @@ impl<'a> Tx<'a> {
             topic: topic.map(str::to_owned),
             data,
         };
-        // Serialized once: the same text is stored and sent to every subscriber.
-        let published = Published::new(&event);
-        self.put(keys::event_key(seq).to_vec(), &published.json[..]);
-        self.events.push(published);
+        // Serialized once: the same text is stored (in the group's event blocks, written
+        // by the writer) and sent to every subscriber.
+        self.events.push(Published::new(&event));
         seq
     }
 

@@ -359,12 +359,16 @@ impl Writer {
             );
         }
         let started = std::time::Instant::now();
-        let n = writes.len();
+        let n = writes.len() + events.len();
         let tree = self.tree.clone();
-        let flush = if writes.is_empty() {
+        let flush = if n == 0 {
             tokio::spawn(async { Ok(()) })
         } else {
             let writes = Arc::new(writes);
+            // Events are read from the tree only, never through the overlay: they go
+            // into the batch as blocks, compressed on the blocking thread.
+            let texts: Vec<(u64, bytes::Bytes)> =
+                events.iter().map(|e| (e.seq, e.json.clone())).collect();
             let (applied, wait) = oneshot::channel();
             self.applying = Some(writes.clone());
             self.applied = Some(wait);
@@ -375,6 +379,9 @@ impl Writer {
                         Some(v) => batch.insert(k.as_slice(), v.clone()),
                         None => batch.remove(k.as_slice()),
                     }
+                }
+                for (k, v) in super::eventlog::blocks(texts.iter().map(|(s, t)| (*s, &t[..]))) {
+                    batch.insert(k, v);
                 }
                 let r = tree.apply_batch(batch);
                 let _ = applied.send(r.as_ref().map(drop).map_err(|e| e.to_string()));
