@@ -106,6 +106,7 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     assert_eq!(items[1].error.as_ref().unwrap().kind, ErrorKind::Business);
     // Events stay the JSON the feed sent.
     let (events, _) = store.events(0, &Default::default(), 1000).unwrap();
+    let stored_one_by_one = events.len() as u64;
     assert!(
         events.iter().any(
             |e| e.item_id.as_deref() == Some(placed.id.as_str()) && e.data["to"] == "succeeded"
@@ -173,5 +174,22 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     let again = store.items(&orders.id, None, None, None, 10).unwrap().items;
     assert_eq!(again[0], items[0]);
     assert_eq!(again[2].result, Some(json!({"order": "PO-78"})));
+    // The events stored one by one and those written since, in blocks, read as one log
+    // with no seq missing, from the start and from inside it; the next continues it.
+    let (events, _) = store.events(0, &Default::default(), 1000).unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(seqs.len() as u64 > stored_one_by_one, "{seqs:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == faena::model::kind::JOB_COMPLETED
+                && e.job_id.as_deref() == Some(orders.id.as_str()))
+    );
+    let (tail, _) = store
+        .events(stored_one_by_one - 1, &Default::default(), 1000)
+        .unwrap();
+    assert_eq!(tail[..], events[stored_one_by_one as usize - 1..]);
+    assert_eq!(store.last_seq().unwrap(), seqs.len() as u64);
     store.close().await;
 }

@@ -101,7 +101,8 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
     let size = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
     let raw =
         zstd::bulk::decompress(&value[HEADER..], size).map_err(|e| corrupt(key, &e.to_string()))?;
-    let mut out = Vec::with_capacity(n);
+    // Every event takes at least its 4-byte length: a damaged count cannot ask for more.
+    let mut out = Vec::with_capacity(n.min(raw.len() / 4));
     let mut rest = &raw[..];
     for i in 0..n as u64 {
         let (len, tail) = rest
@@ -111,6 +112,9 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
         let text = tail.get(..len).ok_or_else(|| corrupt(key, "truncated"))?;
         out.push((first + i, text.to_vec()));
         rest = &tail[len..];
+    }
+    if !rest.is_empty() {
+        return Err(corrupt(key, "bytes after the last event"));
     }
     Ok(out)
 }
@@ -122,19 +126,26 @@ fn corrupt(key: &[u8], why: &str) -> StoreError {
 
 /// Stored events from seq `first` on, oldest first.
 pub fn after(tree: &sled::Tree, first: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> {
-    // The block holding `first` may start before it.
+    // The block holding `first` may start before it: the scan starts at the last value
+    // stored at or before `first`, one range over the tree, and drops what is older.
     let start = tree
         .range(vec![keys::EVENT]..=keys::event_key(first).to_vec())
         .next_back()
-        .and_then(|kv| kv.ok())
-        .filter(|(k, v)| {
-            let from = keys::event_seq(k).unwrap_or(0);
-            count(k, v).is_ok_and(|n| from + n > first)
-        })
-        .map(|(k, _)| k.to_vec())
-        .unwrap_or_else(|| keys::event_key(first).to_vec());
-    tree.range(start..vec![keys::EVENT + 1])
-        .flat_map(move |kv| values(kv, |seq| seq >= first, false))
+        .transpose()
+        .map_err(StoreError::from);
+    let (start, failed) = match start {
+        Ok(Some((k, _))) => (k.to_vec(), None),
+        Ok(None) => (keys::event_key(first).to_vec(), None),
+        Err(e) => (keys::event_key(first).to_vec(), Some(Err(e))),
+    };
+    let scan = failed
+        .is_none()
+        .then(|| tree.range(start..vec![keys::EVENT + 1]))
+        .into_iter()
+        .flatten();
+    failed
+        .into_iter()
+        .chain(scan.flat_map(move |kv| values(kv, |seq| seq >= first, false)))
 }
 
 /// Stored events up to seq `at`, newest first.
@@ -268,6 +279,17 @@ mod tests {
         let tree = tree();
         let (k, v) = blocks([(1, &text(1)[..]), (2, &text(2)[..])]).remove(0);
         tree.insert(k.clone(), &v[..v.len() - 3]).unwrap();
+        assert!(after(&tree, 1).next().unwrap().is_err());
+        // A reader starting inside the damaged block is told, not moved past it.
+        assert!(after(&tree, 2).next().unwrap().is_err());
+        // A count far beyond what the block holds.
+        let mut wrong = v.to_vec();
+        wrong[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        tree.insert(k.clone(), wrong).unwrap();
+        assert!(after(&tree, 1).next().unwrap().is_err());
+        let mut short = v.to_vec();
+        short[1..5].copy_from_slice(&1u32.to_be_bytes());
+        tree.insert(k.clone(), short).unwrap();
         assert!(after(&tree, 1).next().unwrap().is_err());
         tree.insert(k, &v[..4]).unwrap();
         assert!(last_seq(&tree).is_err());
