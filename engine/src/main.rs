@@ -34,17 +34,21 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 /// documents) frees much it never reuses. So pages are returned at once until the
 /// engine is up, then the delay the store's write path is faster with comes back.
 mod start_up_memory {
-    /// mimalloc's `mi_option_purge_delay` (v2's `mi_option_e`; the crate does not name it).
+    /// mimalloc's `mi_option_purge_delay` (`mi_option_e`, the same in its v2 and v3);
+    /// the crate does not name it, but names the option after it.
     #[cfg(not(feature = "dhat-heap"))]
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    #[cfg(not(feature = "dhat-heap"))]
+    const _: () = assert!(PURGE_DELAY + 1 == libmimalloc_sys::mi_option_use_numa_nodes);
 
     pub struct Returning(#[allow(dead_code)] std::os::raw::c_long);
 
     #[cfg(not(feature = "dhat-heap"))]
     #[allow(unsafe_code)]
     pub fn begin() -> Returning {
-        // SAFETY: reading and setting an option takes no pointers; mimalloc reads its
-        // options on each purge, from any thread.
+        // SAFETY: reading and setting an option takes no pointers. Other threads may be
+        // allocating: mimalloc reads an option as a plain word on each purge, as it does
+        // for options it sets itself, so they see the old or the new delay.
         unsafe {
             let delay = libmimalloc_sys::mi_option_get(PURGE_DELAY);
             libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
