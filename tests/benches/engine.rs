@@ -14,7 +14,8 @@
 //!   do not compress, and browser-like ones at the engine's own priority
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
-//!   concurrency 1, 2 and 4, and where an order's time goes
+//!   concurrency 1, 2 and 4, where an order's time goes, and the most memory (PSS)
+//!   Chromium held meanwhile; `FAENA_BENCH_CHROMIUM_ARGS` adds flags to compare
 //! - python: the gsp flow written in Python (examples/plugin-python, built with
 //!   componentize-py) against the Rust gsp plugin, orders per minute in the same run
 //! - workers: no-op items through 1 and 2 `faena worker` processes against the
@@ -885,7 +886,7 @@ fn gsp_order(i: usize, products: usize) -> NewItem {
 
 /// gsp orders per minute through the whole engine at `concurrency`, after one warm-up
 /// order (Chromium's launch is not counted); and the mean milliseconds per stage.
-async fn gsp_orders(orders: usize, concurrency: usize) -> (f64, Vec<(String, f64)>) {
+async fn gsp_orders(orders: usize, concurrency: usize) -> GspRun {
     gsp_orders_of("gsp", None, orders, concurrency).await
 }
 
@@ -905,7 +906,7 @@ async fn gsp_orders_of(
     component: Option<&[u8]>,
     orders: usize,
     concurrency: usize,
-) -> (f64, Vec<(String, f64)>) {
+) -> GspRun {
     use faena_tests::portals::{self, gsp};
     let portals = portals::serve(0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -962,9 +963,13 @@ async fn gsp_orders_of(
         }
     };
     run(vec![gsp_order(90_000 % 20_000, 2)]).await;
+    let sampling = CancellationToken::new();
+    let peak = tokio::spawn(peak_chromium_pss(sampling.clone()));
     let t0 = Instant::now();
     let id = run((0..orders).map(|i| gsp_order(i, 3)).collect()).await;
     let per_minute = orders as f64 * 60.0 / t0.elapsed().as_secs_f64();
+    sampling.cancel();
+    let chromium_mb = peak.await.unwrap() as f64 / 1024.0;
     // Mean time from the start of the run (or the previous stage) to each stage.
     let mut stages: Vec<(String, f64)> = Vec::new();
     for i in 0..orders {
@@ -982,7 +987,77 @@ async fn gsp_orders_of(
     dispatcher.await.unwrap();
     drop(rt);
     store.close().await;
-    (per_minute, stages)
+    GspRun {
+        per_minute,
+        stages,
+        chromium_mb,
+    }
+}
+
+/// What one [`gsp_orders_of`] run measured.
+struct GspRun {
+    per_minute: f64,
+    /// Mean milliseconds to each stage.
+    stages: Vec<(String, f64)>,
+    /// The most memory Chromium's processes held together (PSS, so pages they share
+    /// count once) while the orders ran.
+    chromium_mb: f64,
+}
+
+/// The peak, until `stop`, of the summed PSS (KiB) of this process's descendants: the
+/// Chromium the benchmark's engine started, sampled every 100 ms.
+async fn peak_chromium_pss(stop: CancellationToken) -> u64 {
+    let mut peak = 0;
+    loop {
+        peak = peak.max(
+            tokio::task::spawn_blocking(descendants_pss_kb)
+                .await
+                .unwrap(),
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return peak,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+fn descendants_pss_kb() -> u64 {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut total = 0;
+    let mut todo = children
+        .get(&std::process::id())
+        .cloned()
+        .unwrap_or_default();
+    while let Some(pid) = todo.pop() {
+        todo.extend(children.get(&pid).into_iter().flatten());
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        total += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 /// Messages per second of a whatsapp bulk send through the whole engine, over
@@ -1336,16 +1411,23 @@ fn main() {
         if want("gsp") {
             for concurrency in [1, 2, 4] {
                 let mut rates = Vec::new();
+                let mut memory = Vec::new();
                 let mut stages = Vec::new();
                 for _ in 0..n {
-                    let (rate, s) = gsp_orders(8 * concurrency, concurrency).await;
-                    rates.push(rate);
-                    stages = s;
+                    let r = gsp_orders(8 * concurrency, concurrency).await;
+                    rates.push(r.per_minute);
+                    memory.push(r.chromium_mb);
+                    stages = r.stages;
                 }
                 row(
                     &format!("gsp: orders of 3 products, concurrency {concurrency}"),
                     "orders/min",
                     rates,
+                );
+                row(
+                    &format!("gsp: Chromium peak PSS, concurrency {concurrency}"),
+                    "MB",
+                    memory,
                 );
                 let breakdown: Vec<String> = stages
                     .iter()
@@ -1360,9 +1442,12 @@ fn main() {
                 let (mut rust, mut python, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..n {
                     let orders = 8 * concurrency;
-                    let (r, _) = gsp_orders_of("gsp", None, orders, concurrency).await;
-                    let (p, _) =
-                        gsp_orders_of("gsp-python", Some(&component), orders, concurrency).await;
+                    let r = gsp_orders_of("gsp", None, orders, concurrency)
+                        .await
+                        .per_minute;
+                    let p = gsp_orders_of("gsp-python", Some(&component), orders, concurrency)
+                        .await
+                        .per_minute;
                     rust.push(r);
                     python.push(p);
                     ratio.push(p / r);
