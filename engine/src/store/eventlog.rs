@@ -94,10 +94,10 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
     if value.first() != Some(&BLOCK) {
         return Ok(vec![(first, value.to_vec())]);
     }
+    let n = count(key, value)? as usize;
     let header = value
         .get(..HEADER)
         .ok_or_else(|| corrupt(key, "short header"))?;
-    let n = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
     let size = u32::from_be_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
     let raw =
         zstd::bulk::decompress(&value[HEADER..], size).map_err(|e| corrupt(key, &e.to_string()))?;
@@ -125,27 +125,24 @@ fn corrupt(key: &[u8], why: &str) -> StoreError {
 }
 
 /// Stored events from seq `first` on, oldest first.
-pub fn after(tree: &sled::Tree, first: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> {
+pub fn after(
+    tree: &sled::Tree,
+    first: u64,
+) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + '_> {
     // The block holding `first` may start before it: the scan starts at the last value
     // stored at or before `first`, one range over the tree, and drops what is older.
-    let start = tree
+    let start = match tree
         .range(vec![keys::EVENT]..=keys::event_key(first).to_vec())
         .next_back()
-        .transpose()
-        .map_err(StoreError::from);
-    let (start, failed) = match start {
-        Ok(Some((k, _))) => (k.to_vec(), None),
-        Ok(None) => (keys::event_key(first).to_vec(), None),
-        Err(e) => (keys::event_key(first).to_vec(), Some(Err(e))),
+    {
+        Some(Ok((k, _))) => k.to_vec(),
+        None => keys::event_key(first).to_vec(),
+        Some(Err(e)) => return Box::new(std::iter::once(Err(e.into()))),
     };
-    let scan = failed
-        .is_none()
-        .then(|| tree.range(start..vec![keys::EVENT + 1]))
-        .into_iter()
-        .flatten();
-    failed
-        .into_iter()
-        .chain(scan.flat_map(move |kv| values(kv, |seq| seq >= first, false)))
+    Box::new(
+        tree.range(start..vec![keys::EVENT + 1])
+            .flat_map(move |kv| values(kv, |seq| seq >= first, false)),
+    )
 }
 
 /// Stored events up to seq `at`, newest first.
