@@ -661,3 +661,166 @@ async fn a_closed_store_reopens_at_once_and_an_open_one_is_refused() {
     assert!(why.contains("another faena"), "{why}");
     held.close().await;
 }
+
+/// Status index entries of a store that is not open: the entry's code byte, and the
+/// item index at the key's end.
+fn index_entries(dir: &std::path::Path) -> Vec<(u8, u64)> {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree("faena").unwrap();
+    tree.scan_prefix(b"s")
+        .map(|kv| {
+            let k = kv.unwrap().0;
+            let index = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
+            (k[1], index)
+        })
+        .collect()
+}
+
+/// Succeeded items have no status index entry, and queued and running items share one:
+/// listings by each status still find exactly their items, in a job and across jobs,
+/// and a restart tells the running items (leases kept) from the queued ones (a retry's
+/// `not_before` kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_status_is_listed_and_recovered_through_the_smaller_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let mut new = new_job("lst", (0..6).map(|n| json!(n)).collect());
+    new.options.max_attempts = 2;
+    new.options.backoff_ms = 600_000;
+    new.options.max_backoff_ms = 600_000;
+    let job = store.create_job("default", new, None).await.unwrap();
+    let mut req = claim_req(&store, "lst", 4);
+    req.lease_ms = Some(600_000);
+    let claimed = store.claim(req).await.unwrap().items;
+    let token = |i: u64| {
+        let c = claimed.iter().find(|c| c.item.index == i).unwrap();
+        c.lease_token
+    };
+    let id = |i: u64| format!("{}-{i}", job.id);
+    store
+        .complete(&id(0), token(0), Outcome::Succeeded(json!("ok")))
+        .await
+        .unwrap();
+    store
+        .complete(&id(1), token(1), Outcome::Failed(ItemError::business("no")))
+        .await
+        .unwrap();
+    store
+        .complete(
+            &id(3),
+            token(3),
+            Outcome::Failed(ItemError::application("down")),
+        )
+        .await
+        .unwrap();
+    // Item 2 runs, 3 waits for its retry, 4 and 5 were never claimed.
+    let listed = |store: &faena::store::Store, status| -> (Vec<u64>, Vec<u64>) {
+        let in_job = store.items(&job.id, Some(status), None, None, 100).unwrap();
+        let across = store.items_by_status(None, status, None, 100).unwrap();
+        assert_eq!(in_job.next, None);
+        assert_eq!(across.next, None);
+        (
+            in_job.items.iter().map(|i| i.index).collect(),
+            across.items.iter().map(|i| i.index).collect(),
+        )
+    };
+    let expect = [
+        (ItemStatus::Succeeded, vec![0]),
+        (ItemStatus::Failed, vec![1]),
+        (ItemStatus::Running, vec![2]),
+        (ItemStatus::Queued, vec![3, 4, 5]),
+        (ItemStatus::NeedsReview, vec![]),
+    ];
+    for (status, indexes) in &expect {
+        assert_eq!(listed(&store, *status), (indexes.clone(), indexes.clone()));
+    }
+    store.close().await;
+
+    let open = ItemStatus::Queued.code();
+    assert_eq!(
+        index_entries(dir.path()),
+        [
+            (open, 2),
+            (open, 3),
+            (open, 4),
+            (open, 5),
+            (ItemStatus::Failed.code(), 1)
+        ],
+        "no entry for the succeeded item, one open entry for each queued or running one"
+    );
+
+    let store = open_store(dir.path()).await;
+    for (status, indexes) in &expect {
+        assert_eq!(listed(&store, *status), (indexes.clone(), indexes.clone()));
+    }
+    // Only 4 and 5 are claimable: 2 still holds its lease, 3 waits for its retry.
+    let again = store.claim(claim_req(&store, "lst", 10)).await.unwrap();
+    let indexes: Vec<u64> = again.items.iter().map(|c| c.item.index).collect();
+    assert_eq!(indexes, [4, 5]);
+    let retry_at = store.item(&id(3)).unwrap().not_before.unwrap();
+    assert_eq!(again.next_due, Some(retry_at));
+    store
+        .complete(&id(2), token(2), Outcome::Succeeded(json!("late")))
+        .await
+        .unwrap();
+    assert_eq!(store.job(&job.id).unwrap().counts.running, 2);
+    store.close().await;
+}
+
+/// A listing by a rare status in a large job stops after `SCAN_LIMIT` items looked at
+/// and answers a cursor to go on from, instead of reading the whole job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_a_rare_status_is_cut_short_with_a_cursor() {
+    let e = engine(None, 1).await;
+    let n = faena::store::SCAN_LIMIT as u64 + 5;
+    let job = e
+        .store
+        .create_job("default", new_job("big", vec![json!(0); n as usize]), None)
+        .await
+        .unwrap();
+    let mut req = claim_req(&e.store, "big", 1);
+    req.item = Some(ItemKey {
+        job: job.id.clone(),
+        index: n - 1,
+    });
+    let last = e.store.claim(req).await.unwrap().items.remove(0);
+    e.store
+        .complete(
+            &last.item.id,
+            last.lease_token,
+            Outcome::Succeeded(json!(1)),
+        )
+        .await
+        .unwrap();
+    let first = e
+        .store
+        .items(&job.id, Some(ItemStatus::Succeeded), None, None, 10)
+        .unwrap();
+    assert!(first.items.is_empty());
+    let cursor = first.next.expect("a cursor to go on from");
+    assert_eq!(cursor, (faena::store::SCAN_LIMIT - 1).to_string());
+    let second = e
+        .store
+        .items(
+            &job.id,
+            Some(ItemStatus::Succeeded),
+            None,
+            Some(cursor.parse().unwrap()),
+            10,
+        )
+        .unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].id, last.item.id);
+    assert_eq!(second.next, None);
+    let across = e
+        .store
+        .items_by_status(None, ItemStatus::Succeeded, None, 10)
+        .unwrap();
+    assert!(across.items.is_empty());
+    let across = e
+        .store
+        .items_by_status(None, ItemStatus::Succeeded, across.next.as_deref(), 10)
+        .unwrap();
+    assert_eq!(across.items.len(), 1);
+    e.stop().await;
+}

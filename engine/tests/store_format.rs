@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use faena::clock::Clock;
-use faena::model::{ErrorKind, ItemStatus, JobStatus};
-use faena::store::{ClaimRequest, Idempotency, JobFilter, Outcome, Store, StoreOptions};
+use faena::model::{ErrorKind, Item, ItemStatus, JobStatus};
+use faena::store::{ClaimRequest, Idempotency, Index, JobFilter, Outcome, Store, StoreOptions};
 use serde_json::json;
 
 fn unpack(into: &Path) -> PathBuf {
@@ -38,6 +38,36 @@ fn records_are_json(store: &Path) -> Vec<bool> {
     out
 }
 
+/// Status index entries, their first two bytes (`s` and the entry's code) and the rest.
+fn index_entries(store: &Path) -> Vec<Vec<u8>> {
+    let db = sled::open(store).unwrap();
+    let tree = db.open_tree("faena").unwrap();
+    tree.scan_prefix(b"s")
+        .map(|kv| kv.unwrap().0.to_vec())
+        .collect()
+}
+
+/// Every item has the status index entry its status asks for and no other: none when
+/// succeeded, the one open entry when queued or running.
+fn assert_index_matches_records(store: &Path) {
+    let mut expected = Vec::new();
+    {
+        let db = sled::open(store).unwrap();
+        let tree = db.open_tree("faena").unwrap();
+        for kv in tree.scan_prefix(b"i") {
+            let (k, v) = kv.unwrap();
+            let item: Item = rmp_serde::from_slice(&v).unwrap();
+            if let Some(listed) = Index::of(item.status) {
+                let mut entry = vec![b's', listed.code()];
+                entry.extend_from_slice(&k[1..]);
+                expected.push(entry);
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(index_entries(store), expected);
+}
+
 async fn open(data: &Path) -> Store {
     let key = faena::secrets::SecretKey::from_file(&data.join("secret.key")).unwrap();
     let options = StoreOptions {
@@ -58,6 +88,13 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     let before = records_are_json(&data.join("store"));
     assert!(before.len() >= 10, "the fixture holds jobs, items and logs");
     assert!(before.iter().all(|json| *json), "written as JSON");
+    // Format 1 had an entry per status, succeeded items' too.
+    let succeeded = ItemStatus::Succeeded.code();
+    assert!(
+        index_entries(&data.join("store"))
+            .iter()
+            .any(|k| k[1] == succeeded)
+    );
 
     let store = open(&data).await;
     let jobs = store.jobs(&JobFilter::default(), None, 10).unwrap().items;
@@ -170,6 +207,7 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     let after = records_are_json(&data.join("store"));
     assert_eq!(after.len(), before.len(), "the same records");
     assert!(after.iter().all(|json| !*json), "rewritten: {after:?}");
+    assert_index_matches_records(&data.join("store"));
     let store = open(&data).await;
     let again = store.items(&orders.id, None, None, None, 10).unwrap().items;
     assert_eq!(again[0], items[0]);

@@ -52,6 +52,9 @@ pub struct JobPage {
 #[oai(skip_serializing_if_is_none)]
 pub struct ItemPage {
     pub items: Vec<Item>,
+    /// Pass as `cursor` to get the next page; absent on the last one. A page filtered
+    /// by a rare status or reference can hold fewer than `limit` items, even none, and
+    /// still have a cursor: each page looks at a bounded number of items.
     pub next_cursor: Option<String>,
 }
 

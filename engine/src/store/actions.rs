@@ -7,7 +7,7 @@ use serde_json::json;
 use super::create::{check_name, check_pool};
 use super::error::{Result, StoreError};
 use super::idempotency::{self, Idempotency};
-use super::keys::{self, ItemKey};
+use super::keys::{self, Index, ItemKey};
 use super::ops::{JobAction, MAX_SMALL_PAYLOAD};
 use super::references;
 use super::tx::Tx;
@@ -50,7 +50,7 @@ impl Writer {
                 if job.status != JobStatus::Pending {
                     return refuse("started");
                 }
-                let pending = tx.scan_keys(&keys::status_prefix(ItemStatus::Pending, Some(id)))?;
+                let pending = tx.scan_keys(&keys::index_prefix(Index::Pending, Some(id)))?;
                 let mut queued = Vec::with_capacity(pending.len());
                 for k in pending {
                     let key = keys::split_item_suffix(&k).expect("status key");
@@ -111,15 +111,11 @@ impl Writer {
                 }
                 let mut stopped = Vec::new();
                 let mut cancelled = 0u64;
-                for status in [
-                    ItemStatus::Pending,
-                    ItemStatus::Queued,
-                    ItemStatus::Running,
-                    ItemStatus::NeedsReview,
-                ] {
-                    for k in tx.scan_keys(&keys::status_prefix(status, Some(id)))? {
+                for listed in [Index::Pending, Index::Open, Index::NeedsReview] {
+                    for k in tx.scan_keys(&keys::index_prefix(listed, Some(id)))? {
                         let key = keys::split_item_suffix(&k).expect("status key");
                         let mut item = tx.item(&key)?;
+                        let status = item.status;
                         if status == ItemStatus::Running {
                             self.stop_running(tx, &mut item, "job cancelled")?;
                             tx.set_status(&mut item, ItemStatus::Cancelled)?;
@@ -156,7 +152,7 @@ impl Writer {
                 if job.status == JobStatus::Cancelled {
                     return refuse("retried");
                 }
-                let failed = tx.scan_keys(&keys::status_prefix(ItemStatus::Failed, Some(id)))?;
+                let failed = tx.scan_keys(&keys::index_prefix(Index::Failed, Some(id)))?;
                 for k in failed {
                     let key = keys::split_item_suffix(&k).expect("status key");
                     let mut item = tx.item(&key)?;
@@ -200,15 +196,15 @@ impl Writer {
             )));
         }
         let mut items = 0u64;
-        for st in ItemStatus::ALL {
-            for k in tx.scan_keys(&keys::status_prefix(st, Some(id)))? {
-                let key = keys::split_item_suffix(&k).expect("status key");
-                if let Some(entry) = references::entry(&job, &tx.item(&key)?) {
-                    tx.del(entry);
-                }
-                tx.remove_item(&key, st);
-                items += 1;
+        // Succeeded items have no index entry: every item is found by its record.
+        for k in tx.scan_keys(&keys::item_prefix(id))? {
+            let key = keys::split_item_suffix(&k).expect("item key");
+            let item = tx.item(&key)?;
+            if let Some(entry) = references::entry(&job, &item) {
+                tx.del(entry);
             }
+            tx.remove_item(&key, item.status);
+            items += 1;
         }
         for k in tx.scan_keys(&keys::job_log_prefix(id))? {
             tx.del(k);

@@ -10,14 +10,20 @@
 //! stores them in compressed blocks (`eventlog`); the single events formats 1 and 2
 //! wrote are read as they are, so going to 3 rewrites nothing but the marker, and an
 //! engine of format 2 refuses the blocks it could not read.
+//!
+//! Format 4 gives succeeded items no status index entry, and queued and running items
+//! one shared entry (`keys::Index`): going to 4 removes the succeeded entries and moves
+//! the running ones.
 
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::error::{Result, StoreError};
-use super::keys;
+use super::keys::{self, Index};
+use crate::model::ItemStatus;
 
-/// The store's format: 2 is MessagePack records, 3 events in blocks.
-pub const FORMAT: u32 = 3;
+/// The store's format: 2 is MessagePack records, 3 events in blocks, 4 the status
+/// index without succeeded items.
+pub const FORMAT: u32 = 4;
 
 /// Where the format is recorded, in the `faena` tree (no record prefix is `v`).
 pub const FORMAT_KEY: &[u8] = b"v";
@@ -63,10 +69,20 @@ pub fn stored_format(tree: &sled::Tree) -> Result<u32> {
     })
 }
 
-/// Bring the tree to [`FORMAT`]: every JSON record rewritten as MessagePack, a chunk per
-/// batch, then the format recorded. Answers how many records were rewritten. A store of
-/// a newer format than this engine knows is refused rather than misread.
-pub fn migrate(tree: &sled::Tree) -> Result<u64> {
+/// What [`migrate`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Migrated {
+    /// JSON records rewritten as MessagePack.
+    pub rewritten: u64,
+    /// Status index entries removed (succeeded) or moved (running).
+    pub reindexed: u64,
+}
+
+/// Bring the tree to [`FORMAT`]: every JSON record rewritten as MessagePack and the
+/// status index brought to format 4, a chunk per batch, then the format recorded. Each
+/// step can be cut short by a crash and run again. A store of a newer format than this
+/// engine knows is refused rather than misread.
+pub fn migrate(tree: &sled::Tree) -> Result<Migrated> {
     let format = stored_format(tree)?;
     if format > FORMAT {
         return Err(StoreError::Storage(format!(
@@ -75,13 +91,46 @@ pub fn migrate(tree: &sled::Tree) -> Result<u64> {
         )));
     }
     if format == FORMAT {
-        return Ok(0);
+        return Ok(Migrated::default());
     }
     // Format 2's records are already MessagePack; only format 1's are rewritten.
     let rewritten = if format < 2 { rewrite_json(tree)? } else { 0 };
+    let reindexed = if format < 4 { reindex(tree)? } else { 0 };
     tree.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
     tree.flush()?;
-    Ok(rewritten)
+    Ok(Migrated {
+        rewritten,
+        reindexed,
+    })
+}
+
+/// The status index of formats 1 to 3, one entry per status, brought to format 4's:
+/// succeeded entries removed, running ones moved to the open entry they share with
+/// queued ones.
+fn reindex(tree: &sled::Tree) -> Result<u64> {
+    let mut changed: u64 = 0;
+    for status in [ItemStatus::Running, ItemStatus::Succeeded] {
+        let mut batch = sled::Batch::default();
+        let mut pending: u64 = 0;
+        for kv in tree.scan_prefix([keys::STATUS, status.code()]) {
+            let (k, _) = kv?;
+            if let Some(listed) = Index::of(status) {
+                let mut moved = k.to_vec();
+                moved[1] = listed.code();
+                batch.insert(moved, Vec::new());
+            }
+            batch.remove(k);
+            pending += 1;
+            if pending == MIGRATE_CHUNK {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                changed += pending;
+                pending = 0;
+            }
+        }
+        tree.apply_batch(batch)?;
+        changed += pending;
+    }
+    Ok(changed)
 }
 
 /// Every JSON record rewritten as MessagePack, a chunk per batch.
@@ -113,7 +162,7 @@ fn rewrite_json(tree: &sled::Tree) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Item, ItemStatus};
+    use crate::model::Item;
 
     fn item() -> Item {
         Item {
@@ -167,7 +216,13 @@ mod tests {
         tree.insert(keys::event_key(1), &b"{\"seq\":1}"[..])
             .unwrap();
         assert_eq!(stored_format(&tree).unwrap(), 1);
-        assert_eq!(migrate(&tree).unwrap(), 1);
+        assert_eq!(
+            migrate(&tree).unwrap(),
+            Migrated {
+                rewritten: 1,
+                reindexed: 0
+            }
+        );
         assert_eq!(stored_format(&tree).unwrap(), FORMAT);
         let raw = tree.get(&key).unwrap().unwrap();
         assert!(!is_json(&raw));
@@ -176,9 +231,60 @@ mod tests {
             tree.get(keys::event_key(1)).unwrap().unwrap().as_ref(),
             b"{\"seq\":1}"
         );
-        assert_eq!(migrate(&tree).unwrap(), 0);
+        assert_eq!(migrate(&tree).unwrap(), Migrated::default());
         tree.insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes())
             .unwrap();
         assert!(matches!(migrate(&tree), Err(StoreError::Storage(m)) if m.contains("newer")));
+    }
+
+    #[test]
+    fn migrate_drops_succeeded_entries_and_moves_running_ones_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("faena").unwrap();
+        let job = "01JX0000000000000000000000";
+        let entry = |code: u8, index: u64| {
+            let mut k = vec![keys::STATUS, code];
+            k.extend_from_slice(job.as_bytes());
+            k.extend_from_slice(&index.to_be_bytes());
+            k
+        };
+        // Format 3: one entry per status; a queued item keeps its `not_before`.
+        let not_before = 1_700_000_000_000i64.to_be_bytes();
+        tree.insert(entry(ItemStatus::Queued.code(), 0), &not_before[..])
+            .unwrap();
+        tree.insert(entry(ItemStatus::Running.code(), 1), &b""[..])
+            .unwrap();
+        // More succeeded entries than one batch holds.
+        for index in 2..(2 + MIGRATE_CHUNK + 10) {
+            tree.insert(entry(ItemStatus::Succeeded.code(), index), &b""[..])
+                .unwrap();
+        }
+        tree.insert(entry(ItemStatus::Failed.code(), 9_999), &b""[..])
+            .unwrap();
+        tree.insert(FORMAT_KEY, &3u32.to_be_bytes()).unwrap();
+        assert_eq!(
+            migrate(&tree).unwrap(),
+            Migrated {
+                rewritten: 0,
+                reindexed: 1 + MIGRATE_CHUNK + 10
+            }
+        );
+        let left: Vec<(Vec<u8>, Vec<u8>)> = tree
+            .scan_prefix([keys::STATUS])
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                (keys::index_key(Index::Open, job, 0), not_before.to_vec()),
+                (keys::index_key(Index::Open, job, 1), Vec::new()),
+                (keys::index_key(Index::Failed, job, 9_999), Vec::new()),
+            ]
+        );
+        assert_eq!(stored_format(&tree).unwrap(), FORMAT);
     }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::error::{Result, StoreError};
 use super::idempotency::{self, Idempotency};
-use super::keys;
+use super::keys::{self, Index};
 use super::ops::MAX_ITEMS_PER_JOB;
 use super::references;
 use super::tx::Tx;
@@ -186,6 +186,15 @@ pub(super) fn initial_status(job: &Job) -> ItemStatus {
         ItemStatus::Pending
     } else {
         ItemStatus::Queued
+    }
+}
+
+/// The index entry of a new item of `job` (its status is [`initial_status`]).
+pub(super) fn initial_index(job: &Job) -> Index {
+    if job.status == JobStatus::Pending {
+        Index::Pending
+    } else {
+        Index::Open
     }
 }
 

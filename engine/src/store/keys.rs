@@ -5,7 +5,7 @@
 //! |--------|------------------------------------|------------------------------|
 //! | `j`    | job id (26-byte ULID)              | job (MessagePack, `codec`)   |
 //! | `i`    | job id, item index (u64 BE)        | item (MessagePack)           |
-//! | `s`    | status byte, job id, item index    | `not_before` (i64 BE) or ""  |
+//! | `s`    | index byte (`Index`), job id, item index | `not_before` (i64 BE) or "" |
 //! | `e`    | seq (u64 BE) of the block's first  | events, a block (`eventlog`) |
 //! | `l`    | job id, item index, seq (u64 BE)   | log line (MessagePack)       |
 //! | `c`    | job id                             | a job being created in chunks (`staging`) |
@@ -77,8 +77,57 @@ impl ItemKey {
         kept_key(&self.job, self.index)
     }
 
-    pub fn status_key(&self, status: ItemStatus) -> Vec<u8> {
-        status_key(status, &self.job, self.index)
+    pub fn index_key(&self, index: Index) -> Vec<u8> {
+        index_key(index, &self.job, self.index)
+    }
+}
+
+/// The status index (`s`): which entry an item has, by its status. Succeeded items,
+/// most of any store, have none: they are found by their records (`i`), and counted
+/// by their job. Queued and running items share one entry, so a claim writes only the
+/// item. An item's status is its record's; an index entry says where to look.
+///
+/// The bytes are the statuses' codes of format 3, which had an entry per status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    Pending,
+    /// Queued or running: the value is a queued item's `not_before`, as it was when it
+    /// was last queued (a claim leaves it).
+    Open,
+    Failed,
+    NeedsReview,
+    Cancelled,
+}
+
+impl Index {
+    pub const ALL: [Index; 5] = [
+        Index::Pending,
+        Index::Open,
+        Index::Failed,
+        Index::NeedsReview,
+        Index::Cancelled,
+    ];
+
+    /// The entry of an item in `status`, if it has one.
+    pub fn of(status: ItemStatus) -> Option<Index> {
+        match status {
+            ItemStatus::Pending => Some(Index::Pending),
+            ItemStatus::Queued | ItemStatus::Running => Some(Index::Open),
+            ItemStatus::Succeeded => None,
+            ItemStatus::Failed => Some(Index::Failed),
+            ItemStatus::NeedsReview => Some(Index::NeedsReview),
+            ItemStatus::Cancelled => Some(Index::Cancelled),
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            Index::Pending => ItemStatus::Pending.code(),
+            Index::Open => ItemStatus::Queued.code(),
+            Index::Failed => ItemStatus::Failed.code(),
+            Index::NeedsReview => ItemStatus::NeedsReview.code(),
+            Index::Cancelled => ItemStatus::Cancelled.code(),
+        }
     }
 }
 
@@ -129,19 +178,19 @@ pub fn item_key(job: &str, index: u64) -> Vec<u8> {
     k
 }
 
-pub fn status_prefix(status: ItemStatus, job: Option<&str>) -> Vec<u8> {
+pub fn index_prefix(index: Index, job: Option<&str>) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + JOB_ID_LEN + 8);
     k.push(STATUS);
-    k.push(status.code());
+    k.push(index.code());
     if let Some(job) = job {
         k.extend_from_slice(job.as_bytes());
     }
     k
 }
 
-pub fn status_key(status: ItemStatus, job: &str, index: u64) -> Vec<u8> {
-    let mut k = status_prefix(status, Some(job));
-    k.extend_from_slice(&index.to_be_bytes());
+pub fn index_key(index: Index, job: &str, item: u64) -> Vec<u8> {
+    let mut k = index_prefix(index, Some(job));
+    k.extend_from_slice(&item.to_be_bytes());
     k
 }
 
@@ -205,10 +254,7 @@ mod tests {
         };
         assert_eq!(ItemKey::parse(&key.id()), Some(key.clone()));
         assert_eq!(split_item_suffix(&key.item_key()), Some(key.clone()));
-        assert_eq!(
-            split_item_suffix(&key.status_key(ItemStatus::Queued)),
-            Some(key)
-        );
+        assert_eq!(split_item_suffix(&key.index_key(Index::Open)), Some(key));
         for bad in [
             "",
             "x-1",

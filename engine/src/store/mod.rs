@@ -23,6 +23,7 @@ mod tx;
 pub mod webhooks;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +35,7 @@ pub use error::{Result, StoreError};
 pub use fair::TenantConfig;
 pub use feed::{Feed, FeedLimits, Follower, Published};
 pub use idempotency::Idempotency;
-pub use keys::ItemKey;
+pub use keys::{Index, ItemKey};
 pub use ops::{
     ClaimRequest, Claimed, ClaimedItem, ENGINE_SHUTDOWN, JobAction, MAX_ITEMS_PER_JOB, Outcome,
     backoff_ms,
@@ -960,7 +961,9 @@ impl Store {
     }
 
     /// Items of a job in index order, optionally of one status or matching a reference
-    /// fragment. `cursor` is the last index of the previous page.
+    /// fragment. `cursor` is the last index of the previous page. A page is cut short,
+    /// with a cursor, once [`SCAN_LIMIT`] items were looked at (a rare status or
+    /// reference in a large job).
     pub fn items(
         &self,
         job: &str,
@@ -970,48 +973,29 @@ impl Store {
         limit: usize,
     ) -> Result<Page<Item>> {
         self.job(job)?;
-        let mut out = Vec::new();
         let start = cursor.map(|c| c + 1).unwrap_or(0);
-        let push = |item: Item, out: &mut Vec<Item>| {
-            if reference.is_none_or(|r| item.reference.as_deref().is_some_and(|x| x.contains(r))) {
-                out.push(item);
-            }
+        // A status with index entries walks them; any other walks the job's records.
+        let (lower, prefix) = match status.and_then(Index::of) {
+            Some(listed) => (
+                keys::index_key(listed, job, start),
+                keys::index_prefix(listed, Some(job)),
+            ),
+            None => (keys::item_key(job, start), keys::item_prefix(job)),
         };
-        match status {
-            None => {
-                let lower = keys::item_key(job, start);
-                let prefix = keys::item_prefix(job);
-                for kv in self.tree.range(lower..) {
-                    let (k, v) = kv?;
-                    if !k.starts_with(&prefix) || out.len() == limit {
-                        break;
-                    }
-                    push(codec::decode(&v)?, &mut out);
-                }
-            }
-            Some(status) => {
-                let lower = keys::status_key(status, job, start);
-                let prefix = keys::status_prefix(status, Some(job));
-                for kv in self.tree.range(lower..) {
-                    let (k, _) = kv?;
-                    if !k.starts_with(&prefix) || out.len() == limit {
-                        break;
-                    }
-                    let key = keys::split_item_suffix(&k).expect("status key");
-                    if let Some(raw) = self.tree.get(key.item_key())? {
-                        push(codec::decode(&raw)?, &mut out);
-                    }
-                }
-            }
-        }
-        let next = (out.len() == limit)
-            .then(|| out.last().map(|i| i.index.to_string()))
-            .flatten();
-        Ok(Page { items: out, next })
+        let (items, last) = self.walk_items(lower, &prefix, limit, |item| {
+            Ok(status.is_none_or(|s| item.status == s)
+                && reference
+                    .is_none_or(|r| item.reference.as_deref().is_some_and(|x| x.contains(r))))
+        })?;
+        Ok(Page {
+            items,
+            next: last.map(|k| k.index.to_string()),
+        })
     }
 
-    /// Items of one status across all jobs (the review queue). `cursor` is the last
-    /// item id of the previous page.
+    /// Items of one status across all jobs (the review queue), oldest job first.
+    /// `cursor` is the last item id of the previous page; a page is cut short, with a
+    /// cursor, once [`SCAN_LIMIT`] items were looked at.
     pub fn items_by_status(
         &self,
         tenant: Option<&str>,
@@ -1019,42 +1003,79 @@ impl Store {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<Item>> {
-        let prefix = keys::status_prefix(status, None);
+        let listed = Index::of(status);
+        let prefix = match listed {
+            Some(listed) => keys::index_prefix(listed, None),
+            None => vec![keys::ITEM],
+        };
         let lower = match cursor.and_then(ItemKey::parse) {
             Some(k) => {
-                let mut l = k.status_key(status);
+                let mut l = match listed {
+                    Some(listed) => k.index_key(listed),
+                    None => k.item_key(),
+                };
                 l.push(0);
                 l
             }
             None => prefix.clone(),
         };
-        let mut out = Vec::new();
         // Items of a job still being created (`staging`) are nobody's yet.
         let mut staged: Option<(String, bool)> = None;
-        for kv in self.tree.range(lower..) {
-            let (k, _) = kv?;
-            if !k.starts_with(&prefix) || out.len() == limit {
+        let (items, last) = self.walk_items(lower, &prefix, limit, |item| {
+            if staged.as_ref().is_none_or(|(job, _)| *job != item.job_id) {
+                let hidden = self.tree.contains_key(keys::staged_key(&item.job_id))?;
+                staged = Some((item.job_id.clone(), hidden));
+            }
+            let hidden = staged.as_ref().is_some_and(|(_, hidden)| *hidden);
+            Ok(!hidden && item.status == status && tenant.is_none_or(|t| t == item.tenant))
+        })?;
+        Ok(Page {
+            items,
+            next: last.map(|k| k.id()),
+        })
+    }
+
+    /// Walks the keys under `prefix` from `lower`, each an item's record or its index
+    /// entry, and answers the items `keep` accepts, at most `limit`. Stops early after
+    /// [`SCAN_LIMIT`] items looked at, so a rare filter cannot hold a thread for a whole
+    /// job or store; the key answered beside the page is where to go on, absent at the
+    /// end.
+    fn walk_items(
+        &self,
+        lower: Vec<u8>,
+        prefix: &[u8],
+        limit: usize,
+        mut keep: impl FnMut(&Item) -> Result<bool>,
+    ) -> Result<(Vec<Item>, Option<ItemKey>)> {
+        let mut out = Vec::new();
+        let mut last = None;
+        for (looked, kv) in self.tree.range(lower..).enumerate() {
+            let (k, v) = kv?;
+            if !k.starts_with(prefix) {
                 break;
             }
-            let key = keys::split_item_suffix(&k).expect("status key");
-            if staged.as_ref().is_none_or(|(job, _)| *job != key.job) {
-                let hidden = self.tree.contains_key(keys::staged_key(&key.job))?;
-                staged = Some((key.job.clone(), hidden));
+            if out.len() == limit || looked == SCAN_LIMIT {
+                return Ok((out, last));
             }
-            if staged.as_ref().is_some_and(|(_, hidden)| *hidden) {
-                continue;
-            }
-            if let Some(raw) = self.tree.get(key.item_key())? {
-                let item: Item = codec::decode(&raw)?;
-                if tenant.is_none_or(|t| t == item.tenant) {
-                    out.push(item);
+            let key = keys::split_item_suffix(&k)
+                .ok_or_else(|| StoreError::Storage("corrupt item or index key".into()))?;
+            let item: Item = if k.first() == Some(&keys::ITEM) {
+                codec::decode(&v)?
+            } else {
+                match self.tree.get(key.item_key())? {
+                    Some(raw) => codec::decode(&raw)?,
+                    None => {
+                        last = Some(key);
+                        continue;
+                    }
                 }
+            };
+            if keep(&item)? {
+                out.push(item);
             }
+            last = Some(key);
         }
-        let next = (out.len() == limit)
-            .then(|| out.last().map(|i| i.id.clone()))
-            .flatten();
-        Ok(Page { items: out, next })
+        Ok((out, None))
     }
 
     /// Stored events after `after`, matching `filter`, at most `limit`. Also returns the
@@ -1147,18 +1168,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Items by status across the whole store (for metrics), counted from the index.
+    /// Items by status across the whole store, counted from their records: every item
+    /// is read (for tests and checks; the metrics keep their counts as items move).
     pub fn count_by_status(&self) -> Result<Vec<(ItemStatus, u64)>> {
-        let mut out = Vec::new();
-        for st in ItemStatus::ALL {
-            let n = self
-                .tree
-                .scan_prefix(keys::status_prefix(st, None))
-                .keys()
-                .count() as u64;
-            out.push((st, n));
+        let mut counts = [0u64; ItemStatus::ALL.len()];
+        for kv in self.tree.scan_prefix([keys::ITEM]) {
+            let item: Item = codec::decode(&kv?.1)?;
+            counts[item.status.code() as usize] += 1;
         }
-        Ok(out)
+        Ok(ItemStatus::ALL
+            .iter()
+            .map(|st| (*st, counts[st.code() as usize]))
+            .collect())
     }
 }
 
@@ -1182,11 +1203,12 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// next event seq and the items whose lease belonged to a previous engine process.
 fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, Vec<ItemKey>)> {
     let migrated = codec::migrate(tree)?;
-    if migrated > 0 {
+    if migrated != codec::Migrated::default() {
         info!(
-            records = migrated,
+            records = migrated.rewritten,
+            index_entries = migrated.reindexed,
             format = codec::FORMAT,
-            "rewrote the records of an older engine as MessagePack"
+            "brought the store of an older engine to this engine's format"
         );
     }
     let unfinished = staging::discard_unfinished(tree)?;
@@ -1198,40 +1220,50 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
     }
     let mut ready = Ready::default();
     let next_seq = eventlog::last_seq(tree)? + 1;
+    // Running items share the open index entry with queued ones: their jobs' counts
+    // say how many of a job's entries to read the record of before the rest are known
+    // to be queued.
+    let mut running: HashMap<String, u64> = HashMap::new();
+    let mut totals = [0i64; ItemStatus::ALL.len()];
     for kv in tree.range(vec![keys::JOB]..vec![keys::JOB + 1]) {
         let job: Job = codec::decode(&kv?.1)?;
+        for st in ItemStatus::ALL {
+            totals[st.code() as usize] += job.counts.get(st) as i64;
+        }
+        if job.counts.running > 0 {
+            running.insert(job.id.clone(), job.counts.running);
+        }
         if matches!(job.status, JobStatus::Running | JobStatus::Paused) {
             ready.add_job(&job, job.status == JobStatus::Paused);
         }
     }
-    for kv in tree.scan_prefix(keys::status_prefix(ItemStatus::Queued, None)) {
+    let mut dead = Vec::new();
+    for kv in tree.scan_prefix(keys::index_prefix(Index::Open, None)) {
         let (k, v) = kv?;
         let key = keys::split_item_suffix(&k).expect("status key");
+        if let Some(left) = running.get_mut(key.job.as_str()).filter(|n| **n > 0) {
+            let Some(raw) = tree.get(key.item_key())? else {
+                continue;
+            };
+            let item: Item = codec::decode(&raw)?;
+            if item.status == ItemStatus::Running {
+                *left -= 1;
+                ready.count_running(&key);
+                match item.lease {
+                    Some(l) if !l.owner.starts_with("engine:") => {
+                        ready.set_lease(key, l.expires_at)
+                    }
+                    _ => dead.push(key),
+                }
+                continue;
+            }
+        }
         ready.push(key, tx::decode_not_before(&v), now);
     }
-    let mut dead = Vec::new();
-    for kv in tree.scan_prefix(keys::status_prefix(ItemStatus::Running, None)) {
-        let (k, _) = kv?;
-        let key = keys::split_item_suffix(&k).expect("status key");
-        let Some(raw) = tree.get(key.item_key())? else {
-            continue;
-        };
-        let item: Item = codec::decode(&raw)?;
-        ready.count_running(&key);
-        match item.lease {
-            Some(l) if !l.owner.starts_with("engine:") => ready.set_lease(key, l.expires_at),
-            _ => dead.push(key),
-        }
-    }
-    for (st, n) in ItemStatus::ALL.iter().map(|st| {
-        (
-            *st,
-            tree.scan_prefix(keys::status_prefix(*st, None))
-                .keys()
-                .count() as i64,
-        )
-    }) {
-        shared.metrics.set_status_count(st, n);
+    for st in ItemStatus::ALL {
+        shared
+            .metrics
+            .set_status_count(st, totals[st.code() as usize]);
     }
     Ok((ready, next_seq, dead))
 }

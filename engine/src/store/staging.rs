@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::create::{initial_status, new_item, new_job};
+use super::create::{initial_index, initial_status, new_item, new_job};
 use super::error::{Result, StoreError};
 use super::idempotency::{self, Idempotency};
 use super::keys::{self, ItemKey};
@@ -140,7 +140,7 @@ impl Writer {
         last: bool,
     ) -> Result<()> {
         let job = staged(tx, id)?.job;
-        let status = initial_status(&job);
+        let listed = initial_index(&job);
         for index in from..to {
             let key = ItemKey {
                 job: id.to_owned(),
@@ -152,7 +152,7 @@ impl Writer {
                 tx.del(entry);
             }
             tx.del(keys::item_key(id, index));
-            tx.del(keys::status_key(status, id, index));
+            tx.del(keys::index_key(listed, id, index));
         }
         if last {
             tx.del(keys::staged_key(id));
@@ -229,7 +229,7 @@ impl Store {
                 // to list every reference taken.
                 return Ok::<_, StoreError>((Vec::new(), Vec::new(), 0, screened));
             }
-            let status = initial_status(&marker.job);
+            let listed = initial_index(&marker.job);
             let mut writes = Vec::with_capacity(kept.len() * 3);
             let mut references = Vec::new();
             let n = kept.len() as u64;
@@ -244,7 +244,7 @@ impl Store {
                     keys::item_key(&item.job_id, index),
                     super::codec::encode(&item),
                 ));
-                writes.push((keys::status_key(status, &item.job_id, index), Vec::new()));
+                writes.push((keys::index_key(listed, &item.job_id, index), Vec::new()));
             }
             Ok((writes, references, n, screened))
         })
@@ -329,7 +329,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
         markers.push((k, marker.job));
     }
     for (marker, job) in &markers {
-        let status = initial_status(job);
+        let listed = initial_index(job);
         let mut batch = sled::Batch::default();
         let mut n: usize = 0;
         for kv in tree.scan_prefix(keys::item_prefix(&job.id)) {
@@ -340,7 +340,7 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
                 batch.remove(entry);
             }
             if let Some(key) = keys::split_item_suffix(&k) {
-                batch.remove(keys::status_key(status, &key.job, key.index));
+                batch.remove(keys::index_key(listed, &key.job, key.index));
             }
             batch.remove(k);
             n += 1;

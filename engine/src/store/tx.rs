@@ -10,7 +10,7 @@ use sled::IVec;
 use super::codec;
 use super::error::{Result, StoreError};
 use super::feed::Published;
-use super::keys::{self, ItemKey};
+use super::keys::{self, Index, ItemKey};
 use crate::model::{Event, Item, ItemStatus, Job};
 
 pub(crate) type Overlay = HashMap<Vec<u8>, Option<IVec>>;
@@ -161,7 +161,9 @@ impl<'a> Tx<'a> {
     /// Delete an item and its status index entry.
     pub fn remove_item(&mut self, key: &ItemKey, status: ItemStatus) {
         self.status_deltas[status.code() as usize] -= 1;
-        self.del(key.status_key(status));
+        if let Some(index) = Index::of(status) {
+            self.del(key.index_key(index));
+        }
         self.del(key.item_key());
         self.del(key.kept_key());
     }
@@ -190,10 +192,12 @@ impl<'a> Tx<'a> {
     pub fn insert_item(&mut self, item: &Item) {
         self.put_item(item);
         self.status_deltas[item.status.code() as usize] += 1;
-        self.put(
-            keys::status_key(item.status, &item.job_id, item.index),
-            status_value(item),
-        );
+        if let Some(index) = Index::of(item.status) {
+            self.put(
+                keys::index_key(index, &item.job_id, item.index),
+                index_value(item),
+            );
+        }
     }
 
     /// Move an item to `to`: status index, the job's counts and the item record.
@@ -203,11 +207,22 @@ impl<'a> Tx<'a> {
         self.status_deltas[to.code() as usize] += 1;
         item.status = to;
         item.updated_at = self.now;
-        self.del(keys::status_key(from, &item.job_id, item.index));
-        self.put(
-            keys::status_key(to, &item.job_id, item.index),
-            status_value(item),
-        );
+        match (Index::of(from), Index::of(to)) {
+            // Claimed: the open entry stays as it is.
+            (Some(was), Some(is)) if was == is && to != ItemStatus::Queued => {}
+            (was, is) => {
+                if let Some(was) = was.filter(|was| Some(*was) != is) {
+                    self.del(keys::index_key(was, &item.job_id, item.index));
+                }
+                if let Some(is) = is {
+                    // Queued again after a run: the entry keeps its new `not_before`.
+                    self.put(
+                        keys::index_key(is, &item.job_id, item.index),
+                        index_value(item),
+                    );
+                }
+            }
+        }
         self.job_mut(&item.job_id)?.counts.moved(from, to);
         self.put_item(item);
         if !to.is_open() {
@@ -321,7 +336,7 @@ impl<'a> Tx<'a> {
 
 /// The status index keeps a queued item's `not_before`, so start-up can rebuild the
 /// ready queues without reading every item.
-fn status_value(item: &Item) -> IVec {
+fn index_value(item: &Item) -> IVec {
     match (item.status, item.not_before) {
         (ItemStatus::Queued, Some(t)) => IVec::from(&t.to_be_bytes()[..]),
         _ => IVec::default(),
