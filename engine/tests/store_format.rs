@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use faena::clock::Clock;
-use faena::model::{ErrorKind, Item, ItemStatus, JobStatus};
+use faena::model::{ErrorKind, ItemStatus, JobStatus};
 use faena::store::{ClaimRequest, Idempotency, Index, JobFilter, Outcome, Store, StoreOptions};
 use serde_json::json;
 
@@ -48,24 +48,30 @@ fn index_entries(store: &Path) -> Vec<Vec<u8>> {
 }
 
 /// Every item has the status index entry its status asks for and no other: none when
-/// succeeded, the one open entry when queued or running.
-fn assert_index_matches_records(store: &Path) {
+/// succeeded, the one open entry when queued or running. `entries` and `items` were read
+/// from the closed store (index entries, item keys); `store` is it opened again.
+fn assert_index_matches_records(entries: &[Vec<u8>], items: &[Vec<u8>], store: &Store) {
     let mut expected = Vec::new();
-    {
-        let db = sled::open(store).unwrap();
-        let tree = db.open_tree("faena").unwrap();
-        for kv in tree.scan_prefix(b"i") {
-            let (k, v) = kv.unwrap();
-            let item: Item = rmp_serde::from_slice(&v).unwrap();
-            if let Some(listed) = Index::of(item.status) {
-                let mut entry = vec![b's', listed.code()];
-                entry.extend_from_slice(&k[1..]);
-                expected.push(entry);
-            }
+    for k in items {
+        let job = std::str::from_utf8(&k[1..27]).unwrap();
+        let index = u64::from_be_bytes(k[27..].try_into().unwrap());
+        let item = store.item(&format!("{job}-{index}")).unwrap();
+        if let Some(listed) = Index::of(item.status) {
+            let mut entry = vec![b's', listed.code()];
+            entry.extend_from_slice(&k[1..]);
+            expected.push(entry);
         }
     }
     expected.sort();
-    assert_eq!(index_entries(store), expected);
+    assert_eq!(entries, expected);
+}
+
+fn item_keys(store: &Path) -> Vec<Vec<u8>> {
+    let db = sled::open(store).unwrap();
+    let tree = db.open_tree("faena").unwrap();
+    tree.scan_prefix(b"i")
+        .map(|kv| kv.unwrap().0.to_vec())
+        .collect()
 }
 
 async fn open(data: &Path) -> Store {
@@ -207,8 +213,12 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     let after = records_are_json(&data.join("store"));
     assert_eq!(after.len(), before.len(), "the same records");
     assert!(after.iter().all(|json| !*json), "rewritten: {after:?}");
-    assert_index_matches_records(&data.join("store"));
+    let (entries, keys) = (
+        index_entries(&data.join("store")),
+        item_keys(&data.join("store")),
+    );
     let store = open(&data).await;
+    assert_index_matches_records(&entries, &keys, &store);
     let again = store.items(&orders.id, None, None, None, 10).unwrap().items;
     assert_eq!(again[0], items[0]);
     assert_eq!(again[2].result, Some(json!({"order": "PO-78"})));

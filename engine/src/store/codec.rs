@@ -13,7 +13,8 @@
 //!
 //! Format 4 gives succeeded items no status index entry, and queued and running items
 //! one shared entry (`keys::Index`): going to 4 removes the succeeded entries and moves
-//! the running ones.
+//! the running ones. Its item records also leave out what their key says and use
+//! short names (`item_record`); older item records read as they are.
 
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -12,6 +12,7 @@ mod eventlog;
 mod fair;
 pub mod feed;
 pub mod idempotency;
+mod item_record;
 pub mod keys;
 mod ops;
 mod ready;
@@ -922,7 +923,7 @@ impl Store {
             .tree
             .get(key.item_key())?
             .ok_or_else(|| StoreError::not_found("item", id))?;
-        codec::decode(&raw)
+        item_record::decode(&key, &raw)
     }
 
     /// Jobs, newest first. `cursor` is the last job id of the previous page.
@@ -1059,11 +1060,11 @@ impl Store {
             }
             let key = keys::split_item_suffix(&k)
                 .ok_or_else(|| StoreError::Storage("corrupt item or index key".into()))?;
-            let item: Item = if k.first() == Some(&keys::ITEM) {
-                codec::decode(&v)?
+            let item = if k.first() == Some(&keys::ITEM) {
+                item_record::decode(&key, &v)?
             } else {
                 match self.tree.get(key.item_key())? {
-                    Some(raw) => codec::decode(&raw)?,
+                    Some(raw) => item_record::decode(&key, &raw)?,
                     None => {
                         last = Some(key);
                         continue;
@@ -1173,7 +1174,10 @@ impl Store {
     pub fn count_by_status(&self) -> Result<Vec<(ItemStatus, u64)>> {
         let mut counts = [0u64; ItemStatus::ALL.len()];
         for kv in self.tree.scan_prefix([keys::ITEM]) {
-            let item: Item = codec::decode(&kv?.1)?;
+            let (k, v) = kv?;
+            let key = keys::split_item_suffix(&k)
+                .ok_or_else(|| StoreError::Storage("corrupt item key".into()))?;
+            let item = item_record::decode(&key, &v)?;
             counts[item.status.code() as usize] += 1;
         }
         Ok(ItemStatus::ALL
@@ -1245,7 +1249,7 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
             let Some(raw) = tree.get(key.item_key())? else {
                 continue;
             };
-            let item: Item = codec::decode(&raw)?;
+            let item = item_record::decode(&key, &raw)?;
             if item.status == ItemStatus::Running {
                 *left -= 1;
                 ready.count_running(&key);

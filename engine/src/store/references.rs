@@ -82,7 +82,7 @@ pub(super) fn taken_in_tree(tree: &sled::Tree, job: &Job, reference: &str) -> Re
             .keys()
             .map(|k| k.map_err(StoreError::from)),
         |key| match tree.get(key.item_key())? {
-            Some(raw) => Ok(Some(super::codec::decode::<Item>(&raw)?)),
+            Some(raw) => Ok(Some(super::item_record::decode(key, &raw)?)),
             None => Ok(None),
         },
     )

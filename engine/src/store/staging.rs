@@ -242,7 +242,7 @@ impl Store {
                 }
                 writes.push((
                     keys::item_key(&item.job_id, index),
-                    super::codec::encode(&item),
+                    super::item_record::encode(&item),
                 ));
                 writes.push((keys::index_key(listed, &item.job_id, index), Vec::new()));
             }
@@ -334,7 +334,8 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
         let mut n: usize = 0;
         for kv in tree.scan_prefix(keys::item_prefix(&job.id)) {
             let (k, v) = kv?;
-            if let Ok(item) = super::codec::decode::<crate::model::Item>(&v)
+            if let Some(key) = keys::split_item_suffix(&k)
+                && let Ok(item) = super::item_record::decode(&key, &v)
                 && let Some(entry) = references::entry(job, &item)
             {
                 batch.remove(entry);

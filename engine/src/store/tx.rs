@@ -10,6 +10,7 @@ use sled::IVec;
 use super::codec;
 use super::error::{Result, StoreError};
 use super::feed::Published;
+use super::item_record;
 use super::keys::{self, Index, ItemKey};
 use crate::model::{Event, Item, ItemStatus, Job};
 
@@ -74,7 +75,7 @@ impl<'a> Tx<'a> {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
         if let Some(item) = self.items.get(key) {
-            return Ok(Some(codec::encode(item).into()));
+            return Ok(Some(item_record::encode(item).into()));
         }
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
@@ -179,7 +180,7 @@ impl<'a> Tx<'a> {
         let raw = self
             .get(&key.item_key())?
             .ok_or_else(|| StoreError::not_found("item", key.id()))?;
-        codec::decode(&raw)
+        item_record::decode(key, &raw)
     }
 
     pub fn put_item(&mut self, item: &Item) {
@@ -317,7 +318,8 @@ impl<'a> Tx<'a> {
     /// The command's writes with its items encoded, and the jobs it changed.
     pub fn finish(mut self) -> Finished {
         for (key, item) in std::mem::take(&mut self.items) {
-            self.writes.insert(key, Some(codec::encode(&item).into()));
+            self.writes
+                .insert(key, Some(item_record::encode(&item).into()));
         }
         let jobs = self
             .jobs
