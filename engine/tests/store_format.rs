@@ -38,11 +38,12 @@ fn records_are_json(store: &Path) -> Vec<bool> {
     out
 }
 
-/// Status index entries, their first two bytes (`s` and the entry's code) and the rest.
-fn index_entries(store: &Path) -> Vec<Vec<u8>> {
+/// The keys under `prefix` of a closed store: `s` for status index entries (`s`, the
+/// entry's code, the item's job and index), `i` for item records.
+fn keys_under(store: &Path, prefix: &[u8]) -> Vec<Vec<u8>> {
     let db = sled::open(store).unwrap();
     let tree = db.open_tree("faena").unwrap();
-    tree.scan_prefix(b"s")
+    tree.scan_prefix(prefix)
         .map(|kv| kv.unwrap().0.to_vec())
         .collect()
 }
@@ -64,14 +65,6 @@ fn assert_index_matches_records(entries: &[Vec<u8>], items: &[Vec<u8>], store: &
     }
     expected.sort();
     assert_eq!(entries, expected);
-}
-
-fn item_keys(store: &Path) -> Vec<Vec<u8>> {
-    let db = sled::open(store).unwrap();
-    let tree = db.open_tree("faena").unwrap();
-    tree.scan_prefix(b"i")
-        .map(|kv| kv.unwrap().0.to_vec())
-        .collect()
 }
 
 async fn open(data: &Path) -> Store {
@@ -97,7 +90,7 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     // Format 1 had an entry per status, succeeded items' too.
     let succeeded = ItemStatus::Succeeded.code();
     assert!(
-        index_entries(&data.join("store"))
+        keys_under(&data.join("store"), b"s")
             .iter()
             .any(|k| k[1] == succeeded)
     );
@@ -214,8 +207,8 @@ async fn a_data_directory_of_json_records_is_read_and_migrated() {
     assert_eq!(after.len(), before.len(), "the same records");
     assert!(after.iter().all(|json| !*json), "rewritten: {after:?}");
     let (entries, keys) = (
-        index_entries(&data.join("store")),
-        item_keys(&data.join("store")),
+        keys_under(&data.join("store"), b"s"),
+        keys_under(&data.join("store"), b"i"),
     );
     let store = open(&data).await;
     assert_index_matches_records(&entries, &keys, &store);

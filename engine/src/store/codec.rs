@@ -161,11 +161,12 @@ fn rewrite_json(tree: &sled::Tree) -> Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::Item;
 
-    fn item() -> Item {
+    /// An item as the API shows it, for the record tests here and in `item_record`.
+    pub(in crate::store) fn item() -> Item {
         Item {
             id: "01JX0000000000000000000000-3".into(),
             job_id: "01JX0000000000000000000000".into(),

@@ -177,45 +177,36 @@ pub fn decode(key: &ItemKey, raw: &[u8]) -> Result<Item> {
 mod tests {
     use super::*;
 
+    /// Every field filled, nested records too.
     fn item() -> Item {
-        Item {
-            id: "01JX0000000000000000000000-3".into(),
-            job_id: "01JX0000000000000000000000".into(),
-            tenant: "acme".into(),
-            index: 3,
-            plugin: "gsp".into(),
-            reference: Some("OC-3".into()),
-            input: serde_json::json!({"n": 3, "list": [1, "two", null]}),
-            status: ItemStatus::Failed,
-            attempt: 2,
-            max_attempts: 3,
-            not_before: Some(7),
-            lease: Some(Lease {
-                owner: "worker:a".into(),
-                token: 9,
-                expires_at: 11,
-            }),
-            attempts: vec![Attempt {
-                number: 1,
-                started_at: 1,
-                finished_at: Some(2),
-                owner: "worker:a".into(),
-                outcome: Some(ItemStatus::Queued),
-                error: Some(ItemError::application("down")),
-                resource: Some("r1".into()),
-            }],
-            steps: vec![Step {
-                name: "login".into(),
-                state: Some("page 2".into()),
-                attempt: 1,
-                at: 1,
-            }],
-            error: Some(ItemError::business("no")),
-            result: Some(serde_json::json!({"order": "PO-1"})),
+        let mut it = codec::tests::item();
+        it.status = ItemStatus::Failed;
+        it.attempt = 2;
+        it.not_before = Some(7);
+        it.lease = Some(Lease {
+            owner: "worker:a".into(),
+            token: 9,
+            expires_at: 11,
+        });
+        it.attempts = vec![Attempt {
+            number: 1,
+            started_at: 1,
+            finished_at: Some(2),
+            owner: "worker:a".into(),
+            outcome: Some(ItemStatus::Queued),
+            error: Some(ItemError::application("down")),
             resource: Some("r1".into()),
-            created_at: 1,
-            updated_at: 2,
-        }
+        }];
+        it.steps = vec![Step {
+            name: "login".into(),
+            state: Some("page 2".into()),
+            attempt: 1,
+            at: 1,
+        }];
+        it.error = Some(ItemError::business("no"));
+        it.result = Some(serde_json::json!({"order": "PO-1"}));
+        it.resource = Some("r1".into());
+        it
     }
 
     fn key() -> ItemKey {
