@@ -259,6 +259,35 @@ async fn an_operator_runs_a_batch_from_the_dashboard() {
     );
     shot(&page, "item").await;
 
+    // A search in a large job finds an item past the first pages the engine looks at:
+    // the page follows the cursor of a listing cut short.
+    let n = faena::store::SCAN_LIMIT + 5;
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({"reference": format!("R-{i}"), "input": {}}))
+        .collect();
+    let (status, big) = e
+        .post(
+            "/api/v1/jobs",
+            json!({"plugin": "noop", "start": false, "items": items}),
+        )
+        .await;
+    assert_eq!(status, 201, "{big}");
+    let last = format!("R-{}", n - 1);
+    visit(
+        &page,
+        &format!("#/jobs/{}?q={last}", big["id"].as_str().unwrap()),
+        &format!("[...document.querySelectorAll('#items tr[data-item-id] a')].some(a => a.textContent === '{last}')"),
+    )
+    .await;
+    assert_eq!(
+        eval(
+            &page,
+            "document.querySelectorAll('#items tr[data-item-id]').length"
+        )
+        .await,
+        json!(1)
+    );
+
     // A purchase order the portal refuses waits for review; send it back from the queue.
     let (status, review_job) = e
         .post(

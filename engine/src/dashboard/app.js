@@ -96,6 +96,24 @@ async function api(path, opts = {}) {
   return body;
 }
 
+/**
+ * Up to `limit` items of an item listing (`path` holds its filters), following
+ * `next_cursor`: a page of a rare status or reference can be cut short by the engine
+ * with a cursor to go on from. Answers the items and the cursor where it stopped.
+ */
+async function listItems(path, limit) {
+  const items = [];
+  let cursor = null;
+  do {
+    const q = new URLSearchParams({ limit: String(limit - items.length) });
+    if (cursor) q.set('cursor', cursor);
+    const page = await api(`${path}${path.includes('?') ? '&' : '?'}${q}`);
+    items.push(...page.items);
+    cursor = page.next_cursor || null;
+  } while (cursor && items.length < limit);
+  return { items, next_cursor: cursor };
+}
+
 /** Run `f` at most once per `ms`, the last call winning. */
 function throttle(f, ms) {
   let timer = null;
@@ -365,10 +383,10 @@ async function jobPage(id, params) {
         res));
   };
   const loadItems = async () => {
-    const q = new URLSearchParams({ limit: '500' });
+    const q = new URLSearchParams();
     if (filter.status) q.set('status', filter.status);
     if (filter.q) q.set('q', filter.q);
-    const page = await api(`/jobs/${id}/items?${q}`);
+    const page = await listItems(`/jobs/${id}/items${q.toString() ? `?${q}` : ''}`, 500);
     tbody.replaceChildren(...page.items.map((it) => el('tr', { dataset: { itemId: it.id, status: it.status } },
       el('td', { class: 'num' }, it.index),
       el('td', {}, el('a', { href: `#/items/${it.id}` }, it.reference || it.id)),
@@ -468,7 +486,7 @@ async function reviewPage() {
     },
   });
   const load = async () => {
-    const page = await api('/items?status=needs_review&limit=500');
+    const page = await listItems('/items?status=needs_review', 500);
     updateReviewBadge(page.items.length, page.next_cursor);
     bulk.disabled = true;
     all.checked = false;
@@ -774,8 +792,8 @@ window.addEventListener('DOMContentLoaded', async () => {
   connectFeed();
   route();
   if (!apiKey) return;
-  api('/items?status=needs_review&limit=500').then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});
+  listItems('/items?status=needs_review', 500).then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});
   onFeed(throttle(() => {
-    api('/items?status=needs_review&limit=500').then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});
+    listItems('/items?status=needs_review', 500).then((p) => updateReviewBadge(p.items.length, p.next_cursor)).catch(() => {});
   }, 2000));
 });
