@@ -79,12 +79,23 @@ pub struct Migrated {
     pub reindexed: u64,
 }
 
+/// Set in the marker, beside the format a migration started from, while it runs: an
+/// older engine reads a format newer than its own and refuses the half-migrated store,
+/// and the next start of this one finishes the migration.
+const MIGRATING: u32 = 1 << 31;
+
 /// Bring the tree to [`FORMAT`]: every JSON record rewritten as MessagePack and the
 /// status index brought to format 4, a chunk per batch, then the format recorded. Each
 /// step can be cut short by a crash and run again. A store of a newer format than this
 /// engine knows is refused rather than misread.
 pub fn migrate(tree: &sled::Tree) -> Result<Migrated> {
-    let format = stored_format(tree)?;
+    let mut format = stored_format(tree)?;
+    if format & MIGRATING != 0 && format & !MIGRATING < FORMAT {
+        format &= !MIGRATING;
+    } else if format < FORMAT {
+        tree.insert(FORMAT_KEY, &(format | MIGRATING).to_be_bytes())?;
+        tree.flush()?;
+    }
     if format > FORMAT {
         return Err(StoreError::Storage(format!(
             "the store is in format {format}, newer than this engine's {FORMAT}: \
@@ -288,5 +299,32 @@ pub(super) mod tests {
             ]
         );
         assert_eq!(stored_format(&tree).unwrap(), FORMAT);
+    }
+
+    #[test]
+    fn a_migration_cut_short_is_refused_by_older_engines_and_finished_by_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("faena").unwrap();
+        let job = "01JX0000000000000000000000";
+        let mut running = vec![keys::STATUS, ItemStatus::Running.code()];
+        running.extend_from_slice(job.as_bytes());
+        running.extend_from_slice(&5u64.to_be_bytes());
+        tree.insert(&running, &b""[..]).unwrap();
+        // What a crash in the middle of going from format 3 leaves.
+        tree.insert(FORMAT_KEY, &(3 | MIGRATING).to_be_bytes())
+            .unwrap();
+        assert!(
+            stored_format(&tree).unwrap() > 3,
+            "an engine of format 3 reads a newer format and refuses the store"
+        );
+        assert_eq!(migrate(&tree).unwrap().reindexed, 1);
+        assert_eq!(stored_format(&tree).unwrap(), FORMAT);
+        assert!(tree.get(&running).unwrap().is_none());
+        assert!(
+            tree.get(keys::index_key(Index::Open, job, 5))
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -1264,6 +1264,13 @@ fn recover(tree: &sled::Tree, shared: &Shared, now: i64) -> Result<(Ready, u64, 
         }
         ready.push(key, tx::decode_not_before(&v), now);
     }
+    for (job, left) in running.iter().filter(|(_, left)| **left > 0) {
+        warn!(
+            job,
+            missing = left,
+            "the job counts more running items than its index holds"
+        );
+    }
     for st in ItemStatus::ALL {
         shared
             .metrics
