@@ -124,9 +124,10 @@ fn reindex(tree: &sled::Tree) -> Result<u64> {
     for status in [ItemStatus::Running, ItemStatus::Succeeded] {
         let mut batch = sled::Batch::default();
         let mut pending: u64 = 0;
+        let listed = Index::of(status);
         for kv in tree.scan_prefix([keys::STATUS, status.code()]) {
             let (k, _) = kv?;
-            if let Some(listed) = Index::of(status) {
+            if let Some(listed) = listed {
                 let mut moved = k.to_vec();
                 moved[1] = listed.code();
                 batch.insert(moved, Vec::new());
@@ -250,30 +251,33 @@ pub(super) mod tests {
         assert!(matches!(migrate(&tree), Err(StoreError::Storage(m)) if m.contains("newer")));
     }
 
+    /// A status index entry of format 3 and before: an entry per status.
+    fn entry_of_status(status: ItemStatus, job: &str, index: u64) -> Vec<u8> {
+        let mut k = vec![keys::STATUS, status.code()];
+        k.extend_from_slice(job.as_bytes());
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+
     #[test]
     fn migrate_drops_succeeded_entries_and_moves_running_ones_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("faena").unwrap();
         let job = "01JX0000000000000000000000";
-        let entry = |code: u8, index: u64| {
-            let mut k = vec![keys::STATUS, code];
-            k.extend_from_slice(job.as_bytes());
-            k.extend_from_slice(&index.to_be_bytes());
-            k
-        };
+        let entry = |status: ItemStatus, index: u64| entry_of_status(status, job, index);
         // Format 3: one entry per status; a queued item keeps its `not_before`.
         let not_before = 1_700_000_000_000i64.to_be_bytes();
-        tree.insert(entry(ItemStatus::Queued.code(), 0), &not_before[..])
+        tree.insert(entry(ItemStatus::Queued, 0), &not_before[..])
             .unwrap();
-        tree.insert(entry(ItemStatus::Running.code(), 1), &b""[..])
+        tree.insert(entry(ItemStatus::Running, 1), &b""[..])
             .unwrap();
         // More succeeded entries than one batch holds.
         for index in 2..(2 + MIGRATE_CHUNK + 10) {
-            tree.insert(entry(ItemStatus::Succeeded.code(), index), &b""[..])
+            tree.insert(entry(ItemStatus::Succeeded, index), &b""[..])
                 .unwrap();
         }
-        tree.insert(entry(ItemStatus::Failed.code(), 9_999), &b""[..])
+        tree.insert(entry(ItemStatus::Failed, 9_999), &b""[..])
             .unwrap();
         tree.insert(FORMAT_KEY, &3u32.to_be_bytes()).unwrap();
         assert_eq!(
@@ -307,9 +311,7 @@ pub(super) mod tests {
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("faena").unwrap();
         let job = "01JX0000000000000000000000";
-        let mut running = vec![keys::STATUS, ItemStatus::Running.code()];
-        running.extend_from_slice(job.as_bytes());
-        running.extend_from_slice(&5u64.to_be_bytes());
+        let running = entry_of_status(ItemStatus::Running, job, 5);
         tree.insert(&running, &b""[..]).unwrap();
         // What a crash in the middle of going from format 3 leaves.
         tree.insert(FORMAT_KEY, &(3 | MIGRATING).to_be_bytes())

@@ -189,13 +189,9 @@ pub(super) fn initial_status(job: &Job) -> ItemStatus {
     }
 }
 
-/// The index entry of a new item of `job` (its status is [`initial_status`]).
+/// The index entry of a new item of `job`, the one of [`initial_status`].
 pub(super) fn initial_index(job: &Job) -> Index {
-    if job.status == JobStatus::Pending {
-        Index::Pending
-    } else {
-        Index::Open
-    }
+    Index::of(initial_status(job)).expect("a new item is pending or queued, both indexed")
 }
 
 /// Item `index` of `job`, as it is first stored: every item of every job is made here.

@@ -100,14 +100,6 @@ pub enum Index {
 }
 
 impl Index {
-    pub const ALL: [Index; 5] = [
-        Index::Pending,
-        Index::Open,
-        Index::Failed,
-        Index::NeedsReview,
-        Index::Cancelled,
-    ];
-
     /// The entry of an item in `status`, if it has one.
     pub fn of(status: ItemStatus) -> Option<Index> {
         match status {

@@ -334,14 +334,13 @@ pub(super) fn discard_unfinished(tree: &sled::Tree) -> Result<usize> {
         let mut n: usize = 0;
         for kv in tree.scan_prefix(keys::item_prefix(&job.id)) {
             let (k, v) = kv?;
-            if let Some(key) = keys::split_item_suffix(&k)
-                && let Ok(item) = super::item_record::decode(&key, &v)
-                && let Some(entry) = references::entry(job, &item)
-            {
-                batch.remove(entry);
-            }
             if let Some(key) = keys::split_item_suffix(&k) {
-                batch.remove(keys::index_key(listed, &key.job, key.index));
+                if let Ok(item) = super::item_record::decode(&key, &v)
+                    && let Some(entry) = references::entry(job, &item)
+                {
+                    batch.remove(entry);
+                }
+                batch.remove(key.index_key(listed));
             }
             batch.remove(k);
             n += 1;
