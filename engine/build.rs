@@ -14,11 +14,16 @@ const BUILTIN: &[&str] = &[
 fn main() {
     let built = build_guests(BUILTIN);
     let mut code = String::from(
-        "/// Built-in plugin components, embedded at build time: (name, component bytes).\npub const BUILTIN: &[(&str, &[u8])] = &[\n",
+        "/// Built-in plugin components, embedded at build time: (name, component bytes,\n/// their SHA-256 in hex).\npub const BUILTIN: &[(&str, &[u8], &str)] = &[\n",
     );
     for (name, path) in &built {
+        // Hashed here, not at each start: hashing them would page in every built-in
+        // component of the binary, and an engine compiles only the ones it runs.
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         code.push_str(&format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
+            "    ({name:?}, include_bytes!({:?}), {hex:?}),\n",
             path.display().to_string()
         ));
     }

@@ -210,7 +210,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // that clients see the running items finish.
     let stop_claiming = CancellationToken::new();
     let shutdown = CancellationToken::new();
-    let runtime = faena::runtime::start(&config, &store).await?;
+    // Plugins seen for the first time are compiled in a child process of this binary:
+    // the compiler's code and memory never become part of the serving engine.
+    let describe = match std::env::current_exe() {
+        Ok(exe) => faena::runtime::Describe::Child(exe),
+        Err(_) => faena::runtime::Describe::Here,
+    };
+    let runtime = faena::runtime::start(&config, &store, describe).await?;
     let sessions = faena::sessions::Sessions::start(
         store.clone(),
         runtime.clone(),

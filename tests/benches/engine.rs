@@ -134,7 +134,7 @@ async fn runtime(
         Some(store.secrets().unwrap()),
     )
     .unwrap();
-    rt.load_all().await.unwrap();
+    rt.load_all(faena::runtime::Describe::Here).await.unwrap();
     rt
 }
 

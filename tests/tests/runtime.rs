@@ -990,3 +990,93 @@ async fn http_redirects_stay_inside_the_grants() {
     assert!(!sent.contains(&"authorization".to_owned()), "{sent:?}");
     assert!(!sent.contains(&"cookie".to_owned()), "{sent:?}");
 }
+
+/// A first start compiles and describes the plugins in a child process of the binary
+/// (so that the serving engine never runs the compiler) and keeps what it learned; a
+/// later start reads it. An installed component that cannot be described is still
+/// refused by the engine itself, by its file, and the others serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_describes_plugins_in_a_child_and_a_later_start_reads_them() {
+    use common::process::Faena;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("engine/plugins/broken/1.0.0.wasm");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, b"not a component").unwrap();
+    let mut faena = Faena::configured(dir.path(), "[browser]\nenabled = false\n").await;
+    let log_path = faena.data.join("faena.log");
+    let log = plain_log(&log_path);
+    // Five built-ins and the broken one; the child's own report names the broken file.
+    assert!(
+        log.contains("in a child process") && log.contains("plugins=6"),
+        "{log}"
+    );
+    assert!(log.contains("cannot describe"), "the child reports: {log}");
+    assert!(
+        log.contains("an installed plugin could not be loaded") && log.contains("1.0.0.wasm"),
+        "{log}"
+    );
+    let described = std::fs::read_dir(faena.data.join("cache/described"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert_eq!(described, 5, "one description per built-in");
+    let plugins = faena.get("/api/v1/plugins").await;
+    let names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in ["noop", "ultimus", "gsp", "sunat", "whatsapp"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    // The serving engine compiles on first use, from the code the child left.
+    let (status, job) = faena
+        .post(
+            "/api/v1/jobs",
+            &json!({"plugin": "noop", "items": [{"input": {"n": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while faena.job(id).await["status"] != "completed" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            faena.job(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(faena.job(id).await["counts"]["succeeded"], 1);
+    assert!(faena.terminate(30).await.success());
+
+    // A later start: only the broken component is still without a description.
+    std::fs::write(&log_path, b"").unwrap();
+    let config = dir.path().join("faena.toml");
+    let url = faena.url.clone();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    drop(faena);
+    let faena = Faena::start(&config, &dir.path().join("engine"), port);
+    faena.ready().await;
+    let log = plain_log(&log_path);
+    assert!(log.contains("plugins=1"), "{log}");
+    let plugins = faena.get("/api/v1/plugins").await;
+    assert_eq!(plugins["plugins"].as_array().unwrap().len(), 5, "{plugins}");
+}
+
+/// The engine's log without its colours.
+fn plain_log(path: &std::path::Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap();
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw.as_str();
+    while let Some(at) = rest.find('\x1b') {
+        out.push_str(&rest[..at]);
+        rest = rest[at..].split_once('m').map_or("", |(_, after)| after);
+    }
+    out.push_str(rest);
+    out
+}

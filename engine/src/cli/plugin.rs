@@ -54,6 +54,15 @@ pub enum PluginCommand {
     /// Run one item of a plugin here, with no server: steps, logs and the result are
     /// printed, files saved to `--out`.
     Run(RunArgs),
+    /// Compile and describe the built-in and installed plugins that have no kept
+    /// description, into the caches `faena serve` reads (it runs this on a first start).
+    #[command(hide = true)]
+    Describe {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        plugin_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +112,10 @@ pub async fn run_plugin(command: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::Install { file, remote } => install(&remote.client(), &file).await,
         PluginCommand::Run(args) => run(args).await,
+        PluginCommand::Describe {
+            cache_dir,
+            plugin_dir,
+        } => Ok(crate::runtime::describe_into_cache(cache_dir, plugin_dir).await?),
     }
 }
 

@@ -55,8 +55,8 @@ mod builtin {
 pub fn builtin_component(name: &str) -> Option<&'static [u8]> {
     builtin::BUILTIN
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, bytes)| *bytes)
+        .find(|(n, ..)| *n == name)
+        .map(|(_, bytes, _)| *bytes)
 }
 
 /// The SHA-256 of a component, hex: how workers check what they fetched.
@@ -250,7 +250,15 @@ impl Runtime {
     /// and compiled on first use: an engine that starts with many plugins, most of
     /// them idle, neither compiles nor instantiates them until it runs them.
     pub async fn load(&self, bytes: &[u8], source: Source) -> Result<PluginMeta, RuntimeError> {
-        let sha256 = sha256_hex(bytes);
+        self.load_hashed(bytes, sha256_hex(bytes), source).await
+    }
+
+    async fn load_hashed(
+        &self,
+        bytes: &[u8],
+        sha256: String,
+        source: Source,
+    ) -> Result<PluginMeta, RuntimeError> {
         if let Some(info) = Described::cached(&self.options.cache_dir, &sha256)
             && self.fits_unchecked(&info.name)?
         {
@@ -486,42 +494,37 @@ impl Runtime {
             .map_err(|e| RuntimeError::Invalid(format!("describe failed: {e:#}")))
     }
 
-    /// Load the built-in plugins and those uploaded earlier.
-    pub async fn load_all(&self) -> Result<(), RuntimeError> {
-        for (name, bytes) in builtin::BUILTIN {
-            self.load(bytes, Source::Builtin(bytes))
-                .await
-                .map_err(|e| RuntimeError::Plugin {
-                    name: (*name).to_owned(),
-                    message: e.to_string(),
-                })?;
+    /// Load the built-in plugins and those uploaded earlier. Components with no kept
+    /// description are described by `describe` first.
+    pub async fn load_all(&self, describe: Describe) -> Result<(), RuntimeError> {
+        let components = installed_components(&self.options.plugin_dir)?;
+        let undescribed = components
+            .iter()
+            .filter(|c| Described::cached(&self.options.cache_dir, &c.sha256).is_none())
+            .count();
+        if let (Describe::Child(exe), 1..) = (&describe, undescribed) {
+            // Whatever the child could not describe is described here below, with the
+            // error a user sees: the child only saves this process the compiler.
+            describe_in_child(exe, &self.options, undescribed).await;
         }
-        let Ok(dirs) = std::fs::read_dir(&self.options.plugin_dir) else {
-            return Ok(());
-        };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-        for dir in dirs.flatten() {
-            for f in std::fs::read_dir(dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let path = f.path();
-                if path.extension().is_some_and(|e| e == "wasm") {
-                    let modified = f
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH);
-                    files.push((modified, path));
+        for c in components {
+            match c.component {
+                Installable::Builtin(bytes) => self
+                    .load_hashed(bytes, c.sha256, Source::Builtin(bytes))
+                    .await
+                    .map(drop)
+                    .map_err(|e| RuntimeError::Plugin {
+                        name: c.name,
+                        message: e.to_string(),
+                    })?,
+                Installable::File(path, bytes) => {
+                    let loaded = self
+                        .load_hashed(&bytes, c.sha256, Source::File(path.clone()))
+                        .await;
+                    if let Err(e) = loaded {
+                        warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
+                    }
                 }
-            }
-        }
-        files.sort();
-        for (_, path) in files {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))?;
-            if let Err(e) = self.load(&bytes, Source::File(path.clone())).await {
-                warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
             }
         }
         Ok(())
@@ -858,10 +861,146 @@ impl Executor for WasmExecutor {
 
 /// Build the runtime for `faena serve`: artifacts and secrets next to the store,
 /// compiled-code cache and uploaded plugins in the data directory, built-ins loaded.
-pub async fn start(config: &Config, store: &Store) -> Result<Arc<Runtime>, RuntimeError> {
+pub async fn start(
+    config: &Config,
+    store: &Store,
+    describe: Describe,
+) -> Result<Arc<Runtime>, RuntimeError> {
     let rt = prepare(config, store, config.data_dir.join("cache"))?;
-    rt.load_all().await?;
+    rt.load_all(describe).await?;
     Ok(rt)
+}
+
+/// Where the components a start has no kept description of are compiled and described.
+pub enum Describe {
+    /// In this process.
+    Here,
+    /// In a child process of this binary (`exe`), which leaves the description and the
+    /// compiled code in the caches for this one to read. Compiling leaves the compiler's
+    /// code paged in and its freed memory with the allocator of the process that did
+    /// it; an engine that serves for weeks after its first start should not carry that.
+    Child(PathBuf),
+}
+
+/// A component to load at start: built in, or installed in the plugin folder.
+struct Installed {
+    name: String,
+    component: Installable,
+    sha256: String,
+}
+
+enum Installable {
+    Builtin(&'static [u8]),
+    File(PathBuf, Vec<u8>),
+}
+
+impl Installed {
+    fn bytes(&self) -> &[u8] {
+        match &self.component {
+            Installable::Builtin(bytes) => bytes,
+            Installable::File(_, bytes) => bytes,
+        }
+    }
+}
+
+/// The built-in components, then the installed ones in the order they were installed.
+fn installed_components(plugin_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
+    let mut all: Vec<Installed> = builtin::BUILTIN
+        .iter()
+        .map(|(name, bytes, sha256)| Installed {
+            name: (*name).to_owned(),
+            component: Installable::Builtin(bytes),
+            sha256: (*sha256).to_owned(),
+        })
+        .collect();
+    let Ok(dirs) = std::fs::read_dir(plugin_dir) else {
+        return Ok(all);
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for dir in dirs.flatten() {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = f.path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                let modified = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                files.push((modified, path));
+            }
+        }
+    }
+    files.sort();
+    for (_, path) in files {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))?;
+        all.push(Installed {
+            name: path.display().to_string(),
+            sha256: sha256_hex(&bytes),
+            component: Installable::File(path, bytes),
+        });
+    }
+    Ok(all)
+}
+
+/// What `faena` is given to describe into the caches (`faena plugin describe`).
+const DESCRIBE_COMMAND: [&str; 2] = ["plugin", "describe"];
+
+async fn describe_in_child(exe: &Path, options: &RuntimeOptions, undescribed: usize) {
+    info!(
+        plugins = undescribed,
+        "describing the plugins with no kept description, in a child process"
+    );
+    let status = tokio::process::Command::new(exe)
+        .args(DESCRIBE_COMMAND)
+        .arg("--cache-dir")
+        .arg(&options.cache_dir)
+        .arg("--plugin-dir")
+        .arg(&options.plugin_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => warn!(status = %s, "describing in a child process failed; describing here"),
+        Err(e) => {
+            warn!(error = %e, exe = %exe.display(), "cannot start a child process to describe plugins; describing here")
+        }
+    }
+}
+
+/// `faena plugin describe`: compile and describe every component in `plugin_dir` and
+/// built in that has no kept description, keeping both in `cache_dir` for `faena serve`.
+/// A component that fails is reported and left for `faena serve` to refuse.
+pub async fn describe_into_cache(
+    cache_dir: PathBuf,
+    plugin_dir: PathBuf,
+) -> Result<(), RuntimeError> {
+    let rt = Runtime::new(
+        RuntimeOptions {
+            cache_dir,
+            plugin_dir,
+            plugins: BTreeMap::new(),
+            chromium: None,
+        },
+        None,
+        None,
+    )?;
+    for c in installed_components(&rt.options.plugin_dir)? {
+        if Described::cached(&rt.options.cache_dir, &c.sha256).is_some() {
+            continue;
+        }
+        match rt.prepare(c.bytes()).await {
+            Ok((_, info)) => info.keep(&rt.options.cache_dir, &c.sha256),
+            Err(e) => warn!(plugin = %c.name, error = %e, "cannot describe"),
+        }
+    }
+    Ok(())
 }
 
 /// The runtime of `config` on `store`, with no plugin loaded yet; compiled components
@@ -899,4 +1038,15 @@ pub fn prepare(
         Some(artifacts),
         Some(secrets),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_built_in_components_hashes_are_theirs() {
+        assert!(!super::builtin::BUILTIN.is_empty());
+        for (name, bytes, sha256) in super::builtin::BUILTIN {
+            assert_eq!(super::sha256_hex(bytes), *sha256, "{name}");
+        }
+    }
 }
