@@ -824,3 +824,40 @@ async fn a_listing_of_a_rare_status_is_cut_short_with_a_cursor() {
     assert_eq!(across.items.len(), 1);
     e.stop().await;
 }
+
+/// A page of jobs has a cursor exactly when another job of the filter follows: the
+/// last page, even a full one, has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_page_of_jobs_has_no_cursor_even_when_full() {
+    let e = engine(None, 1).await;
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let tenant = if i % 2 == 0 { "acme" } else { "other" };
+        let job = e
+            .store
+            .create_job(tenant, new_job("p", vec![json!(i)]), None)
+            .await
+            .unwrap();
+        if tenant == "acme" {
+            mine.push(job.id);
+        }
+    }
+    mine.reverse(); // newest first
+    let acme = faena::store::JobFilter {
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let all = e.store.jobs(&acme, None, 3).unwrap();
+    let ids: Vec<_> = all.items.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(ids, mine);
+    assert_eq!(all.next, None, "three of three: the last page");
+    let first = e.store.jobs(&acme, None, 2).unwrap();
+    assert_eq!(first.items.len(), 2);
+    let cursor = first.next.expect("a third job follows");
+    let second = e.store.jobs(&acme, Some(&cursor), 2).unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].id, mine[2]);
+    assert_eq!(second.next, None);
+    let everyone = e.store.jobs(&Default::default(), None, 5).unwrap();
+    assert_eq!((everyone.items.len(), everyone.next), (5, None));
+}

@@ -949,16 +949,18 @@ impl Store {
                     .as_ref()
                     .is_none_or(|s| job.schedule.as_ref().is_some_and(|js| js.id == *s));
             if keep {
-                out.push(job);
                 if out.len() == limit {
-                    break;
+                    // Another job follows: the page is not the last one.
+                    let next = out.last().map(|j: &Job| j.id.clone());
+                    return Ok(Page { items: out, next });
                 }
+                out.push(job);
             }
         }
-        let next = (out.len() == limit)
-            .then(|| out.last().map(|j| j.id.clone()))
-            .flatten();
-        Ok(Page { items: out, next })
+        Ok(Page {
+            items: out,
+            next: None,
+        })
     }
 
     /// Items of a job in index order, optionally of one status or matching a reference
