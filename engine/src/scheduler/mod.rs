@@ -197,9 +197,16 @@ pub async fn run_on(
                                 pools: &pools,
                                 shutdown: &stop_runs,
                             };
-                            run.one(&*executor, task, cancel).await;
-                            drop(permit);
-                            freed.notify_one();
+                            run.one(
+                                &*executor,
+                                task,
+                                cancel,
+                                Slot {
+                                    permit,
+                                    freed: &freed,
+                                },
+                            )
+                            .await;
                         });
                     }
                 }
@@ -248,6 +255,20 @@ pub async fn run_on(
     info!("dispatcher stopped");
 }
 
+/// A run's place among the engine's `concurrency`, given back when its plugin code is
+/// done: the outcome's commit does not hold it.
+struct Slot<'a> {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    freed: &'a Notify,
+}
+
+impl Slot<'_> {
+    fn free(self) {
+        drop(self.permit);
+        self.freed.notify_one();
+    }
+}
+
 /// What one run shares with the dispatcher.
 struct Run<'a> {
     queue: &'a Arc<dyn Queue>,
@@ -259,7 +280,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn one(&self, executor: &dyn Executor, task: ClaimedItem, cancel: CancellationToken) {
+    async fn one(
+        &self,
+        executor: &dyn Executor,
+        task: ClaimedItem,
+        cancel: CancellationToken,
+        slot: Slot<'_>,
+    ) {
         let queue = self.queue;
         let id = task.item.id.clone();
         let token = task.lease_token;
@@ -285,6 +312,7 @@ impl Run<'_> {
                 _ = cancel.cancelled() => {
                     self.leases.remove(&id, token);
                     self.stopped(&id, token).await;
+                    slot.free();
                     return;
                 }
             },
@@ -313,10 +341,22 @@ impl Run<'_> {
         queue.record_run(&plugin, started.elapsed());
         let Some(outcome) = outcome else {
             self.stopped(&id, token).await;
+            slot.free();
             return;
         };
         self.running.lock().expect("running lock").remove(&id);
-        match queue.complete(&id, token, outcome, resource).await {
+        // The outcome goes to the store before the slot is given back: the claim the
+        // freed slot makes then follows it, often into the same commit, and sees the
+        // plugin's and tenant's running counts without this item. Only then is the
+        // commit awaited, so that a slot waits for one commit per item, not two.
+        let mut completing = queue.complete(&id, token, outcome, resource);
+        let first = futures_util::poll!(&mut completing);
+        slot.free();
+        let completed = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => completing.await,
+        };
+        match completed {
             Ok(()) => {}
             Err(StoreError::StaleLease { reason, .. }) => {
                 info!(item = %id, %reason, "result discarded: the lease was lost")
