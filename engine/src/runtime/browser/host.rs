@@ -3,9 +3,13 @@
 
 use base64::Engine as _;
 use chromiumoxide::Page;
-use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
+use chromiumoxide::cdp::browser_protocol::page::{
+    CaptureScreenshotFormat, EventDomContentEventFired,
+};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::listeners::EventStream;
 use chromiumoxide::page::ScreenshotParams;
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tracing::warn;
 use wasmtime::component::Resource;
@@ -143,11 +147,19 @@ impl Host for ItemState {
 struct Mark {
     from: String,
     nonce: String,
+    /// The page's `DOMContentLoaded` events from before the mark on: a wait for the
+    /// next document checks as soon as one has loaded, not at its next poll.
+    loaded: Option<EventStream<EventDomContentEventFired>>,
 }
 
 /// Mark the current document with a mark of its own (a document restored from the
 /// back/forward cache still carries an earlier one) and note its address.
 async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
+    // Without the events (the browser's connection is going) the wait only polls.
+    let loaded = page
+        .event_listener::<EventDomContentEventFired>()
+        .await
+        .ok();
     let nonce = ulid::Ulid::new().to_string();
     let from = eval(
         page,
@@ -157,6 +169,7 @@ async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
     Ok(Mark {
         from: from.as_str().unwrap_or_default().to_owned(),
         nonce,
+        loaded,
     })
 }
 
@@ -165,7 +178,7 @@ async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
 /// it was) one at another address.
 async fn new_document(
     page: &Page,
-    mark: &Mark,
+    mark: Mark,
     timeout_ms: u32,
     after: &str,
 ) -> Result<(), PluginError> {
@@ -179,18 +192,31 @@ async fn new_document(
         js,
         timeout_ms,
         &format!("no new page loaded after {after}"),
+        mark.loaded,
     )
     .await
 }
 
+/// A wait woken by nothing but its poll.
+const NO_EVENTS: Option<EventStream<EventDomContentEventFired>> = None;
+
+/// How often a wait checks its condition. An event in `wake` makes it check at once.
+const POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Wait, at most `timeout_ms`, until `js` evaluates to true; `what` says what was
-/// awaited when it does not.
-async fn wait_until(
+/// awaited when it does not. Checks every [`POLL`], and at once on each event of
+/// `wake`: a poll alone left a page that had loaded waiting for the rest of the
+/// interval, at every navigation of a flow.
+async fn wait_until<E>(
     page: &Page,
     js: String,
     timeout_ms: u32,
     what: &str,
-) -> Result<(), PluginError> {
+    mut wake: Option<EventStream<E>>,
+) -> Result<(), PluginError>
+where
+    E: chromiumoxide::cdp::IntoEventKind + Unpin + std::fmt::Debug,
+{
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
     loop {
@@ -206,7 +232,15 @@ async fn wait_until(
             e.code = Some("timeout".into());
             return Err(e);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        match wake.as_mut() {
+            Some(events) => tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                event = events.next() => if event.is_none() {
+                    wake = None; // the page is gone: the next check says so
+                },
+            },
+            None => tokio::time::sleep(POLL).await,
+        }
     }
 }
 
@@ -279,7 +313,7 @@ impl HostPage for ItemState {
         if let Err(e) = click(&page, &selector).await {
             return Ok(Err(e));
         }
-        Ok(new_document(&page, &mark, timeout_ms, &format!("clicking `{selector}`")).await)
+        Ok(new_document(&page, mark, timeout_ms, &format!("clicking `{selector}`")).await)
     }
 
     async fn select(
@@ -315,7 +349,7 @@ impl HostPage for ItemState {
         let page = self.page(&h)?;
         let js = format!("!!document.querySelector({})", lit(&selector));
         let what = format!("`{selector}` did not appear");
-        Ok(wait_until(&page, js, timeout_ms, &what).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
     }
 
     async fn exists(&mut self, h: Resource<PageHandle>, selector: String) -> Res<bool> {
@@ -619,13 +653,7 @@ impl HostPage for ItemState {
         if let Err(e) = eval(&page, "setTimeout(() => location.reload(), 0)".into()).await {
             return Ok(Err(e));
         }
-        Ok(new_document(
-            &page,
-            &mark,
-            COMMAND_TIMEOUT.as_millis() as u32,
-            "reloading",
-        )
-        .await)
+        Ok(new_document(&page, mark, COMMAND_TIMEOUT.as_millis() as u32, "reloading").await)
     }
 
     async fn go_back(&mut self, h: Resource<PageHandle>) -> Res<()> {
@@ -651,7 +679,7 @@ impl HostPage for ItemState {
         }
         Ok(new_document(
             &page,
-            &mark,
+            mark,
             COMMAND_TIMEOUT.as_millis() as u32,
             "going back",
         )
@@ -667,7 +695,7 @@ impl HostPage for ItemState {
         let page = self.page(&h)?;
         let js = format!("location.href.includes({})", lit(&part));
         let what = format!("the URL did not come to contain `{part}`");
-        Ok(wait_until(&page, js, timeout_ms, &what).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
     }
 
     async fn wait_for_text(
@@ -684,7 +712,7 @@ impl HostPage for ItemState {
             lit(&text)
         );
         let what = format!("`{selector}` did not come to show `{text}`");
-        Ok(wait_until(&page, js, timeout_ms, &what).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
     }
 
     async fn hover(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
