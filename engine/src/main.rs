@@ -104,7 +104,7 @@ async fn main() -> ExitCode {
         matches!(cli.command, Command::Plugin { .. }),
     );
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, cli.log_format).await,
         Command::Worker(args) => faena::worker::run(args.options(), signal()).await,
         Command::Jobs { remote, command } => faena::cli::run_jobs(&remote.client(), command)
             .await
@@ -133,7 +133,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let returning = start_up_memory::begin();
     let config = Config::load(
         args.config.as_deref(),
@@ -210,10 +210,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // that clients see the running items finish.
     let stop_claiming = CancellationToken::new();
     let shutdown = CancellationToken::new();
-    // Plugins seen for the first time are compiled in a child process of this binary:
-    // the compiler's code and memory never become part of the serving engine.
+    // Plugins seen for the first time are compiled in a child process of this binary,
+    // so that a first start does not leave the compiler's code and memory in the engine.
     let describe = match std::env::current_exe() {
-        Ok(exe) => faena::runtime::Describe::Child(exe),
+        Ok(exe) => faena::runtime::Describe::Child {
+            exe,
+            json_logs: matches!(log_format, LogFormat::Json),
+        },
         Err(_) => faena::runtime::Describe::Here,
     };
     let runtime = faena::runtime::start(&config, &store, describe).await?;

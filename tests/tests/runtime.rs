@@ -1011,6 +1011,17 @@ async fn a_first_start_describes_plugins_in_a_child_and_a_later_start_reads_them
         "{log}"
     );
     assert!(log.contains("cannot describe"), "the child reports: {log}");
+    // The engine itself compiled none of them: each was registered from the child's
+    // description, and nothing was described here.
+    for name in ["noop", "ultimus", "gsp", "sunat", "whatsapp"] {
+        let loaded = format!("plugin loaded plugin={name} ");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&loaded) && l.contains("compiled=false")),
+            "{name} registered from its description: {log}"
+        );
+    }
+    assert!(!log.contains("describing here"), "{log}");
     assert!(
         log.contains("an installed plugin could not be loaded") && log.contains("1.0.0.wasm"),
         "{log}"
@@ -1052,6 +1063,7 @@ async fn a_first_start_describes_plugins_in_a_child_and_a_later_start_reads_them
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(faena.job(id).await["counts"]["succeeded"], 1);
+    assert!(plain_log(&log_path).contains("compiling on first use plugin=noop"));
     assert!(faena.terminate(30).await.success());
 
     // A later start: only the broken component is still without a description.

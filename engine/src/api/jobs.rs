@@ -44,7 +44,9 @@ pub enum Tag {
 #[oai(skip_serializing_if_is_none)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
-    /// Pass as `cursor` to get the next page; absent on the last one.
+    /// Pass as `cursor` to get the next page; absent on the last one. A full page of a
+    /// rare filter can have a cursor and the next page be empty: after a full page, a
+    /// bounded number of further jobs is looked at.
     pub next_cursor: Option<String>,
 }
 

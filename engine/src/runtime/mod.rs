@@ -121,6 +121,9 @@ impl Drop for Runtime {
 /// the engine (a TLB shootdown), which cost most when the API's threads were busy.
 const KEEP_RESIDENT: usize = 4 << 20;
 
+/// Where wasmtime keeps compiled code, under the runtime's cache folder.
+const COMPILED_DIR: &str = "compiled";
+
 fn wasm_config(cache_dir: &Path) -> Result<WasmConfig, RuntimeError> {
     let mut config = WasmConfig::new();
     config.epoch_interruption(true);
@@ -135,7 +138,9 @@ fn wasm_config(cache_dir: &Path) -> Result<WasmConfig, RuntimeError> {
         .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let mut cache = CacheConfig::new();
-    cache.with_directory(cache_dir);
+    // A folder of its own: wasmtime's cleanup deletes whatever it does not recognise in
+    // its folder, and the plugins' descriptions live beside it.
+    cache.with_directory(cache_dir.join(COMPILED_DIR));
     let cache = Cache::new(cache).map_err(|e| {
         RuntimeError::Engine(format!("compile cache in {}: {e}", cache_dir.display()))
     })?;
@@ -153,6 +158,9 @@ impl Runtime {
             Grants::from_config(name, Some(cfg))?;
         }
         std::fs::create_dir_all(&options.cache_dir).map_err(|e| RuntimeError::Io(e.to_string()))?;
+        // Compiled code of releases that kept it in the cache folder itself: never read
+        // again, and in the way of nothing but the disk.
+        let _ = std::fs::remove_dir_all(options.cache_dir.join("modules"));
         let engine = Engine::new(&wasm_config(&options.cache_dir)?)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
@@ -283,7 +291,10 @@ impl Runtime {
                     .await
                     .map_err(|e| RuntimeError::Engine(e.to_string()))?
                     .map_err(|e| RuntimeError::Io(format!("reading the component: {e}")))?;
-                if sha256_hex(&bytes) != plugin.sha256 {
+                // Built-in bytes are part of the binary and cannot change.
+                if !matches!(plugin.source, Source::Builtin(_))
+                    && sha256_hex(&bytes) != plugin.sha256
+                {
                     return Err(RuntimeError::Invalid(format!(
                         "plugin `{}` {}: its component changed on disk since it was loaded",
                         plugin.meta.name, plugin.meta.version
@@ -502,10 +513,10 @@ impl Runtime {
             .iter()
             .filter(|c| Described::cached(&self.options.cache_dir, &c.sha256).is_none())
             .count();
-        if let (Describe::Child(exe), 1..) = (&describe, undescribed) {
+        if let (Describe::Child { exe, json_logs }, 1..) = (&describe, undescribed) {
             // Whatever the child could not describe is described here below, with the
             // error a user sees: the child only saves this process the compiler.
-            describe_in_child(exe, &self.options, undescribed).await;
+            describe_in_child(exe, *json_logs, &self.options, undescribed).await;
         }
         for c in components {
             match c.component {
@@ -517,10 +528,14 @@ impl Runtime {
                         name: c.name,
                         message: e.to_string(),
                     })?,
-                Installable::File(path, bytes) => {
-                    let loaded = self
-                        .load_hashed(&bytes, c.sha256, Source::File(path.clone()))
-                        .await;
+                Installable::File(ref path) => {
+                    let loaded = match c.read() {
+                        Ok(bytes) => {
+                            self.load_hashed(&bytes, c.sha256.clone(), Source::File(path.clone()))
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = loaded {
                         warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
                     }
@@ -879,8 +894,16 @@ pub enum Describe {
     /// compiled code in the caches for this one to read. Compiling leaves the compiler's
     /// code paged in and its freed memory with the allocator of the process that did
     /// it; an engine that serves for weeks after its first start should not carry that.
-    Child(PathBuf),
+    Child {
+        exe: PathBuf,
+        /// Whether the child logs JSON lines (the engine's `--log-format json`).
+        json_logs: bool,
+    },
 }
+
+/// How long a child may take to compile and describe: far more than any component
+/// needs, so that only a stuck child reaches it.
+const DESCRIBE_CHILD_LIMIT: Duration = Duration::from_secs(600);
 
 /// A component to load at start: built in, or installed in the plugin folder.
 struct Installed {
@@ -891,14 +914,26 @@ struct Installed {
 
 enum Installable {
     Builtin(&'static [u8]),
-    File(PathBuf, Vec<u8>),
+    /// Read again when it is loaded: a start holds one installed component at a time.
+    File(PathBuf),
 }
 
 impl Installed {
-    fn bytes(&self) -> &[u8] {
+    /// The component's bytes, checked against the hash it was listed with.
+    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, RuntimeError> {
         match &self.component {
-            Installable::Builtin(bytes) => bytes,
-            Installable::File(_, bytes) => bytes,
+            Installable::Builtin(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            Installable::File(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))?;
+                if sha256_hex(&bytes) != self.sha256 {
+                    return Err(RuntimeError::Invalid(format!(
+                        "{}: the component changed on disk while the engine started",
+                        path.display()
+                    )));
+                }
+                Ok(std::borrow::Cow::Owned(bytes))
+            }
         }
     }
 }
@@ -940,7 +975,7 @@ fn installed_components(plugin_dir: &Path) -> Result<Vec<Installed>, RuntimeErro
         all.push(Installed {
             name: path.display().to_string(),
             sha256: sha256_hex(&bytes),
-            component: Installable::File(path, bytes),
+            component: Installable::File(path),
         });
     }
     Ok(all)
@@ -949,7 +984,12 @@ fn installed_components(plugin_dir: &Path) -> Result<Vec<Installed>, RuntimeErro
 /// What `faena` is given to describe into the caches (`faena plugin describe`).
 const DESCRIBE_COMMAND: [&str; 2] = ["plugin", "describe"];
 
-async fn describe_in_child(exe: &Path, options: &RuntimeOptions, undescribed: usize) {
+async fn describe_in_child(
+    exe: &Path,
+    json_logs: bool,
+    options: &RuntimeOptions,
+    undescribed: usize,
+) {
     info!(
         plugins = undescribed,
         "describing the plugins with no kept description, in a child process"
@@ -960,17 +1000,22 @@ async fn describe_in_child(exe: &Path, options: &RuntimeOptions, undescribed: us
         .arg(&options.cache_dir)
         .arg("--plugin-dir")
         .arg(&options.plugin_dir)
+        .arg("--log-format")
+        .arg(if json_logs { "json" } else { "text" })
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
-        .status()
-        .await;
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => warn!(status = %s, "describing in a child process failed; describing here"),
-        Err(e) => {
+        .status();
+    match tokio::time::timeout(DESCRIBE_CHILD_LIMIT, status).await {
+        Ok(Ok(s)) if s.success() => {}
+        Ok(Ok(s)) => warn!(status = %s, "describing in a child process failed; describing here"),
+        Ok(Err(e)) => {
             warn!(error = %e, exe = %exe.display(), "cannot start a child process to describe plugins; describing here")
         }
+        Err(_) => warn!(
+            limit_secs = DESCRIBE_CHILD_LIMIT.as_secs(),
+            "the child process describing plugins did not finish; stopped it, describing here"
+        ),
     }
 }
 
@@ -995,7 +1040,11 @@ pub async fn describe_into_cache(
         if Described::cached(&rt.options.cache_dir, &c.sha256).is_some() {
             continue;
         }
-        match rt.prepare(c.bytes()).await {
+        let prepared = match c.read() {
+            Ok(bytes) => rt.prepare(&bytes).await,
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok((_, info)) => info.keep(&rt.options.cache_dir, &c.sha256),
             Err(e) => warn!(plugin = %c.name, error = %e, "cannot describe"),
         }

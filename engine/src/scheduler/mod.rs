@@ -202,7 +202,7 @@ pub async fn run_on(
                                 task,
                                 cancel,
                                 Slot {
-                                    permit,
+                                    permit: Some(permit),
                                     freed: &freed,
                                 },
                             )
@@ -255,16 +255,20 @@ pub async fn run_on(
     info!("dispatcher stopped");
 }
 
-/// A run's place among the engine's `concurrency`, given back when its plugin code is
-/// done: the outcome's commit does not hold it.
+/// A run's place among the engine's `concurrency`, given back when it is dropped (on
+/// every path out of a run, a panic's too), and the dispatcher told.
 struct Slot<'a> {
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     freed: &'a Notify,
 }
 
 impl Slot<'_> {
-    fn free(self) {
-        drop(self.permit);
+    fn free(self) {}
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
         self.freed.notify_one();
     }
 }
@@ -345,16 +349,24 @@ impl Run<'_> {
             return;
         };
         self.running.lock().expect("running lock").remove(&id);
-        // The outcome goes to the store before the slot is given back: the claim the
-        // freed slot makes then follows it, often into the same commit, and sees the
-        // plugin's and tenant's running counts without this item. Only then is the
-        // commit awaited, so that a slot waits for one commit per item, not two.
+        // On a queue that takes the outcome when first polled (the engine's store), it
+        // goes in before the slot is given back: the claim the freed slot makes then
+        // follows it, often into the same commit, and sees the plugin's and tenant's
+        // running counts without this item, and the slot waits for one commit per item,
+        // not two. A worker's report is a request that may be retried for a while: it
+        // keeps its slot until the engine has the outcome.
         let mut completing = queue.complete(&id, token, outcome, resource);
-        let first = futures_util::poll!(&mut completing);
-        slot.free();
-        let completed = match first {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => completing.await,
+        let completed = if queue.takes_outcomes_at_once() {
+            let first = futures_util::poll!(&mut completing);
+            slot.free();
+            match first {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => completing.await,
+            }
+        } else {
+            let r = completing.await;
+            slot.free();
+            r
         };
         match completed {
             Ok(()) => {}

@@ -104,6 +104,13 @@ pub trait Queue: Send + Sync + 'static {
     /// Give the item back without counting the attempt (a shutdown stopped it).
     fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str) -> BoxFuture<'a, Result<()>>;
 
+    /// Whether the future of [`Queue::complete`] hands the outcome over when first
+    /// polled (only its commit is awaited after), in order with the claims that follow:
+    /// then a run frees its slot at once. A queue over the network says no.
+    fn takes_outcomes_at_once(&self) -> bool {
+        false
+    }
+
     /// The engine's events, when this queue sees them: they stop runs whose item was
     /// cancelled at once. Without them a lost lease shows at the next heartbeat.
     fn follow(&self) -> Option<Follower>;
@@ -250,6 +257,11 @@ impl Queue for Store {
 
     fn release<'a>(&'a self, item: &'a str, token: u64, why: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { Store::release(self, item, token, why).await.map(drop) })
+    }
+
+    /// The command is queued to the writer, in order, at the first poll.
+    fn takes_outcomes_at_once(&self) -> bool {
+        true
     }
 
     fn follow(&self) -> Option<Follower> {

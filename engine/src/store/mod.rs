@@ -926,7 +926,9 @@ impl Store {
         item_record::decode(&key, &raw)
     }
 
-    /// Jobs, newest first. `cursor` is the last job id of the previous page.
+    /// Jobs, newest first. `cursor` is the last job id of the previous page. The last
+    /// page has no cursor; a full page whose filter matches nothing among the next
+    /// [`SCAN_LIMIT`] jobs answers one, and the page after it may be empty.
     pub fn jobs(
         &self,
         filter: &JobFilter,
@@ -938,7 +940,17 @@ impl Store {
             None => vec![keys::JOB + 1],
         };
         let mut out = Vec::new();
+        // Once the page is full, whether another job of the filter follows is looked
+        // for among at most SCAN_LIMIT more: past that, the page answers a cursor.
+        let mut beyond = 0;
         for kv in self.tree.range(vec![keys::JOB]..upper).rev() {
+            if out.len() == limit {
+                if beyond == SCAN_LIMIT {
+                    let next = out.last().map(|j: &Job| j.id.clone());
+                    return Ok(Page { items: out, next });
+                }
+                beyond += 1;
+            }
             let (_, v) = kv?;
             let job: Job = codec::decode(&v)?;
             let keep = filter.tenant.as_ref().is_none_or(|t| *t == job.tenant)

@@ -156,10 +156,13 @@ struct Mark {
 /// back/forward cache still carries an earlier one) and note its address.
 async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
     // Without the events (the browser's connection is going) the wait only polls.
-    let loaded = page
-        .event_listener::<EventDomContentEventFired>()
-        .await
-        .ok();
+    let loaded = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        page.event_listener::<EventDomContentEventFired>(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
     let nonce = ulid::Ulid::new().to_string();
     let from = eval(
         page,
