@@ -519,26 +519,21 @@ impl Runtime {
             describe_in_child(exe, *json_logs, &self.options, undescribed).await;
         }
         for c in components {
-            match c.component {
-                Installable::Builtin(bytes) => self
-                    .load_hashed(bytes, c.sha256, Source::Builtin(bytes))
-                    .await
-                    .map(drop)
-                    .map_err(|e| RuntimeError::Plugin {
+            let loaded = match c.read() {
+                Ok(bytes) => self.load_hashed(&bytes, c.sha256.clone(), c.source()).await,
+                Err(e) => Err(e),
+            };
+            match (loaded, c.component) {
+                (Ok(_), _) => {}
+                // A built-in that does not load is this binary's defect: the start fails.
+                (Err(e), Installable::Builtin(_)) => {
+                    return Err(RuntimeError::Plugin {
                         name: c.name,
                         message: e.to_string(),
-                    })?,
-                Installable::File(ref path) => {
-                    let loaded = match c.read() {
-                        Ok(bytes) => {
-                            self.load_hashed(&bytes, c.sha256.clone(), Source::File(path.clone()))
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = loaded {
-                        warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
-                    }
+                    });
+                }
+                (Err(e), Installable::File(path)) => {
+                    warn!(file = %path.display(), error = %e, "an installed plugin could not be loaded");
                 }
             }
         }
@@ -919,6 +914,13 @@ enum Installable {
 }
 
 impl Installed {
+    fn source(&self) -> Source {
+        match &self.component {
+            Installable::Builtin(bytes) => Source::Builtin(bytes),
+            Installable::File(path) => Source::File(path.clone()),
+        }
+    }
+
     /// The component's bytes, checked against the hash it was listed with.
     fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, RuntimeError> {
         match &self.component {

@@ -262,10 +262,6 @@ struct Slot<'a> {
     freed: &'a Notify,
 }
 
-impl Slot<'_> {
-    fn free(self) {}
-}
-
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         drop(self.permit.take());
@@ -316,7 +312,6 @@ impl Run<'_> {
                 _ = cancel.cancelled() => {
                     self.leases.remove(&id, token);
                     self.stopped(&id, token).await;
-                    slot.free();
                     return;
                 }
             },
@@ -345,7 +340,6 @@ impl Run<'_> {
         queue.record_run(&plugin, started.elapsed());
         let Some(outcome) = outcome else {
             self.stopped(&id, token).await;
-            slot.free();
             return;
         };
         self.running.lock().expect("running lock").remove(&id);
@@ -358,15 +352,14 @@ impl Run<'_> {
         let mut completing = queue.complete(&id, token, outcome, resource);
         let completed = if queue.takes_outcomes_at_once() {
             let first = futures_util::poll!(&mut completing);
-            slot.free();
+            drop(slot);
             match first {
                 std::task::Poll::Ready(r) => r,
                 std::task::Poll::Pending => completing.await,
             }
         } else {
-            let r = completing.await;
-            slot.free();
-            r
+            // The slot is given back as the run ends, below.
+            completing.await
         };
         match completed {
             Ok(()) => {}

@@ -943,11 +943,12 @@ impl Store {
         // Once the page is full, whether another job of the filter follows is looked
         // for among at most SCAN_LIMIT more: past that, the page answers a cursor.
         let mut beyond = 0;
+        let mut more = false;
         for kv in self.tree.range(vec![keys::JOB]..upper).rev() {
             if out.len() == limit {
                 if beyond == SCAN_LIMIT {
-                    let next = out.last().map(|j: &Job| j.id.clone());
-                    return Ok(Page { items: out, next });
+                    more = true;
+                    break;
                 }
                 beyond += 1;
             }
@@ -963,16 +964,14 @@ impl Store {
             if keep {
                 if out.len() == limit {
                     // Another job follows: the page is not the last one.
-                    let next = out.last().map(|j: &Job| j.id.clone());
-                    return Ok(Page { items: out, next });
+                    more = true;
+                    break;
                 }
                 out.push(job);
             }
         }
-        Ok(Page {
-            items: out,
-            next: None,
-        })
+        let next = more.then(|| out.last().map(|j| j.id.clone())).flatten();
+        Ok(Page { items: out, next })
     }
 
     /// Items of a job in index order, optionally of one status or matching a reference

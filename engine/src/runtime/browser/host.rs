@@ -200,9 +200,6 @@ async fn new_document(
     .await
 }
 
-/// A wait woken by nothing but its poll.
-const NO_EVENTS: Option<EventStream<EventDomContentEventFired>> = None;
-
 /// How often a wait checks its condition. An event in `wake` makes it check at once.
 const POLL: std::time::Duration = std::time::Duration::from_millis(25);
 
@@ -210,16 +207,13 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(25);
 /// awaited when it does not. Checks every [`POLL`], and at once on each event of
 /// `wake`: a poll alone left a page that had loaded waiting for the rest of the
 /// interval, at every navigation of a flow.
-async fn wait_until<E>(
+async fn wait_until(
     page: &Page,
     js: String,
     timeout_ms: u32,
     what: &str,
-    mut wake: Option<EventStream<E>>,
-) -> Result<(), PluginError>
-where
-    E: chromiumoxide::cdp::IntoEventKind + Unpin + std::fmt::Debug,
-{
+    mut wake: Option<EventStream<EventDomContentEventFired>>,
+) -> Result<(), PluginError> {
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.into());
     loop {
@@ -352,7 +346,7 @@ impl HostPage for ItemState {
         let page = self.page(&h)?;
         let js = format!("!!document.querySelector({})", lit(&selector));
         let what = format!("`{selector}` did not appear");
-        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, None).await)
     }
 
     async fn exists(&mut self, h: Resource<PageHandle>, selector: String) -> Res<bool> {
@@ -698,7 +692,7 @@ impl HostPage for ItemState {
         let page = self.page(&h)?;
         let js = format!("location.href.includes({})", lit(&part));
         let what = format!("the URL did not come to contain `{part}`");
-        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, None).await)
     }
 
     async fn wait_for_text(
@@ -715,7 +709,7 @@ impl HostPage for ItemState {
             lit(&text)
         );
         let what = format!("`{selector}` did not come to show `{text}`");
-        Ok(wait_until(&page, js, timeout_ms, &what, NO_EVENTS).await)
+        Ok(wait_until(&page, js, timeout_ms, &what, None).await)
     }
 
     async fn hover(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
