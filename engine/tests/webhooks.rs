@@ -177,9 +177,14 @@ fn app(store: &Store, settings: WebhookSettings, stop: &CancellationToken) -> (A
 }
 
 async fn wait_webhook(api: &Api, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    wait_get(api, &format!("/api/v1/webhooks/{id}"), what, done).await
+}
+
+/// `GET path` until its answer is `done` (at most 30 s).
+async fn wait_get(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (st, w) = api.get(&format!("/api/v1/webhooks/{id}")).await;
+        let (st, w) = api.get(path).await;
         assert_eq!(st, StatusCode::OK, "{w}");
         if done(&w) {
             return w;
@@ -474,7 +479,14 @@ async fn failures_turn_it_off_and_enable_resumes_where_it_stopped() {
         (d["state"].as_str(), d["status_code"].as_u64()),
         (Some("pending"), Some(500))
     );
-    let (_, disabled) = api.get("/api/v1/events?type=webhook_disabled").await;
+    // The subscription is turned off first, and its event published after.
+    let disabled = wait_get(
+        &api,
+        "/api/v1/events?type=webhook_disabled",
+        "the webhook_disabled event",
+        |l| !l["events"].as_array().is_none_or(|e| e.is_empty()),
+    )
+    .await;
     assert_eq!(
         disabled["events"][0]["data"]["webhook_id"],
         id.as_str(),
