@@ -106,7 +106,7 @@ async fn an_overflowing_record_from_an_older_version_is_clamped_not_fatal() {
     store.close().await;
     // What the older version stored: the options as they came.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_db(dir.path());
         let tree = db.open_tree("faena").unwrap();
         let key = [b"j".as_slice(), job.id.as_bytes()].concat();
         assert!(tree.get(&key).unwrap().is_some());

@@ -518,18 +518,8 @@ async fn sigkill_mid_import_leaves_no_partial_job() {
     let _ = upload.await;
 
     let store_dir = data.join("store");
-    // sled lets go of its lock a moment after the last handle is dropped.
-    let raw = |dir: std::path::PathBuf| async move {
-        for _ in 0..100 {
-            if let Ok(db) = sled::open(&dir) {
-                return db;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the store stays locked");
-    };
     {
-        let db = raw(store_dir.clone()).await;
+        let db = common::raw_db(&store_dir);
         let tree = db.open_tree("faena").unwrap();
         assert_eq!(tree.scan_prefix(b"c").count(), 1, "a job being created");
         assert!(
@@ -566,7 +556,7 @@ async fn sigkill_mid_import_leaves_no_partial_job() {
         "no item of it is left"
     );
     store.close().await;
-    let db = raw(store_dir).await;
+    let db = common::raw_db(&store_dir);
     let tree = db.open_tree("faena").unwrap();
     assert_eq!(tree.scan_prefix(b"c").count(), 0, "the marker is gone");
     assert_eq!(tree.scan_prefix(b"i").count(), 0, "and its items");

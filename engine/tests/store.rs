@@ -665,7 +665,7 @@ async fn a_closed_store_reopens_at_once_and_an_open_one_is_refused() {
 /// Status index entries of a store that is not open: the entry's code byte, and the
 /// item index at the key's end.
 fn index_entries(dir: &std::path::Path) -> Vec<(u8, u64)> {
-    let db = sled::open(dir).unwrap();
+    let db = raw_db(dir);
     let tree = db.open_tree("faena").unwrap();
     tree.scan_prefix(b"s")
         .map(|kv| {

@@ -4,6 +4,8 @@
 //! written, an idempotency key and a unique reference still hold, and its queued work
 //! runs to the end.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use faena::clock::Clock;
@@ -27,7 +29,7 @@ fn unpack(into: &Path) -> PathBuf {
 
 /// The store's own records (jobs `j`, items `i`, logs `l`), each JSON or not.
 fn records_are_json(store: &Path) -> Vec<bool> {
-    let db = sled::open(store).unwrap();
+    let db = common::raw_db(store);
     let tree = db.open_tree("faena").unwrap();
     let mut out = Vec::new();
     for prefix in [b"j", b"i", b"l"] {
@@ -41,7 +43,7 @@ fn records_are_json(store: &Path) -> Vec<bool> {
 /// The keys under `prefix` of a closed store: `s` for status index entries (`s`, the
 /// entry's code, the item's job and index), `i` for item records.
 fn keys_under(store: &Path, prefix: &[u8]) -> Vec<Vec<u8>> {
-    let db = sled::open(store).unwrap();
+    let db = common::raw_db(store);
     let tree = db.open_tree("faena").unwrap();
     tree.scan_prefix(prefix)
         .map(|kv| kv.unwrap().0.to_vec())

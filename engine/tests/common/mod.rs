@@ -50,6 +50,23 @@ pub struct Engine {
     pub dispatcher: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// sled itself on the store at `dir`, for tests that look at raw keys. sled lets go
+/// of its lock from its flusher thread a moment after a store closes, so this waits
+/// for it the way `Store::open` does.
+pub fn raw_db(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{} stays locked: {e}", dir.display()),
+        }
+    }
+}
+
 pub async fn open_store(dir: &std::path::Path) -> Store {
     Store::open(dir, Clock::new()).await.expect("store opens")
 }
