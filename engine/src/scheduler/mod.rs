@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -153,79 +153,79 @@ pub async fn run_on(
     });
     let mut tasks = tokio::task::JoinSet::new();
     info!(concurrency = config.concurrency, plugins = ?executor.plugins(), "dispatcher started");
+    let starter = Starter {
+        queue: &queue,
+        executor: &executor,
+        running: &running,
+        leases: &leases,
+        freed: &freed,
+        pools: &pools,
+        stop_runs: &stop_runs,
+    };
+    let most_claims = queue.claims_at_once().max(1);
+    // Claims under way, each with the slots it holds for what it brings back, in the
+    // order they were sent (the queue answers them in that order).
+    let mut claims = futures_util::stream::FuturesOrdered::new();
+    // Resolves when a claim may find something new. Made again as each claim is sent,
+    // so that a commit after it is not missed, and only looked at while no claim is
+    // under way (a worker's tells from its last claim's answer).
+    let mut woken = Some(queue.woken());
+    // The last claim answered found less than it asked for: the next one waits for a
+    // wake, a freed slot or a retry coming due.
+    let mut idle = false;
+    let mut next_due = None;
     loop {
         // Read each round: plugins may be installed while the engine runs.
         let plugins = executor.plugins();
-        let mut woken = queue.woken();
         let free = slots.available_permits();
-        let mut next_due = None;
-        let mut saturated = false;
-        if free > 0 && !plugins.is_empty() {
-            match queue.claim(plugins.clone(), free).await {
-                Ok(claimed) => {
-                    next_due = claimed.next_due;
-                    saturated = claimed.items.len() == free;
-                    for task in claimed.items {
-                        let permit = slots
-                            .clone()
-                            .try_acquire_owned()
-                            .expect("a free slot was counted");
-                        let cancel = stop_runs.child_token();
-                        let live = running.lock().expect("running lock").start(
-                            &task.item.id,
-                            task.lease_token,
-                            cancel.clone(),
-                        );
-                        if !live {
-                            // Cancelled between its claim and now: it stops at once.
-                            cancel.cancel();
-                        }
-                        let (queue, executor, running, leases, freed, pools, stop_runs) = (
-                            queue.clone(),
-                            executor.clone(),
-                            running.clone(),
-                            leases.clone(),
-                            freed.clone(),
-                            pools.clone(),
-                            stop_runs.clone(),
-                        );
-                        tasks.spawn(async move {
-                            let run = Run {
-                                queue: &queue,
-                                running: &running,
-                                leases: &leases,
-                                pools: &pools,
-                                shutdown: &stop_runs,
-                            };
-                            run.one(
-                                &*executor,
-                                task,
-                                cancel,
-                                Slot {
-                                    permit: Some(permit),
-                                    freed: &freed,
-                                },
-                            )
-                            .await;
-                        });
-                    }
-                }
-                Err(StoreError::Closed) => break,
-                // Claims resume when the disk has room again (the store wakes us).
-                Err(e @ StoreError::DiskFull { .. }) => debug!(error = %e, "not claiming"),
-                Err(e) => warn!(error = %e, "claim failed"),
-            }
-        }
-        while tasks.try_join_next().is_some() {}
-        if saturated && slots.available_permits() > 0 {
+        if !idle && free > 0 && !plugins.is_empty() && claims.len() < most_claims {
+            let permits = slots
+                .clone()
+                .try_acquire_many_owned(free as u32)
+                .expect("the free slots were counted");
+            woken = Some(queue.woken());
+            let claim = queue.claim(plugins, free);
+            claims.push_back(async move { (claim.await, permits) });
             continue;
         }
+        if woken.is_none() {
+            woken = Some(queue.woken());
+        }
+        while tasks.try_join_next().is_some() {}
         let due = next_due.map(|t| queue.clock().instant_at(t));
         tokio::select! {
-            _ = &mut woken => {}
-            _ = freed.notified() => {}
-            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+            Some((claimed, permits)) = claims.next(), if !claims.is_empty() => {
+                match claimed {
+                    Ok(claimed) => {
+                        next_due = claimed.next_due;
+                        idle = claimed.items.len() < permits.num_permits();
+                        starter.start(&mut tasks, claimed.items, permits);
+                    }
+                    Err(StoreError::Closed) => break,
+                    Err(e) => {
+                        idle = true;
+                        match e {
+                            // Claims resume when the disk has room again (the store wakes us).
+                            StoreError::DiskFull { .. } => debug!(error = %e, "not claiming"),
+                            e => warn!(error = %e, "claim failed"),
+                        }
+                    }
+                }
+            }
+            _ = async { woken.as_mut().expect("made above").await }, if claims.is_empty() => {
+                woken = None;
+                idle = false;
+            }
+            _ = freed.notified() => idle = false,
+            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => idle = false,
             _ = shutdown.cancelled() => break,
+        }
+    }
+    // Items already claimed for this engine run in the drain like the others, rather
+    // than wait out their leases.
+    while let Some((claimed, permits)) = claims.next().await {
+        if let Ok(claimed) = claimed {
+            starter.start(&mut tasks, claimed.items, permits);
         }
     }
     queue.set_draining();
@@ -253,6 +253,73 @@ pub async fn run_on(
     }
     renewing.abort();
     info!("dispatcher stopped");
+}
+
+/// What the dispatcher hands each run it starts.
+struct Starter<'a> {
+    queue: &'a Arc<dyn Queue>,
+    executor: &'a Arc<dyn Executor>,
+    running: &'a Running,
+    leases: &'a Arc<leases::Leases>,
+    freed: &'a Arc<Notify>,
+    pools: &'a Pools,
+    stop_runs: &'a CancellationToken,
+}
+
+impl Starter<'_> {
+    /// Start a run of each claimed item, each with one of the claim's slots.
+    fn start(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        items: Vec<ClaimedItem>,
+        mut permits: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        for task in items {
+            let permit = permits
+                .split(1)
+                .expect("a claim brings back no more items than it held slots for");
+            let cancel = self.stop_runs.child_token();
+            let live = self.running.lock().expect("running lock").start(
+                &task.item.id,
+                task.lease_token,
+                cancel.clone(),
+            );
+            if !live {
+                // Cancelled between its claim and now: it stops at once.
+                cancel.cancel();
+            }
+            let (queue, executor, running, leases, freed, pools, stop_runs) = (
+                self.queue.clone(),
+                self.executor.clone(),
+                self.running.clone(),
+                self.leases.clone(),
+                self.freed.clone(),
+                self.pools.clone(),
+                self.stop_runs.clone(),
+            );
+            tasks.spawn(async move {
+                let run = Run {
+                    queue: &queue,
+                    running: &running,
+                    leases: &leases,
+                    pools: &pools,
+                    shutdown: &stop_runs,
+                };
+                run.one(
+                    &*executor,
+                    task,
+                    cancel,
+                    Slot {
+                        permit: Some(permit),
+                        freed: &freed,
+                    },
+                )
+                .await;
+            });
+        }
+        // The slots nothing came back for are free again when `permits` drops. The
+        // dispatcher is not told: it claims for them after a wake.
+    }
 }
 
 /// A run's place among the engine's `concurrency`, given back when it is dropped (on

@@ -111,6 +111,14 @@ pub trait Queue: Send + Sync + 'static {
         false
     }
 
+    /// How many claims the dispatcher may have under way at once. The store answers
+    /// claims in commit order, so a second one, sent for slots freed while the first
+    /// waits for its commit, rides in the next commit instead of waiting for the first
+    /// to come back. A queue over the network long-polls one claim at a time.
+    fn claims_at_once(&self) -> usize {
+        1
+    }
+
     /// The engine's events, when this queue sees them: they stop runs whose item was
     /// cancelled at once. Without them a lost lease shows at the next heartbeat.
     fn follow(&self) -> Option<Follower>;
@@ -262,6 +270,10 @@ impl Queue for Store {
     /// The command is queued to the writer, in order, at the first poll.
     fn takes_outcomes_at_once(&self) -> bool {
         true
+    }
+
+    fn claims_at_once(&self) -> usize {
+        2
     }
 
     fn follow(&self) -> Option<Follower> {
