@@ -85,6 +85,25 @@ pub fn no_transparent_huge_pages() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
+/// `RUST_BACKTRACE=1`, which operators set to get the backtrace of a panic, also makes
+/// std capture one for every error value that records one, unless `RUST_LIB_BACKTRACE`
+/// says otherwise. wasmtime makes such an error each time the store of a run is dropped
+/// (it disposes of the store's idle fiber with one), so every item walked its stack: a
+/// few percent of an item's CPU in `perf`. Panics keep their backtraces; an operator who
+/// wants library ones sets `RUST_LIB_BACKTRACE=1`. The binary calls this first thing;
+/// so do the benchmarks.
+///
+/// # Safety
+///
+/// It sets an environment variable: call it before any other thread exists.
+#[allow(unsafe_code)]
+pub unsafe fn no_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the caller guarantees no other thread reads the environment.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// Raise the soft limit on open files to the hard one (Linux, where the soft one is
 /// lower), and return the soft limit in force afterwards (`None`: unlimited). Every
 /// feed connection and request is a file descriptor, and the soft limit is often

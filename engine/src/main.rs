@@ -93,8 +93,18 @@ fn init_tracing(format: LogFormat, quiet: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[allow(unsafe_code)]
+fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    unsafe { faena::no_library_backtraces() };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts")
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
     faena::no_transparent_huge_pages();

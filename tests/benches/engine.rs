@@ -1164,7 +1164,10 @@ fn machine() -> String {
     )
 }
 
+#[allow(unsafe_code)]
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { faena::no_library_backtraces() };
     faena::no_transparent_huge_pages();
     let only: Vec<String> = std::env::args()
         .skip(1)

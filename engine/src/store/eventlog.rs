@@ -30,6 +30,11 @@ pub const BLOCK_BYTES: usize = 64 * 1024;
 /// zstd's fastest level that still compresses: the writer runs it on every group.
 const LEVEL: i32 = 1;
 
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Events as the writer has them: seq and JSON text, in seq order.
 pub fn blocks<'a>(
     events: impl IntoIterator<Item = (u64, &'a [u8])>,
@@ -65,7 +70,16 @@ fn block(first: u64, texts: &[&[u8]]) -> (sled::IVec, sled::IVec) {
         raw.extend_from_slice(&(t.len() as u32).to_be_bytes());
         raw.extend_from_slice(t);
     }
-    let packed = zstd::bulk::compress(&raw, LEVEL).expect("zstd compresses a buffer in memory");
+    let packed = COMPRESSOR.with_borrow_mut(|c| {
+        // A context is allocated once per thread and reused: making one per block was
+        // a measurable part of each group's commit.
+        let c = match c {
+            Some(c) => c,
+            None => c.insert(zstd::bulk::Compressor::new(LEVEL).expect("a zstd context")),
+        };
+        c.compress(&raw)
+            .expect("zstd compresses a buffer in memory")
+    });
     let mut value = Vec::with_capacity(HEADER + packed.len());
     value.push(BLOCK);
     value.extend_from_slice(&(texts.len() as u32).to_be_bytes());
