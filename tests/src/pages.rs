@@ -46,7 +46,8 @@ fn constrained_form() -> Html<String> {
 }
 
 /// A page with one of each thing the page capability's calls act on: each control
-/// writes what it received into `#log`, so a test reads back what the calls did.
+/// writes what it received into `#log`, so a test reads back what the calls did. The
+/// link to the next page lies below the fold: a click scrolls to it first.
 const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
     <ul><li class="row">one</li><li class="row">two</li><li class="row">three</li></ul>
     <p id="hidden" style="display:none">hidden</p>
@@ -59,6 +60,7 @@ const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
     <button id="delete" onclick="log('confirm ' + confirm('Delete it?'))">Delete</button>
     <div id="menu" onmouseover="document.getElementById('submenu').style.display='block'">Menu</div>
     <div id="submenu" style="display:none">Submenu</div>
+    <div style="height: 3000px"></div>
     <a id="next" href="/ping">next</a>
     <pre id="log"></pre>
     <script>

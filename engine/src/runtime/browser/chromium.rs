@@ -185,6 +185,9 @@ const FLAGS: &[&str] = &[
     "--password-store=basic",
     "--use-mock-keychain",
     "--hide-scrollbars",
+    // A click is dispatched as soon as the element is found, as Playwright's is: without
+    // this Chromium may drop input that reaches a document before its first frame.
+    "--allow-pre-commit-input",
     "--mute-audio",
 ];
 

@@ -56,29 +56,6 @@ async fn eval(page: &Page, expr: String) -> Result<Value, PluginError> {
     Ok(resp.result.result.value.clone().unwrap_or(Value::Null))
 }
 
-/// When clicking `selector` would submit a form the browser refuses to submit (HTML
-/// constraint validation: a required field left empty, a number off its `step`), the
-/// business error that says so, with the field and the browser's own message. The
-/// browser shows that message only in a bubble; without this the flow would wait for a
-/// page that never comes and retry what no retry can fix.
-async fn refused_submission(page: &Page, selector: &str) -> Option<PluginError> {
-    let js = format!(
-        "(() => {{ const el = document.querySelector({s}); if (!el || el.type !== 'submit' || !el.form) return null;
-           const form = el.form; if (form.noValidate || el.formNoValidate) return null;
-           const bad = [...form.elements].find(x => x.willValidate && !x.checkValidity());
-           return bad ? {{field: bad.name || bad.id || bad.tagName.toLowerCase(), message: bad.validationMessage}} : null; }})()",
-        s = lit(selector)
-    );
-    let found = eval(page, js).await.ok()?;
-    let field = found.get("field")?.as_str()?;
-    let message = found.get("message").and_then(Value::as_str).unwrap_or("");
-    let mut e = PluginError::business(format!(
-        "the browser refused to submit the form of `{selector}`: field `{field}`: {message}"
-    ));
-    e.code = Some("invalid_form".into());
-    Some(e)
-}
-
 /// Where the page is, for an error that says what it shows instead.
 async fn whereabouts(page: &Page) -> String {
     match eval(page, "[location.href, document.title]".into()).await {
@@ -93,26 +70,72 @@ async fn whereabouts(page: &Page) -> String {
     }
 }
 
-/// Click the element `selector` matches, the way a user would. A click that submits a
-/// form the browser refuses fails at once (see [`refused_submission`]); it is still
-/// made, so the failure screenshot shows the browser's message.
-async fn click(page: &Page, selector: &str) -> Result<(), PluginError> {
-    let refused = refused_submission(page, selector).await;
-    let clicked = click_element(page, selector).await;
-    match refused {
-        Some(e) => Err(e),
-        None => clicked,
+/// Click the element `selector` matches, the way a user would: the mouse pressed and
+/// released at its centre, scrolled into view first when it is not wholly in view.
+/// One evaluation finds the element, scrolls it and answers where it is (and, given
+/// `mark`, marks the document, see [`Mark`]); answers the page's address before the
+/// click. chromiumoxide's own element click took about ten round trips and waited for
+/// a rendered frame to learn whether the element was in view.
+///
+/// A click that submits a form the browser refuses (HTML constraint validation: a
+/// required field left empty, a number off its `step`) fails at once with the business
+/// error that says so, with the field and the browser's own message: the browser shows
+/// that message only in a bubble, and without this the flow would wait for a page that
+/// never comes and retry what no retry can fix. The click is still made, so the failure
+/// screenshot shows the message.
+async fn click(page: &Page, selector: &str, mark: Option<&str>) -> Result<String, PluginError> {
+    let js = format!(
+        "(() => {{ {mark} const el = document.querySelector({s}); if (!el) return {{missing: true}};
+           let refused = null;
+           const form = el.type === 'submit' ? el.form : null;
+           if (form && !form.noValidate && !el.formNoValidate) {{
+             const bad = [...form.elements].find(x => x.willValidate && !x.checkValidity());
+             if (bad) refused = {{field: bad.name || bad.id || bad.tagName.toLowerCase(), message: bad.validationMessage}};
+           }}
+           const r = el.getBoundingClientRect();
+           if (r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth)
+             el.scrollIntoView({{block: 'center', inline: 'center', behavior: 'instant'}});
+           const box = [...el.getClientRects()].find(b => b.width * b.height > 1);
+           return {{href: location.href, refused, at: box ? [box.left + box.width / 2, box.top + box.height / 2] : null}};
+         }})()",
+        mark = mark.map(|m| format!("window.__faenaMark = {};", lit(m))).unwrap_or_default(),
+        s = lit(selector)
+    );
+    let found = eval(page, js).await?;
+    if found.get("missing").is_some() {
+        return Err(not_found(selector));
     }
-}
-
-async fn click_element(page: &Page, selector: &str) -> Result<(), PluginError> {
-    let el = find(page, selector).await?;
-    match tokio::time::timeout(COMMAND_TIMEOUT, el.click()).await {
-        Ok(Ok(_)) => Ok(()),
+    let href = found["href"].as_str().unwrap_or_default().to_owned();
+    let refused = found["refused"].as_object().map(|bad| {
+        let field = bad.get("field").and_then(Value::as_str).unwrap_or("");
+        let message = bad.get("message").and_then(Value::as_str).unwrap_or("");
+        let mut e = PluginError::business(format!(
+            "the browser refused to submit the form of `{selector}`: field `{field}`: {message}"
+        ));
+        e.code = Some("invalid_form".into());
+        e
+    });
+    let at = match found["at"]
+        .as_array()
+        .map(|a| (a[0].as_f64(), a[1].as_f64()))
+    {
+        Some((Some(x), Some(y))) => chromiumoxide::layout::Point { x, y },
+        _ => {
+            return Err(PluginError::app(format!(
+                "clicking `{selector}` failed: the element has no visible box"
+            )));
+        }
+    };
+    let clicked = match tokio::time::timeout(COMMAND_TIMEOUT, page.click(at)).await {
+        Ok(Ok(_)) => Ok(href),
         Ok(Err(e)) => Err(PluginError::app(format!(
             "clicking `{selector}` failed: {e}"
         ))),
         Err(_) => Err(PluginError::app(format!("clicking `{selector}` timed out"))),
+    };
+    match refused {
+        Some(e) => Err(e),
+        None => clicked,
     }
 }
 
@@ -152,17 +175,22 @@ struct Mark {
     loaded: Option<EventStream<EventDomContentEventFired>>,
 }
 
-/// Mark the current document with a mark of its own (a document restored from the
-/// back/forward cache still carries an earlier one) and note its address.
-async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
-    // Without the events (the browser's connection is going) the wait only polls.
-    let loaded = tokio::time::timeout(
+/// The page's `DOMContentLoaded` events from now on; without them (the browser's
+/// connection is going) a wait only polls.
+async fn loaded_events(page: &Page) -> Option<EventStream<EventDomContentEventFired>> {
+    tokio::time::timeout(
         COMMAND_TIMEOUT,
         page.event_listener::<EventDomContentEventFired>(),
     )
     .await
     .ok()
-    .and_then(Result::ok);
+    .and_then(Result::ok)
+}
+
+/// Mark the current document with a mark of its own (a document restored from the
+/// back/forward cache still carries an earlier one) and note its address.
+async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
+    let loaded = loaded_events(page).await;
     let nonce = ulid::Ulid::new().to_string();
     let from = eval(
         page,
@@ -293,7 +321,7 @@ impl HostPage for ItemState {
 
     async fn click(&mut self, h: Resource<PageHandle>, selector: String) -> Res<()> {
         let page = self.page(&h)?;
-        Ok(click(&page, &selector).await)
+        Ok(click(&page, &selector, None).await.map(drop))
     }
 
     async fn click_and_wait(
@@ -303,13 +331,18 @@ impl HostPage for ItemState {
         timeout_ms: u32,
     ) -> Res<()> {
         let page = self.page(&h)?;
-        let mark = match mark_document(&page).await {
-            Ok(mark) => mark,
+        // Listening before the click, marking the document in the click's own look-up.
+        let loaded = loaded_events(&page).await;
+        let nonce = ulid::Ulid::new().to_string();
+        let from = match click(&page, &selector, Some(&nonce)).await {
+            Ok(from) => from,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = click(&page, &selector).await {
-            return Ok(Err(e));
-        }
+        let mark = Mark {
+            from,
+            nonce,
+            loaded,
+        };
         Ok(new_document(&page, mark, timeout_ms, &format!("clicking `{selector}`")).await)
     }
 
