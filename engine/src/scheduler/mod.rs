@@ -204,6 +204,7 @@ pub async fn run_on(
                     Err(StoreError::Closed) => break,
                     Err(e) => {
                         idle = true;
+                        next_due = None;
                         match e {
                             // Claims resume when the disk has room again (the store wakes us).
                             StoreError::DiskFull { .. } => debug!(error = %e, "not claiming"),
@@ -217,7 +218,12 @@ pub async fn run_on(
                 idle = false;
             }
             _ = freed.notified() => idle = false,
-            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => idle = false,
+            // A retry came due: claim once more (a due time past stays past, so it is
+            // forgotten until a claim answers another).
+            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                next_due = None;
+                idle = false;
+            }
             _ = shutdown.cancelled() => break,
         }
     }
