@@ -47,8 +47,10 @@ fn constrained_form() -> Html<String> {
 
 /// A page with one of each thing the page capability's calls act on: each control
 /// writes what it received into `#log`, so a test reads back what the calls did. The
-/// link to the next page lies below the fold: a click scrolls to it first.
+/// link to the next page lies inside the window but clipped by a scrolling box: a
+/// click scrolls it into view first.
 const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
+    <div style="height: 40px; overflow: auto"><div style="height: 200px"></div><a id="next" href="/ping">next</a></div>
     <ul><li class="row">one</li><li class="row">two</li><li class="row">three</li></ul>
     <p id="hidden" style="display:none">hidden</p>
     <label><input type="checkbox" id="agree"> agree</label>
@@ -60,8 +62,7 @@ const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
     <button id="delete" onclick="log('confirm ' + confirm('Delete it?'))">Delete</button>
     <div id="menu" onmouseover="document.getElementById('submenu').style.display='block'">Menu</div>
     <div id="submenu" style="display:none">Submenu</div>
-    <div style="height: 3000px"></div>
-    <a id="next" href="/ping">next</a>
+
     <pre id="log"></pre>
     <script>
       function log(line) { document.getElementById('log').textContent += line + '\n'; }

@@ -71,7 +71,8 @@ async fn whereabouts(page: &Page) -> String {
 }
 
 /// Click the element `selector` matches, the way a user would: the mouse pressed and
-/// released at its centre, scrolled into view first when it is not wholly in view.
+/// released at its centre, scrolled into view first when that centre is not the
+/// element's (outside the window, clipped by a scrolling box, under a fixed header).
 /// One evaluation finds the element, scrolls it and answers where it is (and, given
 /// `mark`, marks the document, see [`Mark`]); answers the page's address before the
 /// click. chromiumoxide's own element click took about ten round trips and waited for
@@ -85,18 +86,22 @@ async fn whereabouts(page: &Page) -> String {
 /// screenshot shows the message.
 async fn click(page: &Page, selector: &str, mark: Option<&str>) -> Result<String, PluginError> {
     let js = format!(
-        "(() => {{ {mark} const el = document.querySelector({s}); if (!el) return {{missing: true}};
+        "(() => {{ {mark} let el; try {{ el = document.querySelector({s}); }} catch (e) {{}} if (!el) return {{missing: true}};
            let refused = null;
            const form = el.type === 'submit' ? el.form : null;
            if (form && !form.noValidate && !el.formNoValidate) {{
              const bad = [...form.elements].find(x => x.willValidate && !x.checkValidity());
              if (bad) refused = {{field: bad.name || bad.id || bad.tagName.toLowerCase(), message: bad.validationMessage}};
            }}
-           const r = el.getBoundingClientRect();
-           if (r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth)
+           const centre = () => {{ const b = [...el.getClientRects()].find(b => b.width * b.height > 1);
+             return b ? [b.left + b.width / 2, b.top + b.height / 2] : null; }};
+           let at = centre();
+           const hit = at && document.elementFromPoint(at[0], at[1]);
+           if (at && !(hit && (hit === el || el.contains(hit)))) {{
              el.scrollIntoView({{block: 'center', inline: 'center', behavior: 'instant'}});
-           const box = [...el.getClientRects()].find(b => b.width * b.height > 1);
-           return {{href: location.href, refused, at: box ? [box.left + box.width / 2, box.top + box.height / 2] : null}};
+             at = centre();
+           }}
+           return {{href: location.href, refused, at}};
          }})()",
         mark = mark.map(|m| format!("window.__faenaMark = {};", lit(m))).unwrap_or_default(),
         s = lit(selector)
@@ -115,15 +120,17 @@ async fn click(page: &Page, selector: &str, mark: Option<&str>) -> Result<String
         e.code = Some("invalid_form".into());
         e
     });
-    let at = match found["at"]
-        .as_array()
-        .map(|a| (a[0].as_f64(), a[1].as_f64()))
-    {
+    let at = match found["at"].as_array().map(|a| {
+        let n = |i: usize| a.get(i).and_then(Value::as_f64);
+        (n(0), n(1))
+    }) {
         Some((Some(x), Some(y))) => chromiumoxide::layout::Point { x, y },
         _ => {
-            return Err(PluginError::app(format!(
-                "clicking `{selector}` failed: the element has no visible box"
-            )));
+            return Err(refused.unwrap_or_else(|| {
+                PluginError::app(format!(
+                    "clicking `{selector}` failed: the element has no visible box"
+                ))
+            }));
         }
     };
     let clicked = match tokio::time::timeout(COMMAND_TIMEOUT, page.click(at)).await {
