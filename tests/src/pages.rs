@@ -62,7 +62,6 @@ const CALLS: &str = r#"<html><head><title>Calls</title></head><body>
     <button id="delete" onclick="log('confirm ' + confirm('Delete it?'))">Delete</button>
     <div id="menu" onmouseover="document.getElementById('submenu').style.display='block'">Menu</div>
     <div id="submenu" style="display:none">Submenu</div>
-
     <pre id="log"></pre>
     <script>
       function log(line) { document.getElementById('log').textContent += line + '\n'; }

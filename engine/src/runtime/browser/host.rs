@@ -103,7 +103,7 @@ async fn click(page: &Page, selector: &str, mark: Option<&str>) -> Result<String
            }}
            return {{href: location.href, refused, at}};
          }})()",
-        mark = mark.map(|m| format!("window.__faenaMark = {};", lit(m))).unwrap_or_default(),
+        mark = mark.map(set_mark).unwrap_or_default(),
         s = lit(selector)
     );
     let found = eval(page, js).await?;
@@ -194,16 +194,17 @@ async fn loaded_events(page: &Page) -> Option<EventStream<EventDomContentEventFi
     .and_then(Result::ok)
 }
 
+/// The statement that gives the current document the mark `nonce` (see [`Mark`]).
+fn set_mark(nonce: &str) -> String {
+    format!("window.__faenaMark = {};", lit(nonce))
+}
+
 /// Mark the current document with a mark of its own (a document restored from the
 /// back/forward cache still carries an earlier one) and note its address.
 async fn mark_document(page: &Page) -> Result<Mark, PluginError> {
     let loaded = loaded_events(page).await;
     let nonce = ulid::Ulid::new().to_string();
-    let from = eval(
-        page,
-        format!("window.__faenaMark = {}; location.href", lit(&nonce)),
-    )
-    .await?;
+    let from = eval(page, format!("{} location.href", set_mark(&nonce))).await?;
     Ok(Mark {
         from: from.as_str().unwrap_or_default().to_owned(),
         nonce,
@@ -276,7 +277,8 @@ async fn wait_until(
     }
 }
 
-/// The element `selector` matches, found the way a click finds it.
+/// The element `selector` matches, found through the DOM domain, for the calls that act
+/// on the element itself (a key press, a hover).
 async fn find(page: &Page, selector: &str) -> Result<chromiumoxide::Element, PluginError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, page.find_element(selector)).await {
         Err(_) => Err(PluginError::app("the browser did not answer in time")),
