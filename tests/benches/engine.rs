@@ -14,8 +14,8 @@
 //!   do not compress, and browser-like ones at the engine's own priority
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
-//!   concurrency 1, 2 and 4, where an order's time goes, and the most memory (PSS)
-//!   Chromium held meanwhile; `FAENA_BENCH_CHROMIUM_ARGS` adds flags to compare
+//!   concurrency 1, 2 and 4, where an order's time goes, and (in runs of their own)
+//!   the most memory (PSS) Chromium holds; `FAENA_BENCH_CHROMIUM_ARGS` adds flags
 //! - python: the gsp flow written in Python (examples/plugin-python, built with
 //!   componentize-py) against the Rust gsp plugin, orders per minute in the same run
 //! - workers: no-op items through 1 and 2 `faena worker` processes against the
@@ -886,8 +886,22 @@ fn gsp_order(i: usize, products: usize) -> NewItem {
 
 /// gsp orders per minute through the whole engine at `concurrency`, after one warm-up
 /// order (Chromium's launch is not counted); and the mean milliseconds per stage.
-async fn gsp_orders(orders: usize, concurrency: usize) -> GspRun {
-    gsp_orders_of("gsp", None, orders, concurrency).await
+async fn gsp_orders(orders: usize, concurrency: usize, measure: Measure) -> GspRun {
+    gsp_orders_of("gsp", None, orders, concurrency, measure).await
+}
+
+/// What a gsp run measures: its pace, or (sampling as it goes, which costs CPU) the
+/// most memory Chromium holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    Pace,
+    Memory,
+}
+
+impl Measure {
+    fn memory(self) -> bool {
+        self == Measure::Memory
+    }
 }
 
 /// The gsp example flow in Python, built with componentize-py (`scripts/bench`
@@ -906,6 +920,7 @@ async fn gsp_orders_of(
     component: Option<&[u8]>,
     orders: usize,
     concurrency: usize,
+    measure: Measure,
 ) -> GspRun {
     use faena_tests::portals::{self, gsp};
     let portals = portals::serve(0).await.unwrap();
@@ -963,13 +978,20 @@ async fn gsp_orders_of(
         }
     };
     run(vec![gsp_order(90_000 % 20_000, 2)]).await;
+    // Reading every Chromium process's smaps walks its page tables: on two cores that
+    // took about a twentieth of the CPU the orders ran on. A timed run does not sample.
     let sampling = CancellationToken::new();
-    let peak = tokio::spawn(peak_chromium_pss(sampling.clone()));
+    let peak = measure
+        .memory()
+        .then(|| tokio::spawn(peak_chromium_pss(sampling.clone())));
     let t0 = Instant::now();
     let id = run((0..orders).map(|i| gsp_order(i, 3)).collect()).await;
     let per_minute = orders as f64 * 60.0 / t0.elapsed().as_secs_f64();
     sampling.cancel();
-    let chromium_mb = peak.await.unwrap() as f64 / 1024.0;
+    let chromium_mb = match peak {
+        Some(peak) => Some(peak.await.unwrap() as f64 / 1024.0),
+        None => None,
+    };
     // Mean time from the start of the run (or the previous stage) to each stage.
     let mut stages: Vec<(String, f64)> = Vec::new();
     for i in 0..orders {
@@ -1000,8 +1022,8 @@ struct GspRun {
     /// Mean milliseconds to each stage.
     stages: Vec<(String, f64)>,
     /// The most memory Chromium's processes held together (PSS, so pages they share
-    /// count once) while the orders ran.
-    chromium_mb: f64,
+    /// count once) while the orders ran, in a [`Measure::Memory`] run.
+    chromium_mb: Option<f64>,
 }
 
 /// The peak, until `stop`, of the summed PSS (KiB) of this process's descendants: the
@@ -1417,10 +1439,14 @@ fn main() {
                 let mut memory = Vec::new();
                 let mut stages = Vec::new();
                 for _ in 0..n {
-                    let r = gsp_orders(8 * concurrency, concurrency).await;
+                    let r = gsp_orders(8 * concurrency, concurrency, Measure::Pace).await;
                     rates.push(r.per_minute);
-                    memory.push(r.chromium_mb);
                     stages = r.stages;
+                }
+                // Memory in runs of their own, each context opened twice per slot.
+                for _ in 0..n {
+                    let r = gsp_orders(2 * concurrency, concurrency, Measure::Memory).await;
+                    memory.extend(r.chromium_mb);
                 }
                 row(
                     &format!("gsp: orders of 3 products, concurrency {concurrency}"),
@@ -1445,12 +1471,18 @@ fn main() {
                 let (mut rust, mut python, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..n {
                     let orders = 8 * concurrency;
-                    let r = gsp_orders_of("gsp", None, orders, concurrency)
+                    let r = gsp_orders_of("gsp", None, orders, concurrency, Measure::Pace)
                         .await
                         .per_minute;
-                    let p = gsp_orders_of("gsp-python", Some(&component), orders, concurrency)
-                        .await
-                        .per_minute;
+                    let p = gsp_orders_of(
+                        "gsp-python",
+                        Some(&component),
+                        orders,
+                        concurrency,
+                        Measure::Pace,
+                    )
+                    .await
+                    .per_minute;
                     rust.push(r);
                     python.push(p);
                     ratio.push(p / r);
