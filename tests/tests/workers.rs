@@ -463,16 +463,9 @@ fn watch_pages(
         let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             for (name, port) in &chromes {
-                let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await
-                else {
+                let Some(n) = portal_pages(*port, &portal).await else {
                     continue;
                 };
-                let list: Value = resp.json().await.unwrap_or(Value::Null);
-                let n = list.as_array().map_or(0, |l| {
-                    l.iter()
-                        .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(&portal)))
-                        .count()
-                });
                 let max = seen.entry(*name).or_default();
                 *max = (*max).max(n);
             }
@@ -480,6 +473,20 @@ fn watch_pages(
         }
         seen
     })
+}
+
+/// The pages the browser listening on `port` shows of `portal` now (`None`: it does
+/// not answer).
+async fn portal_pages(port: u16, portal: &str) -> Option<usize> {
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+        .await
+        .ok()?;
+    let list: Value = resp.json().await.unwrap_or(Value::Null);
+    Some(list.as_array().map_or(0, |l| {
+        l.iter()
+            .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(portal)))
+            .count()
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,6 +547,23 @@ async fn an_engine_spreads_contexts_over_browser_endpoints_and_outlives_one() {
         "a is used again: {seen:?}"
     );
     assert_eq!(placed(&portals.gsp).len(), 20);
+    // Each order's context goes once its outcome is in (disposed of after it, not
+    // before): no page of the portal stays open in either browser.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = (
+            portal_pages(pa, &portals.url).await,
+            portal_pages(pb, &portals.url).await,
+        );
+        if left == (Some(0), Some(0)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pages left open: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(a);
 }
 
