@@ -189,6 +189,11 @@ const FLAGS: &[&str] = &[
     // this Chromium may drop input that reaches a document before its first frame.
     "--allow-pre-commit-input",
     "--mute-audio",
+    // As Playwright launches it: no earlier documents kept alive in each order's
+    // renderer for a back navigation (a back navigation loads the page again), and
+    // none of the field trials a build may switch on by default.
+    "--disable-back-forward-cache",
+    "--disable-field-trial-config",
 ];
 
 /// Longest wait for a launched Chromium to listen, and for one CDP command.
