@@ -481,7 +481,7 @@ async fn portal_pages(port: u16, portal: &str) -> Option<usize> {
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
         .await
         .ok()?;
-    let list: Value = resp.json().await.unwrap_or(Value::Null);
+    let list: Value = resp.json().await.ok()?;
     Some(list.as_array().map_or(0, |l| {
         l.iter()
             .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(portal)))

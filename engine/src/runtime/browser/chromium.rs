@@ -134,7 +134,36 @@ pub struct Chromium {
     slots: Vec<Arc<Slot>>,
     /// Woken when a context gives its seat back.
     freed: Arc<Notify>,
+    /// Contexts being disposed of after their runs: a clean stop waits for them, so
+    /// that an endpoint shared with others is not left holding a logged-in context.
+    disposing: Arc<Disposing>,
 }
+
+#[derive(Default)]
+struct Disposing {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// One context being disposed of, counted in [`Disposing`] while it lives.
+struct Disposal(Arc<Disposing>);
+
+impl Disposal {
+    fn new(of: &Arc<Disposing>) -> Self {
+        of.count.fetch_add(1, Ordering::AcqRel);
+        Disposal(of.clone())
+    }
+}
+
+impl Drop for Disposal {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
+    }
+}
+
+/// Longest a context's disposal, and then each of its pages' closing, may take.
+const DISPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an endpoint that could not be reached is left alone.
 const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -227,6 +256,7 @@ impl Chromium {
             settings,
             slots,
             freed: Arc::new(Notify::new()),
+            disposing: Arc::default(),
         }
     }
 
@@ -345,11 +375,46 @@ impl Chromium {
     /// Kill a launched browser and remove its profile; disconnect from endpoints (a
     /// clean stop of the engine).
     pub async fn stop(&self) {
+        // Contexts still being disposed of first, each within its own time limit.
+        let _ = tokio::time::timeout(DISPOSE_TIMEOUT * 3, async {
+            loop {
+                let done = self.disposing.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if self.disposing.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
         for slot in &self.slots {
             if let Some(live) = slot.live.lock().await.take() {
                 let _ = tokio::task::spawn_blocking(move || drop(live)).await;
             }
         }
+    }
+
+    /// Dispose of a run's context, and with it its `pages`, after the run: its outcome
+    /// does not wait for Chromium to tear the context down, and the context keeps its
+    /// seat until it is gone. If the browser does not dispose of it in time, the pages
+    /// are closed one by one. A clean [`Chromium::stop`] waits for it.
+    pub fn dispose(&self, ctx: Context, pages: Vec<chromiumoxide::Page>) {
+        let disposal = Disposal::new(&self.disposing);
+        tokio::spawn(async move {
+            let disposed = tokio::time::timeout(
+                DISPOSE_TIMEOUT,
+                ctx.browser.dispose_browser_context(ctx.id.clone()),
+            )
+            .await;
+            if !matches!(disposed, Ok(Ok(_))) && !ctx.dead.is_cancelled() {
+                for page in pages {
+                    let _ = tokio::time::timeout(DISPOSE_TIMEOUT, page.close()).await;
+                }
+            }
+            drop(ctx);
+            drop(disposal);
+        });
     }
 
     /// A fresh isolated context (own cookies and storage) for one item, on the

@@ -184,26 +184,15 @@ impl BrowserCtx {
     }
 
     /// Close every page and the context. Called after every run, failed or not.
-    ///
-    /// Disposing of a context closes its pages, so they are not closed one by one
-    /// first; and it goes on after this returns, so a run's outcome does not wait for
-    /// Chromium to tear the context down. The context keeps its seat until it is gone.
+    /// Disposing of the context closes its pages, and goes on after this returns
+    /// ([`Chromium::dispose`]).
     pub async fn close(&mut self) {
         if let Some(shared) = &self.session_page {
             shared.lock().expect("session page lock").take();
         }
         let pages = std::mem::take(&mut self.pages);
-        match self.context.take() {
-            Some(ctx) if !ctx.dead.is_cancelled() => {
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        ctx.browser.dispose_browser_context(ctx.id.clone()),
-                    )
-                    .await;
-                    drop((pages, ctx));
-                });
-            }
+        match (self.context.take(), &self.chromium) {
+            (Some(ctx), Some(chromium)) if !ctx.dead.is_cancelled() => chromium.dispose(ctx, pages),
             _ => {
                 for page in pages {
                     let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
