@@ -165,6 +165,14 @@ impl Drop for Disposal {
 /// Longest a context's disposal, and then each of its pages' closing, may take.
 const DISPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Close `pages` one by one, each within [`DISPOSE_TIMEOUT`]: for pages no disposal of
+/// their context takes with it.
+pub(super) async fn close_pages(pages: Vec<chromiumoxide::Page>) {
+    for page in pages {
+        let _ = tokio::time::timeout(DISPOSE_TIMEOUT, page.close()).await;
+    }
+}
+
 /// How long an endpoint that could not be reached is left alone.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
@@ -408,9 +416,7 @@ impl Chromium {
             )
             .await;
             if !matches!(disposed, Ok(Ok(_))) && !ctx.dead.is_cancelled() {
-                for page in pages {
-                    let _ = tokio::time::timeout(DISPOSE_TIMEOUT, page.close()).await;
-                }
+                close_pages(pages).await;
             }
             drop(ctx);
             drop(disposal);

@@ -193,11 +193,7 @@ impl BrowserCtx {
         let pages = std::mem::take(&mut self.pages);
         match (self.context.take(), &self.chromium) {
             (Some(ctx), Some(chromium)) if !ctx.dead.is_cancelled() => chromium.dispose(ctx, pages),
-            _ => {
-                for page in pages {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), page.close()).await;
-                }
-            }
+            _ => chromium::close_pages(pages).await,
         }
     }
 }
