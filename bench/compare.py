@@ -94,7 +94,7 @@ def faena_benches():
     env = {**os.environ, "FAENA_BENCH_JSON": out, "FAENA_BENCH_RUNS": str(RUNS),
            "FAENA_BENCH_LATENCY_RATE": str(RATE)}
     subprocess.run(["cargo", "bench", "--locked", "-q", "-p", "faena-tests", "--bench", "engine",
-                    "--", "engine", "fanout", "overload", "gsp"], cwd=ROOT, env=env, check=True,
+                    "--", "store", "engine", "fanout", "overload", "gsp"], cwd=ROOT, env=env, check=True,
                    stdout=sys.stderr)
     rows = {}
     with open(out) as f:
@@ -118,19 +118,23 @@ def playwright_gsp():
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{PORTALS_PORT}/gsp/login")
-        out = {}
+        out, cpu = {}, {}
         for c in (1, 2, 4):
-            vals = []
+            vals, cpus = [], []
             for i in range(RUNS):
                 log(f"playwright gsp concurrency {c}, run {i + 1}/{RUNS}")
                 p = subprocess.run([PY, os.path.join(ROOT, "bench/gsp_playwright.py"),
                                     "--portal", f"http://127.0.0.1:{PORTALS_PORT}",
                                     "--orders", str(8 * c), "--concurrency", str(c),
-                                    "--offset", str(100 * (c * 10 + i))],
+                                    "--offset", str(100 * (c * 10 + i)),
+                                    "--portal-pid", str(portals.pid)],
                                    stdout=subprocess.PIPE, text=True, check=True)
-                vals.append(json.loads(p.stdout)["orders_per_min"])
+                r = json.loads(p.stdout)
+                vals.append(r["orders_per_min"])
+                cpus.append(r["cpu_per_order_s"])
             out[c] = vals
-        return out
+            cpu[c] = {k: [x[k] * 1e3 for x in cpus] for k in cpus[0]}
+        return out, cpu
     finally:
         portals.terminate()
         portals.wait()
@@ -223,7 +227,7 @@ def main():
         redis.terminate()
         redis.wait()
         shutil.rmtree(redis_dir, ignore_errors=True)
-    pw = playwright_gsp()
+    pw, pw_cpu = playwright_gsp()
     idle, peak, disk, startup = footprint()
 
     rows = []
@@ -241,6 +245,10 @@ def main():
     lat50 = next(k for k in f if k.startswith("engine: enqueue→start p50"))
     add(f"no-op items end to end, durable ({ITEMS:,})", "items/s", f[eng], celery["items_per_s"], "Celery", target="≥ 10× Celery")
     add("", "items/s", f[eng], bull["items_per_s"], "BullMQ", target="≥ 2× BullMQ")
+    # The store alone, no plugin and no dispatcher: the ceiling of the row above.
+    store = next(k for k in f if k.startswith("store: create→claim→complete"))
+    add("store path alone (create→claim→complete, 50,000)", "items/s", f[store], bull["items_per_s"],
+        "BullMQ", target="≥ 15,000")
     add(f"enqueue→start p50 ({RATE}/s)", "ms", f[lat50], celery["p50_ms"], "Celery", higher_better=False)
     add("", "ms", f[lat50], bull["p50_ms"], "BullMQ", higher_better=False)
     add(f"enqueue→start p99 ({RATE}/s)", "ms", f["engine: enqueue→start p99"], celery["p99_ms"], "Celery", higher_better=False, target="< 5 ms")
@@ -250,6 +258,15 @@ def main():
     for c in (1, 2, 4):
         add(f"gsp orders of 3 products, concurrency {c}", "orders/min",
             f[f"gsp: orders of 3 products, concurrency {c}"], pw[c], "Playwright", target="≥ 1.5× Playwright")
+    # Where an order's CPU goes on each side (ms per order, over the timed orders): the
+    # machine's busy time, Chromium's share (the rest of the machine), the driver (faena's
+    # engine; Python and Playwright's Node process) and the portal simulator.
+    for c in (1, 2, 4):
+        for part, theirs in (("whole machine", "machine"), ("Chromium", "browser"),
+                             ("engine", "driver"), ("portal", "portal")):
+            name = "driver (engine / Python + Node)" if part == "engine" else part
+            add(f"gsp CPU per order, c{c}: {name}", "ms", f[f"gsp: CPU per order, {part}, concurrency {c}"],
+                pw_cpu[c][theirs], "Playwright", higher_better=False)
     for n in (100, 1000):
         add(f"feed fan-out p50, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p50 (50 events/s)"])
         add(f"feed fan-out p99, {n:,} subscribers", "ms", f[f"feed: fan-out to {n} subscribers p99"], target="< 50 ms" if n == 1000 else "")

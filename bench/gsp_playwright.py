@@ -9,6 +9,8 @@ Prints {"orders_per_min": ...} as JSON. Orders are the benchmark's: 3 products e
 import argparse
 import asyncio
 import json
+import os
+import resource
 import time
 
 from playwright.async_api import async_playwright
@@ -77,6 +79,52 @@ async def place(browser, base, consultant, rows):
         await context.close()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s():
+    """Busy CPU seconds of the whole machine (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICKS
+
+
+def process_s(pid):
+    """User + system CPU seconds of one process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children(pid):
+    """The processes whose parent is `pid` (Playwright's Node driver, for this one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def cpu_mark(portal_pid):
+    """CPU seconds so far: the machine, this script (the driver: Python and
+    Playwright's Node process), the portal simulator."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    node = sum(process_s(c) for c in children(os.getpid()))
+    return {"machine": machine_busy_s(), "driver": me.ru_utime + me.ru_stime + node,
+            "portal": process_s(portal_pid) if portal_pid else 0.0}
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--portal", required=True)
@@ -84,6 +132,8 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--portal-pid", type=int, default=0,
+                    help="the portal simulator's process, to tell its CPU apart")
     a = ap.parse_args()
     async with async_playwright() as p:
         browser = await p.chromium.launch(
@@ -100,12 +150,18 @@ async def main():
             async with sem:
                 return await place(browser, a.portal, *order(a.offset + i))
 
+        cpu0 = cpu_mark(a.portal_pid)
         t0 = time.perf_counter()
         ids = await asyncio.gather(*(one(i) for i in range(a.orders)))
         elapsed = time.perf_counter() - t0
+        cpu1 = cpu_mark(a.portal_pid)
         assert len(set(ids)) == a.orders, ids
         await browser.close()
-    print(json.dumps({"orders_per_min": a.orders * 60 / elapsed}))
+    # CPU seconds per order; Chromium's share is what the machine spent besides the
+    # driver and the portal.
+    cpu = {k: (cpu1[k] - cpu0[k]) / a.orders for k in cpu0}
+    cpu["browser"] = cpu["machine"] - cpu["driver"] - cpu["portal"]
+    print(json.dumps({"orders_per_min": a.orders * 60 / elapsed, "cpu_per_order_s": cpu}))
 
 
 asyncio.run(main())

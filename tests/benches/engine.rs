@@ -922,8 +922,8 @@ async fn gsp_orders_of(
     concurrency: usize,
     measure: Measure,
 ) -> GspRun {
-    use faena_tests::portals::{self, gsp};
-    let portals = portals::serve(0).await.unwrap();
+    use faena_tests::portals::gsp;
+    let portals = PortalThreads::start();
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let grants = BTreeMap::from([(
@@ -984,9 +984,11 @@ async fn gsp_orders_of(
     let peak = measure
         .memory()
         .then(|| tokio::spawn(peak_chromium_pss(sampling.clone())));
+    let cpu0 = CpuMark::now();
     let t0 = Instant::now();
     let id = run((0..orders).map(|i| gsp_order(i, 3)).collect()).await;
     let per_minute = orders as f64 * 60.0 / t0.elapsed().as_secs_f64();
+    let cpu = CpuMark::now().since(cpu0).per(orders);
     sampling.cancel();
     let chromium_mb = match peak {
         Some(peak) => Some(peak.await.unwrap() as f64 / 1024.0),
@@ -1013,7 +1015,117 @@ async fn gsp_orders_of(
         per_minute,
         stages,
         chromium_mb,
+        cpu,
     }
+}
+
+/// The portal simulator on threads of its own (named `portal`), as a separate process
+/// serves it to Playwright: its CPU is then told apart from the engine's.
+struct PortalThreads {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortalThreads {
+    fn start() -> Self {
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("portal".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("portal")
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let portals = faena_tests::portals::serve(0).await.unwrap();
+                    url_tx.send(portals.url.clone()).unwrap();
+                    let _ = stopped.await;
+                    drop(portals);
+                });
+            })
+            .unwrap();
+        PortalThreads {
+            url: url_rx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PortalThreads {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CPU seconds used so far: by the whole machine (busy time, every process), by this
+/// process, and by its portal threads.
+#[derive(Clone, Copy, Default)]
+struct CpuMark {
+    machine: f64,
+    process: f64,
+    portal: f64,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        CpuMark {
+            machine: machine_busy_seconds(),
+            process: stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap()),
+            portal: thread_cpu_seconds("portal"),
+        }
+    }
+
+    fn since(self, before: CpuMark) -> CpuMark {
+        CpuMark {
+            machine: self.machine - before.machine,
+            process: self.process - before.process,
+            portal: self.portal - before.portal,
+        }
+    }
+
+    fn per(self, n: usize) -> CpuMark {
+        let n = n as f64;
+        CpuMark {
+            machine: self.machine / n,
+            process: self.process / n,
+            portal: self.portal / n,
+        }
+    }
+
+    /// The engine's share: this process but its portal threads.
+    fn engine(self) -> f64 {
+        self.process - self.portal
+    }
+
+    /// Everything outside this process: Chromium's processes (and whatever else ran).
+    fn browser(self) -> f64 {
+        self.machine - self.process
+    }
+}
+
+/// Busy CPU seconds of the whole machine since boot, from `/proc/stat` (user, nice,
+/// system, irq and softirq time; not idle, I/O wait or time stolen by a hypervisor).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu = stat
+        .lines()
+        .next()
+        .expect("/proc/stat starts with the cpu line");
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    (f[0] + f[1] + f[2] + f[5] + f[6]) / ticks_per_s
 }
 
 /// What one [`gsp_orders_of`] run measured.
@@ -1024,6 +1136,8 @@ struct GspRun {
     /// The most memory Chromium's processes held together (PSS, so pages they share
     /// count once) while the orders ran, in a [`Measure::Memory`] run.
     chromium_mb: Option<f64>,
+    /// CPU seconds per order over the timed orders.
+    cpu: CpuMark,
 }
 
 /// The peak, until `stop`, of the summed PSS (KiB) of this process's descendants: the
@@ -1438,10 +1552,12 @@ fn main() {
                 let mut rates = Vec::new();
                 let mut memory = Vec::new();
                 let mut stages = Vec::new();
+                let mut cpu = Vec::new();
                 for _ in 0..n {
                     let r = gsp_orders(8 * concurrency, concurrency, Measure::Pace).await;
                     rates.push(r.per_minute);
                     stages = r.stages;
+                    cpu.push(r.cpu);
                 }
                 // Memory in runs of their own, each context opened twice per slot.
                 for _ in 0..n {
@@ -1457,6 +1573,29 @@ fn main() {
                     &format!("gsp: Chromium peak PSS, concurrency {concurrency}"),
                     "MB",
                     memory,
+                );
+                // Where an order's CPU goes: with both cores busy, this is what the
+                // pace is made of.
+                let ms = |f: fn(&CpuMark) -> f64| cpu.iter().map(|c| f(c) * 1e3).collect();
+                row(
+                    &format!("gsp: CPU per order, whole machine, concurrency {concurrency}"),
+                    "ms",
+                    ms(|c| c.machine),
+                );
+                row(
+                    &format!("gsp: CPU per order, Chromium, concurrency {concurrency}"),
+                    "ms",
+                    ms(|c| c.browser()),
+                );
+                row(
+                    &format!("gsp: CPU per order, engine, concurrency {concurrency}"),
+                    "ms",
+                    ms(|c| c.engine()),
+                );
+                row(
+                    &format!("gsp: CPU per order, portal, concurrency {concurrency}"),
+                    "ms",
+                    ms(|c| c.portal),
                 );
                 let breakdown: Vec<String> = stages
                     .iter()
