@@ -199,11 +199,14 @@ const FLAGS: &[&str] = &[
     "--disable-extensions",
     "--no-first-run",
     "--no-default-browser-check",
+    // No spare renderer: Chromium starts one ahead for the browser context used last,
+    // but each run has a context of its own and stays on one site, so the spare was
+    // started and thrown away with every run's context, on the cores the runs need.
     "--disable-features=Translate,TranslateUI,MediaRouter,OptimizationHints,\
      OptimizationGuideModelDownloading,OptimizationHintsFetching,OptimizationTargetPrediction,\
      OptimizationGuideOnDeviceModel,OnDeviceModelService,AutofillServerCommunication,\
      CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,LensOverlay,\
-     PaintHolding,AcceptCHFrame,HttpsUpgrades",
+     PaintHolding,AcceptCHFrame,HttpsUpgrades,SpareRendererForSitePerProcess",
     "--enable-features=NetworkService,NetworkServiceInProcess",
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
