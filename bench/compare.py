@@ -5,10 +5,13 @@ as min / median / max over RUNS runs, with the ratio of the medians and the targ
 
 - engine overhead: faena's no-op items (created, run, completed, durable) against
   Celery + Redis (acks_late) and BullMQ + Redis, the same item count, Redis with an
-  append-only file synced every second;
+  append-only file synced every second; beside it faena's store path alone (no plugin,
+  no dispatcher), the ceiling of its end-to-end figure;
 - enqueue→start p50/p99 of single items sent at a steady rate, all three;
 - browser flows: gsp orders per minute at concurrency 1, 2, 4, faena's plugin against
-  the same flow in Python Playwright, the same Chromium, a fresh context per order;
+  the same flow in Python Playwright, the same Chromium, a fresh context per order, and
+  the CPU of an order on each side: the whole machine's, Chromium's, the driver's
+  (faena's engine; Python and Playwright's Node process) and the portal simulator's;
 - feed fan-out p50/p99 to 100 and 1,000 WebSocket subscribers (faena);
 - footprint of `faena serve`: RSS idle and while it runs 100,000 items, disk per
   100,000 finished items, start-up time with 1,000,000 items stored.
@@ -89,7 +92,7 @@ def wait_http(url, timeout=60):
 
 
 def faena_benches():
-    """faena's own benchmark rows (engine, feed, overload, gsp), as JSON lines."""
+    """faena's own benchmark rows (store, engine, feed, overload, gsp), as JSON lines."""
     out = tempfile.mktemp(suffix=".jsonl")
     env = {**os.environ, "FAENA_BENCH_JSON": out, "FAENA_BENCH_RUNS": str(RUNS),
            "FAENA_BENCH_LATENCY_RATE": str(RATE)}
@@ -218,7 +221,7 @@ def main():
                               "--dir", redis_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        log("faena benchmarks (engine, feed, gsp)")
+        log("faena benchmarks (store, engine, feed, gsp)")
         f = faena_benches()
         celery = queue_bench([PY, "bench/celery_noop.py", "--redis", str(REDIS_PORT), "--items", str(ITEMS),
                               "--rate", str(RATE), "--latency-items", "2000"])
@@ -247,7 +250,7 @@ def main():
     add("", "items/s", f[eng], bull["items_per_s"], "BullMQ", target="≥ 2× BullMQ")
     # The store alone, no plugin and no dispatcher: the ceiling of the row above.
     store = next(k for k in f if k.startswith("store: create→claim→complete"))
-    add("store path alone (create→claim→complete, 50,000)", "items/s", f[store], bull["items_per_s"],
+    add("store path alone, no plugin runs (50,000)", "items/s", f[store], bull["items_per_s"],
         "BullMQ", target="≥ 15,000")
     add(f"enqueue→start p50 ({RATE}/s)", "ms", f[lat50], celery["p50_ms"], "Celery", higher_better=False)
     add("", "ms", f[lat50], bull["p50_ms"], "BullMQ", higher_better=False)

@@ -3,7 +3,9 @@
 
     gsp_playwright.py --portal http://127.0.0.1:8090 --orders 8 --concurrency 2
 
-Prints {"orders_per_min": ...} as JSON. Orders are the benchmark's: 3 products each.
+Prints {"orders_per_min": ..., "cpu_per_order_s": {...}} as JSON: the pace, and the CPU
+seconds an order took (the whole machine's, this driver's, the portal's given
+--portal-pid, Chromium's as the rest). Orders are the benchmark's: 3 products each.
 """
 
 import argparse

@@ -14,8 +14,10 @@
 //!   do not compress, and browser-like ones at the engine's own priority
 //! - browser: a form flow in Chromium, fresh context per item vs fresh browser per item
 //! - gsp: orders per minute of the real gsp plugin against the portal simulator at
-//!   concurrency 1, 2 and 4, where an order's time goes, and (in runs of their own)
-//!   the most memory (PSS) Chromium holds; `FAENA_BENCH_CHROMIUM_ARGS` adds flags
+//!   concurrency 1, 2 and 4, where an order's time goes, its CPU (the machine's, split
+//!   into Chromium, the engine and the portal simulator, which runs on threads of its
+//!   own), and (in runs of their own) the most memory (PSS) Chromium holds;
+//!   `FAENA_BENCH_CHROMIUM_ARGS` adds flags
 //! - python: the gsp flow written in Python (examples/plugin-python, built with
 //!   componentize-py) against the Rust gsp plugin, orders per minute in the same run
 //! - workers: no-op items through 1 and 2 `faena worker` processes against the
