@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::process::{self, Process};
 
@@ -310,7 +310,12 @@ impl Chromium {
             // wait forever: that is the browser's death.
             while let Some(event) = handler.next().await {
                 if let Err(CdpError::Ws(e)) = event {
-                    warn!("lost the connection to Chromium: {e}");
+                    // A clean stop marks the browser gone before it closes it.
+                    if flag.load(Ordering::Acquire) {
+                        warn!("lost the connection to Chromium: {e}");
+                    } else {
+                        debug!("the connection to Chromium closed: {e}");
+                    }
                     break;
                 }
             }
@@ -401,6 +406,7 @@ impl Chromium {
         .await;
         for slot in &self.slots {
             if let Some(live) = slot.live.lock().await.take() {
+                live.alive.store(false, Ordering::Release);
                 let _ = tokio::task::spawn_blocking(move || drop(live)).await;
             }
         }
