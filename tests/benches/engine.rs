@@ -1069,7 +1069,7 @@ impl Drop for PortalThreads {
 
 /// CPU seconds used so far: by the whole machine (busy time, every process), by this
 /// process, and by its portal threads.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct CpuMark {
     machine: f64,
     process: f64,
@@ -1113,6 +1113,9 @@ impl CpuMark {
     }
 }
 
+/// One figure of a [`CpuMark`], by name in the bench's rows.
+type CpuPart = fn(&CpuMark) -> f64;
+
 /// Busy CPU seconds of the whole machine since boot, from `/proc/stat` (user, nice,
 /// system, irq and softirq time; not idle, I/O wait or time stolen by a hypervisor).
 fn machine_busy_seconds() -> f64 {
@@ -1126,8 +1129,7 @@ fn machine_busy_seconds() -> f64 {
         .skip(1)
         .map(|v| v.parse().unwrap())
         .collect();
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    (f[0] + f[1] + f[2] + f[5] + f[6]) / ticks_per_s
+    (f[0] + f[1] + f[2] + f[5] + f[6]) / USER_HZ
 }
 
 /// What one [`gsp_orders_of`] run measured.
@@ -1578,27 +1580,19 @@ fn main() {
                 );
                 // Where an order's CPU goes: with both cores busy, this is what the
                 // pace is made of.
-                let ms = |f: fn(&CpuMark) -> f64| cpu.iter().map(|c| f(c) * 1e3).collect();
-                row(
-                    &format!("gsp: CPU per order, whole machine, concurrency {concurrency}"),
-                    "ms",
-                    ms(|c| c.machine),
-                );
-                row(
-                    &format!("gsp: CPU per order, Chromium, concurrency {concurrency}"),
-                    "ms",
-                    ms(|c| c.browser()),
-                );
-                row(
-                    &format!("gsp: CPU per order, engine, concurrency {concurrency}"),
-                    "ms",
-                    ms(|c| c.engine()),
-                );
-                row(
-                    &format!("gsp: CPU per order, portal, concurrency {concurrency}"),
-                    "ms",
-                    ms(|c| c.portal),
-                );
+                let parts: [(&str, CpuPart); 4] = [
+                    ("whole machine", |c| c.machine),
+                    ("Chromium", |c| c.browser()),
+                    ("engine", |c| c.engine()),
+                    ("portal", |c| c.portal),
+                ];
+                for (part, of) in parts {
+                    row(
+                        &format!("gsp: CPU per order, {part}, concurrency {concurrency}"),
+                        "ms",
+                        cpu.iter().map(|c| of(c) * 1e3).collect(),
+                    );
+                }
                 let breakdown: Vec<String> = stages
                     .iter()
                     .map(|(name, ms)| format!("{name} {ms:.0}"))
@@ -1679,9 +1673,11 @@ fn thread_cpu_seconds(prefix: &str) -> f64 {
     total
 }
 
+/// Clock ticks per second of the times in `/proc` (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
 /// User + system CPU seconds in a `/proc/…/stat` line.
 fn stat_cpu_seconds(stat: &str) -> f64 {
-    let ticks_per_s = 100.0; // USER_HZ on Linux
     let close = stat
         .rfind(')')
         .expect("a stat line names its command in parentheses");
@@ -1689,5 +1685,5 @@ fn stat_cpu_seconds(stat: &str) -> f64 {
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
     let utime: f64 = fields[11].parse().unwrap();
     let stime: f64 = fields[12].parse().unwrap();
-    (utime + stime) / ticks_per_s
+    (utime + stime) / USER_HZ
 }
