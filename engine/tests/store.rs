@@ -336,6 +336,12 @@ async fn attempts_run_out_into_the_failure_policy() {
         assert_eq!(item.attempts.len(), 3);
         assert_eq!(item.error.unwrap().message, "down");
     }
+    // Each attempt is one run in the metrics, counted once.
+    let m = e.store.metrics().render();
+    assert!(
+        m.contains("faena_run_seconds_count{plugin=\"down\"} 6"),
+        "{m}"
+    );
     e.stop().await;
 }
 

@@ -410,7 +410,9 @@ impl Run<'_> {
         };
         drop(held);
         self.leases.remove(&id, token);
-        queue.record_run(&plugin, started.elapsed());
+        // The run's duration reaches the metrics from its attempt, when the store
+        // settles it (a worker's runs too): not from here, or it would count twice.
+        debug!(item = %id, %plugin, took_ms = started.elapsed().as_millis() as u64, "run ended");
         let Some(outcome) = outcome else {
             self.stopped(&id, token).await;
             return;

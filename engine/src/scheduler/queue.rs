@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -122,8 +121,6 @@ pub trait Queue: Send + Sync + 'static {
     /// The engine's events, when this queue sees them: they stop runs whose item was
     /// cancelled at once. Without them a lost lease shows at the next heartbeat.
     fn follow(&self) -> Option<Follower>;
-
-    fn record_run(&self, plugin: &str, took: Duration);
 
     /// A shutdown began: nothing new starts here.
     fn set_draining(&self);
@@ -278,10 +275,6 @@ impl Queue for Store {
 
     fn follow(&self) -> Option<Follower> {
         Some(Store::follow(self))
-    }
-
-    fn record_run(&self, plugin: &str, took: Duration) {
-        self.metrics().record_run(plugin, took);
     }
 
     fn set_draining(&self) {

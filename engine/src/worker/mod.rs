@@ -502,10 +502,6 @@ impl Queue for RemoteQueue {
         None
     }
 
-    fn record_run(&self, plugin: &str, took: Duration) {
-        tracing::debug!(plugin, took_ms = took.as_millis() as u64, "run finished");
-    }
-
     fn set_draining(&self) {}
 }
 
