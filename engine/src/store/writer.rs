@@ -255,25 +255,28 @@ impl Writer {
         // The group whose flush is under way. While it flushes, the next group is
         // prepared and applied; its callers are answered after its own flush.
         let mut flushing: Option<Flushing> = None;
+        let mut failed = false;
         while closing.is_empty() {
             let lease_deadline = self
                 .ready
                 .next_lease_expiry()
                 .map(|t| self.clock.instant_at(t));
+            // A flushed group is answered before anything else: its callers (a claim
+            // whose slots wait, say) should not also wait for the next group to be
+            // prepared.
             let first = tokio::select! {
+                biased;
+                _ = flushed(&mut flushing), if flushing.is_some() => {
+                    if self.finish_flushed(&mut flushing).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => Some(cmd),
                     None => break,
                 },
                 _ = sleep_until(lease_deadline) => None,
-                _ = flushed(&mut flushing), if flushing.is_some() => {
-                    let f = flushing.take().expect("checked");
-                    // Flushed means applied first: this only drops the overlay.
-                    if self.finish(f).await.is_err() || self.wait_applied().await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
             };
             let mut group = Group::default();
             let mut next = first;
@@ -282,9 +285,24 @@ impl Writer {
                     Command::Shutdown { reply } => closing.push(reply),
                     cmd => self.handle(cmd, &mut group),
                 }
+                // The same while a group is prepared: no command of the new group is
+                // in a transaction between two commands.
+                if flushing
+                    .as_ref()
+                    .is_some_and(|f| f.result.is_some() || f.flush.is_finished())
+                {
+                    flushed(&mut flushing).await;
+                    if self.finish_flushed(&mut flushing).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
                 if group.done.len() < MAX_GROUP && closing.is_empty() {
                     next = rx.try_recv().ok();
                 }
+            }
+            if failed {
+                break;
             }
             self.expire_leases(&mut group);
             let applied = self.apply(group).await;
@@ -320,6 +338,14 @@ impl Writer {
         for reply in closing {
             let _ = reply.send(());
         }
+    }
+
+    /// Answer the group whose flush is done. Flushed means applied first: this also
+    /// stops reading its writes from memory.
+    async fn finish_flushed(&mut self, flushing: &mut Option<Flushing>) -> Result<(), StoreError> {
+        let f = flushing.take().expect("a group is flushing");
+        self.finish(f).await?;
+        self.wait_applied().await
     }
 
     fn fail(&self, e: &StoreError) {
