@@ -30,6 +30,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The port a config written by [`write_config`] gives.
+fn config_port(config: &Path) -> u16 {
+    read(config)
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .and_then(|p| p.parse().ok())
+        .expect("the config names a port")
+}
+
 fn write_config(dir: &Path, data: &Path, port: u16) -> PathBuf {
     let path = dir.join("faena.toml");
     std::fs::write(
@@ -57,25 +66,45 @@ fn spawn(config: &Path, log: &Path, key: Option<&str>) -> Child {
 }
 
 impl Engine {
-    async fn start(config: &Path, port: u16, log: &Path) -> Engine {
-        let mut child = spawn(config, log, None);
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while reqwest::get(format!("{url}/health")).await.is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("faena exited ({status}): {}", read(log));
+    /// Start faena with `config` and wait until it answers. Its own log must say it
+    /// listens: a health answer alone could come from another test's engine that took
+    /// the same port between `free_port` and the bind. A port taken that way is
+    /// replaced in the config, and the start tried again.
+    async fn start(config: &Path, log: &Path) -> Engine {
+        loop {
+            let port = config_port(config);
+            let mut child = spawn(config, log, None);
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if read(log).contains("faena is listening")
+                    && reqwest::get(format!("{url}/health")).await.is_ok()
+                {
+                    return Engine {
+                        child,
+                        url,
+                        log: log.to_owned(),
+                    };
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    let text = read(log);
+                    if text.contains("cannot listen on") {
+                        break;
+                    }
+                    panic!("faena exited ({status}): {text}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "faena did not start: {}",
+                    read(log)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "faena did not start: {}",
-                read(log)
+            let text = read(config).replace(
+                &format!("port = {port}\n"),
+                &format!("port = {}\n", free_port()),
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Engine {
-            child,
-            url,
-            log: log.to_owned(),
+            std::fs::write(config, text).unwrap();
         }
     }
 
@@ -174,7 +203,7 @@ async fn secrets_are_in_no_data_file_in_plain_text_and_the_files_are_private() {
     let port = free_port();
     let config = write_config(tmp.path(), &data, port);
     let log = tmp.path().join("faena.log");
-    let engine = Engine::start(&config, port, &log).await;
+    let engine = Engine::start(&config, &log).await;
     let admin = read(&data.join("admin.key"));
     let put = reqwest::Client::new()
         .put(format!("{}/api/v1/secrets/api_token", engine.url))
@@ -182,7 +211,7 @@ async fn secrets_are_in_no_data_file_in_plain_text_and_the_files_are_private() {
         .json(&serde_json::json!({ "value": FROM_API }))
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}: {}", read(&log)));
     assert_eq!(put.status(), 204);
     let log_text = engine.stop();
     assert!(
@@ -268,7 +297,7 @@ async fn plain_text_secrets_of_an_older_engine_are_encrypted_on_start() {
     let port = free_port();
     let config = write_config(tmp.path(), &data, port);
     let log = tmp.path().join("faena.log");
-    let log_text = Engine::start(&config, port, &log).await.stop();
+    let log_text = Engine::start(&config, &log).await.stop();
     assert_eq!(
         log_text
             .matches("secret(s) that an older engine stored in plain text")
@@ -282,7 +311,7 @@ async fn plain_text_secrets_of_an_older_engine_are_encrypted_on_start() {
 
     // A second start has nothing left to encrypt or narrow.
     let log2 = tmp.path().join("faena2.log");
-    let again = Engine::start(&config, port, &log2).await.stop();
+    let again = Engine::start(&config, &log2).await.stop();
     assert!(!again.contains("older engine"), "{again}");
     assert!(!again.contains("open to other users"), "{again}");
 
