@@ -255,8 +255,7 @@ impl Writer {
         // The group whose flush is under way. While it flushes, the next group is
         // prepared and applied; its callers are answered after its own flush.
         let mut flushing: Option<Flushing> = None;
-        let mut failed = false;
-        while closing.is_empty() {
+        'groups: while closing.is_empty() {
             let lease_deadline = self
                 .ready
                 .next_lease_expiry()
@@ -290,19 +289,13 @@ impl Writer {
                 if flushing
                     .as_ref()
                     .is_some_and(|f| f.result.is_some() || f.flush.is_finished())
+                    && self.finish_flushed(&mut flushing).await.is_err()
                 {
-                    flushed(&mut flushing).await;
-                    if self.finish_flushed(&mut flushing).await.is_err() {
-                        failed = true;
-                        break;
-                    }
+                    break 'groups;
                 }
                 if group.done.len() < MAX_GROUP && closing.is_empty() {
                     next = rx.try_recv().ok();
                 }
-            }
-            if failed {
-                break;
             }
             self.expire_leases(&mut group);
             let applied = self.apply(group).await;
