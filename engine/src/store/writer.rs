@@ -252,72 +252,94 @@ pub(crate) struct Writer {
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut closing = Vec::new();
-        // The group whose flush is under way. While it flushes, the next group is
-        // prepared and applied; its callers are answered after its own flush.
+        // The group whose flush is under way, and the group open for commands
+        // meanwhile. The open group is sealed and handed to the disk the moment the
+        // flush before it is done, so a command waits for the rest of one flush and its
+        // own: never for a group sealed ahead of it that was still waiting its turn.
         let mut flushing: Option<Flushing> = None;
-        'groups: while closing.is_empty() {
+        let mut open = Group::default();
+        // A command went into the open group since it was last sealed.
+        let mut pending = false;
+        let mut failed = false;
+        'groups: loop {
+            if pending && flushing.is_none() {
+                pending = false;
+                self.expire_leases(&mut open);
+                match self.apply(std::mem::take(&mut open)).await {
+                    Ok(f) => flushing = Some(f),
+                    Err(e) => {
+                        self.fail(&e);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if !closing.is_empty() && flushing.is_none() {
+                break;
+            }
             let lease_deadline = self
                 .ready
                 .next_lease_expiry()
+                .filter(|_| closing.is_empty())
                 .map(|t| self.clock.instant_at(t));
-            // A flushed group is answered before anything else: its callers (a claim
-            // whose slots wait, say) should not also wait for the next group to be
-            // prepared.
-            let first = tokio::select! {
+            let room = open.done.len() < MAX_GROUP && closing.is_empty();
+            tokio::select! {
+                // A flushed group is answered before anything else: its callers (a
+                // claim whose slots wait, say) should not also wait for more commands
+                // to be prepared.
                 biased;
                 _ = flushed(&mut flushing), if flushing.is_some() => {
                     if self.finish_flushed(&mut flushing).await.is_err() {
+                        failed = true;
                         break;
                     }
-                    continue;
                 }
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => Some(cmd),
-                    None => break,
-                },
-                _ = sleep_until(lease_deadline) => None,
-            };
-            let mut group = Group::default();
-            let mut next = first;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Shutdown { reply } => closing.push(reply),
-                    cmd => self.handle(cmd, &mut group),
+                cmd = rx.recv(), if room => {
+                    let Some(cmd) = cmd else { break };
+                    let mut next = Some(cmd);
+                    while let Some(cmd) = next.take() {
+                        match cmd {
+                            Command::Shutdown { reply } => closing.push(reply),
+                            cmd => self.handle(cmd, &mut open),
+                        }
+                        pending = true;
+                        // The disk is free again: answer its group and seal this one
+                        // now; what is still waiting goes into the next.
+                        if flushing
+                            .as_ref()
+                            .is_some_and(|f| f.result.is_some() || f.flush.is_finished())
+                        {
+                            if self.finish_flushed(&mut flushing).await.is_err() {
+                                failed = true;
+                                break 'groups;
+                            }
+                            break;
+                        }
+                        if open.done.len() < MAX_GROUP && closing.is_empty() {
+                            next = rx.try_recv().ok();
+                        }
+                    }
                 }
-                // The same while a group is prepared: no command of the new group is
-                // in a transaction between two commands.
-                if flushing
-                    .as_ref()
-                    .is_some_and(|f| f.result.is_some() || f.flush.is_finished())
-                    && self.finish_flushed(&mut flushing).await.is_err()
-                {
-                    break 'groups;
-                }
-                if group.done.len() < MAX_GROUP && closing.is_empty() {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.expire_leases(&mut group);
-            let applied = self.apply(group).await;
-            if let Some(f) = flushing.take()
-                && self.finish(f).await.is_err()
-            {
-                if let Ok(started) = applied {
-                    // Not left writing behind a store that reports itself stopped.
-                    let _ = started.flush.await;
-                }
-                break;
-            }
-            match applied {
-                Ok(f) => flushing = Some(f),
-                Err(e) => {
-                    self.fail(&e);
-                    break;
-                }
+                _ = sleep_until(lease_deadline) => pending = true,
             }
         }
-        if let Some(f) = flushing.take() {
-            let _ = self.finish(f).await;
+        if let Some(f) = flushing.take()
+            && self.finish(f).await.is_err()
+        {
+            failed = true;
+        }
+        if pending && !failed {
+            self.expire_leases(&mut open);
+            match self.apply(std::mem::take(&mut open)).await {
+                Ok(f) => {
+                    let _ = self.finish(f).await;
+                }
+                Err(e) => self.fail(&e),
+            }
+        }
+        // A group never committed: its callers hear so.
+        for d in std::mem::take(&mut open.done) {
+            d(false);
         }
         // Callers still queued get `Closed` when their reply channel drops.
         rx.close();
