@@ -181,6 +181,60 @@ async fn claim_twice_and_stale_tokens_are_refused() {
     e.stop().await;
 }
 
+/// A claim for a dispatcher's free places takes the places free when it runs, brings
+/// back no more items than that, and claims nothing when no place is free (the
+/// dispatcher frees the places nothing came back for).
+#[tokio::test]
+async fn a_claim_for_free_places_takes_those_free_when_it_runs() {
+    let e = engine(None, 1).await;
+    let job = e
+        .store
+        .create_job(
+            "default",
+            new_job("ext", (0..3).map(|i| json!(i)).collect()),
+            None,
+        )
+        .await
+        .unwrap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(5));
+    let held = slots.clone().try_acquire_many_owned(5).unwrap();
+    let (none, places) = e
+        .store
+        .claim_slots(claim_req(&e.store, "ext", 0), slots.clone())
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    assert_eq!(places.num_permits(), 0);
+    assert_eq!(e.store.job(&job.id).unwrap().counts.queued, 3);
+
+    // Two places free again: two items, each with its place.
+    drop(places);
+    let mut held = held;
+    drop(held.split(2).unwrap());
+    let (two, places) = e
+        .store
+        .claim_slots(claim_req(&e.store, "ext", 0), slots.clone())
+        .await
+        .unwrap();
+    assert_eq!(two.items.len(), 2);
+    assert_eq!(places.num_permits(), 2);
+    assert_eq!(slots.available_permits(), 0);
+
+    // All five free, one item left: the claim holds all five, for one item.
+    drop(places);
+    drop(held);
+    let (one, places) = e
+        .store
+        .claim_slots(claim_req(&e.store, "ext", 0), slots.clone())
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    assert_eq!(places.num_permits(), 5);
+    let counts = e.store.job(&job.id).unwrap().counts;
+    assert_eq!((counts.queued, counts.running), (0, 3));
+    e.stop().await;
+}
+
 /// A process dies with items running; reopening the same directory puts its own items
 /// back at once and an external worker's when its lease expires. Each lost run counts
 /// as a failed attempt, and the old lease token stays rejected.

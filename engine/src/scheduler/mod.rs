@@ -173,19 +173,19 @@ pub async fn run_on(
     // The last claim answered found less than it asked for: the next one waits for a
     // wake, a freed slot or a retry coming due.
     let mut idle = false;
+    // A slot was freed or a claim answered since the last claim was sent. A claim
+    // takes the slots free when the store runs it, so a second one sent for the same
+    // slots would find none.
+    let mut fresh = true;
     let mut next_due = None;
     loop {
         // Read each round: plugins may be installed while the engine runs.
         let plugins = executor.plugins();
         let free = slots.available_permits();
-        if !idle && free > 0 && !plugins.is_empty() && claims.len() < most_claims {
-            let permits = slots
-                .clone()
-                .try_acquire_many_owned(free as u32)
-                .expect("the free slots were counted");
+        if fresh && !idle && free > 0 && !plugins.is_empty() && claims.len() < most_claims {
+            fresh = false;
             woken = Some(queue.woken());
-            let claim = queue.claim(plugins, free);
-            claims.push_back(async move { (claim.await, permits) });
+            claims.push_back(queue.claim_slots(plugins, slots.clone()));
             continue;
         }
         if woken.is_none() {
@@ -194,9 +194,10 @@ pub async fn run_on(
         while tasks.try_join_next().is_some() {}
         let due = next_due.map(|t| queue.clock().instant_at(t));
         tokio::select! {
-            Some((claimed, permits)) = claims.next(), if !claims.is_empty() => {
+            Some(claimed) = claims.next(), if !claims.is_empty() => {
+                fresh = true;
                 match claimed {
-                    Ok(claimed) => {
+                    Ok((claimed, permits)) => {
                         next_due = claimed.next_due;
                         idle = claimed.items.len() < permits.num_permits();
                         starter.start(&mut tasks, claimed.items, permits);
@@ -216,21 +217,26 @@ pub async fn run_on(
             _ = async { woken.as_mut().expect("made above").await }, if claims.is_empty() => {
                 woken = None;
                 idle = false;
+                fresh = true;
             }
-            _ = freed.notified() => idle = false,
+            _ = freed.notified() => {
+                idle = false;
+                fresh = true;
+            }
             // A retry came due: claim once more (a due time past stays past, so it is
             // forgotten until a claim answers another).
             _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 next_due = None;
                 idle = false;
+                fresh = true;
             }
             _ = shutdown.cancelled() => break,
         }
     }
     // Items already claimed for this engine run in the drain like the others, rather
     // than wait out their leases.
-    while let Some((claimed, permits)) = claims.next().await {
-        if let Ok(claimed) = claimed {
+    while let Some(claimed) = claims.next().await {
+        if let Ok((claimed, permits)) = claimed {
             starter.start(&mut tasks, claimed.items, permits);
         }
     }

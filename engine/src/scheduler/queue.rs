@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::artifacts::Artifact;
 use crate::clock::Clock;
@@ -28,6 +29,23 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Claim up to `max` ready items of `plugins`.
     fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>>;
+
+    /// Claim ready items of `plugins` for the free places of `slots`, each item
+    /// answered with one place taken for it. By default the places free now; the
+    /// engine's store takes them as late as it can (see its implementation).
+    fn claim_slots(
+        &self,
+        plugins: Vec<String>,
+        slots: Arc<Semaphore>,
+    ) -> BoxFuture<'_, Result<(Claimed, OwnedSemaphorePermit)>> {
+        let free = slots.available_permits();
+        Box::pin(async move {
+            let permits = slots
+                .try_acquire_many_owned(free as u32)
+                .map_err(|_| StoreError::Closed)?;
+            Ok((self.claim(plugins, free).await?, permits))
+        })
+    }
 
     /// The secret values the run of `task` may read, if they came with its claim.
     fn secrets(&self, task: &ClaimedItem) -> GivenSecrets;
@@ -154,6 +172,30 @@ impl Queue for Store {
                 labels: Vec::new(),
                 item: None,
             },
+        ))
+    }
+
+    /// The places are taken when the writer seals the group the claim is in, not
+    /// when it is sent: a run that ends while the group before is flushing still
+    /// has its place claimed for in that group, with its completion, instead of
+    /// waiting for the next claim after this one is answered.
+    fn claim_slots(
+        &self,
+        plugins: Vec<String>,
+        slots: Arc<Semaphore>,
+    ) -> BoxFuture<'_, Result<(Claimed, OwnedSemaphorePermit)>> {
+        Box::pin(Store::claim_slots(
+            self,
+            ClaimRequest {
+                owner: self.instance().to_owned(),
+                tenant: None,
+                plugins,
+                max: 0,
+                lease_ms: None,
+                labels: Vec::new(),
+                item: None,
+            },
+            slots,
         ))
     }
 

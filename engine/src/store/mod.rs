@@ -616,6 +616,18 @@ impl Store {
         self.send(|reply| Command::Claim { req, reply }).await
     }
 
+    /// Claim items for the free places of `slots` (`req.max` is ignored), taken when
+    /// the writer seals the group this claim is in; each item comes with its place.
+    pub async fn claim_slots(
+        &self,
+        req: ClaimRequest,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> Result<(Claimed, tokio::sync::OwnedSemaphorePermit)> {
+        self.writable()?;
+        self.send(|reply| Command::ClaimSlots { req, slots, reply })
+            .await
+    }
+
     pub async fn heartbeat(&self, item: &str, token: u64, extend_ms: Option<u64>) -> Result<Lease> {
         let item = Self::item_key(item)?;
         self.send(|reply| Command::Heartbeat {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{error, warn};
 
 use super::error::{Result, StoreError};
@@ -48,6 +48,12 @@ pub(crate) enum Command {
     Claim {
         req: ClaimRequest,
         reply: Reply<Claimed>,
+    },
+    /// A claim for the free places of `slots`, run when its group is sealed.
+    ClaimSlots {
+        req: ClaimRequest,
+        slots: Arc<Semaphore>,
+        reply: Reply<(Claimed, OwnedSemaphorePermit)>,
     },
     Heartbeat {
         item: ItemKey,
@@ -229,7 +235,15 @@ struct Group {
     jobs: Jobs,
     events: Vec<Published>,
     done: Vec<Done>,
+    /// Claims for free places, run as the group is sealed.
+    claims: Vec<SlotClaim>,
 }
+
+type SlotClaim = (
+    ClaimRequest,
+    Arc<Semaphore>,
+    Reply<(Claimed, OwnedSemaphorePermit)>,
+);
 
 pub(crate) struct Writer {
     pub tree: sled::Tree,
@@ -264,7 +278,7 @@ impl Writer {
         'groups: loop {
             if pending && flushing.is_none() {
                 pending = false;
-                self.expire_leases(&mut open);
+                self.seal(&mut open);
                 match self.apply(std::mem::take(&mut open)).await {
                     Ok(f) => flushing = Some(f),
                     Err(e) => {
@@ -329,7 +343,7 @@ impl Writer {
             failed = true;
         }
         if pending && !failed {
-            self.expire_leases(&mut open);
+            self.seal(&mut open);
             match self.apply(std::mem::take(&mut open)).await {
                 Ok(f) => {
                     let _ = self.finish(f).await;
@@ -392,7 +406,9 @@ impl Writer {
             jobs,
             events,
             done,
+            claims,
         } = group;
+        debug_assert!(claims.is_empty(), "a group's claims run as it is sealed");
         for (id, job) in jobs {
             writes.insert(
                 super::keys::job_key(&id),
@@ -567,6 +583,7 @@ impl Writer {
                 self.run_tx(group, reply, |w, tx| w.delete_job(tx, &job))
             }
             Command::Claim { req, reply } => self.run_tx(group, reply, |w, tx| w.claim(tx, req)),
+            Command::ClaimSlots { req, slots, reply } => group.claims.push((req, slots, reply)),
             Command::Heartbeats { items, reply } => {
                 // One command and one commit for a round of renewals; each lease is
                 // its own transaction, so a lost one fails alone.
@@ -725,6 +742,27 @@ impl Writer {
                 w.schedule_skipped(tx, &tenant, schedule, &reason)
             }),
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// The last commands of a group before it goes to the disk: leases run out, then
+    /// the claims for free places take the places free now, after the completions
+    /// that freed them (and, so, with the running counts those left).
+    fn seal(&mut self, group: &mut Group) {
+        self.expire_leases(group);
+        for (mut req, slots, reply) in std::mem::take(&mut group.claims) {
+            let free = slots.available_permits();
+            let Ok(places) = slots.try_acquire_many_owned(free as u32) else {
+                let _ = reply.send(Err(StoreError::Closed));
+                continue;
+            };
+            if free == 0 {
+                // An earlier claim of this group took them all.
+                let _ = reply.send(Ok((Claimed::default(), places)));
+                continue;
+            }
+            req.max = free;
+            self.run_tx(group, reply, |w, tx| Ok((w.claim(tx, req)?, places)));
         }
     }
 
