@@ -194,6 +194,9 @@ struct EngineRun {
     created_ms: f64,
     /// Commands acknowledged per group commit while the job ran.
     per_commit: f64,
+    /// CPU µs per item of the whole process (the store's threads, the runs, the
+    /// dispatcher), creation included.
+    cpu_us: f64,
 }
 
 /// Items/s of the noop plugin through the whole engine.
@@ -212,6 +215,8 @@ async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
         stop.clone(),
     ));
     let t0 = Instant::now();
+    let process_cpu = || stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let cpu0 = process_cpu();
     let j = store
         .create_job("default", job("noop", n), None)
         .await
@@ -234,6 +239,7 @@ async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let cpu_us = (process_cpu() - cpu0) / n as f64 * 1e6;
     let per_commit = (counter("faena_commit_commands_total ") - commands)
         / (counter("faena_commits_total ") - commits).max(1.0);
     stop.cancel();
@@ -243,6 +249,7 @@ async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
         rate,
         created_ms,
         per_commit,
+        cpu_us,
     }
 }
 
@@ -1377,6 +1384,11 @@ fn main() {
                 "engine: commands per group commit while it runs",
                 "",
                 of(|r| r.per_commit),
+            );
+            row(
+                "engine: CPU per item, whole process",
+                "µs",
+                of(|r| r.cpu_us),
             );
             let mut p50 = Vec::new();
             let mut p99 = Vec::new();
