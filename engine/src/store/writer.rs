@@ -7,6 +7,7 @@
 //! commands reading the first one's writes from memory (groups are applied and
 //! answered in order).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -24,6 +25,11 @@ use crate::model::{Event, Item, ItemStatus, Job, Lease, NewJob};
 
 /// Most commands folded into one group; bulk creates are a group of their own anyway.
 const MAX_GROUP: usize = 512;
+
+/// Flushes under way at once. A second flush started while one runs often shares the
+/// disk's work with it (a journal commit), so a command arriving during a flush is
+/// sealed at once rather than made to wait for it; a third would only queue.
+const FLUSHES_AT_ONCE: usize = 2;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -220,7 +226,7 @@ fn flush_result(
 }
 
 /// Resolves when the flush under way is done, keeping its outcome for `finish`.
-async fn flushed(f: &mut Option<Flushing>) {
+async fn flushed(f: Option<&mut Flushing>) {
     if let Some(f) = f
         && f.result.is_none()
     {
@@ -266,21 +272,23 @@ pub(crate) struct Writer {
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut closing = Vec::new();
-        // The group whose flush is under way, and the group open for commands
-        // meanwhile. The open group is sealed and handed to the disk the moment the
-        // flush before it is done, so a command waits for the rest of one flush and its
-        // own: never for a group sealed ahead of it that was still waiting its turn.
-        let mut flushing: Option<Flushing> = None;
+        // The groups whose flushes are under way (oldest first), and the group open for
+        // commands meanwhile. A group is sealed at once while fewer than
+        // `FLUSHES_AT_ONCE` flushes are under way: a lone command does not wait for a
+        // flush it is not in. Beyond that it stays open and is sealed the moment the
+        // oldest flush is done, so under load a command waits for the rest of one flush
+        // and its own, never also for a group sealed ahead of it still waiting its turn.
+        let mut flushing: VecDeque<Flushing> = VecDeque::new();
         let mut open = Group::default();
         // A command went into the open group since it was last sealed.
         let mut pending = false;
         let mut failed = false;
         'groups: loop {
-            if pending && flushing.is_none() {
+            if pending && flushing.len() < FLUSHES_AT_ONCE {
                 pending = false;
                 self.seal(&mut open);
                 match self.apply(std::mem::take(&mut open)).await {
-                    Ok(f) => flushing = Some(f),
+                    Ok(f) => flushing.push_back(f),
                     Err(e) => {
                         self.fail(&e);
                         failed = true;
@@ -288,7 +296,7 @@ impl Writer {
                     }
                 }
             }
-            if !closing.is_empty() && flushing.is_none() {
+            if !closing.is_empty() && flushing.is_empty() {
                 break;
             }
             let lease_deadline = self
@@ -302,7 +310,7 @@ impl Writer {
                 // claim whose slots wait, say) should not also wait for more commands
                 // to be prepared.
                 biased;
-                _ = flushed(&mut flushing), if flushing.is_some() => {
+                _ = flushed(flushing.front_mut()), if !flushing.is_empty() => {
                     if self.finish_flushed(&mut flushing).await.is_err() {
                         failed = true;
                         break;
@@ -320,7 +328,7 @@ impl Writer {
                         // The disk is free again: answer its group and seal this one
                         // now; what is still waiting goes into the next.
                         if flushing
-                            .as_ref()
+                            .front()
                             .is_some_and(|f| f.result.is_some() || f.flush.is_finished())
                         {
                             if self.finish_flushed(&mut flushing).await.is_err() {
@@ -337,10 +345,10 @@ impl Writer {
                 _ = sleep_until(lease_deadline) => pending = true,
             }
         }
-        if let Some(f) = flushing.take()
-            && self.finish(f).await.is_err()
-        {
-            failed = true;
+        while let Some(f) = flushing.pop_front() {
+            if self.finish(f).await.is_err() {
+                failed = true;
+            }
         }
         if pending && !failed {
             self.seal(&mut open);
@@ -371,8 +379,11 @@ impl Writer {
 
     /// Answer the group whose flush is done. Flushed means applied first: this also
     /// stops reading its writes from memory.
-    async fn finish_flushed(&mut self, flushing: &mut Option<Flushing>) -> Result<(), StoreError> {
-        let f = flushing.take().expect("a group is flushing");
+    async fn finish_flushed(
+        &mut self,
+        flushing: &mut VecDeque<Flushing>,
+    ) -> Result<(), StoreError> {
+        let f = flushing.pop_front().expect("a group is flushing");
         self.finish(f).await?;
         self.wait_applied().await
     }
