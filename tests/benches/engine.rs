@@ -199,6 +199,9 @@ struct EngineRun {
     cpu_us: f64,
 }
 
+/// A row of the engine's figures: its name, its unit, and where a run keeps it.
+type Figure = (&'static str, &'static str, fn(&EngineRun) -> f64);
+
 /// Items/s of the noop plugin through the whole engine.
 async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
     let dir = tempfile::tempdir().unwrap();
@@ -1369,27 +1372,23 @@ fn main() {
             for _ in 0..n {
                 runs.push(engine_throughput(20_000, 32).await);
             }
-            let of = |f: fn(&EngineRun) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
-            row(
-                "engine: noop plugin end to end (20k items, concurrency 32)",
-                "items/s",
-                of(|r| r.rate),
-            );
-            row(
-                "engine: of which creating the job (20k items)",
-                "ms",
-                of(|r| r.created_ms),
-            );
-            row(
-                "engine: commands per group commit while it runs",
-                "",
-                of(|r| r.per_commit),
-            );
-            row(
-                "engine: CPU per item, whole process",
-                "µs",
-                of(|r| r.cpu_us),
-            );
+            let figures: [Figure; 4] = [
+                (
+                    "engine: noop plugin end to end (20k items, concurrency 32)",
+                    "items/s",
+                    |r| r.rate,
+                ),
+                ("engine: of which creating the job (20k items)", "ms", |r| {
+                    r.created_ms
+                }),
+                ("engine: commands per group commit while it runs", "", |r| {
+                    r.per_commit
+                }),
+                ("engine: CPU per item, whole process", "µs", |r| r.cpu_us),
+            ];
+            for (name, unit, figure) in figures {
+                row(name, unit, runs.iter().map(figure).collect());
+            }
             let mut p50 = Vec::new();
             let mut p99 = Vec::new();
             for _ in 0..n {
