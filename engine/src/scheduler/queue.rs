@@ -27,25 +27,15 @@ pub trait Queue: Send + Sync + 'static {
     /// claim so that a commit between the two is not missed.
     fn woken(&self) -> BoxFuture<'_, ()>;
 
-    /// Claim up to `max` ready items of `plugins`.
-    fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>>;
-
-    /// Claim ready items of `plugins` for the free places of `slots`, each item
-    /// answered with one place taken for it. By default the places free now; the
-    /// engine's store takes them as late as it can (see its implementation).
+    /// Claim ready items of `plugins` for the free places of `slots`, answered with
+    /// the places it took, no fewer than the items it brings (the caller frees the
+    /// rest). A worker takes the places free when it sends the claim; the engine's
+    /// store as late as it can (see its implementation).
     fn claim_slots(
         &self,
         plugins: Vec<String>,
         slots: Arc<Semaphore>,
-    ) -> BoxFuture<'_, Result<(Claimed, OwnedSemaphorePermit)>> {
-        let free = slots.available_permits();
-        Box::pin(async move {
-            let permits = slots
-                .try_acquire_many_owned(free as u32)
-                .map_err(|_| StoreError::Closed)?;
-            Ok((self.claim(plugins, free).await?, permits))
-        })
-    }
+    ) -> BoxFuture<'_, Result<(Claimed, OwnedSemaphorePermit)>>;
 
     /// The secret values the run of `task` may read, if they came with its claim.
     fn secrets(&self, task: &ClaimedItem) -> GivenSecrets;
@@ -158,21 +148,6 @@ impl Queue for Store {
         let mut woken = Box::pin(self.shared().dispatch.notified());
         woken.as_mut().enable();
         woken
-    }
-
-    fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>> {
-        Box::pin(Store::claim(
-            self,
-            ClaimRequest {
-                owner: self.instance().to_owned(),
-                tenant: None,
-                plugins,
-                max,
-                lease_ms: None,
-                labels: Vec::new(),
-                item: None,
-            },
-        ))
     }
 
     /// The places are taken when the writer seals the group the claim is in, not

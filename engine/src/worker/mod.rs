@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -274,8 +275,16 @@ impl Queue for RemoteQueue {
         })
     }
 
-    fn claim(&self, plugins: Vec<String>, max: usize) -> BoxFuture<'_, Result<Claimed>> {
+    /// The slots free now, for one long-polled claim of that many items.
+    fn claim_slots(
+        &self,
+        plugins: Vec<String>,
+        slots: Arc<Semaphore>,
+    ) -> BoxFuture<'_, Result<(Claimed, OwnedSemaphorePermit)>> {
+        let max = slots.available_permits();
+        let places = slots.try_acquire_many_owned(max as u32);
         Box::pin(async move {
+            let places = places.map_err(|_| StoreError::Closed)?;
             let sent = std::time::Instant::now();
             let answer: Result<WorkerClaimResponse> = self
                 .send(
@@ -303,10 +312,11 @@ impl Queue for RemoteQueue {
             for (plugin, values) in answer.secrets {
                 given.insert(plugin, Arc::new(values));
             }
-            Ok(Claimed {
+            let claimed = Claimed {
                 items: answer.items,
                 next_due: answer.next_due,
-            })
+            };
+            Ok((claimed, places))
         })
     }
 
