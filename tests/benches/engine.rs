@@ -225,16 +225,20 @@ async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
         .await
         .unwrap();
     let created_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let counter = |name: &str| -> f64 {
+    // Group commits and the commands they carried so far, from one rendering.
+    let commits = || -> (f64, f64) {
         let text = store.metrics().render();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        let counter = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            counter("faena_commits_total "),
+            counter("faena_commit_commands_total "),
+        )
     };
-    let (commits, commands) = (
-        counter("faena_commits_total "),
-        counter("faena_commit_commands_total "),
-    );
+    let (commits0, commands0) = commits();
     loop {
         if store.job(&j.id).unwrap().status == JobStatus::Completed {
             break;
@@ -243,8 +247,8 @@ async fn engine_throughput(n: usize, concurrency: usize) -> EngineRun {
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     let cpu_us = (process_cpu() - cpu0) / n as f64 * 1e6;
-    let per_commit = (counter("faena_commit_commands_total ") - commands)
-        / (counter("faena_commits_total ") - commits).max(1.0);
+    let (commits1, commands1) = commits();
+    let per_commit = (commands1 - commands0) / (commits1 - commits0).max(1.0);
     stop.cancel();
     dispatcher.await.unwrap();
     store.close().await;
